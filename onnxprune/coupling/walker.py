@@ -1,0 +1,143 @@
+"""The walk over the graph: applies one rule per node, in topological order.
+
+Rules see the node through `Walker`, which knows shapes, constants, the element ids of
+every tracked (tensor, axis), and which constant inputs get sliced along which axes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+
+from onnxprune.constants import ConstantResolver
+from onnxprune.coupling.tracker import ChannelTracker
+from onnxprune.graph import GraphIndex
+
+Rule = Callable[["Walker", int, onnx.NodeProto], None]
+RULES: dict[str, Rule] = {}
+
+
+def rule(*op_types: str) -> Callable[[Rule], Rule]:
+    """Register a channel rule for these op types (default domain)."""
+
+    def register(fn: Rule) -> Rule:
+        for op in op_types:
+            RULES[op] = fn
+        return fn
+
+    return register
+
+
+@dataclass
+class ConstUse:
+    """A constant input of a node whose axes carry channels: sliced in surgery."""
+
+    axes: dict[int, np.ndarray] = field(default_factory=dict)
+    roles: dict[int, str] = field(default_factory=dict)  # "out" (a layer's output channels), "in", "param"
+
+
+class Walker:
+    def __init__(self, index: GraphIndex, resolver: ConstantResolver, shapes: dict[str, tuple], options) -> None:
+        self.index = index
+        self.resolver = resolver
+        self.shapes = shapes
+        self.options = options
+        self.tracker = ChannelTracker()
+        self.axes: dict[str, dict[int, np.ndarray]] = {}
+        self.const_uses: dict[tuple[int, int], ConstUse] = {}
+
+    # ---- queries -------------------------------------------------------------------
+    def tracked(self, tensor: str) -> dict[int, np.ndarray]:
+        return self.axes.get(tensor, {}) if tensor else {}
+
+    def shape(self, tensor: str) -> tuple | None:
+        return self.resolver.shape_of(tensor)
+
+    def rank(self, tensor: str) -> int | None:
+        shape = self.shape(tensor)
+        return None if shape is None else len(shape)
+
+    def dim(self, tensor: str, axis: int):
+        shape = self.shape(tensor)
+        if shape is None or axis >= len(shape):
+            return None
+        return shape[axis]
+
+    def is_const(self, tensor: str) -> bool:
+        return self.resolver.is_constant(tensor)
+
+    def ints(self, tensor: str) -> list[int] | None:
+        return self.resolver.int_list(tensor)
+
+    def node_name(self, i: int) -> str:
+        return self.index.names[i]
+
+    def where(self, i: int, node: onnx.NodeProto) -> str:
+        return f"node '{self.index.names[i]}' ({node.op_type})"
+
+    # ---- updates -------------------------------------------------------------------
+    def set_axes(self, tensor: str, axes: dict[int, np.ndarray]) -> None:
+        if tensor and axes:
+            self.axes[tensor] = dict(axes)
+
+    def new_channels(self, n: int, node: int) -> np.ndarray:
+        return self.tracker.new_segment(n, node)
+
+    def fixed_channels(self, n: int, node: int, reason: str) -> np.ndarray:
+        ids = self.tracker.new_segment(n, node, kind="fixed")
+        self.tracker.block(ids, reason)
+        return ids
+
+    def use_const(self, i: int, slot: int, axis: int, ids: np.ndarray, role: str = "param") -> None:
+        use = self.const_uses.setdefault((i, slot), ConstUse())
+        use.axes[axis] = ids
+        use.roles[axis] = role
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.tracker.union(a, b)
+
+    def block(self, ids: np.ndarray, reason: str) -> None:
+        self.tracker.block(ids, reason)
+
+    def block_tensor(self, tensor: str, reason: str) -> None:
+        for ids in self.tracked(tensor).values():
+            self.tracker.block(ids, reason)
+
+    def block_inputs(self, i: int, node: onnx.NodeProto, why: str) -> None:
+        reason = f"{self.where(i, node)}: {why}"
+        for tensor in node.input:
+            self.block_tensor(tensor, reason)
+
+    def inexact(self, ids: np.ndarray, reason: str) -> None:
+        self.tracker.mark_inexact(ids, reason)
+
+    # ---- the walk ------------------------------------------------------------------
+    def run(self) -> None:
+        outer_captures = _subgraph_captures(self.index)
+        for i, node in enumerate(self.index.nodes):
+            if not any(self.tracked(t) for t in node.input) and node.op_type not in _SOURCE_OPS:
+                continue  # nothing carries channels into this node: no rule needed
+            fn = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            if fn is None:
+                self.block_inputs(i, node, "no channel rule for this op; channels flowing into it cannot be pruned "
+                                  "(prune other layers, or ask for a rule)")
+                continue
+            try:
+                fn(self, i, node)
+            except (KeyError, IndexError, ValueError, TypeError, AttributeError, ZeroDivisionError) as exc:
+                self.block_inputs(i, node, f"channel rule could not map this node ({type(exc).__name__}: {exc})")
+                for tensor in node.output:
+                    self.axes.pop(tensor, None)
+        for tensor in outer_captures:
+            self.block_tensor(tensor, f"tensor '{tensor}' is read inside a subgraph (If/Loop/Scan body)")
+        for tensor in self.index.graph_outputs:
+            self.block_tensor(tensor, f"tensor '{tensor}' is a graph output; its shape must not change")
+
+
+_SOURCE_OPS = {"Gather", "MatMul", "Gemm", "Conv", "ConvTranspose"}  # ops that can create channels from constants
+
+
+def _subgraph_captures(index: GraphIndex) -> list[str]:
+    return [t for t, uses in index.consumers.items() if any(slot == -1 for _, slot in uses)]

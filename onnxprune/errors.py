@@ -1,0 +1,26 @@
+"""Typed exceptions. Every error onnxprune raises derives from OnnxPruneError."""
+from __future__ import annotations
+
+
+class OnnxPruneError(Exception):
+    """Base class of every error raised by onnxprune."""
+
+
+class InvalidModelError(OnnxPruneError):
+    """The input is not a loadable, valid ONNX model (not ONNX, truncated, fails the checker)."""
+
+
+class ExternalDataError(OnnxPruneError):
+    """External data is missing or points outside the model's folder."""
+
+
+class InvalidRequestError(OnnxPruneError):
+    """The request itself is wrong: unknown layer, index out of range, ratio outside [0, 1), ..."""
+
+
+class UnsupportedError(OnnxPruneError):
+    """The requested layer or group cannot be changed (an op with no rule touches it, a graph input/output fixes it, ...)."""
+
+
+class VerificationError(OnnxPruneError):
+    """A written or produced model failed an oracle, onnx.checker, or onnxruntime loading."""

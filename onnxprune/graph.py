@@ -1,0 +1,89 @@
+"""A read-only index over an ONNX graph: producers, consumers, initializers, node names.
+
+Built in one linear pass; the analysis and the surgery both stand on it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import onnx
+
+
+@dataclass
+class GraphIndex:
+    graph: onnx.GraphProto
+    nodes: list[onnx.NodeProto]
+    names: list[str]  # a unique, stable name per node (the node's own name where it has one)
+    producer: dict[str, tuple[int, int]]  # tensor -> (node index, output slot)
+    consumers: dict[str, list[tuple[int, int]]]  # tensor -> [(node index, input slot)]; slot -1 = used inside a subgraph
+    initializers: dict[str, onnx.TensorProto]
+    graph_inputs: list[str]
+    graph_outputs: list[str]
+    by_name: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, graph: onnx.GraphProto) -> "GraphIndex":
+        nodes = list(graph.node)
+        initializers = {t.name: t for t in graph.initializer}
+        producer: dict[str, tuple[int, int]] = {}
+        consumers: dict[str, list[tuple[int, int]]] = {}
+        names: list[str] = []
+        seen: set[str] = set()
+        for i, node in enumerate(nodes):
+            name = node.name or f"{node.op_type}_{i}"
+            if name in seen:
+                name = f"{name}__{i}"
+            seen.add(name)
+            names.append(name)
+            for slot, tensor in enumerate(node.output):
+                if tensor:
+                    producer[tensor] = (i, slot)
+            for slot, tensor in enumerate(node.input):
+                if tensor:
+                    consumers.setdefault(tensor, []).append((i, slot))
+            for tensor in _outer_names_used_by_subgraphs(node):
+                consumers.setdefault(tensor, []).append((i, -1))
+        index = cls(
+            graph=graph,
+            nodes=nodes,
+            names=names,
+            producer=producer,
+            consumers=consumers,
+            initializers=initializers,
+            graph_inputs=[v.name for v in graph.input if v.name not in initializers],
+            graph_outputs=[v.name for v in graph.output],
+        )
+        index.by_name = {n: i for i, n in enumerate(names)}
+        return index
+
+    def producer_node(self, tensor: str) -> onnx.NodeProto | None:
+        found = self.producer.get(tensor)
+        return self.nodes[found[0]] if found else None
+
+
+def attribute(node: onnx.NodeProto, name: str, default=None):
+    """The value of a node attribute, or `default` when it is absent."""
+    for attr in node.attribute:
+        if attr.name == name:
+            return onnx.helper.get_attribute_value(attr)
+    return default
+
+
+def _outer_names_used_by_subgraphs(node: onnx.NodeProto) -> set[str]:
+    """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
+    used: set[str] = set()
+    for attr in node.attribute:
+        graphs = []
+        if attr.type == onnx.AttributeProto.GRAPH:
+            graphs = [attr.g]
+        elif attr.type == onnx.AttributeProto.GRAPHS:
+            graphs = list(attr.graphs)
+        for sub in graphs:
+            defined = {v.name for v in sub.input} | {t.name for t in sub.initializer}
+            for inner in sub.node:
+                defined.update(o for o in inner.output if o)
+            for inner in sub.node:
+                used.update(t for t in inner.input if t and t not in defined)
+                used.update(t for t in _outer_names_used_by_subgraphs(inner) if t not in defined)
+            used.update(v.name for v in sub.output if v.name not in defined)
+    return used

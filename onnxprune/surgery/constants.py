@@ -1,0 +1,115 @@
+"""Slicing constant tensors along channel axes: initializers, Constant nodes, constant subgraphs."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from onnxprune import ir
+from onnxprune.constants import ConstantResolver
+from onnxprune.graph import GraphIndex, attribute
+
+Selection = dict[int, np.ndarray]  # axis -> kept positions
+
+
+def take(array: np.ndarray, selection: Selection) -> np.ndarray:
+    for axis, kept in sorted(selection.items()):
+        array = np.take(array, kept, axis=axis)
+    return np.ascontiguousarray(array)
+
+
+class ConstantSlicer:
+    """Creates sliced copies of constant tensors; collects the new initializers and nodes."""
+
+    def __init__(self, index: GraphIndex, resolver: ConstantResolver, base_dir: str | None, names: "NameSource"):
+        self.index = index
+        self.resolver = resolver
+        self.base_dir = base_dir
+        self.names = names
+        self.initializers: dict[str, onnx.TensorProto] = {}  # new or replaced initializers, by name
+        self.nodes: list[onnx.NodeProto] = []  # new nodes, placed before the first node of the graph
+
+    def slice_initializer_in_place(self, name: str, selection: Selection) -> None:
+        tensor = self.index.initializers[name]
+        array = take(ir.tensor_array(tensor, self.base_dir), selection)
+        self.initializers[name] = numpy_helper.from_array(array, name)
+
+    def sliced_copy(self, name: str, selection: Selection) -> str:
+        """A new tensor holding `name` sliced by `selection`; returns its name."""
+        new_name = self.names.fresh(f"{name}_pruned")
+        self._emit(name, selection, new_name)
+        return new_name
+
+    def _emit(self, name: str, selection: Selection, new_name: str) -> None:
+        init = self.index.initializers.get(name)
+        if init is not None:
+            array = take(ir.tensor_array(init, self.base_dir), selection)
+            self.initializers[new_name] = numpy_helper.from_array(array, new_name)
+            return
+        node = self.index.producer_node(name)
+        if node is not None and node.op_type == "ConstantOfShape":
+            shape = self.resolver.int_list(node.input[0])
+            if shape is not None:
+                for axis, kept in selection.items():
+                    shape[axis] = len(kept)
+                shape_name = self.names.fresh(f"{new_name}_shape")
+                self.initializers[shape_name] = numpy_helper.from_array(np.array(shape, dtype=np.int64), shape_name)
+                copy = onnx.helper.make_node("ConstantOfShape", [shape_name], [new_name],
+                                             name=self.names.fresh(f"{new_name}_fill"))
+                copy.attribute.extend(node.attribute)
+                self.nodes.append(copy)
+                return
+        if node is not None and node.op_type in ("Identity", "Cast", "Unsqueeze") and node.input[0]:
+            inner = _inner_selection(node, selection, self.resolver)
+            if inner is not None:
+                source = self.sliced_copy(node.input[0], inner)
+                copy = onnx.NodeProto()
+                copy.CopyFrom(node)
+                copy.input[0] = source
+                del copy.output[:]
+                copy.output.append(new_name)
+                copy.name = self.names.fresh(f"{new_name}_{node.op_type.lower()}")
+                self.nodes.append(copy)
+                return
+        value = self.resolver.value(name)
+        if value is None:
+            raise ValueError(f"constant '{name}' cannot be evaluated for slicing")
+        self.initializers[new_name] = numpy_helper.from_array(take(value, selection), new_name)
+
+
+def _inner_selection(node: onnx.NodeProto, selection: Selection, resolver: ConstantResolver) -> Selection | None:
+    """The selection on the input of a shape-preserving or Unsqueeze node."""
+    if node.op_type != "Unsqueeze":
+        return dict(selection)
+    out_shape = resolver.shape_of(node.output[0])
+    if out_shape is None:
+        return None
+    rank = len(out_shape)
+    listed = attribute(node, "axes")
+    if listed is None and len(node.input) > 1:
+        listed = resolver.int_list(node.input[1])
+    if listed is None:
+        return None
+    inserted = sorted(a % rank for a in listed)
+    kept_axes = [k for k in range(rank) if k not in inserted]
+    if any(axis in inserted for axis in selection):
+        return None
+    return {kept_axes.index(axis): positions for axis, positions in selection.items()}
+
+
+class NameSource:
+    """Fresh tensor and node names that collide with nothing in the graph."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.taken: set[str] = {t.name for t in graph.initializer} | {v.name for v in graph.input}
+        for node in graph.node:
+            self.taken.update(node.output)
+            self.taken.update(node.input)
+            self.taken.add(node.name)
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name

@@ -1,0 +1,388 @@
+"""onnxruntime sessions, input generation and the correctness oracles (DESIGN.md §4)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from . import ir
+from .errors import InvalidRequestError, UnsupportedError
+
+_PROVIDERS = ["CPUExecutionProvider"]
+_INDEX_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
+
+
+# --------------------------------------------------------------------------- sessions
+
+def session(model: ir.ModelLike) -> ort.InferenceSession:
+    """CPU onnxruntime session; external data is served from memory-mapped files."""
+    model = ir.load_model(model)
+    external = [t for t in ir.iter_tensors(model) if ir.is_external(t)]
+    directory = ir.base_dir(model)
+    if ir.serialized_size(model, include_external=False) > ir.PROTO_LIMIT or (external and directory is None):
+        return _session_via_file(model)
+    options = ort.SessionOptions()
+    files: dict[str, str] = {}
+    for tensor in external:
+        files.setdefault(ir.external_ref(tensor).location, ir.resolve_location(tensor, directory))
+    buffers = [np.memmap(path, dtype=np.uint8, mode="r") for path in files.values()]
+    if buffers:
+        options.add_external_initializers_from_files_in_memory(list(files), buffers, [b.size for b in buffers])
+    sess = ort.InferenceSession(model.SerializeToString(), options, providers=_PROVIDERS)
+    sess._onnxprune_buffers = buffers  # keep the mapped files alive as long as the session
+    return sess
+
+
+def _session_via_file(model: onnx.ModelProto) -> ort.InferenceSession:
+    tmp = tempfile.mkdtemp(prefix="onnxprune-session-")
+    try:
+        path = os.path.join(tmp, "model.onnx")
+        ir.save_model(model, path, external_data=True, check=False)
+        return ort.InferenceSession(path, providers=_PROVIDERS)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(model: ir.ModelLike, inputs: Mapping[str, np.ndarray],
+        outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run the model; `outputs` may name intermediate tensors, graph inputs or initializers."""
+    model = ir.load_model(model)
+    if outputs is None:
+        outputs = [o.name for o in model.graph.output]
+    inits = {t.name: t for t in model.graph.initializer}
+    fetch = [n for n in dict.fromkeys(outputs) if n not in inputs and n not in inits]
+    feeds = {v.name: inputs[v.name] for v in model.graph.input if v.name in inputs}
+    result = dict(zip(fetch, session(with_outputs(model, fetch)).run(fetch, feeds))) if fetch else {}
+    for name in outputs:
+        if name in inputs:
+            result[name] = np.asarray(inputs[name])
+        elif name in inits and name not in result:
+            result[name] = ir.tensor_array(inits[name], ir.base_dir(model))
+    return {name: result[name] for name in outputs}
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """The model itself, or a copy whose graph also outputs `names` (base dir kept)."""
+    present = {o.name for o in model.graph.output}
+    missing = [n for n in names if n not in present]
+    if not missing:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.extend(onnx.ValueInfoProto(name=n) for n in missing)
+    ir.set_base_dir(out, ir.base_dir(model))
+    return out
+
+
+# --------------------------------------------------------------------------- inputs
+
+def make_inputs(model: ir.ModelLike, *, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Deterministic random inputs, one per real graph input.
+
+    Dynamic dims: `dims[name]`, else batch-like 2, sequence-like 8, other names 4, unnamed 2.
+    Integer inputs used as Gather indices into a constant get ids in range; other ints in [0, 4).
+    """
+    model = ir.load_model(model)
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    bounds = _index_bounds(model)
+    result = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        if not value.type.HasField("tensor_type"):
+            raise UnsupportedError(f"graph input {value.name!r} is not a tensor; pass inputs explicitly")
+        tt = value.type.tensor_type
+        if not tt.HasField("shape"):
+            raise InvalidRequestError(f"graph input {value.name!r} has unknown rank; pass inputs explicitly")
+        shape = tuple(_dim_size(d, dims or {}) for d in tt.shape.dim)
+        result[value.name] = _random_array(rng, tt.elem_type, shape, bounds.get(value.name, 4))
+    return result
+
+
+def _dim_size(dim: onnx.TensorShapeProto.Dimension, dims: dict[str, int]) -> int:
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    if not dim.HasField("dim_param"):
+        return 2
+    name = dim.dim_param
+    if name in dims:
+        return int(dims[name])
+    low = name.lower()
+    if "batch" in low or low in ("n", "b", "bs"):
+        return 2
+    if any(k in low for k in ("seq", "len", "token", "time")):
+        return 8
+    return 4
+
+
+def _random_array(rng: np.random.Generator, elem_type: int, shape: tuple, high: int) -> np.ndarray:
+    if elem_type == TensorProto.STRING:
+        letters = np.array(list("abcdefghijklmnopqrstuvwxyz"), dtype=object)
+        return letters[rng.integers(0, len(letters), shape)]
+    dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+    if elem_type == TensorProto.BOOL:
+        return rng.random(shape) < 0.5
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, max(high, 1), shape).astype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+    return rng.standard_normal(shape).astype(np.float32).astype(dtype)
+
+
+def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph inputs that reach Gather indices (through casts/reshapes) -> size of the constant data axis."""
+    g = model.graph
+    const_dims = {t.name: tuple(t.dims) for t in g.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            const_dims[node.output[0]] = tuple(node.attribute[0].t.dims)
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    bounds = {}
+    for value in g.input:
+        bound = _gather_bound(value.name, consumers, const_dims, set())
+        if bound is not None:
+            bounds[value.name] = bound
+    return bounds
+
+
+def _gather_bound(name: str, consumers: dict, const_dims: dict, seen: set) -> int | None:
+    bound = None
+    for node in consumers.get(name, []):
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        found = None
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name \
+                and node.input[0] in const_dims:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            data = const_dims[node.input[0]]
+            found = data[axis] if -len(data) <= axis < len(data) else None
+        elif node.op_type in _INDEX_PASS_THROUGH and node.input[0] == name:
+            found = _gather_bound(node.output[0], consumers, const_dims, seen)
+        if found is not None:
+            bound = found if bound is None else min(bound, found)
+    return bound
+
+
+# --------------------------------------------------------------------------- reports
+
+@dataclass
+class VerifyReport:
+    """Comparison of two runs: per output / per tensor max abs and relative error."""
+
+    ok: bool
+    max_rel_error: float
+    tol: float
+    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    tensors: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        lines = [f"verify: {'OK' if self.ok else 'FAILED'} (max rel error {self.max_rel_error:.3g}, "
+                 f"tol {self.tol:g})",
+                 f"{'kind':<7} {'name':<40} {'max_abs':>11} {'rel':>11}  shapes"]
+        for kind, rows in (("output", self.outputs), ("tensor", self.tensors)):
+            for name, row in rows.items():
+                shapes = f"{row['shape_ref']} vs {row['shape_cand']}"
+                lines.append(f"{kind:<7} {name:<40} {row['max_abs']:>11.3g} {row['rel']:>11.3g}  {shapes}")
+        return "\n".join(lines)
+
+
+def compare_arrays(ref: np.ndarray | None, cand: np.ndarray | None) -> dict[str, Any]:
+    """max_abs and rel = max|a-b| / (max|a| + 1e-12); inf when shapes differ or one side is missing."""
+    row = {"shape_ref": None if ref is None else tuple(ref.shape),
+           "shape_cand": None if cand is None else tuple(cand.shape)}
+    if ref is None or cand is None or ref.shape != cand.shape:
+        return {"max_abs": float("inf"), "rel": float("inf"), **row}
+    if ref.dtype == object or cand.dtype == object:
+        same = bool(np.array_equal(ref, cand))
+        return {"max_abs": 0.0 if same else float("inf"), "rel": 0.0 if same else float("inf"), **row}
+    a, b = _as_float(ref), _as_float(cand)
+    both_nan = np.isnan(a) & np.isnan(b)
+    diff = np.where(both_nan, 0.0, np.abs(a - b))
+    diff = np.where(np.isnan(diff), np.inf, diff)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    scale = float(np.nanmax(np.abs(a))) if a.size and not np.isnan(a).all() else 0.0
+    return {"max_abs": max_abs, "rel": max_abs / (scale + 1e-12) if max_abs else 0.0, **row}
+
+
+def _as_float(x: np.ndarray) -> np.ndarray:
+    if np.issubdtype(x.dtype, np.complexfloating):
+        return np.abs(x.astype(np.complex128))
+    return np.asarray(x).astype(np.float64)
+
+
+def _report(outputs: dict, tensors: dict, tol: float) -> VerifyReport:
+    rels = [row["rel"] for row in (*outputs.values(), *tensors.values())]
+    worst = max(rels, default=0.0)
+    return VerifyReport(ok=worst <= tol, max_rel_error=worst, tol=tol, outputs=outputs, tensors=tensors)
+
+
+# --------------------------------------------------------------------------- oracles
+
+def verify(reference: ir.ModelLike, candidate: ir.ModelLike, inputs: Mapping[str, np.ndarray] | None = None,
+           *, tol: float = 1e-4) -> VerifyReport:
+    """Run both models on the same inputs and compare every graph output of the reference by name."""
+    reference, candidate = ir.load_model(reference), ir.load_model(candidate)
+    inputs = make_inputs(reference) if inputs is None else inputs
+    names = [o.name for o in reference.graph.output]
+    ref_out = run(reference, inputs)
+    cand_names = {o.name for o in candidate.graph.output}
+    cand_out = run(candidate, inputs, [n for n in names if n in cand_names])
+    outputs = {n: compare_arrays(ref_out[n], cand_out.get(n)) for n in names}
+    return _report(outputs, {}, tol)
+
+
+def verify_pruning(model: ir.ModelLike, result: Any, inputs: Mapping[str, np.ndarray] | None = None,
+                   *, tol: float = 1e-4) -> VerifyReport:
+    """Mask oracle: the masked original and the pruned model agree on outputs and kept elements.
+
+    `result` has `.model` (pruned) and `.channels` ({tensor: {"axes": [...], "mask": nested bools}}).
+    """
+    model = ir.load_model(model)
+    pruned, channels = _result_parts(result)
+    inputs = make_inputs(model) if inputs is None else dict(inputs)
+    masks = channel_masks(model, channels)
+    masked, masked_names = masked_original(model, masks)
+    graph_outputs = [o.name for o in model.graph.output]
+    ref = run(masked, inputs, graph_outputs + [masked_names[t] for t in masks])
+    pruned_inputs = {k: masks[k].kept(v) if k in masks else v for k, v in inputs.items()}
+    present = _value_names(pruned)
+    cand = run(pruned, pruned_inputs, [n for n in [*graph_outputs, *masks] if n in present])
+    outputs = {n: compare_arrays(ref[n], cand.get(n)) for n in graph_outputs if n not in masks}
+    tensors = {t: compare_arrays(m.kept(ref[masked_names[t]]), cand.get(t)) for t, m in masks.items()}
+    return _report(outputs, tensors, tol)
+
+
+def _result_parts(result: Any) -> tuple[onnx.ModelProto, Mapping]:
+    if isinstance(result, Mapping):
+        return ir.load_model(result["model"]), result["channels"]
+    return ir.load_model(result.model), result.channels
+
+
+def _value_names(model: onnx.ModelProto) -> set[str]:
+    g = model.graph
+    return {v.name for v in g.input} | {o for n in g.node for o in n.output}
+
+
+@dataclass(frozen=True)
+class ChannelMask:
+    """One pruning-record entry: normalised axes, boolean mask (dims in axes order), tensor rank and type."""
+
+    axes: tuple[int, ...]
+    mask: np.ndarray
+    rank: int
+    elem_type: int
+
+    def kept_shape(self) -> tuple[int, ...]:
+        """Sizes along `axes` after pruning (the kept elements must form a box)."""
+        shape, sub = [], self.mask
+        while sub.ndim:
+            rows = [row for row in sub if row.any()]
+            shape.append(len(rows))
+            sub = rows[0] if rows else sub[0]
+        if int(np.prod(shape)) != int(self.mask.sum()):
+            raise InvalidRequestError(f"mask keeps {int(self.mask.sum())} elements, which do not form a "
+                                      f"{shape} block; every kept slice must keep the same count")
+        return tuple(shape)
+
+    def kept(self, array: np.ndarray) -> np.ndarray:
+        """The kept elements of an original-sized array, in order."""
+        array = np.asarray(array)
+        k = len(self.axes)
+        tail = list(range(array.ndim - k, array.ndim))
+        moved = np.moveaxis(array, list(self.axes), tail)
+        lead = moved.shape[:-k] if k else moved.shape
+        flat = moved.reshape(lead + (int(np.prod(moved.shape[-k:])),))
+        picked = flat[..., np.flatnonzero(self.mask.ravel())].reshape(lead + self.kept_shape())
+        return np.moveaxis(picked, tail, list(self.axes))
+
+
+def channel_masks(model: onnx.ModelProto, channels: Mapping) -> dict[str, ChannelMask]:
+    """Validate a pruning record against the original model's shapes."""
+    shapes, types = ir.infer_shapes_and_types(model)
+    masks = {}
+    for name, entry in channels.items():
+        shape = shapes.get(name)
+        if shape is None:
+            raise InvalidRequestError(f"pruning record names tensor {name!r}, which has no known shape "
+                                      "in the original model")
+        axes = tuple(a % len(shape) for a in entry["axes"])
+        mask = np.asarray(entry["mask"], dtype=bool)
+        if mask.ndim != len(axes) or any(isinstance(shape[a], int) and shape[a] != n
+                                         for a, n in zip(axes, mask.shape)):
+            raise InvalidRequestError(f"mask of tensor {name!r} has shape {mask.shape}; expected the original "
+                                      f"sizes {[shape[a] for a in axes]} along axes {list(axes)}")
+        masks[name] = ChannelMask(axes, mask, len(shape), types.get(name, TensorProto.FLOAT))
+    return masks
+
+
+def masked_original(model: onnx.ModelProto, masks: dict[str, ChannelMask]) -> tuple[onnx.ModelProto, dict[str, str]]:
+    """Copy of `model` with every listed tensor multiplied by its mask; returns the masked names.
+
+    A node output t is renamed t/premask and Mul(t/premask, mask) writes t, so consumers and
+    graph outputs see the masked value; consumers of a graph input t read t/masked instead.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    ir.set_base_dir(out, ir.base_dir(model))
+    g = out.graph
+    graph_inputs = {v.name for v in g.input}
+    producer = {o: i for i, n in enumerate(g.node) for o in n.output}
+    names: dict[str, str] = {}
+    inserts: dict[int, list[onnx.NodeProto]] = {}
+    for t, m in masks.items():
+        const = _mask_tensor(f"{t}/mask", m)
+        g.initializer.append(const)
+        if t in graph_inputs:
+            names[t] = f"{t}/masked"
+            _rename_inputs(g, t, names[t])
+            inserts.setdefault(-1, []).append(_mask_node(t, const.name, names[t], m.elem_type))
+        elif t in producer:
+            names[t] = t
+            node = g.node[producer[t]]
+            node.output[list(node.output).index(t)] = f"{t}/premask"
+            inserts.setdefault(producer[t], []).append(_mask_node(f"{t}/premask", const.name, t, m.elem_type))
+        else:
+            raise InvalidRequestError(f"pruning record names {t!r}, which is not a graph input or node output")
+    nodes = list(inserts.get(-1, []))
+    for i, node in enumerate(g.node):
+        nodes.append(node)
+        nodes.extend(inserts.get(i, []))
+    del g.node[:]
+    g.node.extend(nodes)
+    return out, names
+
+
+def _mask_tensor(name: str, m: ChannelMask) -> TensorProto:
+    shape = [1] * m.rank
+    for axis, size in zip(m.axes, m.mask.shape):
+        shape[axis] = size
+    values = m.mask.transpose(np.argsort(m.axes)).reshape(shape)
+    return onnx.numpy_helper.from_array(values.astype(helper.tensor_dtype_to_np_dtype(m.elem_type)), name)
+
+
+def _mask_node(src: str, mask: str, dst: str, elem_type: int) -> onnx.NodeProto:
+    op = "And" if elem_type == TensorProto.BOOL else "Mul"
+    return helper.make_node(op, [src, mask], [dst], name=f"{dst}/apply_mask")
+
+
+def _rename_inputs(graph: onnx.GraphProto, old: str, new: str) -> None:
+    """Point every consumer of `old` (subgraphs included) at `new`."""
+    for node in graph.node:
+        for i, name in enumerate(node.input):
+            if name == old:
+                node.input[i] = new
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                _rename_inputs(sub, old, new)
