@@ -19,9 +19,11 @@ _MEMO_LIMIT = 4096  # values with more elements are recomputed rather than kept
 
 
 class ConstantResolver:
-    def __init__(self, index: GraphIndex, shapes: dict[str, tuple], base_dir: str | None, opset: int):
+    def __init__(self, index: GraphIndex, shapes: dict[str, tuple], base_dir: str | None, opset: int,
+                 types: dict[str, int] | None = None):
         self.index = index
         self.opset = opset
+        self.types = types or {}
         self.shapes = shapes
         self.base_dir = base_dir
         self._constant: dict[str, bool] = {}
@@ -48,10 +50,11 @@ class ConstantResolver:
                 self._constant[current] = False
                 continue
             node = self.index.nodes[found[0]]
-            if node.op_type in _NONDETERMINISTIC or node.op_type in ("Shape", "Size") or node.domain not in ("", "ai.onnx"):
+            if node.op_type in _NONDETERMINISTIC or node.domain not in ("", "ai.onnx"):
                 self._constant[current] = False
                 continue
-            pending = [t for t in node.input if t and t not in self._constant]
+            reads = _value_inputs(node)
+            pending = [t for t in reads if t not in self._constant]
             if pending:
                 stack.append(current)
                 if current in order:
@@ -59,7 +62,7 @@ class ConstantResolver:
                 order.append(current)
                 stack.extend(pending)
                 continue
-            self._constant[current] = all(self._constant[t] for t in node.input if t)
+            self._constant[current] = all(self._constant[t] for t in reads)
         return self._constant[name]
 
     def shape_of(self, name: str) -> tuple | None:
@@ -117,6 +120,11 @@ class ConstantResolver:
             if shape is None or not all(isinstance(d, int) for d in shape):
                 return None
             return [np.array(int(np.prod(shape)), dtype=np.int64)]
+        if op == "CastLike":
+            source, like = self.value(node.input[0]), self.types.get(node.input[1])
+            if source is None or like is None:
+                return None
+            return [source.astype(onnx.helper.tensor_dtype_to_np_dtype(like))]
         inputs = []
         for tensor in node.input:
             if not tensor:
@@ -127,6 +135,13 @@ class ConstantResolver:
                 return None
             inputs.append(value)
         return _evaluate(node, inputs, self.opset)
+
+
+def _value_inputs(node: onnx.NodeProto) -> list[str]:
+    """Inputs whose values the node's output depends on (CastLike reads only the type of its second)."""
+    if node.op_type == "CastLike":
+        return [node.input[0]]
+    return [t for t in node.input if t]
 
 
 def _constant_node_value(node: onnx.NodeProto, base_dir: str | None) -> np.ndarray:

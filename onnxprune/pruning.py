@@ -79,6 +79,7 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
         n_remove = size - kept_count(size, group_ratio, options)
         if n_remove > 0:
             removed[g] = lowest_scores(np.asarray(scores.get(g, np.zeros(size)), dtype=np.float64), n_remove)
+    _rescue_emptied_tensors(analysis, removed, scores)
     return _finish(model, analysis, removed, verify)
 
 
@@ -110,6 +111,9 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
             raise InvalidRequestError(f"removing these channels would empty channel group {g} "
                                       f"(layers {analysis.groups[g].layers[:5]}); keep at least one")
         removed[g] = np.array(sorted(units), dtype=np.int64)
+    for tensor, axis in _emptied_axes(analysis, removed):
+        raise InvalidRequestError(f"removing these channels would leave tensor '{tensor}' with no channel on axis "
+                                  f"{axis}; keep at least one of its channels")
     return _finish(model, analysis, removed, verify)
 
 
@@ -139,6 +143,35 @@ def _find_layer(analysis: Analysis, name: str):
                                   + (f"; did you mean {hint}?" if hint else "")
                                   + " (`onnxprune inspect MODEL` lists the layers)")
     return layer
+
+
+def _emptied_axes(analysis: Analysis, removed: dict[int, np.ndarray]):
+    """(tensor, axis) pairs that would lose every channel (e.g. one half of a Split)."""
+    keep = _keep_mask(analysis, removed)
+    for tensor, axes in analysis.walker.axes.items():
+        for axis, ids in axes.items():
+            if len(ids) and not keep[ids].any():
+                yield tensor, axis
+
+
+def _rescue_emptied_tensors(analysis: Analysis, removed: dict[int, np.ndarray], scores: dict) -> None:
+    """Give back the best-scored channel of every tensor axis that would otherwise become empty."""
+    res = analysis.resolution
+    while True:
+        emptied = next(iter(_emptied_axes(analysis, removed)), None)
+        if emptied is None:
+            return
+        tensor, axis = emptied
+        ids = analysis.walker.axes[tensor][axis]
+        best = None
+        for unit, group in zip(res.unit[ids].tolist(), res.group[ids].tolist()):
+            g = analysis.group_of_internal[group]
+            position = analysis.unit_positions(g)[unit]
+            score = float(np.nan_to_num(np.asarray(scores.get(g, [0.0] * (position + 1)))[position], nan=-np.inf))
+            if best is None or score > best[0]:
+                best = (score, g, position)
+        _, g, position = best
+        removed[g] = removed[g][removed[g] != position]
 
 
 def _keep_mask(analysis: Analysis, removed: dict[int, np.ndarray]) -> np.ndarray:

@@ -161,7 +161,8 @@ class _Surgeon:
         graph.doc_string = source.graph.doc_string
         graph.input.extend(source.graph.input)
         graph.output.extend(source.graph.output)
-        graph.value_info.extend(v for v in source.graph.value_info if v.name not in self.kept)
+        # value_info is dropped: shapes of activations and of values computed from weights (Shape of a
+        # weight, Expand of a bias) change; onnxruntime and the checker infer them again.
         graph.sparse_initializer.extend(source.graph.sparse_initializer)
         replaced = self.slicer.initializers
         live = _live_tensors(nodes, [v.name for v in source.graph.output])

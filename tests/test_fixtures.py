@@ -1,0 +1,66 @@
+"""The mask oracle on every fixture: ratios 0.1/0.3/0.5/0.7 and random index sets."""
+from __future__ import annotations
+
+import glob
+import os
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune as op
+from onnxprune.ir import check_io, validate_file
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = sorted(glob.glob(os.path.join(ROOT, "fixtures", "*.onnx")))
+NAMES = [os.path.basename(f) for f in FIXTURES]
+# Fixtures built to show that an op without a rule blocks pruning: nothing may be prunable there.
+BLOCKED_ON_PURPOSE = ("unknown_op",)
+
+
+def test_fixtures_exist():
+    assert len(FIXTURES) >= 20, "run python fixtures/make_fixtures.py"
+    for path in FIXTURES:
+        assert os.path.getsize(path) < 1_000_000, path
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=NAMES)
+def test_every_fixture_has_prunable_groups(path):
+    analysis = op.analyze(path)
+    prunable = [g for g in analysis.groups if g.prunable]
+    if any(tag in path for tag in BLOCKED_ON_PURPOSE):
+        assert any(not g.prunable for g in analysis.groups)
+    else:
+        assert prunable, f"{path}: no prunable group: {[g.reason for g in analysis.groups]}"
+
+
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.5, 0.7])
+@pytest.mark.parametrize("path", FIXTURES, ids=NAMES)
+def test_mask_oracle_at_ratio(path, ratio, tmp_path):
+    original = op.load_model(path)
+    result = op.prune(original, ratio=ratio, verify=True)
+    assert result.verification.max_rel_error <= 1e-4, str(result.verification)
+    out = tmp_path / "pruned.onnx"
+    op.save_model(result.model, out, reference=original)  # checker full_check + onnxruntime + I/O names
+    if ratio >= 0.3 and result.pruned_groups:
+        assert result.summary.after.params < result.summary.before.params
+
+
+@pytest.mark.parametrize("path", FIXTURES, ids=NAMES)
+def test_mask_oracle_on_random_indices(path):
+    original = op.load_model(path)
+    analysis = op.analyze(original)
+    rng = np.random.default_rng(abs(hash(os.path.basename(path))) % 2**32)
+    layers = [layer for layer in analysis.layers if layer.group is not None and analysis.groups[layer.group].prunable]
+    if not layers:
+        pytest.skip("no prunable layer (blocked on purpose)")
+    for layer in rng.choice(layers, size=min(3, len(layers)), replace=False):
+        n = layer.out_channels
+        chosen = sorted(rng.choice(n, size=rng.integers(1, max(2, n // 2)), replace=False).tolist())
+        try:
+            result = op.prune_by_index(original, {layer.name: chosen}, verify=True)
+        except op.InvalidRequestError as exc:  # coupled channels may cover the whole group
+            assert "empty" in str(exc)
+            continue
+        assert result.verification.max_rel_error <= 1e-4
+        check_io(original, result.model)
