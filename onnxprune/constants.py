@@ -73,6 +73,26 @@ class ConstantResolver:
         return self.shapes.get(name)
 
     # ---- values -------------------------------------------------------------------
+    def _reads_shape(self, node: onnx.NodeProto) -> bool:
+        source = self.index.producer_node(node.input[0])
+        return source is not None and source.op_type == "Shape" and self.shapes.get(source.input[0]) is not None
+
+    def _fold_dims_pick(self, node: onnx.NodeProto) -> list[np.ndarray] | None:
+        """x.shape[k] with a symbolic batch elsewhere: fold when the picked dims are static."""
+        source = self.index.producer_node(node.input[0])
+        entries = _shape_entries(source, self.shapes[source.input[0]])
+        positions = np.arange(len(entries))
+        rest = [self.value(t) if t else None for t in node.input[1:]]
+        if any(v is None for v, t in zip(rest, node.input[1:]) if t):
+            return None
+        picked = _evaluate(node, [positions] + rest, self.opset)
+        if picked is None:
+            return None
+        dims = [entries[int(k)] for k in np.asarray(picked[0]).reshape(-1)]
+        if not all(isinstance(d, int) for d in dims):
+            return None
+        return [np.array(dims, dtype=np.int64).reshape(np.asarray(picked[0]).shape)]
+
     def value(self, name: str) -> np.ndarray | None:
         """The folded value of a tensor, or None when it cannot be known statically."""
         if not name:
@@ -120,6 +140,8 @@ class ConstantResolver:
             if shape is None or not all(isinstance(d, int) for d in shape):
                 return None
             return [np.array(int(np.prod(shape)), dtype=np.int64)]
+        if op in ("Gather", "Slice") and self._reads_shape(node):
+            return self._fold_dims_pick(node)
         if op == "CastLike":
             source, like = self.value(node.input[0]), self.types.get(node.input[1])
             if source is None or like is None:
@@ -135,6 +157,11 @@ class ConstantResolver:
                 return None
             inputs.append(value)
         return _evaluate(node, inputs, self.opset)
+
+
+def _shape_entries(node: onnx.NodeProto, shape: tuple) -> list:
+    start, end = attribute(node, "start", 0), attribute(node, "end", None)
+    return list(shape[start:end])
 
 
 def _value_inputs(node: onnx.NodeProto) -> list[str]:

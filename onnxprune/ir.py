@@ -191,12 +191,17 @@ def tensor_array(tensor: TensorProto, base_dir: str | None) -> np.ndarray:
     return numpy_helper.to_array(tensor)
 
 
-def opset_version(model: onnx.ModelProto, domain: str = "") -> int:
-    """Opset version imported for `domain` ("" and "ai.onnx" are the same domain)."""
+def opset_version(model: onnx.ModelProto, domain: str = "", *, default: int | None = None) -> int:
+    """Opset version imported for `domain` ("" and "ai.onnx" are the same domain).
+
+    A model that imports no such opset gets `default`, or InvalidModelError when no default is given.
+    """
     wanted = "" if domain == "ai.onnx" else domain
     for opset in model.opset_import:
         if (opset.domain if opset.domain != "ai.onnx" else "") == wanted:
             return opset.version
+    if default is not None:
+        return default
     raise InvalidModelError(f"model imports no opset for domain {domain!r}")
 
 
@@ -506,15 +511,26 @@ def infer_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, Shape], di
     observed by running onnxruntime once on generated inputs (skipped if ORT can't run).
     """
     light = _light_copy(model)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, data_prop=True)
-    except Exception:  # inference errors on odd graphs: keep what the model declares
+    try:  # strict, as onnx.checker's full_check: a model that fails it can't give a valid pruned model
+        inferred = onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True, data_prop=True)
+    except onnx.shape_inference.InferenceError:
+        _check_full(light)  # data propagation may fail where the checker passes: keep the declared shapes
         inferred = light
     shapes, types = _collect(inferred)
     unknown = [o for n in model.graph.node for o in n.output if o and _is_unknown(shapes.get(o))]
     if unknown:
         _observe(model, unknown, shapes, types)
     return shapes, types
+
+
+def _check_full(light: onnx.ModelProto) -> None:
+    """InvalidModelError when the model fails the type and shape checks of onnx.checker's full_check."""
+    try:
+        onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True)
+    except onnx.shape_inference.InferenceError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InvalidModelError(f"model fails ONNX type and shape inference (onnx.checker full_check): {first}; "
+                                "fix or re-export the model") from exc
 
 
 def _light_copy(model: onnx.ModelProto, *, empty: bool = False) -> onnx.ModelProto:
@@ -568,7 +584,12 @@ def _collect(model: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
 
 
 def _is_unknown(shape: Shape | None) -> bool:
-    return shape is None or any(d is None for d in shape)
+    return shape is None or any(_unknown_dim(d) for d in shape)
+
+
+def _unknown_dim(dim) -> bool:
+    """None, or a name shape inference made up for a dim it could not work out ('unk__3')."""
+    return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
 
 
 def _observe(model: onnx.ModelProto, names: list[str], shapes: dict[str, Shape], types: dict[str, int]) -> None:
@@ -579,10 +600,12 @@ def _observe(model: onnx.ModelProto, names: list[str], shapes: dict[str, Shape],
     except Exception:  # robust: keep the inferred shapes when the model can't run
         return
     for name, array in results.items():
+        if not isinstance(array, np.ndarray):  # sequence / map / optional values have no tensor shape
+            continue
         seen = tuple(int(d) for d in array.shape)
         known = shapes.get(name)
         if known is not None and len(known) == len(seen):
-            seen = tuple(s if k is None else k for k, s in zip(known, seen))
+            seen = tuple(s if _unknown_dim(k) else k for k, s in zip(known, seen))
         shapes[name] = seen
         if name not in types and array.dtype != object:
             types[name] = helper.np_dtype_to_tensor_dtype(array.dtype)

@@ -15,7 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = sorted(glob.glob(os.path.join(ROOT, "fixtures", "*.onnx")))
 NAMES = [os.path.basename(f) for f in FIXTURES]
 # Fixtures built to show that an op without a rule blocks pruning: nothing may be prunable there.
-BLOCKED_ON_PURPOSE = ("unknown_op",)
+BLOCKED_ON_PURPOSE = ("topk_blocked",)
 
 
 def test_fixtures_exist():

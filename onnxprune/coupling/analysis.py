@@ -94,11 +94,19 @@ def analyze(model, options: Options | None = None) -> Analysis:
     options = options or Options()
     index = GraphIndex.build(model.graph)
     shapes, types = ir.infer_shapes_and_types(model)
-    resolver = ConstantResolver(index, shapes, ir.base_dir(model), ir.opset_version(model), types)
-    walker = Walker(index, resolver, shapes, options)
+    resolver = ConstantResolver(index, shapes, ir.base_dir(model), _default_opset(model), types)
+    walker = Walker(model, index, resolver, shapes, options)
     walker.run()
     resolution = walker.tracker.resolve()
     return _build(model, walker, resolution)
+
+
+def _default_opset(model: onnx.ModelProto) -> int:
+    """The ai.onnx opset; a model of other domains only (ai.onnx.ml, training) has no ai.onnx node to
+    interpret, and one that does use ai.onnx ops without importing them fails the checker."""
+    if any(node.domain in ("", "ai.onnx") for node in model.graph.node):
+        return ir.opset_version(model)
+    return ir.opset_version(model, default=onnx.defs.onnx_opset_version())
 
 
 def _build(model: onnx.ModelProto, walker: Walker, res: Resolution) -> Analysis:

@@ -149,8 +149,9 @@ def slice_(w: Walker, i: int, node: onnx.NodeProto) -> None:
     for axis, start, end, step in params:
         if axis not in axes:
             continue
-        if step != 1:
-            w.block(axes[axis], f"{w.where(i, node)} slices the channel axis with step {step}")
+        if step != 1 and len(params) > 1:
+            w.block(axes[axis], f"{w.where(i, node)} slices the channel axis with step {step} together with "
+                                "other axes")
             del axes[axis]
             continue
         axes[axis] = axes[axis][slice(start, end, step)]
@@ -202,6 +203,13 @@ def map_reshape(w: Walker, i: int, node: onnx.NodeProto, in_shape: tuple, out_sh
     """Element ids through a reshape: splits (channels into heads x dims), merges (flatten), shuffles."""
     axes = w.tracked(node.input[0])
     blocks = _align_blocks(in_shape, out_shape)
+    if blocks is None and not all(isinstance(d, int) for d in in_shape + out_shape):
+        in_seen, out_seen = w.observed_shape(node.input[0]), w.observed_shape(node.output[0])
+        if in_seen is not None and out_seen is not None:
+            blocks = _align_blocks(in_seen, out_seen)
+            if blocks is not None and not _static_where_tracked(blocks, axes, in_shape, out_shape):
+                blocks = None
+            in_shape, out_shape = in_seen, out_seen
     if blocks is None:
         w.block_inputs(i, node, f"cannot map channels from shape {list(in_shape)} to {list(out_shape)}")
         return
@@ -233,6 +241,16 @@ def map_reshape(w: Walker, i: int, node: onnx.NodeProto, in_shape: tuple, out_sh
         ids = np.moveaxis(grid, single, 0).reshape(dims_out[single], -1)[:, 0]
         result[block_out[single]] = np.ascontiguousarray(ids)
     w.set_axes(node.output[0], result)
+
+
+def _static_where_tracked(blocks, axes, in_shape: tuple, out_shape: tuple) -> bool:
+    """Blocks carrying channels hold only static dims (so the mapping holds for any batch size)."""
+    for block_in, block_out in blocks:
+        if any(a in axes for a in block_in):
+            dims = [in_shape[a] for a in block_in] + [out_shape[b] for b in block_out]
+            if not all(isinstance(d, int) for d in dims):
+                return False
+    return True
 
 
 def _single_axis(grid: np.ndarray) -> int | None:

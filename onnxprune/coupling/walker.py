@@ -39,7 +39,9 @@ class ConstUse:
 
 
 class Walker:
-    def __init__(self, index: GraphIndex, resolver: ConstantResolver, shapes: dict[str, tuple], options) -> None:
+    def __init__(self, model: onnx.ModelProto, index: GraphIndex, resolver: ConstantResolver,
+                 shapes: dict[str, tuple], options) -> None:
+        self.model = model
         self.index = index
         self.resolver = resolver
         self.shapes = shapes
@@ -47,6 +49,7 @@ class Walker:
         self.tracker = ChannelTracker()
         self.axes: dict[str, dict[int, np.ndarray]] = {}
         self.const_uses: dict[tuple[int, int], ConstUse] = {}
+        self._observed: dict[str, tuple] | None = None
 
     # ---- queries -------------------------------------------------------------------
     def tracked(self, tensor: str) -> dict[int, np.ndarray]:
@@ -64,6 +67,24 @@ class Walker:
         if shape is None or axis >= len(shape):
             return None
         return shape[axis]
+
+    def observed_shape(self, tensor: str) -> tuple | None:
+        """Concrete shape seen when onnxruntime runs the model on generated inputs (one run, lazily).
+
+        Used where symbolic dims (batch, '4*batch') hide how a Reshape maps channels.
+        """
+        if self._observed is None:
+            from onnxprune.verify import make_inputs, run
+
+            wanted = sorted({t for n in self.index.nodes if n.op_type in ("Reshape", "Flatten")
+                             for t in (n.input[0], n.output[0])})
+            try:
+                model = self.model
+                outputs = run(model, make_inputs(model), outputs=wanted)
+                self._observed = {name: tuple(int(d) for d in value.shape) for name, value in outputs.items()}
+            except Exception:  # noqa: BLE001  onnxruntime refuses some graphs; symbolic shapes then stand
+                self._observed = {}
+        return self._observed.get(tensor)
 
     def is_const(self, tensor: str) -> bool:
         return self.resolver.is_constant(tensor)

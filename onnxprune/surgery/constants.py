@@ -59,6 +59,8 @@ class ConstantSlicer:
                 copy.attribute.extend(node.attribute)
                 self.nodes.append(copy)
                 return
+        if node is not None and node.op_type == "Expand" and self._expand_copy(node, selection, new_name):
+            return
         if node is not None and node.op_type in ("Identity", "Cast", "Unsqueeze") and node.input[0]:
             inner = _inner_selection(node, selection, self.resolver)
             if inner is not None:
@@ -75,6 +77,28 @@ class ConstantSlicer:
         if value is None:
             raise ValueError(f"constant '{name}' cannot be evaluated for slicing")
         self.initializers[new_name] = numpy_helper.from_array(take(value, selection), new_name)
+
+    def _expand_copy(self, node: onnx.NodeProto, selection: Selection, new_name: str) -> bool:
+        """Expand(small, shape): slice `small` where it is full-size, and shrink `shape`."""
+        out_shape = self.resolver.shape_of(node.output[0])
+        in_shape = self.resolver.shape_of(node.input[0])
+        target = self.resolver.int_list(node.input[1])
+        if out_shape is None or in_shape is None or target is None:
+            return False
+        shift = len(out_shape) - len(in_shape)
+        inner = {}
+        for axis, kept in selection.items():
+            k = axis - len(out_shape) + len(target)
+            if k >= 0:
+                target[k] = 1 if target[k] == 1 else len(kept)
+            if axis - shift >= 0 and in_shape[axis - shift] != 1:
+                inner[axis - shift] = kept
+        source = self.sliced_copy(node.input[0], inner) if inner else node.input[0]
+        shape_name = self.names.fresh(f"{new_name}_shape")
+        self.initializers[shape_name] = numpy_helper.from_array(np.array(target, dtype=np.int64), shape_name)
+        self.nodes.append(onnx.helper.make_node("Expand", [source, shape_name], [new_name],
+                                                name=self.names.fresh(f"{new_name}_expand")))
+        return True
 
 
 def _inner_selection(node: onnx.NodeProto, selection: Selection, resolver: ConstantResolver) -> Selection | None:

@@ -38,6 +38,8 @@ class _Surgeon:
         self.names = NameSource(analysis.model.graph)
         self.slicer = ConstantSlicer(self.index, self.resolver, ir.base_dir(analysis.model), self.names)
         self.kept: dict[str, dict[int, np.ndarray]] = {}  # tensor -> axis -> kept positions (changed axes only)
+        self.sliced_in_place: dict[str, dict[int, np.ndarray]] = {}  # initializers sliced under their own name
+        self.after: dict[int, list[onnx.NodeProto]] = {}  # nodes to place right after node i
 
     # ---- new shapes ----------------------------------------------------------------
     def _changed_axes(self) -> None:
@@ -66,6 +68,7 @@ class _Surgeon:
             nodes.extend(pending.get(i, []))
             new_inputs = {slot: redirects[(i, slot)] for slot in range(len(node.input)) if (i, slot) in redirects}
             nodes.append(self._rewrite(i, node, new_inputs, nodes))
+            nodes.extend(self.after.pop(i, []))
         model = self._assemble(nodes)
         produced = {o for n in model.graph.node for o in n.output} | {v.name for v in model.graph.input}
         channels = {t: entry for t, entry in self._record().items() if t in produced}
@@ -94,7 +97,9 @@ class _Surgeon:
             all_uses = self.index.consumers.get(name, [])
             shared = len(all_uses) > len(uses) or name in self.index.graph_outputs
             if name in self.index.initializers and len(keys) == 1 and not shared:
-                self.slicer.slice_initializer_in_place(name, next(iter(uses.values())))
+                selection = next(iter(uses.values()))
+                self.slicer.slice_initializer_in_place(name, selection)
+                self.sliced_in_place[name] = selection
                 continue
             made: dict[tuple, str] = {}
             for use, selection in uses.items():
@@ -110,7 +115,7 @@ class _Surgeon:
     # ---- per-node rewrites -----------------------------------------------------------
     def _rewrite(self, i: int, node: onnx.NodeProto, new_inputs: dict[int, str],
                  nodes: list[onnx.NodeProto]) -> onnx.NodeProto:
-        touched = any(t in self.kept for t in list(node.input) + list(node.output))
+        touched = any(t in self.kept or t in self.sliced_in_place for t in list(node.input) + list(node.output))
         if not new_inputs and not touched:
             return node
         node_copy = onnx.NodeProto()
@@ -175,6 +180,8 @@ class _Surgeon:
         for name, tensor in replaced.items():
             if name not in existing and name in live.tensors:
                 graph.initializer.append(tensor)
+                if source.ir_version < 4:  # IR < 4: every initializer must also be a graph input
+                    graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, tensor.dims))
         for value in graph.input:
             if value.name in replaced and value.name in existing:
                 _set_dims(value, list(replaced[value.name].dims))
@@ -326,6 +333,9 @@ def _rewrite_slice(s: _Surgeon, i: int, node: onnx.NodeProto, nodes: list) -> No
         return
     shape = s.walker.shape(x)
     params = slice_params(s.walker, node, len(shape))
+    if len(params) == 1 and params[0][3] != 1 and params[0][0] in kept:
+        _strided_slice_as_gather(s, node, params[0], shape[params[0][0]], kept[params[0][0]])
+        return
     starts, ends = [], []
     changed = False
     for axis, start, end, step in params:
@@ -350,6 +360,23 @@ def _rewrite_slice(s: _Surgeon, i: int, node: onnx.NodeProto, nodes: list) -> No
         node.input[slot] = name
 
 
+def _strided_slice_as_gather(s: _Surgeon, node: onnx.NodeProto, param: tuple, size: int,
+                             kept: np.ndarray) -> None:
+    """A strided Slice over pruned channels becomes a Gather of the kept ones' new positions."""
+    axis, start, end, step = param
+    picked = np.arange(size)[slice(start, end, step)]
+    new_position = {int(p): k for k, p in enumerate(kept)}
+    indices = np.array([new_position[int(p)] for p in picked if int(p) in new_position], dtype=np.int64)
+    name = s.names.fresh(f"{node.name or 'Slice'}_indices")
+    s.slicer.initializers[name] = numpy_helper.from_array(indices, name)
+    data = node.input[0]
+    del node.input[:]
+    node.input.extend([data, name])
+    del node.attribute[:]
+    node.attribute.append(onnx.helper.make_attribute("axis", axis))
+    node.op_type = "Gather"
+
+
 def _rewrite_conv_group(s: _Surgeon, i: int, node: onnx.NodeProto, nodes: list) -> None:
     groups = attribute(node, "group", 1)
     x = node.input[0]
@@ -366,6 +393,39 @@ def _rewrite_resize(s: _Surgeon, i: int, node: onnx.NodeProto, nodes: list) -> N
     if out not in s.kept or node.op_type != "Resize" or len(node.input) < 4 or not node.input[3]:
         return
     s.set_int_input(node, 3, {axis: s.new_dim(out, axis) for axis in s.kept[out]}, nodes)
+
+
+def _freeze_shape(s: _Surgeon, i: int, node: onnx.NodeProto, nodes: list) -> None:
+    """Shape of a shrunk tensor reports its ORIGINAL channel counts.
+
+    Values computed from shapes (attention's 1/sqrt(head_dim), a view's C // heads) keep the
+    original's meaning; every shape input that must follow the new sizes (Reshape, Expand,
+    Split, Slice, Resize) is rewritten explicitly.
+    """
+    x = node.input[0]
+    changed = s.kept.get(x) or s.sliced_in_place.get(x)
+    if not changed:
+        return
+    shape = s.walker.shape(x)
+    start = attribute(node, "start", 0) % (len(shape) + 1) if attribute(node, "start") is not None else 0
+    end = attribute(node, "end")
+    end = len(shape) if end is None else (end if end >= 0 else end + len(shape))
+    axes = list(range(len(shape)))[start:end]
+    positions = {k: int(shape[a]) for k, a in enumerate(axes) if a in changed}
+    if not positions:
+        return
+    raw = s.names.fresh(f"{node.output[0]}_pruned")
+    frozen = node.output[0]
+    node.output[0] = raw
+    mask = np.zeros(len(axes), dtype=bool)
+    values = np.zeros(len(axes), dtype=np.int64)
+    for k, v in positions.items():
+        mask[k], values[k] = True, v
+    mask_name, values_name = s.names.fresh(f"{frozen}_mask"), s.names.fresh(f"{frozen}_original")
+    s.slicer.initializers[mask_name] = numpy_helper.from_array(mask, mask_name)
+    s.slicer.initializers[values_name] = numpy_helper.from_array(values, values_name)
+    s.after[i] = [onnx.helper.make_node("Where", [mask_name, values_name, raw], [frozen],
+                                        name=s.names.fresh(f"{node.name or 'Shape'}_original_dims"))]
 
 
 def _replace_attribute(node: onnx.NodeProto, attr: onnx.AttributeProto) -> None:
@@ -385,4 +445,5 @@ _REWRITES = {
     "Conv": _rewrite_conv_group,
     "ConvTranspose": _rewrite_conv_group,
     "Resize": _rewrite_resize,
+    "Shape": _freeze_shape,
 }
