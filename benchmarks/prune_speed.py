@@ -13,8 +13,8 @@ Tables (DESIGN.md section 6, issue 2):
   3. Big model: >= --big-gb GB of float32 weights in external data, pruned and saved in a child
      process; peak RSS over the weights' size (bar: < 1.5x), per stage.
 
-The pipeline timed is what `onnxprune prune` does: original = load_model(path);
-result = prune(original, ratio=0.3); save_model(result.model, out, reference=original).
+The pipeline timed is what `onnxprune prune` does: result = prune(path, ratio=0.3);
+save_model(result.model, out, reference=result.reference).
 Stage times come from wrapping library functions for the duration of the benchmark (exclusive
 time: a nested stage's time is not counted in its parent). All models are generated into a
 temporary folder and deleted at the end; nothing is written next to the inputs.
@@ -147,6 +147,7 @@ class Stages:
 # (module, attribute, stage). Missing attributes are skipped: the library is free to refactor,
 # its time then shows up in the enclosing stage.
 _PATCHES = [
+    ("onnxprune.ir", "load_model", "load"),
     ("onnxprune.pruning", "analyze", "analyze"),
     ("onnxprune.ir", "infer_shapes_and_types", "shapes"),
     ("onnxprune.pruning", "apply", "surgery"),
@@ -187,17 +188,15 @@ def instrumented(stages: Stages):
 
 
 def run_pipeline(path: str, out: str, *, check: bool, stages: Stages, external_data: bool | None = None):
-    """original = load_model(path); prune(original, 0.3); save_model(..., reference=original)."""
+    """prune(path, 0.3); save_model(..., reference=result.reference), as the CLI does."""
     import onnxprune as op
 
     with instrumented(stages):
-        with stages.stage("load"):
-            original = op.load_model(path)
         with stages.stage("prune:rest"):
-            result = op.prune(original, ratio=RATIO)
+            result = op.prune(path, ratio=RATIO)
         with stages.stage("save:rest"):
-            op.save_model(result.model, out, reference=original, check=check, external_data=external_data)
-    return original, result
+            op.save_model(result.model, out, reference=result.reference, check=check, external_data=external_data)
+    return result.reference, result
 
 
 # --------------------------------------------------------------------------- helpers
@@ -340,7 +339,7 @@ def table1(models: list[tuple[str, str, int]], repeats: int, workdir: str) -> tu
             status = "; ".join(f"{k}: {v}" for k, v in m["errors"].items())
         base = m["base"]
         rows.append([name, _human(params), f"{os.path.getsize(path) / 1e6:.1f}", m.get("nodes", "?"),
-                     _ms(base), _ms(m["total"]), _x(m["total"] / base), _ms(m["total_nocheck"]),
+                     f"{_ms(m['base_load'])} + {_ms(m['base_save'])}", _ms(base), _ms(m["total"]), _x(m["total"] / base), _ms(m["total_nocheck"]),
                      _x(m["total_nocheck"] / base), status])
         st = m["stages"]
         checked = "check" not in m["errors"]
@@ -352,9 +351,9 @@ def table1(models: list[tuple[str, str, int]], repeats: int, workdir: str) -> tu
         f"(medians of {repeats} runs, same process)",
         "ratio = pipeline / baseline (goal <= 1.2x); 'check' = save_model default (checker full_check + ORT load), "
         "'nocheck' = save_model(check=False).",
-        ["model", "params", "MB", "nodes", "baseline ms", "check ms", "ratio", "nocheck ms", "ratio nocheck",
-         "status"],
-        rows, align="lrrrrrrrrl")
+        ["model", "params", "MB", "nodes", "base load+save ms", "baseline ms", "check ms", "ratio", "nocheck ms",
+         "ratio nocheck", "status"],
+        rows, align="lrrrrrrrrrl")
     t1b = table(
         "Table 1b. where the time goes: median ms per stage (in parentheses: multiple of the baseline time)",
         "load = load_model; shapes = ir.infer_shapes_and_types (analysis + stats); prune:rest / save:rest = "
@@ -404,8 +403,11 @@ def table2(units_list: list[int], repeats: int, workdir: str) -> str:
 
 def _child(mode: str, path: str, out: str) -> None:
     """Run in a fresh interpreter: prints one JSON line with times and memory."""
+    import onnxruntime
+
     import onnxprune  # noqa: F401  (imports counted in the startup RSS, as for any user)
-    import onnxruntime  # noqa: F401
+
+    onnxruntime.set_default_logger_severity(3)
 
     gc.collect()
     startup = _status().get("VmRSS", 0)
@@ -503,6 +505,28 @@ def table3(big_gb: float, workdir: str) -> str:
     return t3
 
 
+def profile(name: str, path: str, workdir: str, top: int = 15) -> str:
+    """cProfile of one load + prune + save(check=True), top functions by internal time."""
+    import cProfile
+    import io
+    import pstats
+
+    out = os.path.join(workdir, "profiled.onnx")
+    prof = cProfile.Profile()
+    prof.enable()
+    try:
+        run_pipeline(path, out, check=True, stages=Stages())
+    except Exception as exc:  # noqa: BLE001
+        print(f"  profile {name}: {_short_error(exc)}", file=sys.stderr)
+    prof.disable()
+    _remove(out)
+    buf = io.StringIO()
+    pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
+    body = "\n".join(ln for ln in buf.getvalue().splitlines() if ln.strip() and "Ordered by" not in ln
+                     and "List reduced" not in ln)
+    return f"cProfile, {name}: load + prune + save, top {top} by internal time\n{body}\n"
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -518,6 +542,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-big", action="store_true", help="skip table 3")
     parser.add_argument("--tables", default="1,2,3", help="which tables to run, e.g. 1,3")
     parser.add_argument("--tmp", default=None, help="folder for the generated models (default: system temp)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print the cProfile top 15 (internal time) of one pipeline run per table-1 model")
     parser.add_argument("--child", nargs=3, metavar=("MODE", "MODEL", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -530,6 +556,8 @@ def main(argv: list[str] | None = None) -> int:
     import onnxruntime
 
     import onnxprune
+
+    onnxruntime.set_default_logger_severity(3)  # keep ORT warnings (e.g. unused initializers) off the tables
 
     print(f"onnxprune benchmark: python {sys.version.split()[0]}, onnx {onnx.__version__}, onnxruntime "
           f"{onnxruntime.__version__}, {os.cpu_count()} CPUs, onnxprune from {os.path.dirname(onnxprune.__file__)}\n")
@@ -547,6 +575,9 @@ def main(argv: list[str] | None = None) -> int:
             models[0] = (models[0][0], models[0][1], _light_params(models[0][1]))
             text, _ = table1(models, repeats, workdir)
             print(text, flush=True)
+            if args.profile:
+                for name, path, _ in models:
+                    print(profile(name, path, workdir), flush=True)
             for _, path, _ in models[1:]:
                 _remove(path)
         if "2" in wanted:

@@ -28,6 +28,7 @@ class ConstantResolver:
         self.base_dir = base_dir
         self._constant: dict[str, bool] = {}
         self._values: dict[str, np.ndarray | None] = {}
+        self._initializer_arrays: dict[str, np.ndarray] = {}
 
     # ---- constancy ----------------------------------------------------------------
     def is_constant(self, name: str) -> bool:
@@ -101,7 +102,11 @@ class ConstantResolver:
             return self._values[name]
         init = self.index.initializers.get(name)
         if init is not None:
-            value = ir.tensor_array(init, self.base_dir)
+            value = self._initializer_arrays.get(name)
+            if value is None:
+                value = ir.tensor_array(init, self.base_dir)
+                if not ir.is_external(init):  # reading raw_data copies it: read each weight once
+                    self._initializer_arrays[name] = value
         else:
             found = self.index.producer.get(name)
             value = None

@@ -350,7 +350,12 @@ def _write_proto(model: onnx.ModelProto, path: str) -> None:
 
 def _build_output(model: onnx.ModelProto, data_path: str | None, data_name: str,
                   source: str | None) -> onnx.ModelProto:
-    """Copy of `model` whose tensors are inline or in the new data file (never the source's)."""
+    """Copy of `model` whose tensors are inline or in the new data file (never the source's).
+
+    A model with every tensor inline, saved inline, is written as it is (no copy).
+    """
+    if data_path is None and not any(is_external(t) for t in iter_tensors(model)):
+        return model
     out = onnx.ModelProto()
     _copy_fields(model, out, skip="graph")
     _copy_fields(model.graph, out.graph, skip="initializer")

@@ -26,13 +26,25 @@ class PruneResult:
     exact: bool  # every pruned group is exact (the mask oracle applies to the whole model)
     pruned_groups: list[int] = field(default_factory=list)
     verification: Any = None
+    reference: onnx.ModelProto | None = None  # the original's inputs/outputs, for save_model(reference=...)
 
 
-@dataclass
 class PruneSummary:
-    before: Any
-    after: Any
-    groups: list[dict]  # per pruned group: id, layers, size, kept, exact
+    """Params / MACs / size before and after; the after side is computed when first asked for."""
+
+    def __init__(self, before, model_after: onnx.ModelProto, groups: list[dict]):
+        self.before = before
+        self.groups = groups  # per pruned group: id, layers, size, kept, exact
+        self._model_after = model_after
+        self._after = None
+
+    @property
+    def after(self):
+        if self._after is None:
+            from onnxprune.stats import stats
+
+            self._after = stats(self._model_after)
+        return self._after
 
     def as_dict(self) -> dict:
         return {
@@ -67,6 +79,7 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     if scope != "uniform":
         raise InvalidRequestError(f"scope={scope!r} is not available yet; use scope='uniform'")
     options = options or Options()
+    own = not isinstance(model, onnx.ModelProto) and not verify  # loaded here: ours to change in place
     model = ir.load_model(model)
     criterion = criterion_for(method)
     analysis = analyze(model, options)
@@ -80,12 +93,13 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
         if n_remove > 0:
             removed[g] = lowest_scores(np.asarray(scores.get(g, np.zeros(size)), dtype=np.float64), n_remove)
     _rescue_emptied_tensors(analysis, removed, scores)
-    return _finish(model, analysis, removed, verify)
+    return _finish(model, analysis, removed, verify, own)
 
 
 def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | None = None,
                    verify: bool = False) -> PruneResult:
     """Remove exactly these output channels of these layers, and every channel coupled to them."""
+    own = not isinstance(model, onnx.ModelProto) and not verify
     model = ir.load_model(model)
     if not isinstance(indices, dict) or not indices:
         raise InvalidRequestError("indices must be a non-empty {layer name: [channel indices]} mapping")
@@ -112,9 +126,9 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
                                       f"(layers {analysis.groups[g].layers[:5]}); keep at least one")
         removed[g] = np.array(sorted(units), dtype=np.int64)
     for tensor, axis in _emptied_axes(analysis, removed):
-        raise InvalidRequestError(f"removing these channels would leave tensor '{tensor}' with no channel on axis "
-                                  f"{axis}; keep at least one of its channels")
-    return _finish(model, analysis, removed, verify)
+        raise InvalidRequestError(f"removing these channels would empty tensor '{tensor}' (no channel left on axis "
+                                  f"{axis}); keep at least one of its channels")
+    return _finish(model, analysis, removed, verify, own)
 
 
 def _targets(analysis: Analysis, ratio: float | None, ratios: dict[str, float] | None) -> dict[int, float]:
@@ -182,20 +196,34 @@ def _keep_mask(analysis: Analysis, removed: dict[int, np.ndarray]) -> np.ndarray
     return ~removed_unit[res.unit]
 
 
-def _finish(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.ndarray], verify: bool) -> PruneResult:
+def _finish(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.ndarray], verify: bool,
+            own: bool) -> PruneResult:
     from onnxprune.stats import stats
 
-    surgery = apply(analysis, _keep_mask(analysis, removed))
+    before = stats(model, shapes=analysis.walker.shapes)
+    reference = _signature(model)
+    surgery = apply(analysis, _keep_mask(analysis, removed), own=own)
     plan = {g: sorted(set(range(analysis.groups[g].size)) - set(p.tolist())) for g, p in removed.items()}
     exact = all(analysis.groups[g].exact for g in removed)
     group_rows = [{"id": g, "layers": analysis.groups[g].layers, "size": analysis.groups[g].size,
                    "kept": len(plan[g]), "exact": analysis.groups[g].exact} for g in sorted(removed)]
     result = PruneResult(model=surgery.model, channels=surgery.channels, plan=plan,
-                         summary=PruneSummary(stats(model), stats(surgery.model), group_rows),
-                         exact=exact, pruned_groups=sorted(removed))
+                         summary=PruneSummary(before, surgery.model, group_rows),
+                         exact=exact, pruned_groups=sorted(removed), reference=reference)
     if verify:
         result.verification = _oracle(model, analysis, removed, result)
     return result
+
+
+def _signature(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A weightless copy holding the model's graph inputs and outputs (what save_model checks against)."""
+    light = onnx.ModelProto(ir_version=model.ir_version)
+    light.opset_import.extend(model.opset_import)
+    light.graph.name = model.graph.name
+    initializers = {t.name for t in model.graph.initializer}
+    light.graph.input.extend(v for v in model.graph.input if v.name not in initializers)
+    light.graph.output.extend(model.graph.output)
+    return light
 
 
 def _oracle(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.ndarray], result: PruneResult):

@@ -48,15 +48,17 @@ class ModelStats:
         return "\n".join(lines)
 
 
-def stats(model: ir.ModelLike) -> ModelStats:
+def stats(model: ir.ModelLike, *, shapes: dict[str, tuple] | None = None) -> ModelStats:
     """Params, MACs and size of a model.
 
     params: elements of floating-point constants (initializers, Constant values, ConstantOfShape
     with a constant shape), counted from dims. MACs: Conv, ConvTranspose, Gemm, MatMul; other
     ops count 0. Dynamic dims (e.g. batch) count as 1. Nodes without a name get "<op_type>_<index>".
+    `shapes` (from ir.infer_shapes) saves inferring them again.
     """
     model = ir.load_model(model)
-    shapes = ir.infer_shapes(model)
+    if shapes is None:
+        shapes = ir.infer_shapes(model)
     constants = _float_constants(model)
     nodes: dict[str, NodeStats] = {}
     for index, node in enumerate(model.graph.node):

@@ -104,7 +104,7 @@ def make_inputs(model: ir.ModelLike, *, seed: int = 0, dims: dict[str, int] | No
         if not tt.HasField("shape"):
             raise InvalidRequestError(f"graph input {value.name!r} has unknown rank; pass inputs explicitly")
         shape = tuple(_dim_size(d, dims or {}) for d in tt.shape.dim)
-        result[value.name] = _random_array(rng, tt.elem_type, shape, bounds.get(value.name, 4))
+        result[value.name] = np.asarray(_random_array(rng, tt.elem_type, shape, bounds.get(value.name, 4)))
     return result
 
 
@@ -341,18 +341,24 @@ def masked_original(model: onnx.ModelProto, masks: dict[str, ChannelMask]) -> tu
     producer = {o: i for i, n in enumerate(g.node) for o in n.output}
     names: dict[str, str] = {}
     inserts: dict[int, list[onnx.NodeProto]] = {}
+    select = ir.opset_version(model, default=0) >= 9  # Where: zeros even where the value is inf or nan
     for t, m in masks.items():
-        const = _mask_tensor(f"{t}/mask", m)
+        const = _mask_tensor(f"{t}/mask", m, select)
         g.initializer.append(const)
+        zero = None
+        if select and m.elem_type != TensorProto.BOOL:
+            zero = f"{t}/zero"
+            g.initializer.append(onnx.numpy_helper.from_array(
+                np.zeros((), helper.tensor_dtype_to_np_dtype(m.elem_type)), zero))
         if t in graph_inputs:
             names[t] = f"{t}/masked"
             _rename_inputs(g, t, names[t])
-            inserts.setdefault(-1, []).append(_mask_node(t, const.name, names[t], m.elem_type))
+            inserts.setdefault(-1, []).append(_mask_node(t, const.name, names[t], m.elem_type, zero))
         elif t in producer:
             names[t] = t
             node = g.node[producer[t]]
             node.output[list(node.output).index(t)] = f"{t}/premask"
-            inserts.setdefault(producer[t], []).append(_mask_node(f"{t}/premask", const.name, t, m.elem_type))
+            inserts.setdefault(producer[t], []).append(_mask_node(f"{t}/premask", const.name, t, m.elem_type, zero))
         else:
             raise InvalidRequestError(f"pruning record names {t!r}, which is not a graph input or node output")
     nodes = list(inserts.get(-1, []))
@@ -364,17 +370,23 @@ def masked_original(model: onnx.ModelProto, masks: dict[str, ChannelMask]) -> tu
     return out, names
 
 
-def _mask_tensor(name: str, m: ChannelMask) -> TensorProto:
+def _mask_tensor(name: str, m: ChannelMask, select: bool = False) -> TensorProto:
     shape = [1] * m.rank
     for axis, size in zip(m.axes, m.mask.shape):
         shape[axis] = size
     values = m.mask.transpose(np.argsort(m.axes)).reshape(shape)
-    return onnx.numpy_helper.from_array(values.astype(helper.tensor_dtype_to_np_dtype(m.elem_type)), name)
+    dtype = bool if select else helper.tensor_dtype_to_np_dtype(m.elem_type)
+    return onnx.numpy_helper.from_array(values.astype(dtype), name)
 
 
-def _mask_node(src: str, mask: str, dst: str, elem_type: int) -> onnx.NodeProto:
-    op = "And" if elem_type == TensorProto.BOOL else "Mul"
-    return helper.make_node(op, [src, mask], [dst], name=f"{dst}/apply_mask")
+def _mask_node(src: str, mask: str, dst: str, elem_type: int, zero: str | None = None) -> onnx.NodeProto:
+    """dst = src where the mask keeps, else 0: Where(mask, src, 0) (Mul before opset 9: inf * 0 is nan)."""
+    if elem_type == TensorProto.BOOL:
+        return helper.make_node("And", [src, mask], [dst], name=f"{dst}/apply_mask")
+    if zero is not None:
+        return helper.make_node("Where", [mask, src, zero], [dst],
+                                name=f"{dst}/apply_mask")
+    return helper.make_node("Mul", [src, mask], [dst], name=f"{dst}/apply_mask")
 
 
 def _rename_inputs(graph: onnx.GraphProto, old: str, new: str) -> None:

@@ -35,17 +35,16 @@ def run(args: argparse.Namespace) -> int:
     out = output_path(args.model, args.output)
     options = op.Options(step_size=args.step_size, step_op=args.step_op,
                          reshape_channel_axis=args.reshape_channel_axis)
-    original = op.load_model(args.model)
     if args.indices:
         indices = read_json(args.indices, "indices")
-        result = op.prune_by_index(original, indices, options=options, verify=args.verify)
+        result = op.prune_by_index(args.model, indices, options=options, verify=args.verify)
     elif args.ratios:
-        result = op.prune(original, args.method, ratios=read_json(args.ratios, "ratios"), options=options,
+        result = op.prune(args.model, args.method, ratios=read_json(args.ratios, "ratios"), options=options,
                           verify=args.verify)
     else:
-        result = op.prune(original, args.method, args.ratio, options=options, verify=args.verify)
+        result = op.prune(args.model, args.method, args.ratio, options=options, verify=args.verify)
     make_parent(out)
-    op.save_model(result.model, out, reference=original, external_data=True if args.external_data else None)
+    op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
     print(result.summary)
     print(f"pruned {len(result.pruned_groups)} channel groups; {len(result.channels)} tensors shrank")
     if result.verification is not None:

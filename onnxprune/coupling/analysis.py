@@ -70,14 +70,7 @@ class Analysis:
     def layer_output_ids(self, name: str) -> np.ndarray | None:
         """Element ids of a layer's output channels (positions = the layer's output channel indices)."""
         i = self.index.by_name.get(name)
-        if i is None:
-            return None
-        for (node, _slot), use in self.walker.const_uses.items():
-            if node == i:
-                for axis, role in use.roles.items():
-                    if role == "out":
-                        return use.axes[axis]
-        return None
+        return None if i is None else self.walker.layer_out.get(i)
 
     def unit_positions(self, group: int) -> dict[int, int]:
         """unit id -> its index within the group."""
@@ -151,11 +144,7 @@ def _build(model: onnx.ModelProto, walker: Walker, res: Resolution) -> Analysis:
 
 def _layers(walker: Walker, res: Resolution, public: dict[int, int]) -> list[Layer]:
     layers = []
-    out_ids: dict[int, np.ndarray] = {}
-    for (i, _slot), use in walker.const_uses.items():
-        for axis, role in use.roles.items():
-            if role == "out":
-                out_ids.setdefault(i, use.axes[axis])
+    out_ids = walker.layer_out
     for i, node in enumerate(walker.index.nodes):
         if node.op_type not in LAYER_OPS or i not in out_ids:
             continue

@@ -24,9 +24,14 @@ ZERO_NEUTRAL_REDUCTIONS = {"ReduceSum", "ReduceSumSquare", "ReduceL1", "ReduceL2
 @rule(*UNARY, "Dropout")
 def pass_through(w: Walker, i: int, node: onnx.NodeProto) -> None:
     axes = w.tracked(node.input[0])
+    if node.op_type == "Dropout" and len(node.input) > 2 and node.input[2]:
+        training = w.resolver.value(node.input[2])
+        if training is None or training.any():  # random masks: pruning shifts which elements are dropped
+            for ids in axes.values():
+                w.inexact(ids, f"{w.where(i, node)} may run in training mode (random, not reproducible)")
     w.set_axes(node.output[0], axes)
     for extra in node.output[1:]:  # e.g. Dropout's mask: same shape, tracked only when read
-        if extra and w.index.consumers.get(extra):
+        if extra and w.used(extra):
             w.set_axes(extra, axes)
 
 
@@ -121,7 +126,7 @@ def per_channel_norm(w: Walker, i: int, node: onnx.NodeProto) -> None:
                 w.inexact(ids, f"{w.where(i, node)} normalises over this axis")
     w.set_axes(node.output[0], axes)
     for extra in node.output[1:]:
-        if extra and w.index.consumers.get(extra):
+        if extra and w.used(extra):
             w.block(channel if channel is not None else np.zeros(0, np.int64),
                     f"{w.where(i, node)}: training-mode statistics outputs are used")
 
@@ -150,7 +155,7 @@ def layer_norm(w: Walker, i: int, node: onnx.NodeProto) -> None:
                 w.block(ids, f"{w.where(i, node)}: scale/bias '{param}' is not a constant")
     w.set_axes(node.output[0], axes)
     for extra in node.output[1:]:
-        if extra and w.index.consumers.get(extra):
+        if extra and w.used(extra):
             w.block_inputs(i, node, "mean/inverse-std outputs are used")
 
 
@@ -218,7 +223,7 @@ def pool(w: Walker, i: int, node: onnx.NodeProto) -> None:
         if a > 1:
             w.block(ids, f"{w.where(i, node)} pools over axis {a}, which carries channels")
     w.set_axes(node.output[0], kept)
-    if len(node.output) > 1 and node.output[1] and w.index.consumers.get(node.output[1]):
+    if len(node.output) > 1 and node.output[1] and w.used(node.output[1]):
         w.block_inputs(i, node, "MaxPool indices encode channel positions")
 
 

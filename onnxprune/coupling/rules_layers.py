@@ -58,6 +58,7 @@ def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if len(node.input) > 2 and node.input[2]:
         w.use_const(i, 2, 0, out, "bias")
     w.set_axes(node.output[0], {1: out})
+    w.layer_out[i] = out
 
 
 @rule("ConvTranspose")
@@ -92,6 +93,7 @@ def conv_transpose(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if len(node.input) > 2 and node.input[2]:
         w.use_const(i, 2, 0, out, "bias")
     w.set_axes(node.output[0], {1: out})
+    w.layer_out[i] = out
 
 
 @rule("Gemm")
@@ -123,6 +125,7 @@ def gemm(w: Walker, i: int, node: onnx.NodeProto) -> None:
             if axis != c_rank - 1:
                 w.block(ids, f"{w.where(i, node)}: C input carries channels on its row axis")
     w.set_axes(node.output[0], {1: out})
+    w.layer_out[i] = out
 
 
 @rule("MatMul")
@@ -142,6 +145,7 @@ def matmul(w: Walker, i: int, node: onnx.NodeProto) -> None:
         out = w.new_channels(w.shape(b)[-1], i)
         w.use_const(i, 1, rb - 1, out, "out")
         result[r - 1] = out
+        w.layer_out[i] = out
         if ra - 2 in ta:
             result[r - 2] = ta[ra - 2]
     elif const_a and not const_b:
@@ -150,6 +154,7 @@ def matmul(w: Walker, i: int, node: onnx.NodeProto) -> None:
         out = w.new_channels(w.shape(a)[-2], i)
         w.use_const(i, 0, ra - 2, out, "out")
         result[r - 2] = out
+        w.layer_out[i] = out
         if rb - 1 in tb:
             result[r - 1] = tb[rb - 1]
     else:  # two activations (attention): the contracted axis couples both operands
@@ -182,6 +187,7 @@ def gather(w: Walker, i: int, node: onnx.NodeProto) -> None:
             out = w.new_channels(w.shape(data)[1], i)
             w.use_const(i, 0, 1, out, "out")
             w.set_axes(node.output[0], {index_rank: out})
+            w.layer_out[i] = out
         else:
             w.block_inputs(i, node, "Gather of a constant other than an embedding table")
         return

@@ -347,4 +347,9 @@ def resize(w: Walker, i: int, node: onnx.NodeProto) -> None:
 
 @rule("Shape", "Size")
 def shape_of(w: Walker, i: int, node: onnx.NodeProto) -> None:
-    """Reads dims only; values that depend on them are rewritten where they feed a shape input."""
+    """Reads dims only; values that depend on them are rewritten where they feed a shape input.
+
+    Shape is frozen to the original dims by surgery; Size counts every element, so its value would change.
+    """
+    if node.op_type == "Size":
+        w.block_inputs(i, node, "the element count it returns includes the channels")

@@ -49,7 +49,9 @@ class Walker:
         self.tracker = ChannelTracker()
         self.axes: dict[str, dict[int, np.ndarray]] = {}
         self.const_uses: dict[tuple[int, int], ConstUse] = {}
+        self._graph_outputs = set(index.graph_outputs)
         self._observed: dict[str, tuple] | None = None
+        self.layer_out: dict[int, np.ndarray] = {}  # layer node -> element ids of its output channels
 
     # ---- queries -------------------------------------------------------------------
     def tracked(self, tensor: str) -> dict[int, np.ndarray]:
@@ -85,6 +87,10 @@ class Walker:
             except Exception:  # noqa: BLE001  onnxruntime refuses some graphs; symbolic shapes then stand
                 self._observed = {}
         return self._observed.get(tensor)
+
+    def used(self, tensor: str) -> bool:
+        """True when a node (or subgraph) reads the tensor or it is a graph output."""
+        return bool(tensor) and (tensor in self.index.consumers or tensor in self._graph_outputs)
 
     def is_const(self, tensor: str) -> bool:
         return self.resolver.is_constant(tensor)
@@ -151,10 +157,33 @@ class Walker:
                 self.block_inputs(i, node, f"channel rule could not map this node ({type(exc).__name__}: {exc})")
                 for tensor in node.output:
                     self.axes.pop(tensor, None)
+        self._tie_shared_constants()
         for tensor in outer_captures:
             self.block_tensor(tensor, f"tensor '{tensor}' is read inside a subgraph (If/Loop/Scan body)")
         for tensor in self.index.graph_outputs:
             self.block_tensor(tensor, f"tensor '{tensor}' is a graph output; its shape must not change")
+
+
+    def _tie_shared_constants(self) -> None:
+        """A weight read by several nodes (shared layers) loses the same slices everywhere: stays shared."""
+        by_source: dict[str, list[ConstUse]] = {}
+        for (i, slot), use in self.const_uses.items():
+            by_source.setdefault(self._constant_source(self.index.nodes[i].input[slot]), []).append(use)
+        for uses in by_source.values():
+            if len(uses) < 2:
+                continue
+            for axis in {a for use in uses for a in use.axes}:
+                arrays = [use.axes[axis] for use in uses if axis in use.axes]
+                if len(arrays) == len(uses) and all(len(a) == len(arrays[0]) for a in arrays):
+                    for other in arrays[1:]:
+                        self.union(arrays[0], other)
+
+    def _constant_source(self, tensor: str) -> str:
+        node = self.index.producer_node(tensor)
+        while node is not None and node.op_type == "Identity":
+            tensor = node.input[0]
+            node = self.index.producer_node(tensor)
+        return tensor
 
 
 _SOURCE_OPS = {"Gather", "MatMul", "Gemm", "Conv", "ConvTranspose"}  # ops that can create channels from constants

@@ -23,8 +23,7 @@ def producer_slice_norms(ctx: CriterionContext, order: int) -> dict[int, np.ndar
             value = a.walker.resolver.value(a.index.nodes[i].input[slot])
             if value is None:
                 continue
-            flat = np.moveaxis(np.asarray(value, dtype=np.float64), axis, 0).reshape(len(ids), -1)
-            powered = (np.abs(flat) ** order).sum(axis=1)
+            powered = axis_power_sums(value, axis, order)
             for g in set(groups.tolist()) & wanted:
                 units = a.group_units[g]
                 chosen = groups == g
@@ -35,6 +34,27 @@ def producer_slice_norms(ctx: CriterionContext, order: int) -> dict[int, np.ndar
                 present[positions] = True
                 per_group[g].append(np.where(present, total ** (1.0 / order), np.nan))
     return {g: _combine(scores, len(a.group_units[g]), ctx.options.policy) for g, scores in per_group.items()}
+
+
+_CHUNK_ELEMENTS = 1 << 22
+
+
+def axis_power_sums(value: np.ndarray, axis: int, order: int) -> np.ndarray:
+    """sum(|w|^order) over every axis but `axis`, in float32 chunks with a float64 accumulator."""
+    value = np.asarray(value) if not isinstance(value, np.ndarray) else value
+    if value.ndim == 0:
+        return np.array([float(abs(value)) ** order])
+    total = np.zeros(value.shape[axis], dtype=np.float64)
+    rows = max(1, _CHUNK_ELEMENTS // max(1, value[:1].size))
+    others = tuple(a for a in range(value.ndim) if a != axis)
+    for start in range(0, value.shape[0], rows):
+        chunk = np.asarray(value[start : start + rows], dtype=np.float32)
+        powered = np.square(chunk) if order == 2 else np.abs(chunk) ** order
+        if axis == 0:
+            total[start : start + len(chunk)] = powered.reshape(len(chunk), -1).sum(axis=1, dtype=np.float64)
+        else:
+            total += powered.sum(axis=others, dtype=np.float64)
+    return total
 
 
 def _combine(scores: list[np.ndarray], n: int, policy: str) -> np.ndarray:

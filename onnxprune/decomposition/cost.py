@@ -9,7 +9,7 @@ from dataclasses import dataclass
 class Geometry:
     """Sizes a cost depends on. Conv: channels, kernel, spatial sizes (batch counted in `batch`);
     Gemm / MatMul: c_in = K, c_out = N, batch = rows of the activation, no kernel or spatial axes.
-    `exact` is False when unknown dims were estimated (batch 1, spatial size from the strides)."""
+    Unknown dims are estimated: batch 1, a missing spatial size from the other side and the stride."""
 
     c_in: int
     c_out: int
@@ -17,7 +17,6 @@ class Geometry:
     batch: int = 1
     in_spatial: tuple[int, ...] = ()
     out_spatial: tuple[int, ...] = ()
-    exact: bool = True
 
     @classmethod
     def for_conv(cls, c_in, c_out, kernel, strides, in_shape, out_shape) -> Geometry:
@@ -25,18 +24,17 @@ class Geometry:
         n = len(kernel)
         ins = list(in_shape[2:]) if in_shape is not None and len(in_shape) == n + 2 else [None] * n
         outs = list(out_shape[2:]) if out_shape is not None and len(out_shape) == n + 2 else [None] * n
-        exact = all(d is not None for d in ins + outs)
         for j, stride in enumerate(strides):
             if outs[j] is None:
                 outs[j] = max(1, math.ceil(ins[j] / stride)) if ins[j] is not None else 1
             if ins[j] is None:
                 ins[j] = outs[j] * stride
         batch = next((s[0] for s in (in_shape, out_shape) if s is not None and s and s[0] is not None), None)
-        return cls(c_in, c_out, tuple(kernel), batch or 1, tuple(ins), tuple(outs), exact and batch is not None)
+        return cls(c_in, c_out, tuple(kernel), batch or 1, tuple(ins), tuple(outs))
 
     @classmethod
     def for_matrix(cls, k: int, n: int, rows: int | None) -> Geometry:
-        return cls(k, n, batch=rows or 1, exact=rows is not None)
+        return cls(k, n, batch=rows or 1)
 
     @property
     def rows_in(self) -> int:

@@ -1,14 +1,15 @@
 """Factorisations of a kernel (float64 in, float64 factors out): Tucker-2, CP-ALS and truncated SVD."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import tensorly as tl
 from tensorly.decomposition import parafac, partial_tucker
 
-_CP_ITERATIONS = 500
-_CP_TOLERANCE = 1e-9
+_CP_ITERATIONS = 300
+_CP_TOLERANCE = 1e-8
 _CP_MAX_COMPONENT = 10.0  # a component norm above this many times the kernel norm means components cancel
 
 
@@ -39,10 +40,20 @@ def tucker2(kernel: np.ndarray, r_in: int, r_out: int, seed: int) -> Tucker2:
 
 
 def cp(kernel: np.ndarray, rank: int, seed: int) -> CP:
-    """Rank-R CP of a (C_out, C_in, *k) kernel by ALS; raises DegenerateFit when the fit is unusable."""
+    """Rank-R CP of a (C_out, C_in, *k) kernel; raises DegenerateFit when the fit is unusable.
+
+    The channel modes are first compressed to at most R dimensions by Tucker-2 (lossless for a tensor
+    of CP rank R), CP-ALS runs on that small core, and its channel factors are lifted back.
+    """
     tl.set_backend("numpy")
-    weights, factors = parafac(kernel, rank=rank, n_iter_max=_CP_ITERATIONS, init="svd",
-                               tol=_CP_TOLERANCE, normalize_factors=True, random_state=seed)
+    c_out, c_in = kernel.shape[:2]
+    (core, (u_out, u_in)), _ = partial_tucker(kernel, rank=[min(c_out, rank), min(c_in, rank)], modes=[0, 1],
+                                              init="svd", random_state=seed)
+    with warnings.catch_warnings():  # the SVD init of a k-sized spatial mode is padded with random columns
+        warnings.filterwarnings("ignore", message="Trying to compute SVD", category=UserWarning)
+        weights, factors = parafac(core, rank=rank, n_iter_max=_CP_ITERATIONS, init="svd", tol=_CP_TOLERANCE,
+                                   normalize_factors=True, random_state=seed)
+    factors = [u_out @ factors[0], u_in @ factors[1], *factors[2:]]
     norm = float(np.linalg.norm(kernel))
     if not all(np.all(np.isfinite(f)) for f in factors) or not np.all(np.isfinite(weights)):
         raise DegenerateFit("CP-ALS produced non-finite factors")

@@ -26,24 +26,26 @@ class ConstantSlicer:
         self.resolver = resolver
         self.base_dir = base_dir
         self.names = names
-        self.initializers: dict[str, onnx.TensorProto] = {}  # new or replaced initializers, by name
-        self.nodes: list[onnx.NodeProto] = []  # new nodes, placed before the first node of the graph
+        self.initializers: dict[str, onnx.TensorProto] = {}  # new initializers, by name
+        self.in_place: dict[str, np.ndarray] = {}  # new values of initializers that keep their name
+        self.nodes: list[onnx.NodeProto] = []  # new nodes, placed before the first node that reads them
+        self._made: dict[tuple, str] = {}
 
     def slice_initializer_in_place(self, name: str, selection: Selection) -> None:
-        tensor = self.index.initializers[name]
-        array = take(ir.tensor_array(tensor, self.base_dir), selection)
-        self.initializers[name] = numpy_helper.from_array(array, name)
+        self.in_place[name] = take(self.resolver.value(name), selection)
 
     def sliced_copy(self, name: str, selection: Selection) -> str:
-        """A new tensor holding `name` sliced by `selection`; returns its name."""
-        new_name = self.names.fresh(f"{name}_pruned")
-        self._emit(name, selection, new_name)
-        return new_name
+        """A tensor holding `name` sliced by `selection` (made once per distinct slicing); returns its name."""
+        key = (name, tuple((axis, kept.tobytes()) for axis, kept in sorted(selection.items())))
+        if key not in self._made:
+            new_name = self.names.fresh(f"{name}_pruned")
+            self._emit(name, selection, new_name)
+            self._made[key] = new_name
+        return self._made[key]
 
     def _emit(self, name: str, selection: Selection, new_name: str) -> None:
-        init = self.index.initializers.get(name)
-        if init is not None:
-            array = take(ir.tensor_array(init, self.base_dir), selection)
+        if name in self.index.initializers:
+            array = take(self.resolver.value(name), selection)
             self.initializers[new_name] = numpy_helper.from_array(array, new_name)
             return
         node = self.index.producer_node(name)

@@ -5,6 +5,7 @@ analysed model is never changed) and the pruning record `channels` (DESIGN.md §
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,13 +25,15 @@ class Surgery:
     channels: dict[str, dict]
 
 
-def apply(analysis: Analysis, keep: np.ndarray) -> Surgery:
-    return _Surgeon(analysis, keep).run()
+def apply(analysis: Analysis, keep: np.ndarray, *, own: bool = False) -> Surgery:
+    """Prune the analysed model; with own=True its ModelProto is changed in place (no weight copies)."""
+    return _Surgeon(analysis, keep, own).run()
 
 
 class _Surgeon:
-    def __init__(self, analysis: Analysis, keep: np.ndarray):
+    def __init__(self, analysis: Analysis, keep: np.ndarray, own: bool):
         self.a = analysis
+        self.own = own
         self.keep = keep
         self.index = analysis.index
         self.walker = analysis.walker
@@ -160,38 +163,51 @@ class _Surgeon:
 
     # ---- output ----------------------------------------------------------------------
     def _assemble(self, nodes: list[onnx.NodeProto]) -> onnx.ModelProto:
+        """The output model: built in place when the analysed model is ours to change, else a copy."""
         source = self.a.model
-        graph = onnx.GraphProto()
-        graph.name = source.graph.name
-        graph.doc_string = source.graph.doc_string
-        graph.input.extend(source.graph.input)
-        graph.output.extend(source.graph.output)
+        replaced = self.slicer.initializers
+        resliced = self.slicer.in_place
+        live = _live_tensors(nodes, [v.name for v in source.graph.output])
+        live_nodes = onnx.GraphProto()
+        live_nodes.node.extend(_topological([n for n in nodes if n in live.nodes], self.a.model.graph))
+        input_names = {v.name for v in source.graph.input}
+        if self.own:
+            model = source
+            graph = model.graph
+            dead = []
+            for k, tensor in enumerate(graph.initializer):
+                if tensor.name not in live.tensors and tensor.name not in input_names:
+                    dead.append(k)
+                elif tensor.name in resliced:
+                    _overwrite(tensor, resliced.pop(tensor.name))  # one sliced copy alive at a time
+            for k in reversed(dead):
+                del graph.initializer[k]
+            existing = {t.name for t in graph.initializer}
+        else:
+            model = onnx.ModelProto()
+            _copy_fields_except(source, model, {"graph"})
+            graph = model.graph
+            _copy_fields_except(source.graph, graph, {"node", "initializer", "value_info"})
+            for tensor in source.graph.initializer:
+                if tensor.name in live.tensors or tensor.name in input_names:
+                    if tensor.name in resliced:
+                        tensor = numpy_helper.from_array(resliced.pop(tensor.name), tensor.name)
+                    graph.initializer.append(tensor)
+            existing = {t.name for t in source.graph.initializer}
         # value_info is dropped: shapes of activations and of values computed from weights (Shape of a
         # weight, Expand of a bias) change; onnxruntime and the checker infer them again.
-        graph.sparse_initializer.extend(source.graph.sparse_initializer)
-        replaced = self.slicer.initializers
-        live = _live_tensors(nodes, [v.name for v in source.graph.output])
-        graph.node.extend(n for n in nodes if n in live.nodes)
-        input_names = {v.name for v in source.graph.input}
-        for tensor in source.graph.initializer:
-            if tensor.name in live.tensors or tensor.name in input_names:
-                graph.initializer.append(replaced.get(tensor.name, tensor))
-        existing = {t.name for t in source.graph.initializer}
+        graph.ClearField("value_info")
+        graph.ClearField("node")
+        graph.node.extend(live_nodes.node)
         for name, tensor in replaced.items():
             if name not in existing and name in live.tensors:
                 graph.initializer.append(tensor)
                 if source.ir_version < 4:  # IR < 4: every initializer must also be a graph input
                     graph.input.append(onnx.helper.make_tensor_value_info(name, tensor.data_type, tensor.dims))
+        dims = {t.name: list(t.dims) for t in graph.initializer if t.name in input_names}
         for value in graph.input:
-            if value.name in replaced and value.name in existing:
-                _set_dims(value, list(replaced[value.name].dims))
-        model = onnx.ModelProto()
-        for field in ("ir_version", "producer_name", "producer_version", "domain", "model_version", "doc_string"):
-            setattr(model, field, getattr(source, field))
-        model.opset_import.extend(source.opset_import)
-        model.metadata_props.extend(source.metadata_props)
-        model.functions.extend(source.functions)
-        model.graph.CopyFrom(graph)
+            if value.name in dims and value.name in self.sliced_in_place:
+                _set_dims(value, dims[value.name])
         ir.set_base_dir(model, ir.base_dir(source))
         return model
 
@@ -212,6 +228,56 @@ class _Surgeon:
                 full = np.logical_and.outer(full, extra)
             channels[tensor] = {"axes": ordered, "mask": full.tolist()}
         return channels
+
+
+def _topological(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    """Nodes in an order where every input is produced first (stable: the given order where it is)."""
+    ready = {v.name for v in graph.input} | {t.name for t in graph.initializer} | {""}
+    produced_by = {o: k for k, n in enumerate(nodes) for o in n.output}
+    ready.update(t for n in nodes for t in n.input if t not in produced_by)  # new initializers, outer names
+    waiting: dict[str, list[int]] = {}
+    missing = []
+    order: list[onnx.NodeProto] = []
+    for k, node in enumerate(nodes):
+        need = {t for t in node.input if t not in ready and t in produced_by}
+        missing.append(len(need))
+        for t in need:
+            waiting.setdefault(t, []).append(k)
+    queue = [k for k, m in enumerate(missing) if m == 0]
+    heapq.heapify(queue)
+    while queue:
+        k = heapq.heappop(queue)
+        order.append(nodes[k])
+        for out in nodes[k].output:
+            for j in waiting.pop(out, []):
+                missing[j] -= 1
+                if missing[j] == 0:
+                    heapq.heappush(queue, j)
+    if len(order) != len(nodes):
+        raise ValueError("pruned graph has a cycle")
+    return order
+
+
+def _overwrite(tensor: onnx.TensorProto, array: np.ndarray) -> None:
+    """Give an initializer new contents in place (inline raw data; external references dropped)."""
+    name, doc = tensor.name, tensor.doc_string
+    tensor.Clear()
+    tensor.name, tensor.doc_string = name, doc
+    tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+    tensor.dims.extend(array.shape)
+    tensor.raw_data = np.ascontiguousarray(array).tobytes()
+
+
+def _copy_fields_except(src, dst, skip: set[str]) -> None:
+    for field, value in src.ListFields():
+        if field.name in skip:
+            continue
+        if field.is_repeated:
+            getattr(dst, field.name).extend(value)
+        elif field.message_type is not None:
+            getattr(dst, field.name).CopyFrom(value)
+        else:
+            setattr(dst, field.name, value)
 
 
 def _selection_key(selection: dict[int, np.ndarray]) -> tuple:
@@ -407,10 +473,7 @@ def _freeze_shape(s: _Surgeon, i: int, node: onnx.NodeProto, nodes: list) -> Non
     if not changed:
         return
     shape = s.walker.shape(x)
-    start = attribute(node, "start", 0) % (len(shape) + 1) if attribute(node, "start") is not None else 0
-    end = attribute(node, "end")
-    end = len(shape) if end is None else (end if end >= 0 else end + len(shape))
-    axes = list(range(len(shape)))[start:end]
+    axes = list(range(len(shape)))[attribute(node, "start", 0):attribute(node, "end")]  # clipped as Shape does
     positions = {k: int(shape[a]) for k, a in enumerate(axes) if a in changed}
     if not positions:
         return

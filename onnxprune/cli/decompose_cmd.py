@@ -1,0 +1,63 @@
+"""`onnxprune decompose MODEL -o OUT --method tucker|cp|svd (--ranks FILE | --rank-ratio F | --recommend vbmf
+[--calibration-ratio R] | --energy E) [--layers ...] [--force] [--verify] [--seed N]`."""
+from __future__ import annotations
+
+import argparse
+
+from onnxprune.cli.common import make_parent, output_path, read_json, table
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("decompose", help="replace layers by low-rank factor chains (Tucker-2, CP, SVD)",
+                       description="Factorise Conv / Gemm / MatMul layers into chains of smaller layers and write a "
+                                   "new model. The input file is never overwritten; nothing is written if the result "
+                                   "fails onnx.checker, onnxruntime loading or (with --verify) the reconstruction "
+                                   "oracle.")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("-o", "--output", required=True, help="where to write the decomposed model")
+    p.add_argument("--method", default="tucker",
+                   help="tucker (FD_TK, kxk Conv), cp (FD_CP, kxk Conv) or svd (FD_SVD: 1x1 Conv, Gemm, MatMul)")
+    how = p.add_mutually_exclusive_group(required=True)
+    how.add_argument("--ranks", metavar="FILE.json",
+                     help='explicit ranks, only these layers: {"conv3": [16, 32], "fc1": 64} '
+                          "(Tucker: [input rank, output rank]; CP and SVD: one rank)")
+    how.add_argument("--rank-ratio", type=float, help="keep this fraction of every full rank, in (0, 1]")
+    how.add_argument("--recommend", choices=["vbmf"], help="ranks recommended by VBMF")
+    how.add_argument("--energy", type=float, help="keep this fraction of the squared singular values (svd, tucker)")
+    p.add_argument("--calibration-ratio", type=float, default=0.0,
+                   help="with --recommend vbmf: in [-1, 1], rank = vbmf + (full - vbmf) * R (default 0)")
+    p.add_argument("--layers", nargs="+", metavar="NAME", help="only consider these layers (node names)")
+    p.add_argument("--force", action="store_true", help="keep chains that cost more MACs than their layer")
+    p.add_argument("--verify", action="store_true",
+                   help="run the reconstruction oracle; fail (and write nothing) if it fails")
+    p.add_argument("--seed", type=int, default=0, help="random state of the factorisations (default 0)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import onnxprune as op
+    from onnxprune.decomposition import decompose
+
+    out = output_path(args.model, args.output)
+    original = op.load_model(args.model)
+    ranks = read_json(args.ranks, "ranks") if args.ranks else None
+    if ranks is not None and not isinstance(ranks, dict):
+        raise op.InvalidRequestError(f"ranks file '{args.ranks}' must hold an object: {{\"layer\": rank, ...}}")
+    result = decompose(original, args.method, ranks=ranks, rank_ratio=args.rank_ratio,
+                       recommendation=args.recommend, calibration_ratio=args.calibration_ratio, energy=args.energy,
+                       layers=args.layers, force=args.force, verify=args.verify, seed=args.seed)
+    make_parent(out)
+    op.save_model(result.model, out, reference=original)
+    rows = [[r.name, r.op_type, _ranks(r.ranks), _ranks(r.full_ranks),
+             "" if r.rel_error is None else f"{r.rel_error:.3g}",
+             "" if r.macs_after is None else f"{r.macs_before / max(r.macs_after, 1):.2f}x",
+             r.skipped or "decomposed"] for r in result.layers]
+    print(table(rows, ["layer", "op", "ranks", "full ranks", "kernel rel err", "MACs ratio", "result"]))
+    print(f"{len(result.decomposed)} of {len(result.layers)} layers decomposed by {result.method}"
+          + ("; reconstruction oracle: ok" if args.verify else ""))
+    print(f"wrote {out}")
+    return 0
+
+
+def _ranks(ranks: tuple[int, ...] | None) -> str:
+    return "" if ranks is None else "x".join(str(r) for r in ranks)

@@ -1,0 +1,15 @@
+"""Filter decomposition: replace Conv / Gemm / MatMul layers by low-rank factor chains (Tucker-2, CP, SVD)."""
+from onnxprune.decomposition.api import (
+    DecompositionResult,
+    LayerDecomposition,
+    decomposable_layers,
+    decompose,
+    normalise_method,
+)
+from onnxprune.decomposition.candidates import DecomposableLayer
+from onnxprune.decomposition.oracle import DecompositionReport, verify_decomposition
+
+__all__ = [
+    "DecomposableLayer", "DecompositionReport", "DecompositionResult", "LayerDecomposition",
+    "decomposable_layers", "decompose", "normalise_method", "verify_decomposition",
+]

@@ -1,0 +1,236 @@
+"""`decompose`: replace layers by low-rank factor chains (Tucker-2, CP, SVD)."""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxprune import ir
+from onnxprune.decomposition import factorize
+from onnxprune.decomposition.candidates import DecomposableLayer, constant_tensors, find_candidates
+from onnxprune.decomposition.chains import Chain, Namer, build, encoded_kernel
+from onnxprune.decomposition.cost import chain_cost, layer_cost
+from onnxprune.decomposition.ranks import RankPolicy
+from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
+
+_ALIASES = {"tucker": "tucker", "fd_tk": "tucker", "cp": "cp", "fd_cp": "cp", "svd": "svd", "fd_svd": "svd"}
+
+
+@dataclass(frozen=True)
+class LayerDecomposition:
+    """What happened to one layer. `skipped` is None when the layer was replaced by a chain.
+
+    `ranks` / `full_ranks`: (input rank, output rank) for Tucker, (rank,) for CP and SVD.
+    `rel_error`: ||K - K_chain|| / ||K|| of the kernel. Params count weights; MACs use inferred
+    shapes (unknown batch counted as 1). `nodes` / `factors`: the chain's node and weight names.
+    """
+
+    name: str
+    op_type: str
+    method: str
+    ranks: tuple[int, ...] | None
+    full_ranks: tuple[int, ...] | None
+    rel_error: float | None
+    params_before: int | None
+    params_after: int | None
+    macs_before: int | None
+    macs_after: int | None
+    skipped: str | None = None
+    nodes: tuple[str, ...] = ()
+    factors: tuple[str, ...] = ()
+
+    @property
+    def decomposed(self) -> bool:
+        return self.skipped is None
+
+
+@dataclass(frozen=True)
+class DecompositionResult:
+    model: onnx.ModelProto
+    layers: list[LayerDecomposition]
+    method: str
+
+    @property
+    def decomposed(self) -> list[LayerDecomposition]:
+        return [layer for layer in self.layers if layer.decomposed]
+
+
+def normalise_method(method: str) -> str:
+    """'tucker' | 'cp' | 'svd', accepting NetsPresso's FD_TK, FD_CP, FD_SVD in any case."""
+    key = str(method).strip().lower()
+    if key not in _ALIASES:
+        raise InvalidRequestError(f"unknown decomposition method '{method}': use tucker (FD_TK), cp (FD_CP) "
+                                  "or svd (FD_SVD)")
+    return _ALIASES[key]
+
+
+def decomposable_layers(model) -> list[DecomposableLayer]:
+    """Every Conv / ConvTranspose / Gemm / MatMul-with-constant layer, its full ranks per method or why not."""
+    model = ir.load_model(model)
+    return find_candidates(model, ir.infer_shapes(model))
+
+
+def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | None = None,
+              rank_ratio: float | None = None, recommendation: str | None = None, calibration_ratio: float = 0.0,
+              energy: float | None = None, layers: Iterable[str] | None = None, force: bool = False,
+              verify: bool = False, seed: int = 0) -> DecompositionResult:
+    """Replace layers by factor chains; exactly one of ranks / rank_ratio / recommendation='vbmf' / energy.
+
+    With `ranks`, only the layers named there are decomposed; `layers` restricts the layers considered.
+    A chain costing more MACs than its layer is skipped unless `force`. `verify` runs the reconstruction
+    oracle and raises VerificationError on failure. The input model is never changed.
+    """
+    source = ir.load_model(model)
+    method = normalise_method(method)
+    policy = RankPolicy(ranks, rank_ratio, recommendation, calibration_ratio, energy)
+    candidates = decomposable_layers(source)
+    targets = _targets(source, candidates, method, ranks, layers)
+    base = ir.base_dir(source)
+    constants = constant_tensors(source.graph)
+    namer = Namer(source.graph)
+    opset = ir.opset_version(source, default=1)
+    chains: dict[int, Chain] = {}
+    records = []
+    for layer in targets:
+        if method not in layer.full_ranks:
+            records.append(_skipped(layer, method, layer.reasons[method]))
+            continue
+        node = source.graph.node[layer.node_index]
+        tensor = constants[layer.weight]
+        kernel = np.asarray(ir.tensor_array(tensor, base), dtype=np.float64)
+        chosen = policy.choose(layer.name, method, layer.full_ranks[method], kernel)
+        record, chain = _decompose_layer(layer, node, method, chosen, kernel, tensor.data_type, force, seed, namer,
+                                         opset)
+        records.append(record)
+        if chain is not None:
+            chains[layer.node_index] = chain
+    result = DecompositionResult(_assemble(source, chains, base), records, method)
+    if verify:
+        from onnxprune.decomposition.oracle import verify_decomposition
+
+        report = verify_decomposition(source, result)
+        if not report.ok:
+            raise VerificationError(f"decomposition failed the reconstruction oracle:\n{report}")
+    return result
+
+
+def _targets(model, candidates, method, ranks, layers) -> list[DecomposableLayer]:
+    by_name = {c.name: c for c in candidates}
+    requested = list(ranks) if ranks is not None else None
+    if layers is not None:
+        allowed = list(layers)
+        _check_names(model, by_name, allowed, method)
+        requested = allowed if requested is None else [n for n in requested if n in set(allowed)]
+    if requested is None:
+        return candidates
+    _check_names(model, by_name, requested, method)
+    return [by_name[n] for n in dict.fromkeys(requested)]
+
+
+def _check_names(model, by_name, names, method) -> None:
+    node_names = {n.name for n in model.graph.node} | {n.output[0] for n in model.graph.node if n.output}
+    for name in names:
+        if name not in node_names:
+            raise InvalidRequestError(f"unknown layer '{name}': no node of that name "
+                                      "(onnxprune inspect lists the decomposable layers)")
+        layer = by_name.get(name)
+        if layer is None:
+            raise UnsupportedError(f"layer '{name}' is not a Conv, Gemm or MatMul with a constant weight; "
+                                   "it cannot be decomposed")
+        if method not in layer.full_ranks:
+            raise UnsupportedError(f"layer '{name}' ({layer.op_type}) cannot be decomposed by {method}: "
+                                   f"{layer.reasons[method]}")
+
+
+def _skipped(layer: DecomposableLayer, method: str, reason: str, ranks=None, costs=(None,) * 4):
+    full = layer.full_ranks.get(method)
+    return LayerDecomposition(layer.name, layer.op_type, method, ranks, full, None, *costs, skipped=reason)
+
+
+def _decompose_layer(layer, node, method, ranks, kernel, data_type, force, seed, namer, opset):
+    """(record, chain or None) for one layer at the chosen ranks."""
+    g = layer.geometry
+    params_before, macs_before = layer_cost(g)
+    params_after, macs_after = chain_cost(g, method, ranks)
+    costs = (params_before, params_after, macs_before, macs_after)
+    if macs_after > macs_before and not force:
+        reason = (f"chain at ranks {ranks} costs {macs_after} MACs, more than the layer's {macs_before}; "
+                  "lower the ranks or pass force=True")
+        return _skipped(layer, method, reason, ranks, costs), None
+    try:
+        factors = _factors(method, node, kernel, ranks, seed)
+    except factorize.DegenerateFit as exc:
+        warnings.warn(f"layer '{layer.name}': {exc}; left as it was", RuntimeWarning, stacklevel=3)
+        return _skipped(layer, method, f"CP fit degenerated: {exc}", ranks, costs), None
+    dtype = helper.tensor_dtype_to_np_dtype(data_type)
+    chain = build(method, node, layer.name, factors, dtype, namer, opset)
+    stored = [np.asarray(f, dtype=dtype) for f in factors]
+    error = float(np.linalg.norm(kernel - encoded_kernel(method, node, stored)) / (np.linalg.norm(kernel) or 1.0))
+    record = LayerDecomposition(layer.name, layer.op_type, method, tuple(ranks), layer.full_ranks[method], error,
+                                *costs, nodes=chain.node_names, factors=chain.factor_names)
+    return record, chain
+
+
+def _factors(method: str, node: onnx.NodeProto, kernel: np.ndarray, ranks, seed: int) -> list[np.ndarray]:
+    """Chain weights in ONNX layouts (see chains.py), float64."""
+    if method == "tucker":
+        t = factorize.tucker2(kernel, ranks[0], ranks[1], seed)
+        ones = (1,) * (kernel.ndim - 2)
+        return [t.first.reshape(*t.first.shape, *ones), t.core, t.last.reshape(*t.last.shape, *ones)]
+    if method == "cp":
+        c = factorize.cp(kernel, ranks[0], seed)
+        n = kernel.ndim - 2
+        ones = (1,) * n
+        spatial = [f.reshape(f.shape[0], 1, *(f.shape[1] if j == axis else 1 for j in range(n)))
+                   for axis, f in enumerate(c.spatial)]
+        return [c.first.reshape(*c.first.shape, *ones), *spatial, c.last.reshape(*c.last.shape, *ones)]
+    if node.op_type == "Conv":  # y = W x with W (C_out, C_in): x^T W^T, so factor W^T (C_in, C_out)
+        a, b = factorize.svd(kernel.reshape(kernel.shape[:2]).T, ranks[0])
+        ones = (1,) * (kernel.ndim - 2)
+        return [a.T.reshape(*a.T.shape, *ones), b.T.reshape(*b.T.shape, *ones)]
+    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+        kernel = kernel.T
+    return list(factorize.svd(kernel, ranks[0]))
+
+
+def _assemble(source: onnx.ModelProto, chains: dict[int, Chain], base: str | None) -> onnx.ModelProto:
+    """A new model: each replaced node swapped for its chain, weights no longer used removed."""
+    out = onnx.ModelProto()
+    out.CopyFrom(source)
+    if not chains:
+        ir.set_base_dir(out, base)
+        return out
+    graph = out.graph
+    replaced = {graph.node[i].input[1] for i in chains}
+    nodes = []
+    for index, node in enumerate(source.graph.node):
+        nodes.extend(chains[index].nodes if index in chains else [node])
+    used = _used_names(nodes) | {o.name for o in graph.output}
+    unused = replaced - used
+    del graph.node[:]
+    graph.node.extend(n for n in nodes if not (n.op_type == "Constant" and n.output[0] in unused))
+    kept = [t for t in graph.initializer if t.name not in unused]
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    for index in sorted(chains):
+        graph.initializer.extend(chains[index].initializers)
+    kept_info = [v for v in graph.value_info if v.name not in unused]
+    del graph.value_info[:]
+    graph.value_info.extend(kept_info)
+    ir.set_base_dir(out, base)
+    return out
+
+
+def _used_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
+    """Every tensor name read by these nodes, including outer-scope names read inside subgraphs."""
+    used = set()
+    for node in nodes:
+        used.update(node.input)
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
+                used |= _used_names(sub.node)
+    return used
