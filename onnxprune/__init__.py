@@ -16,16 +16,12 @@ from onnxprune.stats import stats
 from onnxprune.verify import verify, verify_pruning
 
 
-def decompose(model, method: str = "tucker", **kwargs):
-    """Low-rank decomposition of layers (Tucker-2, CP, SVD); see onnxprune.decomposition.decompose."""
-    from onnxprune.decomposition import decompose as _decompose
-
-    return _decompose(model, method=method, **kwargs)
+from onnxprune.decomposition import DecompositionResult, decomposable_layers, decompose, verify_decomposition
 
 
 __all__ = [
-    "Analysis", "ChannelGroup", "Layer", "Options", "PruneResult",
-    "analyze", "decompose", "load_model", "prune", "prune_by_index", "register_criterion", "save_model",
+    "Analysis", "ChannelGroup", "DecompositionResult", "Layer", "Options", "PruneResult",
+    "analyze", "decomposable_layers", "decompose", "verify_decomposition", "load_model", "prune", "prune_by_index", "register_criterion", "save_model",
     "stats", "verify", "verify_pruning",
     "OnnxPruneError", "InvalidModelError", "InvalidRequestError", "ExternalDataError", "UnsupportedError",
     "VerificationError",
