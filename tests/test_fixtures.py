@@ -41,6 +41,8 @@ def test_mask_oracle_at_ratio(path, ratio, tmp_path):
     original = op.load_model(path)
     result = op.prune(original, ratio=ratio, verify=True)
     assert result.verification.max_rel_error <= 1e-4, str(result.verification)
+    if ratio == 0.3 and "external" not in path:  # in memory, external tensors resolve against the cwd
+        onnx.checker.check_model(result.model, full_check=True)
     out = tmp_path / "pruned.onnx"
     op.save_model(result.model, out, reference=original)  # checker full_check + onnxruntime + I/O names
     if ratio >= 0.3 and result.pruned_groups:

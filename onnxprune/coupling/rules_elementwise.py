@@ -101,9 +101,12 @@ def merge_aligned(w: Walker, i: int, node: onnx.NodeProto, inputs: list[tuple[in
             continue
         if w.is_const(tensor) and dim == n:
             w.use_const(i, slot, axis, base)
+        elif tensor in w.index.graph_inputs:
+            w.block(base, f"{w.where(i, node)}: graph input '{tensor}' is combined with these channels; "
+                          "its shape must not change")
         else:
             w.block(base, f"{w.where(i, node)}: input '{tensor}' has {dim} entries on the channel axis "
-                          "and cannot be sliced (not a constant)")
+                          "and cannot be sliced (its channels are fixed)")
     return base
 
 
