@@ -181,7 +181,7 @@ def _constant_node_value(node: onnx.NodeProto, base_dir: str | None) -> np.ndarr
         if attr.name == "value":
             return ir.tensor_array(attr.t, base_dir)
         if attr.name == "sparse_value":
-            return numpy_helper.to_array(attr.sparse_tensor.values)  # densified by the reference evaluator below
+            raise ValueError(f"Constant node '{node.name}' holds a sparse tensor; it is not folded")
         value = onnx.helper.get_attribute_value(attr)
         if attr.name in ("value_float", "value_int"):
             return np.array(value, dtype=np.float32 if attr.name == "value_float" else np.int64)
