@@ -11,7 +11,8 @@ from onnxprune.errors import (
 )
 from onnxprune.ir import load_model, save_model
 from onnxprune.options import Options
-from onnxprune.pruning import PruneResult, prune, prune_by_index
+from onnxprune.plan import Plan
+from onnxprune.pruning import PruneResult, prune, prune_by_index, prune_with_plan
 from onnxprune.stats import stats
 from onnxprune.verify import verify, verify_pruning
 
@@ -20,8 +21,8 @@ from onnxprune.decomposition import DecompositionResult, decomposable_layers, de
 
 
 __all__ = [
-    "Analysis", "ChannelGroup", "DecompositionResult", "Layer", "Options", "PruneResult",
-    "analyze", "decomposable_layers", "decompose", "verify_decomposition", "load_model", "prune", "prune_by_index", "register_criterion", "save_model",
+    "Analysis", "ChannelGroup", "DecompositionResult", "Layer", "Options", "Plan", "PruneResult",
+    "analyze", "decomposable_layers", "decompose", "verify_decomposition", "load_model", "prune", "prune_by_index", "prune_with_plan", "register_criterion", "save_model",
     "stats", "verify", "verify_pruning",
     "OnnxPruneError", "InvalidModelError", "InvalidRequestError", "ExternalDataError", "UnsupportedError",
     "VerificationError",

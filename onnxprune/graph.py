@@ -87,3 +87,24 @@ def _outer_names_used_by_subgraphs(node: onnx.NodeProto) -> set[str]:
                 used.update(t for t in _outer_names_used_by_subgraphs(inner) if t not in defined)
             used.update(v.name for v in sub.output if v.name not in defined)
     return used
+
+
+class NameSource:
+    """Fresh names derived from a base, never colliding with any name already in the graph."""
+
+    def __init__(self, graph: onnx.GraphProto):
+        self.taken: set[str] = {n.name for n in graph.node} | {t.name for t in graph.initializer}
+        for values in (graph.input, graph.output, graph.value_info):
+            self.taken.update(v.name for v in values)
+        for node in graph.node:
+            self.taken.update(node.input)
+            self.taken.update(node.output)
+
+    def fresh(self, base: str) -> str:
+        name, k = base, 1
+        while name in self.taken:
+            name, k = f"{base}_{k}", k + 1
+        self.taken.add(name)
+        return name
+
+    __call__ = fresh

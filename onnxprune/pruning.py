@@ -9,22 +9,27 @@ import numpy as np
 import onnx
 
 from onnxprune import ir
-from onnxprune.allocation import check_ratio, kept_count, lowest_scores
+from onnxprune.allocation import check_ratio, kept_count, lowest_scores, normalize, pooled_counts
 from onnxprune.coupling import Analysis, analyze
-from onnxprune.criteria import CriterionContext, criterion_for
+from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
 from onnxprune.options import Options
+from onnxprune.plan import Plan, fingerprint, make_plan, plan_removal
 from onnxprune.surgery.prune import apply
+
+SCOPES = ("uniform", "global")
+RECOMMENDATIONS = (None, "slamp")
 
 
 @dataclass
 class PruneResult:
     model: onnx.ModelProto
     channels: dict[str, dict]  # tensor (original name) -> {"axes": [...], "mask": nested bools}
-    plan: dict[int, list[int]]  # group id -> kept channel positions (units) of that group
+    plan: Plan | None  # every prunable group -> kept unit positions; JSON with .to_json() / .save(path)
     summary: "PruneSummary"
     exact: bool  # every pruned group is exact (the mask oracle applies to the whole model)
     pruned_groups: list[int] = field(default_factory=list)
+    achieved_ratio: float = 0.0  # units removed / units of the targeted groups
     verification: Any = None
     reference: onnx.ModelProto | None = None  # the original's inputs/outputs, for save_model(reference=...)
 
@@ -65,19 +70,28 @@ class PruneSummary:
 
 
 def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict[str, float] | None = None,
-          scope: str = "uniform", options: Options | None = None, calibration=None,
-          gradients: dict[str, np.ndarray] | None = None, verify: bool = False, seed: int = 0) -> PruneResult:
-    """Prune channels by a criterion.
+          scope: str = "uniform", recommendation: str | None = None, options: Options | None = None,
+          calibration=None, gradients: dict[str, np.ndarray] | None = None, verify: bool = False,
+          seed: int = 0) -> PruneResult:
+    """Prune channels by a criterion (`method`: a registered criterion or its NetsPresso spelling).
 
-    ratio: fraction of channels removed from every prunable group (uniform scope).
+    ratio: fraction of channels to remove.
+        scope="uniform": from every prunable group.
+        scope="global": over all prunable groups together; the criterion's scores are normalised per group by
+            `options.layer_norm` and the lowest ratio*N go (N: all units); no group loses more than
+            `options.max_ratio` of its units, nor all of them.
+        recommendation="slamp": per-group ratios from LAMP scores (the `lamp` criterion: per layer, channel L2
+            norms w sorted ascending score w_i^2 / sum_{j>=i} w_j^2; layers of a group combine by `policy`),
+            pooled over all groups, the lowest ratio*N allotted as above; `method` then picks which channels
+            go inside each group.
     ratios: {layer name: fraction} for chosen layers only (a layer's whole channel group is pruned;
         when two layers of one group get different ratios the larger wins).
+    Kept counts are rounded per group by `options.step_size`/`step_op`; `result.achieved_ratio` reports
+    the fraction actually removed from the targeted groups.
+    gradients: {initializer name: gradient} for method="taylor". seed: for method="random".
     verify: run the mask oracle on the result and raise VerificationError if an exact group fails.
     """
-    if (ratio is None) == (ratios is None):
-        raise InvalidRequestError("give exactly one of ratio= (every group) or ratios= ({layer: ratio})")
-    if scope != "uniform":
-        raise InvalidRequestError(f"scope={scope!r} is not available yet; use scope='uniform'")
+    recommendation = _check_scope(scope, recommendation, ratio, ratios)
     options = options or Options()
     own = not isinstance(model, onnx.ModelProto) and not verify  # loaded here: ours to change in place
     model = ir.load_model(model)
@@ -85,15 +99,71 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     analysis = analyze(model, options)
     targets = _targets(analysis, ratio, ratios)
     context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
-    scores = criterion(context)
-    removed: dict[int, np.ndarray] = {}
-    for g, group_ratio in targets.items():
-        size = analysis.groups[g].size
-        n_remove = size - kept_count(size, group_ratio, options)
-        if n_remove > 0:
-            removed[g] = lowest_scores(np.asarray(scores.get(g, np.zeros(size)), dtype=np.float64), n_remove)
+    scores = _checked_scores(criterion(context), analysis, targets, method)
+    counts = _removal_counts(context, scores, targets, scope, recommendation, ratio)
+    removed = {g: lowest_scores(scores[g], n) for g, n in counts.items() if n > 0}
     _rescue_emptied_tensors(analysis, removed, scores)
-    return _finish(model, analysis, removed, verify, own)
+    return _finish(model, analysis, removed, verify, own, sorted(targets), str(method))
+
+
+def prune_with_plan(model, plan, *, verify: bool = False) -> PruneResult:
+    """Prune exactly as a plan says (a Plan, its dict, a JSON file path or JSON text; see onnxprune.plan)."""
+    own = not isinstance(model, onnx.ModelProto) and not verify
+    model = ir.load_model(model)
+    plan = Plan.load(plan)
+    actual = fingerprint(model)
+    if plan.fingerprint != actual:
+        raise InvalidRequestError(f"plan was made for another model (fingerprint {plan.fingerprint[:12]}..., this "
+                                  f"model {actual[:12]}...); make a new plan for this model")
+    analysis = analyze(model, plan.options)
+    removed = plan_removal(analysis, plan)
+    for tensor, axis in _emptied_axes(analysis, removed):
+        raise InvalidRequestError(f"this plan would empty tensor '{tensor}' (no channel left on axis {axis}); "
+                                  "keep at least one of its channels")
+    return _finish(model, analysis, removed, verify, own, [g.id for g in plan.groups], plan.method)
+
+
+def _check_scope(scope: str, recommendation: str | None, ratio, ratios) -> str | None:
+    if scope not in SCOPES:
+        raise InvalidRequestError(f"scope={scope!r} is not one of {list(SCOPES)}")
+    if isinstance(recommendation, str):
+        recommendation = recommendation.lower()
+    if recommendation not in RECOMMENDATIONS:
+        raise InvalidRequestError(f"recommendation={recommendation!r} is not one of {list(RECOMMENDATIONS)}")
+    if (ratio is None) == (ratios is None):
+        raise InvalidRequestError("give exactly one of ratio= (every group) or ratios= ({layer: ratio})")
+    if scope == "global" and recommendation:
+        raise InvalidRequestError("scope='global' and recommendation='slamp' both allocate a global ratio; pick one")
+    if (scope == "global" or recommendation) and ratios is not None:
+        raise InvalidRequestError("the global scope and the SLAMP recommendation take one ratio= for the whole "
+                                  "model, not per-layer ratios=")
+    return recommendation
+
+
+def _checked_scores(scores, analysis: Analysis, targets: dict[int, float], method: str) -> dict[int, np.ndarray]:
+    """The criterion's scores as float arrays, one per unit of every targeted group."""
+    checked = {}
+    for g in targets:
+        value = scores.get(g) if isinstance(scores, dict) else None
+        size = analysis.groups[g].size
+        if value is None or np.shape(value) != (size,):
+            raise InvalidRequestError(f"criterion '{method}' must return {{group id: {size} scores}} for group {g} "
+                                      f"(layers {analysis.groups[g].layers[:4]}); got "
+                                      f"{None if value is None else list(np.shape(value))}")
+        checked[g] = np.asarray(value, dtype=np.float64)
+    return checked
+
+
+def _removal_counts(context: CriterionContext, scores: dict[int, np.ndarray], targets: dict[int, float],
+                    scope: str, recommendation: str | None, ratio: float | None) -> dict[int, int]:
+    """How many units leave each targeted group."""
+    options = context.options
+    if recommendation == "slamp":
+        return pooled_counts(CRITERIA["lamp"](context), ratio, options)
+    if scope == "global":
+        return pooled_counts({g: normalize(s, options.layer_norm) for g, s in scores.items()}, ratio, options)
+    sizes = {g: len(scores[g]) for g in targets}
+    return {g: sizes[g] - kept_count(sizes[g], r, options) for g, r in targets.items()}
 
 
 def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | None = None,
@@ -128,7 +198,7 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     for tensor, axis in _emptied_axes(analysis, removed):
         raise InvalidRequestError(f"removing these channels would empty tensor '{tensor}' (no channel left on axis "
                                   f"{axis}); keep at least one of its channels")
-    return _finish(model, analysis, removed, verify, own)
+    return _finish(model, analysis, removed, verify, own, sorted(removed), "index")
 
 
 def _targets(analysis: Analysis, ratio: float | None, ratios: dict[str, float] | None) -> dict[int, float]:
@@ -197,19 +267,22 @@ def _keep_mask(analysis: Analysis, removed: dict[int, np.ndarray]) -> np.ndarray
 
 
 def _finish(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.ndarray], verify: bool,
-            own: bool) -> PruneResult:
+            own: bool, targets: list[int], method: str | None) -> PruneResult:
     from onnxprune.stats import stats
 
     before = stats(model, shapes=analysis.walker.shapes)
     reference = _signature(model)
+    plan = make_plan(analysis, removed, analysis.walker.options, method, fingerprint(model))
     surgery = apply(analysis, _keep_mask(analysis, removed), own=own)
-    plan = {g: sorted(set(range(analysis.groups[g].size)) - set(p.tolist())) for g, p in removed.items()}
+    kept = {g: analysis.groups[g].size - len(p) for g, p in removed.items()}
     exact = all(analysis.groups[g].exact for g in removed)
     group_rows = [{"id": g, "layers": analysis.groups[g].layers, "size": analysis.groups[g].size,
-                   "kept": len(plan[g]), "exact": analysis.groups[g].exact} for g in sorted(removed)]
+                   "kept": kept[g], "exact": analysis.groups[g].exact} for g in sorted(removed)]
+    total = sum(analysis.groups[g].size for g in targets)
+    achieved = sum(len(p) for p in removed.values()) / total if total else 0.0
     result = PruneResult(model=surgery.model, channels=surgery.channels, plan=plan,
-                         summary=PruneSummary(before, surgery.model, group_rows),
-                         exact=exact, pruned_groups=sorted(removed), reference=reference)
+                         summary=PruneSummary(before, surgery.model, group_rows), exact=exact,
+                         pruned_groups=sorted(removed), achieved_ratio=achieved, reference=reference)
     if verify:
         result.verification = _oracle(model, analysis, removed, result)
     return result
@@ -234,7 +307,7 @@ def _oracle(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.nd
     if not result.exact:
         exact_only = {g: p for g, p in removed.items() if analysis.groups[g].exact}
         surgery = apply(analysis, _keep_mask(analysis, exact_only))
-        target = PruneResult(surgery.model, surgery.channels, {}, result.summary, True)
+        target = PruneResult(surgery.model, surgery.channels, None, result.summary, True)
     report = verify_pruning(model, target)
     if not report.ok:
         raise VerificationError(f"mask oracle failed (max relative error {report.max_rel_error:.3g}):\n{report}")

@@ -22,7 +22,7 @@ def residual_model():
     s = g.node("Add", [b, r], name="add1")
     c = g.conv(s, 8, 8, "block2")
     s2 = g.node("Add", [c, s], name="add2")
-    head = g.conv(s2, 8, 4, "head", k=1)
+    g.conv(s2, 8, 4, "head", k=1)
     g.nodes[-1].output[0] = "y"
     return g.model({"x": (1, 3, 8, 8)}, {"y": (1, 4, 8, 8)})
 
@@ -86,7 +86,7 @@ def test_grouped_conv_prunes_same_positions_in_every_group():
 def test_unknown_op_blocks_with_node_and_op_in_reason():
     g = GraphBuilder()
     a = g.conv("x", 3, 8, "c1")
-    t = g.node("TopK", [a, g.const("k", (1,), [2], dtype=np.int64)], name="topk", outputs=2, axis=1)
+    g.node("TopK", [a, g.const("k", (1,), [2], dtype=np.int64)], name="topk", outputs=2, axis=1)
     g.nodes[-1].output[:] = ["y", "idx"]
     model = g.model({"x": (1, 3, 8, 8)}, {"y": (1, 2, 8, 8)})
     a_ = op.analyze(model)

@@ -2,6 +2,7 @@
 encodes (any rank), and full-rank Tucker / SVD reproduce the original model."""
 from __future__ import annotations
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -107,7 +108,53 @@ def test_input_untouched_and_output_deterministic():
 
 def test_verify_flag_runs_the_oracle():
     model = conv_model(cin=16, cout=24, hw=(8, 8), pads=(1, 1, 1, 1))
-    result = decompose(model, "tucker", rank_ratio=0.25, verify=True)
+    result = decompose(model, "tucker", rank_ratio=0.25, verify=True, rank_step=1)
     (layer,) = result.layers
     assert layer.ranks == (4, 6) and layer.macs_after < layer.macs_before and 0 < layer.rel_error < 1
     assert layer.params_before == 16 * 24 * 9 and layer.params_after == 16 * 4 + 4 * 6 * 9 + 6 * 24
+
+
+MOVABLE_STRIDE_CASES = {  # (conv attributes, strides expected on the first 1x1 conv)
+    "3x3 stride 2 dilation 2 pads 2": (dict(kernel=(3, 3), strides=(2, 2), dilations=(2, 2), pads=(2, 2, 2, 2)),
+                                       [2, 2]),
+    "3x1 stride 2: the kernel-1 axis moves": (dict(kernel=(3, 1), strides=(2, 2), pads=(1, 0, 1, 0)), [1, 2]),
+    "3x3 stride 4 dilation 2 pads (2, 0, 2, 4)": (dict(kernel=(3, 3), strides=(4, 4), dilations=(2, 2),
+                                                       pads=(2, 0, 2, 4)), [2, 2]),
+    "3x3 stride 2 dilation 2 VALID": (dict(kernel=(3, 3), strides=(2, 2), dilations=(2, 2), auto_pad="VALID"),
+                                      [2, 2]),
+    "conv1d k3 stride 3 dilation 3 pads 3": (dict(kernel=(3,), strides=(3,), dilations=(3,), pads=(3, 3)), [3]),
+}
+
+
+@pytest.mark.parametrize("case", list(MOVABLE_STRIDE_CASES))
+@pytest.mark.parametrize("hw", [(11, 9), (16, 13), (8, 8)])
+@pytest.mark.parametrize("ranks", [(3, 4), (6, 10)])
+def test_tucker_moves_the_stride_to_the_first_conv_where_exact(case, hw, ranks):
+    attrs, first_strides = MOVABLE_STRIDE_CASES[case]
+    model = conv_model(hw=hw, **attrs)
+    result = decompose(model, "tucker", ranks={"conv": ranks}, force=True)
+    report = _check(model, result)  # chain == op with the encoded kernel, output shapes equal
+    first = next(n for n in result.model.graph.node if n.name == "conv/tucker_first")
+    assert onnx.helper.get_attribute_value(next(a for a in first.attribute if a.name == "strides")) == first_strides
+    if ranks == (6, 10):  # full rank: the original model itself
+        assert report.original_error <= TOL and verify(model, result.model, tol=TOL).ok
+    (layer,) = result.layers  # MACs count the first conv at the subsampled size
+    n = len(attrs["kernel"])
+    rows_first = 2 * np.prod([-(-s // g) for s, g in zip(hw[:n], first_strides)])
+    out = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        ["z"], {"x": np.zeros((2, 6, *hw[:n]), np.float32)})[0]
+    rows_out = int(np.prod(out.shape)) // 10
+    r_in, r_out = ranks
+    assert layer.macs_after == rows_first * 6 * r_in + rows_out * (r_in * r_out * np.prod(attrs["kernel"]) + r_out * 10)
+
+
+@pytest.mark.parametrize("attrs", [dict(kernel=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1)),  # ResNet stride 2
+                                   dict(kernel=(3, 3), strides=(2, 2), dilations=(2, 2), pads=(2, 2, 1, 1)),
+                                   dict(kernel=(2, 2), strides=(2, 2)),
+                                   dict(kernel=(3, 1), strides=(2, 2), auto_pad="SAME_UPPER")])  # size-dependent
+def test_tucker_keeps_the_stride_on_the_core_where_moving_it_is_not_exact(attrs):
+    model = conv_model(hw=(12, 10), **attrs)
+    result = decompose(model, "tucker", ranks={"conv": (3, 4)}, force=True)
+    _check(model, result)
+    first = next(n for n in result.model.graph.node if n.name == "conv/tucker_first")
+    assert not any(a.name == "strides" for a in first.attribute)

@@ -36,8 +36,10 @@ def test_calibration_formula_matches_netspresso_example():
 @pytest.mark.parametrize("ratio,expected", [(-1.0, 1), (-0.2, 26), (0.0, 32), (0.2, 38), (1.0, 64)])
 def test_vbmf_ranks_with_calibration_ratio(ratio, expected):
     model = matmul_model(batch=(4,), k=64, n=96, weight=_planted(64, 96, 32, 0.01).astype(np.float32))
-    result = decompose(model, "svd", recommendation="VBMF", calibration_ratio=ratio, force=True)
+    result = decompose(model, "svd", recommendation="VBMF", calibration_ratio=ratio, force=True, rank_step=1)
     assert result.layers[0].ranks == (expected,) and result.layers[0].full_ranks == (64,)
+    rounded = decompose(model, "svd", recommendation="VBMF", calibration_ratio=ratio, force=True)  # default step 16
+    assert rounded.layers[0].ranks == (min(-(-expected // 16) * 16, 64),)
 
 
 def test_vbmf_tucker_ranks_per_mode():
@@ -46,20 +48,21 @@ def test_vbmf_tucker_ranks_per_mode():
     kernel = np.einsum("abhw,oa,ib->oihw", core, rng.standard_normal((24, 6)), rng.standard_normal((20, 4)))
     kernel += 0.01 * rng.standard_normal(kernel.shape)
     model = conv_model(cin=20, cout=24, pads=(1, 1, 1, 1), weight=kernel.astype(np.float32))
-    result = decompose(model, "tucker", recommendation="vbmf")
+    result = decompose(model, "tucker", recommendation="vbmf", rank_step=1)
     assert result.layers[0].ranks == (4, 6) and result.layers[0].rel_error < 0.01
+    assert decompose(model, "tucker", recommendation="vbmf", rank_step=4).layers[0].ranks == (4, 8)
 
 
 def test_rank_ratio_and_energy():
     model = conv_model(cin=16, cout=32, pads=(1, 1, 1, 1))
-    assert decompose(model, "tucker", rank_ratio=0.25).layers[0].ranks == (4, 8)
-    assert decompose(model, "cp", rank_ratio=0.5).layers[0].ranks == (8,)
+    assert decompose(model, "tucker", rank_ratio=0.25, rank_step=1).layers[0].ranks == (4, 8)
+    assert decompose(model, "cp", rank_ratio=0.5, rank_step=1).layers[0].ranks == (8,)
     rng = np.random.default_rng(0)
     u, v = np.linalg.qr(rng.standard_normal((12, 4)))[0], np.linalg.qr(rng.standard_normal((10, 4)))[0]
     weight = u * [8.0, 4.0, 2.0, 1.0] @ v.T  # energies of ranks 1, 2, 3: 64/85, 80/85, 84/85
     model = matmul_model(weight=weight.astype(np.float32))
-    assert [decompose(model, "svd", energy=e, force=True).layers[0].ranks for e in (0.7, 0.9, 0.98)] == \
-        [(1,), (2,), (3,)]
+    assert [decompose(model, "svd", energy=e, force=True, rank_step=1).layers[0].ranks for e in (0.7, 0.9, 0.98)] \
+        == [(1,), (2,), (3,)]
 
 
 def test_explicit_ranks_only_decompose_named_layers_and_are_validated():
@@ -72,6 +75,37 @@ def test_explicit_ranks_only_decompose_named_layers_and_are_validated():
         decompose(conv_model(), "tucker", ranks={"conv": (7, 3)})  # C_in = 6
     with pytest.raises(InvalidRequestError, match="unknown layer 'nope'"):
         decompose(model, "svd", ranks={"nope": 2})
+
+
+def test_rank_step_rounds_computed_ranks_up_and_keeps_explicit_ones():
+    model = conv_model(cin=48, cout=64, hw=(8, 8), pads=(1, 1, 1, 1))
+    # default: computed ranks rounded up to a multiple of 16, clipped to full rank (48, 64)
+    assert decompose(model, "tucker", rank_ratio=0.1).layers[0].ranks == (16, 16)
+    assert decompose(model, "tucker", rank_ratio=0.3).layers[0].ranks == (16, 32)  # 14, 19
+    assert decompose(model, "tucker", rank_ratio=0.9, force=True).layers[0].ranks == (48, 64)  # 43 -> 48, 58 -> 64
+    assert decompose(model, "cp", rank_ratio=0.3).layers[0].ranks == (16,)
+    assert decompose(model, "tucker", rank_ratio=0.3, rank_step=8).layers[0].ranks == (16, 24)
+    assert decompose(model, "tucker", rank_ratio=0.3, rank_step=1).layers[0].ranks == (14, 19)
+    # explicit ranks are kept unless rounding is asked for
+    assert decompose(model, "tucker", ranks={"conv": (5, 17)}).layers[0].ranks == (5, 17)
+    assert decompose(model, "tucker", ranks={"conv": (5, 17)}, rank_step=16).layers[0].ranks == (16, 32)
+    assert decompose(model, "tucker", ranks={"conv": (40, 60)}, rank_step=16, force=True).layers[0].ranks == (48, 64)
+    fc = gemm_model(k=40, n=36)
+    assert decompose(fc, "svd", rank_ratio=0.25, force=True).layers[0].ranks == (16,)
+    assert decompose(fc, "svd", rank_ratio=0.25, rank_step=1).layers[0].ranks == (9,)
+
+
+def test_rank_rounded_past_the_layers_cost_is_skipped_with_the_step_named():
+    model = conv_model(cin=16, cout=16, hw=(8, 8), pads=(1, 1, 1, 1))
+    layer = decompose(model, "tucker", rank_ratio=0.5).layers[0]  # (8, 8) -> full rank (16, 16): more MACs
+    assert layer.ranks == (16, 16) and "rank_step=16" in layer.skipped
+    assert decompose(model, "tucker", rank_ratio=0.5, rank_step=1).layers[0].decomposed
+
+
+@pytest.mark.parametrize("step", [0, -16, 2.5, True, "16"])
+def test_bad_rank_step(step):
+    with pytest.raises(InvalidRequestError, match="rank_step"):
+        decompose(gemm_model(), "svd", rank_ratio=0.5, rank_step=step)
 
 
 @pytest.mark.parametrize("kwargs", [{}, {"rank_ratio": 0.5, "energy": 0.9}, {"rank_ratio": 0.0},

@@ -20,7 +20,7 @@ RESNET = os.path.join(ROOT, "fixtures", "resnet_legacy.onnx")
 def small_model():
     g = GraphBuilder()
     a = g.conv("x", 3, 8, "c1")
-    t = g.node("TopK", [a, g.const("k", (1,), [2], dtype=np.int64)], name="topk", outputs=2, axis=1)
+    g.node("TopK", [a, g.const("k", (1,), [2], dtype=np.int64)], name="topk", outputs=2, axis=1)
     b = g.conv("x", 3, 8, "c2")
     g.conv(b, 8, 4, "c3", k=1)
     g.nodes[1].output[:] = ["y1", "idx"]

@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-ratio", type=float, default=0.0,
                    help="with --recommend vbmf: in [-1, 1], rank = vbmf + (full - vbmf) * R (default 0)")
     p.add_argument("--layers", nargs="+", metavar="NAME", help="only consider these layers (node names)")
+    p.add_argument("--rank-step", type=int, default=None, metavar="N",
+                   help="round ranks up to a multiple of N, clipped to full rank (default: 16 for computed ranks, "
+                        "explicit ranks kept; 1 = off). onnxruntime runs convs in blocks of 16 channels")
     p.add_argument("--force", action="store_true", help="keep chains that cost more MACs than their layer")
     p.add_argument("--verify", action="store_true",
                    help="run the reconstruction oracle; fail (and write nothing) if it fails")
@@ -45,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
         raise op.InvalidRequestError(f"ranks file '{args.ranks}' must hold an object: {{\"layer\": rank, ...}}")
     result = decompose(original, args.method, ranks=ranks, rank_ratio=args.rank_ratio,
                        recommendation=args.recommend, calibration_ratio=args.calibration_ratio, energy=args.energy,
-                       layers=args.layers, force=args.force, verify=args.verify, seed=args.seed)
+                       layers=args.layers, force=args.force, verify=args.verify, seed=args.seed,
+                       rank_step=args.rank_step)
     make_parent(out)
     op.save_model(result.model, out, reference=original)
     rows = [[r.name, r.op_type, _ranks(r.ranks), _ranks(r.full_ranks),

@@ -1,56 +1,109 @@
-"""`onnxprune prune MODEL -o OUT (--ratio R | --ratios FILE | --indices FILE) [--verify]`."""
+"""`onnxprune prune MODEL -o OUT (--ratio R | --ratios FILE | --indices FILE | --plan FILE) [options]`."""
 from __future__ import annotations
 
 import argparse
 import json
+import os
+
+import numpy as np
 
 from onnxprune.cli.common import make_parent, output_path, read_json
+from onnxprune.criteria import CRITERIA
+from onnxprune.criteria.registry import ALIASES
+from onnxprune.errors import InvalidRequestError
+from onnxprune.options import CHOICES, Options
+
+_DEFAULTS = Options()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("prune", help="remove channels by a criterion or by index, write a new model",
+    p = sub.add_parser("prune", help="remove channels by a criterion, by index or by a plan, write a new model",
                        description="Prune output channels (and every channel coupled to them) and write a new model. "
                                    "The input file is never overwritten; nothing is written if the result fails "
                                    "onnx.checker, onnxruntime loading or (with --verify) the mask oracle.")
     p.add_argument("model", help="ONNX model file")
     p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--ratio", type=float, help="fraction of channels to remove from every prunable group, in [0, 1)")
+    how.add_argument("--ratio", type=float, help="fraction of channels to remove, in [0, 1) (see --scope, --recommend)")
     how.add_argument("--ratios", metavar="FILE.json", help='per-layer fractions: {"conv1": 0.5, ...}')
-    how.add_argument("--indices", metavar="FILE.json", help='channels to remove: {"conv1": [0, 5, 7], ...}')
-    p.add_argument("--method", default="l2", help="criterion for --ratio/--ratios: l2 (PR_L2, default), l1")
-    p.add_argument("--step-size", type=int, default=2, help="round kept channels per group to this multiple (default 2)")
-    p.add_argument("--step-op", default="round", choices=["round", "round_up", "round_down", "none"])
-    p.add_argument("--reshape-channel-axis", type=int, default=-1, choices=[0, 1, -1, -2],
-                   help="at a Reshape into heads: -1/1 prune dims inside heads (default), 0/-2 whole heads")
+    how.add_argument("--indices", metavar="FILE.json", help='channels to remove (PR_ID): {"conv1": [0, 5, 7], ...}')
+    how.add_argument("--plan", metavar="FILE.json", help="apply a plan written by --save-plan (edited or not)")
+    aliases = ", ".join(f"{k.upper()}={v}" for k, v in sorted(ALIASES.items()) if v != "index")
+    p.add_argument("--method", default="l2",
+                   help=f"criterion for --ratio/--ratios: {', '.join(sorted(CRITERIA))} (default l2; "
+                        f"NetsPresso spellings {aliases})")
+    p.add_argument("--scope", default="uniform", choices=["uniform", "global"],
+                   help="uniform: --ratio from every group (default); global: normalised scores compared across groups")
+    p.add_argument("--recommend", choices=["slamp"], help="SLAMP: per-group ratios allotted from LAMP scores for --ratio")
+    p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (method taylor)")
+    p.add_argument("--seed", type=int, default=0, help="seed of method random (default 0)")
+    _option_flags(p)
+    p.add_argument("--save-plan", metavar="FILE.json", help="also write the plan (kept channels per group, editable)")
     p.add_argument("--verify", action="store_true", help="run the mask oracle; fail (and write nothing) if it fails")
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
     p.add_argument("--record", metavar="FILE.json", help="also write the pruning record (tensor -> kept mask)")
     p.set_defaults(func=run)
 
 
+def _option_flags(p: argparse.ArgumentParser) -> None:
+    for name in ("policy", "layer_norm", "group_policy", "step_op"):
+        choices = list(CHOICES[name])
+        p.add_argument("--" + name.replace("_", "-"), default=getattr(_DEFAULTS, name), choices=choices,
+                       help=f"Options.{name} (default {getattr(_DEFAULTS, name)})")
+    p.add_argument("--step-size", type=int, default=_DEFAULTS.step_size,
+                   help=f"round kept channels per group to this multiple (default {_DEFAULTS.step_size})")
+    p.add_argument("--reshape-channel-axis", type=int, default=_DEFAULTS.reshape_channel_axis, choices=[0, 1, -1, -2],
+                   help="at a Reshape into heads: -1/1 prune dims inside heads (default), 0/-2 whole heads")
+    p.add_argument("--max-ratio", type=float, default=_DEFAULTS.max_ratio,
+                   help=f"global scope and SLAMP: most of one group removed (default {_DEFAULTS.max_ratio})")
+    p.add_argument("--score-consumers", action="store_true",
+                   help="weight criteria also score the consumer slices (input channels of the next layers)")
+
+
+def _options(args: argparse.Namespace) -> Options:
+    return Options(policy=args.policy, layer_norm=args.layer_norm, group_policy=args.group_policy,
+                   reshape_channel_axis=args.reshape_channel_axis, step_size=args.step_size, step_op=args.step_op,
+                   max_ratio=args.max_ratio, score_consumers=args.score_consumers)
+
+
+def _gradients(path: str | None) -> dict[str, np.ndarray] | None:
+    if path is None:
+        return None
+    if not os.path.exists(path):
+        raise InvalidRequestError(f"gradients file '{path}' does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (ValueError, OSError) as exc:
+        raise InvalidRequestError(f"gradients file '{path}' is not a .npz archive: {exc}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
     out = output_path(args.model, args.output)
-    options = op.Options(step_size=args.step_size, step_op=args.step_op,
-                         reshape_channel_axis=args.reshape_channel_axis)
-    if args.indices:
-        indices = read_json(args.indices, "indices")
-        result = op.prune_by_index(args.model, indices, options=options, verify=args.verify)
-    elif args.ratios:
-        result = op.prune(args.model, args.method, ratios=read_json(args.ratios, "ratios"), options=options,
-                          verify=args.verify)
+    options = _options(args)
+    if args.plan:
+        result = op.prune_with_plan(args.model, read_json(args.plan, "plan"), verify=args.verify)
+    elif args.indices:
+        result = op.prune_by_index(args.model, read_json(args.indices, "indices"), options=options, verify=args.verify)
     else:
-        result = op.prune(args.model, args.method, args.ratio, options=options, verify=args.verify)
+        ratio, ratios = (None, read_json(args.ratios, "ratios")) if args.ratios else (args.ratio, None)
+        result = op.prune(args.model, args.method, ratio, ratios=ratios, scope=args.scope,
+                          recommendation=args.recommend, options=options, gradients=_gradients(args.gradients),
+                          verify=args.verify, seed=args.seed)
     make_parent(out)
     op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
     print(result.summary)
-    print(f"pruned {len(result.pruned_groups)} channel groups; {len(result.channels)} tensors shrank")
+    print(f"pruned {len(result.pruned_groups)} channel groups ({result.achieved_ratio:.1%} of their channels); "
+          f"{len(result.channels)} tensors shrank")
     if result.verification is not None:
         print(f"mask oracle: ok (max relative error {result.verification.max_rel_error:.2e})")
     if args.record:
         with open(output_path(args.model, args.record), "w", encoding="utf-8") as handle:
-            json.dump({"channels": result.channels, "plan": {str(k): v for k, v in result.plan.items()}}, handle)
+            json.dump({"channels": result.channels, "plan": result.plan.as_dict()}, handle)
+    if args.save_plan:
+        result.plan.save(output_path(args.model, args.save_plan))
+        print(f"wrote plan {args.save_plan}")
     print(f"wrote {out}")
     return 0

@@ -265,19 +265,9 @@ def _single_axis(grid: np.ndarray) -> int | None:
     return None
 
 
-@rule("Reshape")
+@rule("Reshape", "Flatten")
 def reshape(w: Walker, i: int, node: onnx.NodeProto) -> None:
     in_shape, out_shape = w.shape(node.input[0]), w.shape(node.output[0])
-    if in_shape is None or out_shape is None:
-        w.block_inputs(i, node, "input or output shape unknown")
-        return
-    map_reshape(w, i, node, in_shape, out_shape)
-
-
-@rule("Flatten")
-def flatten(w: Walker, i: int, node: onnx.NodeProto) -> None:
-    in_shape = w.shape(node.input[0])
-    out_shape = w.shape(node.output[0])
     if in_shape is None or out_shape is None:
         w.block_inputs(i, node, "input or output shape unknown")
         return

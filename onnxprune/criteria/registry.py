@@ -38,7 +38,13 @@ def register_criterion(name: str, fn: Criterion | None = None):
 
 
 def criterion_for(method: str) -> Criterion:
+    """The criterion registered as `method` (case-insensitive; NetsPresso spellings accepted)."""
+    if not isinstance(method, str):
+        raise InvalidRequestError(f"method must be a criterion name, not {method!r}; available: {sorted(CRITERIA)}")
     key = ALIASES.get(method.lower(), method.lower())
+    if key == "index":
+        raise InvalidRequestError(f"method '{method}' is pruning by channel index: call "
+                                  "op.prune_by_index(model, {layer: [channel indices]}) (CLI: --indices FILE.json)")
     if key not in CRITERIA:
         raise InvalidRequestError(f"unknown pruning method '{method}'; available: {sorted(CRITERIA)} "
                                   f"(NetsPresso spellings {sorted(a.upper() for a in ALIASES)} accepted)")

@@ -12,7 +12,8 @@ from onnx import helper
 from onnxprune import ir
 from onnxprune.decomposition import factorize
 from onnxprune.decomposition.candidates import DecomposableLayer, constant_tensors, find_candidates
-from onnxprune.decomposition.chains import Chain, Namer, build, encoded_kernel
+from onnxprune.decomposition.chains import Chain, build, encoded_kernel
+from onnxprune.graph import NameSource
 from onnxprune.decomposition.cost import chain_cost, layer_cost
 from onnxprune.decomposition.ranks import RankPolicy
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
@@ -77,21 +78,24 @@ def decomposable_layers(model) -> list[DecomposableLayer]:
 def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | None = None,
               rank_ratio: float | None = None, recommendation: str | None = None, calibration_ratio: float = 0.0,
               energy: float | None = None, layers: Iterable[str] | None = None, force: bool = False,
-              verify: bool = False, seed: int = 0) -> DecompositionResult:
+              verify: bool = False, seed: int = 0, rank_step: int | None = None) -> DecompositionResult:
     """Replace layers by factor chains; exactly one of ranks / rank_ratio / recommendation='vbmf' / energy.
 
     With `ranks`, only the layers named there are decomposed; `layers` restricts the layers considered.
-    A chain costing more MACs than its layer is skipped unless `force`. `verify` runs the reconstruction
-    oracle and raises VerificationError on failure. The input model is never changed.
+    `rank_step` rounds ranks UP to a multiple of it, clipped to full rank (ranks.py): by default 16
+    (onnxruntime's NCHWc channel block on AVX-512) for computed ranks and no rounding for explicit `ranks`;
+    1 turns it off. A chain costing more MACs than its layer is skipped unless `force` (fewer MACs do not
+    guarantee lower latency: see benchmarks/README.md). `verify` runs the reconstruction oracle and raises
+    VerificationError on failure. The input model is never changed.
     """
     source = ir.load_model(model)
     method = normalise_method(method)
-    policy = RankPolicy(ranks, rank_ratio, recommendation, calibration_ratio, energy)
+    policy = RankPolicy(ranks, rank_ratio, recommendation, calibration_ratio, energy, rank_step)
     candidates = decomposable_layers(source)
     targets = _targets(source, candidates, method, ranks, layers)
     base = ir.base_dir(source)
     constants = constant_tensors(source.graph)
-    namer = Namer(source.graph)
+    namer = NameSource(source.graph)
     opset = ir.opset_version(source, default=1)
     chains: dict[int, Chain] = {}
     records = []
@@ -104,7 +108,7 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
         kernel = np.asarray(ir.tensor_array(tensor, base), dtype=np.float64)
         chosen = policy.choose(layer.name, method, layer.full_ranks[method], kernel)
         record, chain = _decompose_layer(layer, node, method, chosen, kernel, tensor.data_type, force, seed, namer,
-                                         opset)
+                                         opset, policy.step)
         records.append(record)
         if chain is not None:
             chains[layer.node_index] = chain
@@ -151,14 +155,15 @@ def _skipped(layer: DecomposableLayer, method: str, reason: str, ranks=None, cos
     return LayerDecomposition(layer.name, layer.op_type, method, ranks, full, None, *costs, skipped=reason)
 
 
-def _decompose_layer(layer, node, method, ranks, kernel, data_type, force, seed, namer, opset):
+def _decompose_layer(layer, node, method, ranks, kernel, data_type, force, seed, namer, opset, step=1):
     """(record, chain or None) for one layer at the chosen ranks."""
     g = layer.geometry
     params_before, macs_before = layer_cost(g)
     params_after, macs_after = chain_cost(g, method, ranks)
     costs = (params_before, params_after, macs_before, macs_after)
     if macs_after > macs_before and not force:
-        reason = (f"chain at ranks {ranks} costs {macs_after} MACs, more than the layer's {macs_before}; "
+        rounded = f" (rounded up to a multiple of rank_step={step})" if step > 1 else ""
+        reason = (f"chain at ranks {ranks}{rounded} costs {macs_after} MACs, more than the layer's {macs_before}; "
                   "lower the ranks or pass force=True")
         return _skipped(layer, method, reason, ranks, costs), None
     try:

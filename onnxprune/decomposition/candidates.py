@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune.decomposition.cost import Geometry, chain_cost, layer_cost
+from onnxprune.decomposition.cost import Geometry, chain_cost, layer_cost, movable_strides
 
 METHODS = ("tucker", "cp", "svd")
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
@@ -128,7 +128,9 @@ def _conv(index, node, constants, shapes) -> DecomposableLayer:
     c_out, c_in, kernel = dims[0], dims[1], tuple(dims[2:])
     strides = tuple(_attr(node, "strides", [1] * len(kernel)))
     in_shape, out_shape = _spatial(shapes.get(node.input[0])), _spatial(shapes.get(node.output[0]))
-    geometry = Geometry.for_conv(c_in, c_out, kernel, strides, in_shape, out_shape)
+    first = movable_strides(kernel, strides, _attr(node, "pads", None), _attr(node, "dilations", None),
+                            _attr(node, "auto_pad", "NOTSET"))
+    geometry = Geometry.for_conv(c_in, c_out, kernel, strides, in_shape, out_shape, first)
     full: dict[str, tuple[int, ...]] = {}
     reasons: dict[str, str] = {}
     if all(k == 1 for k in kernel):

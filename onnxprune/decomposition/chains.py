@@ -1,7 +1,10 @@
 """ONNX node chains that replace one layer, and the kernel a chain encodes.
 
 Layouts (the last node always writes the replaced node's output tensor):
-- tucker, Conv:  1x1 (C_in -> R_in), core k (R_in -> R_out, original strides/pads/dilations), 1x1 (R_out -> C_out, bias)
+- tucker, Conv:  1x1 (C_in -> R_in), core k (R_in -> R_out, original strides/pads/dilations), 1x1 (R_out -> C_out,
+                 bias);
+                 where exact (cost.movable_strides), a factor g of the stride moves to the first 1x1 conv and the
+                 core takes stride s/g, dilation d/g, pads p/g: the first conv then runs at 1/g of the input size
 - cp, Conv:      1x1 (C_in -> R), one depthwise conv per spatial axis (its share of strides/pads/dilations),
                  1x1 (R -> C_out, bias)
 - svd, 1x1 Conv: 1x1 (C_in -> R, original strides/pads), 1x1 (R -> C_out, bias)
@@ -15,6 +18,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from onnxprune.decomposition.cost import movable_strides
+from onnxprune.graph import NameSource
 
 
 @dataclass(frozen=True)
@@ -31,32 +37,12 @@ class Chain:
         return tuple(n.input[1] for n in self.nodes)
 
 
-class Namer:
-    """Fresh names derived from a base, never colliding with names already in the graph."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.taken = {n.name for n in graph.node}
-        self.taken.update(t.name for t in graph.initializer)
-        for values in (graph.input, graph.output, graph.value_info):
-            self.taken.update(v.name for v in values)
-        for node in graph.node:
-            self.taken.update(node.input)
-            self.taken.update(node.output)
-
-    def __call__(self, base: str) -> str:
-        name, suffix = base, 1
-        while name in self.taken:
-            name, suffix = f"{base}_{suffix}", suffix + 1
-        self.taken.add(name)
-        return name
-
-
 def attributes(node: onnx.NodeProto) -> dict[str, object]:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def build(method: str, node: onnx.NodeProto, layer: str, factors: list[np.ndarray], dtype: np.dtype,
-          namer: Namer, opset: int) -> Chain:
+          namer: NameSource, opset: int) -> Chain:
     """Chain of nodes computing `node` with the given factors (see the module docstring for layouts)."""
     attrs = attributes(node)
     steps: list[tuple[str, str, np.ndarray, dict]] = []  # (role, op, weight, attributes)
@@ -64,7 +50,8 @@ def build(method: str, node: onnx.NodeProto, layer: str, factors: list[np.ndarra
         ones = {"kernel_shape": [1] * (factors[0].ndim - 2)}
         spatial = {k: v for k, v in attrs.items() if k in ("strides", "pads", "dilations", "auto_pad", "kernel_shape")}
         if method == "tucker":
-            steps = [("first", "Conv", factors[0], ones), ("core", "Conv", factors[1], spatial),
+            first, core = _tucker_strides(spatial, list(factors[1].shape[2:]))
+            steps = [("first", "Conv", factors[0], {**ones, **first}), ("core", "Conv", factors[1], core),
                      ("last", "Conv", factors[2], ones)]
         elif method == "cp":
             steps = [("first", "Conv", factors[0], ones)]
@@ -79,6 +66,24 @@ def build(method: str, node: onnx.NodeProto, layer: str, factors: list[np.ndarra
     else:
         steps = [("first", "MatMul", factors[0], {}), ("last", "MatMul", factors[1], {})]
     return _assemble(method, node, layer, steps, dtype, namer, opset)
+
+
+def _tucker_strides(spatial: dict, kernel: list[int]) -> tuple[dict, dict]:
+    """(extra attributes of the first 1x1 conv, attributes of the core): the movable part of the stride
+    (cost.movable_strides, exact) goes to the first conv; the core keeps the rest."""
+    n = len(kernel)
+    strides = list(spatial.get("strides", [1] * n))
+    auto_pad = spatial.get("auto_pad", "NOTSET")
+    moved = movable_strides(kernel, strides, spatial.get("pads"), spatial.get("dilations"), auto_pad)
+    if all(g == 1 for g in moved):
+        return {}, spatial
+    pads = list(spatial["pads"]) if "pads" in spatial and auto_pad in ("NOTSET", b"NOTSET") else [0] * (2 * n)
+    dilations = list(spatial.get("dilations", [1] * n))
+    core = {k: v for k, v in spatial.items() if k != "auto_pad"}
+    core["strides"] = [s // g for s, g in zip(strides, moved)]
+    core["pads"] = [p // moved[j % n] for j, p in enumerate(pads)]
+    core["dilations"] = [d // g if k > 1 else d for d, g, k in zip(dilations, moved, kernel)]
+    return {"strides": list(moved)}, core
 
 
 def _axis_attributes(attrs: dict, axis: int, weight: np.ndarray) -> dict:

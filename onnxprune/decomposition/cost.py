@@ -17,9 +17,10 @@ class Geometry:
     batch: int = 1
     in_spatial: tuple[int, ...] = ()
     out_spatial: tuple[int, ...] = ()
+    first_strides: tuple[int, ...] = ()  # stride a Tucker chain's first 1x1 conv takes exactly (movable_strides)
 
     @classmethod
-    def for_conv(cls, c_in, c_out, kernel, strides, in_shape, out_shape) -> Geometry:
+    def for_conv(cls, c_in, c_out, kernel, strides, in_shape, out_shape, first_strides=()) -> Geometry:
         """From the (possibly partly unknown) input and output shapes (N, C, *spatial) of a Conv."""
         n = len(kernel)
         ins = list(in_shape[2:]) if in_shape is not None and len(in_shape) == n + 2 else [None] * n
@@ -30,7 +31,7 @@ class Geometry:
             if ins[j] is None:
                 ins[j] = outs[j] * stride
         batch = next((s[0] for s in (in_shape, out_shape) if s is not None and s and s[0] is not None), None)
-        return cls(c_in, c_out, tuple(kernel), batch or 1, tuple(ins), tuple(outs))
+        return cls(c_in, c_out, tuple(kernel), batch or 1, tuple(ins), tuple(outs), tuple(first_strides))
 
     @classmethod
     def for_matrix(cls, k: int, n: int, rows: int | None) -> Geometry:
@@ -43,6 +44,38 @@ class Geometry:
     @property
     def rows_out(self) -> int:
         return self.batch * math.prod(self.out_spatial)
+
+    @property
+    def rows_first(self) -> int:
+        """Rows of a Tucker chain's first conv: the input, subsampled by `first_strides` when it has them."""
+        if not self.first_strides:
+            return self.rows_in
+        return self.batch * math.prod(-(-i // g) for i, g in zip(self.in_spatial, self.first_strides))
+
+
+def movable_strides(kernel, strides, pads, dilations, auto_pad="NOTSET") -> tuple[int, ...]:
+    """Per spatial axis, the largest factor g of a Conv's stride that a pointwise (1x1, no bias) conv before it
+    can take exactly: 1x1 with stride g, then the conv with stride s/g, dilation d/g, pads p/g.
+
+    Proof: the conv reads its input h at s*o + d*k - p_begin for taps k. When g divides s, d (or the kernel is
+    1 along the axis, k = 0 only) and p_begin, every index read is g*j with j = (s/g)*o + (d/g)*k - p_begin/g,
+    so only h[g*j] = (h subsampled by g)[j] is ever read, and j < 0 or g*j >= I (zero padding in the original)
+    is j < 0 or j >= ceil(I/g) (zero padding after subsampling). When g also divides p_end, the output sizes
+    agree for every input size I: floor((I - 1 + p_end) / g) = floor((I - 1) / g) + p_end / g. The first conv
+    has no bias, so zero padding commutes with it. Only explicit pads (NOTSET) and VALID qualify: SAME_* pads
+    depend on the input size. All ones when nothing can move."""
+    n = len(kernel)
+    if auto_pad not in ("NOTSET", b"NOTSET", "VALID", b"VALID", "", b""):
+        return (1,) * n
+    pads = list(pads) if pads and auto_pad in ("NOTSET", b"NOTSET", "", b"") else [0] * (2 * n)
+    dilations = list(dilations) if dilations else [1] * n
+    out = []
+    for j in range(n):
+        g = math.gcd(strides[j], pads[j], pads[j + n])
+        if kernel[j] > 1:
+            g = math.gcd(g, dilations[j])
+        out.append(g)
+    return tuple(out)
 
 
 def layer_cost(g: Geometry) -> tuple[int, int]:
@@ -57,7 +90,7 @@ def chain_cost(g: Geometry, method: str, ranks: tuple[int, ...]) -> tuple[int, i
         r_in, r_out = ranks
         core = r_in * r_out * math.prod(g.kernel)
         params = g.c_in * r_in + core + r_out * g.c_out
-        return params, g.rows_in * g.c_in * r_in + g.rows_out * (core + r_out * g.c_out)
+        return params, g.rows_first * g.c_in * r_in + g.rows_out * (core + r_out * g.c_out)
     (rank,) = ranks
     if method == "svd":  # the first factor carries the stride
         params = rank * (g.c_in + g.c_out)

@@ -13,7 +13,8 @@ from onnxprune import ir
 from onnxprune.verify import compare_arrays, make_inputs, run, verify
 from onnxprune.decomposition.api import DecompositionResult, LayerDecomposition
 from onnxprune.decomposition.candidates import layer_name
-from onnxprune.decomposition.chains import Namer, encoded_kernel
+from onnxprune.decomposition.chains import encoded_kernel
+from onnxprune.graph import NameSource
 
 
 @dataclass
@@ -110,7 +111,7 @@ def _with_kernels(source, done, nodes, kernels) -> onnx.ModelProto:
     """A copy of the original whose decomposed layers read the encoded kernels."""
     out = onnx.ModelProto()
     out.CopyFrom(source)
-    namer = Namer(out.graph)
+    namer = NameSource(out.graph)
     index = {layer_name(n): i for i, n in enumerate(out.graph.node)}
     for layer in done:
         name = namer(f"{layer.name}/oracle_kernel")

@@ -4,6 +4,12 @@ Tucker ranks are (input rank, output rank) as in NetsPresso; CP and SVD take one
 VBMF ranks are adjusted by NetsPresso's calibration ratio r in [-1, 1]:
 kept = VBMF rank + (full rank - VBMF rank) * r, rounded half up, then clipped to 1..full rank
 (r = 1 keeps the full rank, r = 0 the VBMF rank, r = -1 gives 2 * VBMF rank - full rank, at least 1).
+
+Rank step: ranks are then rounded UP to a multiple of `rank_step`, clipped to the full rank. onnxruntime's CPU
+convolutions run in the NCHWc layout, whose channel block is 16 on AVX-512 (8 on AVX2): a rank of 17..32 costs
+the same time as 32 there (benchmarks/README.md), so the extra rank is free accuracy. The default,
+DEFAULT_RANK_STEP = 16, applies to computed ranks (rank_ratio, energy, VBMF); explicit ranks are kept as given
+unless a rank_step is passed. rank_step=1 turns rounding off.
 """
 from __future__ import annotations
 
@@ -40,8 +46,16 @@ def unfold(kernel: np.ndarray, mode: int) -> np.ndarray:
     return np.moveaxis(kernel, mode, 0).reshape(kernel.shape[mode], -1)
 
 
+DEFAULT_RANK_STEP = 16
+
+
 def _clip(rank: int, full: int) -> int:
     return min(max(rank, 1), full)
+
+
+def round_up(rank: int, step: int, full: int) -> int:
+    """`rank` rounded up to a multiple of `step`, at most `full`."""
+    return min(-(-rank // step) * step, full)
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class RankPolicy:
     recommendation: str | None = None
     calibration_ratio: float = 0.0
     energy: float | None = None
+    rank_step: int | None = None  # None: DEFAULT_RANK_STEP for computed ranks, 1 (as given) for explicit ranks
 
     def __post_init__(self) -> None:
         given = [n for n, v in (("ranks", self.ranks), ("rank_ratio", self.rank_ratio),
@@ -69,11 +84,26 @@ class RankPolicy:
             raise InvalidRequestError(f"unknown recommendation '{self.recommendation}': the only one is 'vbmf'")
         if not -1 <= self.calibration_ratio <= 1:
             raise InvalidRequestError(f"calibration_ratio must be in [-1, 1], got {self.calibration_ratio}")
+        if self.rank_step is not None and (not isinstance(self.rank_step, (int, np.integer))
+                                           or isinstance(self.rank_step, bool) or self.rank_step < 1):
+            raise InvalidRequestError(f"rank_step must be a positive integer (1 = no rounding), got {self.rank_step!r}")
         if self.calibration_ratio != 0 and self.recommendation is None:
             raise InvalidRequestError("calibration_ratio adjusts VBMF ranks: use it with recommendation='vbmf'")
 
+    @property
+    def step(self) -> int:
+        """The rank step in force: the one given, else 1 for explicit ranks and DEFAULT_RANK_STEP otherwise."""
+        if self.rank_step is not None:
+            return int(self.rank_step)
+        return 1 if self.ranks is not None else DEFAULT_RANK_STEP
+
     def choose(self, name: str, method: str, full: tuple[int, ...], kernel: np.ndarray | None) -> tuple[int, ...]:
-        """Ranks for one layer; `kernel` (O, I, ...) or a 2-D weight is needed for energy and VBMF."""
+        """Ranks for one layer, rounded up to the rank step; `kernel` (O, I, ...) or a 2-D weight is needed for
+        energy and VBMF."""
+        ranks = self._choose(name, method, full, kernel)
+        return tuple(round_up(r, self.step, f) for r, f in zip(ranks, full))
+
+    def _choose(self, name: str, method: str, full: tuple[int, ...], kernel: np.ndarray | None) -> tuple[int, ...]:
         if self.ranks is not None:
             return self._explicit(name, method, full)
         if self.rank_ratio is not None:

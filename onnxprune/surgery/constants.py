@@ -5,9 +5,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune import ir
 from onnxprune.constants import ConstantResolver
-from onnxprune.graph import GraphIndex, attribute
+from onnxprune.graph import GraphIndex, NameSource, attribute
 
 Selection = dict[int, np.ndarray]  # axis -> kept positions
 
@@ -21,10 +20,9 @@ def take(array: np.ndarray, selection: Selection) -> np.ndarray:
 class ConstantSlicer:
     """Creates sliced copies of constant tensors; collects the new initializers and nodes."""
 
-    def __init__(self, index: GraphIndex, resolver: ConstantResolver, base_dir: str | None, names: "NameSource"):
+    def __init__(self, index: GraphIndex, resolver: ConstantResolver, names: NameSource):
         self.index = index
         self.resolver = resolver
-        self.base_dir = base_dir
         self.names = names
         self.initializers: dict[str, onnx.TensorProto] = {}  # new initializers, by name
         self.in_place: dict[str, np.ndarray] = {}  # new values of initializers that keep their name
@@ -121,21 +119,3 @@ def _inner_selection(node: onnx.NodeProto, selection: Selection, resolver: Const
     if any(axis in inserted for axis in selection):
         return None
     return {kept_axes.index(axis): positions for axis, positions in selection.items()}
-
-
-class NameSource:
-    """Fresh tensor and node names that collide with nothing in the graph."""
-
-    def __init__(self, graph: onnx.GraphProto):
-        self.taken: set[str] = {t.name for t in graph.initializer} | {v.name for v in graph.input}
-        for node in graph.node:
-            self.taken.update(node.output)
-            self.taken.update(node.input)
-            self.taken.add(node.name)
-
-    def fresh(self, base: str) -> str:
-        name, k = base, 1
-        while name in self.taken:
-            name, k = f"{base}_{k}", k + 1
-        self.taken.add(name)
-        return name

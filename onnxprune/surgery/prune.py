@@ -15,8 +15,8 @@ from onnx import numpy_helper
 from onnxprune import ir
 from onnxprune.coupling.analysis import Analysis
 from onnxprune.coupling.rules_shape import slice_params
-from onnxprune.graph import attribute
-from onnxprune.surgery.constants import ConstantSlicer, NameSource
+from onnxprune.graph import NameSource, attribute
+from onnxprune.surgery.constants import ConstantSlicer
 
 
 @dataclass
@@ -39,7 +39,7 @@ class _Surgeon:
         self.walker = analysis.walker
         self.resolver = analysis.walker.resolver
         self.names = NameSource(analysis.model.graph)
-        self.slicer = ConstantSlicer(self.index, self.resolver, ir.base_dir(analysis.model), self.names)
+        self.slicer = ConstantSlicer(self.index, self.resolver, self.names)
         self.kept: dict[str, dict[int, np.ndarray]] = {}  # tensor -> axis -> kept positions (changed axes only)
         self.sliced_in_place: dict[str, dict[int, np.ndarray]] = {}  # initializers sliced under their own name
         self.after: dict[int, list[onnx.NodeProto]] = {}  # nodes to place right after node i

@@ -1,0 +1,242 @@
+"""Calibration data: normalise what the user passes, then stream statistics over it in one onnxruntime pass.
+
+`calibration=` accepts
+  * a dict {input name: array}: one batch;
+  * a numpy array (single-input models only): one batch;
+  * an iterable (list, generator, ...) of such dicts or arrays: one batch each;
+  * a path to a .npz file (a dict of arrays) or a .npy file (one array).
+Each batch is checked against the model's graph inputs (names, rank, static dims, dtype), and batches
+larger than `batch_size` along a dynamic first axis are split, so onnxruntime never holds more than
+`batch_size` samples of activations at once.
+
+`collect(model, calibration, requests)` builds ONE session whose outputs are every tensor the requested
+statistics read, runs it once per batch and feeds each statistic its tensors; a statistic keeps running
+sums only, never the activations themselves. Batches are processed in the order given and accumulated
+in float64, so the same data always gives the same result.
+"""
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Hashable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, TextIO
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from onnxprune import ir
+from onnxprune.errors import InvalidRequestError
+from onnxprune.verify import session, with_outputs
+
+DEFAULT_BATCH_SIZE = 32
+
+
+class Statistic(Protocol):
+    """A streamed statistic: reads `tensors` of every batch through update(), answers with result()."""
+
+    tensors: tuple[str, ...]
+
+    def update(self, *arrays: np.ndarray) -> None: ...
+
+    def result(self) -> Any: ...
+
+
+class SampleMean:
+    """Mean over samples of a per-sample vector: `per_sample(*arrays)` returns (samples, k) values."""
+
+    def __init__(self, tensors: tuple[str, ...], per_sample: Callable[..., np.ndarray]) -> None:
+        self.tensors = tensors
+        self.per_sample = per_sample
+        self.total: np.ndarray | float = 0.0
+        self.count = 0
+
+    def update(self, *arrays: np.ndarray) -> None:
+        values = np.asarray(self.per_sample(*arrays), dtype=np.float64)
+        self.total = self.total + values.sum(axis=0)
+        self.count += len(values)
+
+    def result(self) -> np.ndarray:
+        return np.asarray(self.total, dtype=np.float64) / max(self.count, 1)
+
+
+# --------------------------------------------------------------------------- input checks
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One real graph input: name, dims (int, or a str / None when dynamic) and numpy dtype."""
+
+    name: str
+    dims: tuple[int | str | None, ...]
+    dtype: np.dtype
+
+    def describe(self) -> str:
+        dims = ", ".join(str(d) if d is not None else "?" for d in self.dims)
+        return f"'{self.name}' ({dims}) {self.dtype}"
+
+    def check(self, value: Any, where: str) -> np.ndarray:
+        """The value as an array, or an InvalidRequestError saying what was expected."""
+        array = np.asarray(value)
+        expected = f"; the model expects {self.describe()}"
+        if array.ndim != len(self.dims):
+            raise InvalidRequestError(f"{where}: input '{self.name}' has rank {array.ndim} (shape {array.shape})"
+                                      + expected)
+        bad = [k for k, d in enumerate(self.dims) if isinstance(d, int) and array.shape[k] != d]
+        if bad:
+            raise InvalidRequestError(f"{where}: input '{self.name}' has shape {array.shape}, axis {bad[0]} "
+                                      f"differs{expected}")
+        if array.dtype != self.dtype:
+            raise InvalidRequestError(f"{where}: input '{self.name}' has dtype {array.dtype}{expected} "
+                                      f"(convert it, e.g. x.astype(np.{self.dtype.name}))")
+        return array
+
+
+def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
+    """The graph inputs a calibration batch must feed (initializers excluded)."""
+    initializers = {t.name for t in model.graph.initializer}
+    specs = []
+    for value in model.graph.input:
+        if value.name in initializers:
+            continue
+        tt = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim)
+        specs.append(InputSpec(value.name, dims, np.dtype(helper.tensor_dtype_to_np_dtype(tt.elem_type))))
+    return specs
+
+
+def require(calibration: Any, method: str) -> None:
+    """Raise when a data-based criterion is asked for without data."""
+    if calibration is None:
+        raise InvalidRequestError(f"method '{method}' needs calibration data: pass calibration=... (a dict of "
+                                  "input arrays, an array for a single-input model, or an iterable of either)")
+
+
+# --------------------------------------------------------------------------- batches
+
+def batches(model: onnx.ModelProto, calibration: Any,
+            batch_size: int = DEFAULT_BATCH_SIZE) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+    """(batch number, checked feed) pairs; a feed holds at most `batch_size` samples along a dynamic
+    first axis (a larger batch comes as several feeds with the same number)."""
+    specs = input_specs(model)
+    empty = True
+    for k, raw in enumerate(_raw_batches(calibration)):
+        empty = False
+        for feed in _split(_feed(raw, specs, f"calibration batch {k}"), specs, batch_size):
+            yield k, feed
+    if empty:
+        raise InvalidRequestError("calibration data is empty: pass at least one batch")
+
+
+def _raw_batches(calibration: Any) -> Iterable[Any]:
+    if isinstance(calibration, (str, os.PathLike)):
+        return [_load_file(os.fspath(calibration))]
+    if isinstance(calibration, (Mapping, np.ndarray)):
+        return [calibration]
+    if isinstance(calibration, Iterable):
+        return calibration
+    raise InvalidRequestError(f"calibration must be a dict of arrays, an array, an iterable of those or a "
+                              f".npz/.npy path, not {type(calibration).__name__}")
+
+
+def _load_file(path: str) -> Any:
+    if not os.path.isfile(path) or not path.endswith((".npz", ".npy")):
+        raise InvalidRequestError(f"calibration file '{path}' is not an existing .npz or .npy file")
+    data = np.load(path, allow_pickle=False)
+    return dict(data) if path.endswith(".npz") else data
+
+
+def _feed(raw: Any, specs: list[InputSpec], where: str) -> dict[str, np.ndarray]:
+    names = [s.name for s in specs]
+    if not isinstance(raw, Mapping):
+        if len(specs) != 1:
+            raise InvalidRequestError(f"{where}: the model has inputs {names}; pass a dict {{name: array}} "
+                                      "per batch (bare arrays only fit single-input models)")
+        raw = {specs[0].name: raw}
+    unknown = sorted(set(raw) - set(names))
+    missing = [n for n in names if n not in raw]
+    if unknown or missing:
+        raise InvalidRequestError(f"{where}: input names {sorted(raw)} do not match the model's inputs "
+                                  f"{[s.describe() for s in specs]}"
+                                  + (f" (unknown: {unknown})" if unknown else "")
+                                  + (f" (missing: {missing})" if missing else ""))
+    return {s.name: s.check(raw[s.name], where) for s in specs}
+
+
+def _split(feed: dict[str, np.ndarray], specs: list[InputSpec], size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Slices of the feed along the first axis when every input's first axis is dynamic and equal."""
+    lengths = {len(feed[s.name]) if feed[s.name].ndim and not isinstance(s.dims[0], int) else None
+               for s in specs}
+    n = lengths.pop() if len(lengths) == 1 else None
+    if n is None or n <= size:
+        yield feed
+        return
+    for start in range(0, n, size):
+        yield {name: value[start : start + size] for name, value in feed.items()}
+
+
+# --------------------------------------------------------------------------- the pass
+
+def collect(model: ir.ModelLike, calibration: Any, requests: Mapping[Hashable, Statistic], *,
+            batch_size: int = DEFAULT_BATCH_SIZE, stream: TextIO | None = None) -> dict[Hashable, Any]:
+    """Feed every statistic over all calibration batches in one onnxruntime pass; {key: result}."""
+    model = ir.load_model(model)
+    graph_inputs = {s.name for s in input_specs(model)}
+    fetch = list(dict.fromkeys(t for stat in requests.values() for t in stat.tensors if t not in graph_inputs))
+    sess = None
+    progress = Progress(_length(calibration), sys.stderr if stream is None else stream)
+    for k, feed in batches(model, calibration, batch_size):
+        if sess is None:
+            sess = session(with_outputs(model, fetch))
+        values = dict(zip(fetch, sess.run(fetch, feed))) if fetch else {}
+        values.update(feed)
+        for stat in requests.values():
+            stat.update(*(values[t] for t in stat.tensors))
+        progress.update(k + 1)
+    progress.close()
+    return {key: stat.result() for key, stat in requests.items()}
+
+
+def _length(calibration: Any) -> int | None:
+    if isinstance(calibration, (Mapping, np.ndarray, str, os.PathLike)):
+        return 1
+    try:
+        return len(calibration)
+    except TypeError:
+        return None
+
+
+class Progress:
+    """A one-line progress bar on a TTY stream, shown only when there are more than a few batches."""
+
+    MIN_BATCHES = 4
+    WIDTH = 30
+
+    def __init__(self, total: int | None, stream: TextIO) -> None:
+        self.total = total
+        self.stream = stream
+        self.done = 0
+        self.shown = False
+
+    def update(self, done: int) -> None:
+        """`done` batches are finished."""
+        self.done = done
+        if not self._wanted():
+            return
+        self.shown = True
+        if self.total:
+            filled = min(self.WIDTH, self.WIDTH * self.done // self.total)
+            bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total}"
+        else:
+            bar = f"{self.done} batches"
+        self.stream.write(f"\rcalibration {bar}")
+        self.stream.flush()
+
+    def _wanted(self) -> bool:
+        many = (self.total or self.done) >= self.MIN_BATCHES
+        return many and bool(getattr(self.stream, "isatty", lambda: False)())
+
+    def close(self) -> None:
+        if self.shown:
+            self.stream.write("\n")
+            self.stream.flush()
