@@ -202,13 +202,14 @@ def _align_blocks(ins: tuple, outs: tuple) -> list[tuple[list[int], list[int]]] 
 def map_reshape(w: Walker, i: int, node: onnx.NodeProto, in_shape: tuple, out_shape: tuple) -> None:
     """Element ids through a reshape: splits (channels into heads x dims), merges (flatten), shuffles."""
     axes = w.tracked(node.input[0])
+    symbolic_in, symbolic_out = in_shape, out_shape
     blocks = _align_blocks(in_shape, out_shape)
     if blocks is None and not all(isinstance(d, int) for d in in_shape + out_shape):
+        # Symbolic dims ('batch', '4*batch') hide the block structure: align the shapes seen in one
+        # onnxruntime run instead; channel axes on both sides must still be static (checked below).
         in_seen, out_seen = w.observed_shape(node.input[0]), w.observed_shape(node.output[0])
         if in_seen is not None and out_seen is not None:
             blocks = _align_blocks(in_seen, out_seen)
-            if blocks is not None and not _static_where_tracked(blocks, axes, in_shape, out_shape):
-                blocks = None
             in_shape, out_shape = in_seen, out_seen
     if blocks is None:
         w.block_inputs(i, node, f"cannot map channels from shape {list(in_shape)} to {list(out_shape)}")
@@ -238,19 +239,13 @@ def map_reshape(w: Walker, i: int, node: onnx.NodeProto, in_shape: tuple, out_sh
             single = candidates[0] if heads_first else candidates[-1]
             moved = np.moveaxis(grid, single, 0).reshape(dims_out[single], -1)
             w.union(np.repeat(moved[:, :1], moved.shape[1] - 1, axis=1), moved[:, 1:])
+        if not isinstance(symbolic_in[tracked[0]], int) or not isinstance(symbolic_out[block_out[single]], int):
+            w.block(axes[tracked[0]], f"{w.where(i, node)} maps channels onto an axis whose size depends on "
+                                      f"the batch ({list(symbolic_in)} to {list(symbolic_out)})")
+            continue
         ids = np.moveaxis(grid, single, 0).reshape(dims_out[single], -1)[:, 0]
         result[block_out[single]] = np.ascontiguousarray(ids)
     w.set_axes(node.output[0], result)
-
-
-def _static_where_tracked(blocks, axes, in_shape: tuple, out_shape: tuple) -> bool:
-    """Blocks carrying channels hold only static dims (so the mapping holds for any batch size)."""
-    for block_in, block_out in blocks:
-        if any(a in axes for a in block_in):
-            dims = [in_shape[a] for a in block_in] + [out_shape[b] for b in block_out]
-            if not all(isinstance(d, int) for d in dims):
-                return False
-    return True
 
 
 def _single_axis(grid: np.ndarray) -> int | None:
