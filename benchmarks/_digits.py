@@ -59,7 +59,7 @@ class Digits:
         return self.x_train[index]
 
 
-def load_data(size: int = 16, test_size: float = 0.25, seed: int = 0) -> Digits:
+def load_data(size: int = 8, test_size: float = 0.25, seed: int = 0) -> Digits:
     """load_digits with a fixed stratified train/test split, upsampled to size x size and standardised."""
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
@@ -96,7 +96,7 @@ class BasicBlock(nn.Module):
 
 
 class ResidualCNN(nn.Module):
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 16):
         super().__init__()
         w = width
         self.stem = conv_bn(1, w, 3)
@@ -136,7 +136,7 @@ class InvertedResidualSE(nn.Module):
 
 
 class DepthwiseSECNN(nn.Module):
-    def __init__(self, width: int = 24):
+    def __init__(self, width: int = 16):
         super().__init__()
         w = width
         self.stem = conv_bn(1, w, 3)
@@ -164,7 +164,7 @@ class InceptionBlock(nn.Module):
 
 
 class ConcatCNN(nn.Module):
-    def __init__(self, width: int = 16):
+    def __init__(self, width: int = 12):
         super().__init__()
         w = width
         self.stem = conv_bn(1, 2 * w, 3)
@@ -224,7 +224,7 @@ def _shifted(x: torch.Tensor, generator: torch.Generator, max_shift: int) -> tor
 
 
 def train(model: nn.Module, data: Digits, seconds: float = 60.0, *, epochs: int | None = None, seed: int = 0,
-          batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 1e-4, max_shift: int = 1,
+          batch_size: int = 64, lr: float = 3e-3, weight_decay: float = 0.01, max_shift: int = 1,
           max_epochs: int = 200, verbose: bool = False) -> TrainLog:
     """AdamW + cosine schedule, cross-entropy, random +-max_shift pixel shifts. Leaves the model in eval mode.
 
@@ -255,7 +255,7 @@ def train(model: nn.Module, data: Digits, seconds: float = 60.0, *, epochs: int 
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            running += float(loss) * len(index)
+            running += loss.item() * len(index)
         losses.append(running / len(x))
         epoch += 1
         if total is None:

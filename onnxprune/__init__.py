@@ -11,7 +11,7 @@ from onnxprune.errors import (
 )
 from onnxprune.ir import load_model, save_model
 from onnxprune.options import Options
-from onnxprune.plan import Plan
+from onnxprune.plan import Plan, apply_plan, make_plan
 from onnxprune.pruning import PruneResult, prune, prune_by_index, prune_with_plan
 from onnxprune.stats import stats
 from onnxprune.verify import verify, verify_pruning
@@ -22,7 +22,7 @@ from onnxprune.decomposition import DecompositionResult, decomposable_layers, de
 
 __all__ = [
     "Analysis", "ChannelGroup", "DecompositionResult", "Layer", "Options", "Plan", "PruneResult",
-    "analyze", "decomposable_layers", "decompose", "verify_decomposition", "load_model", "prune", "prune_by_index", "prune_with_plan", "register_criterion", "save_model",
+    "analyze", "apply_plan", "make_plan", "decomposable_layers", "decompose", "verify_decomposition", "load_model", "prune", "prune_by_index", "prune_with_plan", "register_criterion", "save_model",
     "stats", "verify", "verify_pruning",
     "OnnxPruneError", "InvalidModelError", "InvalidRequestError", "ExternalDataError", "UnsupportedError",
     "VerificationError",

@@ -1,18 +1,46 @@
-"""The serialisable pruning plan: which units every prunable channel group keeps.
+"""Plan files: every prunable layer with a value slot to edit (like NetsPresso's "available layers"), plus,
+once a plan has run, the channels each group actually kept, so that the run can be replayed exactly.
 
-A plan is JSON, one line per group, editable by hand::
+A plan is JSON, one line per layer and per group, editable by hand::
 
     {"format": "onnxprune-plan/1", "fingerprint": "<sha256>", "method": "l2",
+     "scope": "uniform", "recommendation": "slamp", "ratio": 0.5, "seed": 0,
      "options": {"policy": "average", ...},
+     "layers": [
+      {"name": "conv1", "op_type": "Conv", "channels": 16, "group": 0, "group_size": 16, "ratio": 0.25},
+      {"name": "conv2", "op_type": "Conv", "channels": 32, "group": 1, "group_size": 32, "indices": [0, 5]},
+      ...],
+     "layers_digest": "<sha256 of the layer values when the groups were recorded>",
      "groups": [
-      {"id": 0, "size": 16, "layers": ["conv1", "conv2"], "kept": [0, 1, 3, ...]},
+      {"id": 0, "size": 16, "layers": ["conv1", "conv3"], "kept": [0, 1, 3, ...]},
       ...]}
 
-`kept` lists unit positions of the group (0 .. size-1, as in `op.analyze(model).groups[id]`); for a plain
-conv group a position is the output channel index of its layers; in a grouped conv it is the position inside
-every group, at a Reshape into heads a dim (or a head with whole-head pruning). Apply a plan with
-`op.prune_with_plan(model, plan)`: it checks the fingerprint (graph structure, initializer names and shapes;
-not weight values, so a fine-tuned copy of the model accepts the plan) and the groups.
+Making one: `op.make_plan(model, method, ratio, scope=, recommendation=, options=)` or
+`onnxprune plan MODEL -o plan.json`. It lists every layer of a prunable channel group (the layers of a group
+are coupled: they lose the same channels) with one value slot:
+
+  * `ratio`: the fraction of the layer's group units to remove, in [0, 1) (as `op.prune(ratios=...)`; when
+    layers of one group disagree, the larger ratio wins). Filled with the ratio asked for (scope "uniform"),
+    or with each group's computed ratio (scope "global" or the SLAMP recommendation: removed / group size),
+    or 0.0 when no ratio was given. The plan's `method`, `options` and `seed` choose which channels go.
+  * `indices` (plans for method PR_ID / "index"): output channels of this layer to remove (as
+    `op.prune_by_index`); `[]` removes nothing.
+
+`scope`, `recommendation` and `ratio` in the header only record how the layer values were computed.
+
+Applying one: `op.apply_plan(model, plan)` (alias `op.prune_with_plan`) or
+`onnxprune apply plan.json MODEL -o OUT`. It checks the fingerprint (graph structure, initializer names and
+shapes; not weight values, so a fine-tuned copy of the model accepts the plan), then
+
+  1. if the plan has a `groups` section (written by every run: `result.plan`, `prune --save-plan`,
+     `apply --save-plan`), it removes exactly what `groups` records (`kept` lists unit positions of the group,
+     0 .. size-1, as in `op.analyze(model).groups[id]`; edit them by hand if you like): a byte-identical
+     replay. If a layer value was edited after the recording (`layers_digest` differs), it refuses instead of
+     silently ignoring the edit: delete `groups` (and `layers_digest`) to apply the edited values.
+  2. otherwise it applies the layer values: first every `indices` entry (exactly those channels, and every
+     channel coupled to them), then the `ratio` entries on the remaining groups, scored by the plan's method.
+     A group cannot get both (non-empty indices on one of its layers and a ratio > 0 on another): that is an
+     error, as is a layer the model does not have or cannot prune, a bad ratio or an out-of-range index.
 """
 from __future__ import annotations
 
@@ -20,15 +48,18 @@ import dataclasses
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
-from onnxprune.errors import InvalidRequestError
+from onnxprune.errors import InvalidRequestError, UnsupportedError
 from onnxprune.options import Options
 
 FORMAT = "onnxprune-plan/1"
+HELP = ("Edit a layer's ratio (fraction of its group's channels to remove, in [0, 1)) or indices (its output "
+        "channels to remove), then run: onnxprune apply PLAN MODEL -o OUT. A 'groups' section (written by a run) "
+        "records the channels kept and is replayed exactly; delete it and 'layers_digest' to apply edited values.")
 
 
 @dataclass
@@ -40,26 +71,90 @@ class PlanGroup:
 
 
 @dataclass
+class PlanLayer:
+    """One prunable layer and its value slot: `ratio` (fraction of its group's units) or `indices` (its channels)."""
+
+    name: str
+    op_type: str | None = None
+    channels: int | None = None  # the layer's output channels (what `indices` index)
+    group: int | None = None  # channel group id (layers of one group lose the same channels)
+    group_size: int | None = None  # units of the group (what `ratio` is a fraction of)
+    ratio: float | None = None
+    indices: list[int] | None = None
+
+    def as_dict(self) -> dict:
+        out = {"name": self.name, "op_type": self.op_type, "channels": self.channels, "group": self.group,
+               "group_size": self.group_size}
+        if self.indices is not None:
+            out["indices"] = [_plain(i) for i in self.indices]
+        else:
+            out["ratio"] = _plain(self.ratio)
+        return out
+
+    @classmethod
+    def from_dict(cls, data) -> "PlanLayer":
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            raise InvalidRequestError(f"malformed plan: a layer entry must be an object with a 'name', not {data!r:.80}")
+        name = data["name"]
+        if ("ratio" in data) == ("indices" in data):
+            raise InvalidRequestError(f"plan layer '{name}' must have exactly one of 'ratio' (a fraction of its "
+                                      f"group's channels) or 'indices' (channels to remove)")
+        indices = data.get("indices")
+        if "indices" in data and not isinstance(indices, list):
+            raise InvalidRequestError(f"plan layer '{name}': indices must be a list of channel indices, not "
+                                      f"{indices!r}")
+        return cls(name, data.get("op_type"), data.get("channels"), data.get("group"), data.get("group_size"),
+                   data.get("ratio"), None if indices is None else list(indices))
+
+
+@dataclass
 class Plan:
     fingerprint: str
     options: Options
-    groups: list[PlanGroup]
+    groups: list[PlanGroup] = field(default_factory=list)  # recorded: what a run kept (replayed when present)
     method: str | None = None
+    layers: list[PlanLayer] = field(default_factory=list)  # the editable request, one entry per prunable layer
+    scope: str | None = None
+    recommendation: str | None = None
+    ratio: float | None = None
+    seed: int = 0
+    layers_digest: str | None = None  # digest of the layer values the groups were recorded for
+
+    @property
+    def recorded(self) -> bool:
+        """True when the plan holds what a run removed (`groups`), which `apply_plan` replays."""
+        return bool(self.groups)
 
     def kept(self) -> dict[int, list[int]]:
-        """group id -> kept unit positions."""
+        """group id -> kept unit positions (recorded plans)."""
         return {g.id: list(g.kept) for g in self.groups}
 
+    def removed(self) -> dict[int, list[int]]:
+        """group id -> removed unit positions (recorded plans)."""
+        return {g.id: sorted(set(range(g.size)) - set(g.kept)) for g in self.groups}
+
     def as_dict(self) -> dict:
-        return {"format": FORMAT, "fingerprint": self.fingerprint, "method": self.method,
-                "options": dataclasses.asdict(self.options), "groups": [dataclasses.asdict(g) for g in self.groups]}
+        out = {"format": FORMAT, "help": HELP, "fingerprint": self.fingerprint, "method": self.method,
+               "scope": self.scope, "recommendation": self.recommendation, "ratio": self.ratio, "seed": self.seed,
+               "options": dataclasses.asdict(self.options), "layers": [layer.as_dict() for layer in self.layers]}
+        if self.groups:
+            if self.layers_digest is not None:
+                out["layers_digest"] = self.layers_digest
+            out["groups"] = [dataclasses.asdict(g) for g in self.groups]
+        return out
 
     def to_json(self) -> str:
-        """Indented JSON with one group per line (easy to diff and edit)."""
+        """Indented JSON with one layer and one group per line (easy to diff and edit)."""
         head = self.as_dict()
-        groups = head.pop("groups")
-        body = ",\n".join("  " + json.dumps(g) for g in groups)
-        return json.dumps(head, indent=1)[:-2] + ',\n "groups": [\n' + body + "\n ]\n}\n"
+        lists = {key: head.pop(key) for key in ("layers", "groups") if key in head}
+        digest = head.pop("layers_digest", None)
+        text = json.dumps(head, indent=1)[:-2]
+        for key, rows in lists.items():
+            if key == "groups" and digest is not None:
+                text += f',\n "layers_digest": {json.dumps(digest)}'
+            body = ",\n".join("  " + json.dumps(row) for row in rows)
+            text += f',\n "{key}": [\n{body}\n ]' if rows else f',\n "{key}": []'
+        return text + "\n}\n"
 
     def save(self, path: str | os.PathLike) -> None:
         with open(path, "w", encoding="utf-8") as handle:
@@ -70,37 +165,108 @@ class Plan:
         """A plan from a Plan, a parsed dict, a JSON file path or JSON text."""
         if isinstance(source, Plan):
             return source
+        where = "plan"
         if isinstance(source, (str, os.PathLike)):
+            where = "plan" if str(source).lstrip().startswith("{") else f"plan file '{os.fspath(source)}'"
             source = _read(source)
         if not isinstance(source, dict):
-            raise InvalidRequestError("a plan must be a Plan, a dict, a JSON file or JSON text")
-        return cls.from_dict(source)
+            raise InvalidRequestError(f"{where}: a plan must be a Plan, a JSON object, a JSON file or JSON text")
+        try:
+            return cls.from_dict(source)
+        except InvalidRequestError as exc:
+            if where == "plan":
+                raise
+            raise InvalidRequestError(f"{where}: {exc}") from None
 
     @classmethod
     def from_dict(cls, data: dict) -> "Plan":
         if data.get("format") != FORMAT:
             raise InvalidRequestError(f"not an onnxprune plan (format {data.get('format')!r}, expected {FORMAT!r})")
+        if "layers" not in data and "groups" not in data:
+            raise InvalidRequestError("malformed plan: it has neither 'layers' nor 'groups'")
         try:
             options = Options(**data.get("options", {}))
             groups = [PlanGroup(int(g["id"]), int(g["size"]), list(g.get("layers", [])), list(g["kept"]))
-                      for g in data["groups"]]
-            return cls(str(data["fingerprint"]), options, groups, data.get("method"))
+                      for g in data.get("groups") or []]
+            if not isinstance(data.get("layers", []), list):
+                raise TypeError("'layers' must be a list")
+            layers = [PlanLayer.from_dict(entry) for entry in data.get("layers", [])]
+            ratio = data.get("ratio")
+            return cls(str(data["fingerprint"]), options, groups, data.get("method"), layers, data.get("scope"),
+                       data.get("recommendation"), None if ratio is None else float(ratio),
+                       int(data.get("seed") or 0), data.get("layers_digest"))
         except (KeyError, TypeError, ValueError) as exc:
             raise InvalidRequestError(f"malformed plan: {type(exc).__name__}: {exc}") from None
+
+    # -- filled in by the pruning functions ------------------------------------------------------------------
+    def describe(self, analysis, *, ratios: dict[int, float] | None = None,
+                 indices: dict[str, list[int]] | None = None, scope: str | None = None,
+                 recommendation: str | None = None, ratio: float | None = None, seed: int = 0) -> "Plan":
+        """Set the layer entries (group id -> ratio, or layer -> indices) and the header; seal the recording."""
+        self.layers = plan_layers(analysis, ratios=ratios, indices=indices)
+        self.scope, self.recommendation, self.ratio, self.seed = scope, recommendation, ratio, seed
+        self.layers_digest = layers_digest(self.layers) if self.groups else None
+        return self
+
+    def adopt(self, request: "Plan") -> "Plan":
+        """Take the layer entries and header of the plan this run applied; seal the recording."""
+        self.layers = [dataclasses.replace(layer, indices=None if layer.indices is None else
+                                           [_plain(i) for i in layer.indices]) for layer in request.layers]
+        self.method = request.method if request.method is not None else self.method
+        self.scope, self.recommendation, self.ratio = request.scope, request.recommendation, request.ratio
+        self.seed = request.seed
+        self.layers_digest = layers_digest(self.layers) if self.groups else None
+        return self
+
+
+def plan_layers(analysis, *, ratios: dict[int, float] | None = None,
+                indices: dict[str, list[int]] | None = None) -> list[PlanLayer]:
+    """One entry per layer of a prunable group, in graph order: `indices` slots when `indices` is given
+    (layers not in it get []), else `ratio` slots (group id -> ratio; other groups 0.0)."""
+    out = []
+    for layer in analysis.layers:
+        if layer.group is None or not analysis.groups[layer.group].prunable:
+            continue
+        entry = PlanLayer(layer.name, layer.op_type, layer.out_channels, layer.group, analysis.groups[layer.group].size)
+        if indices is not None:
+            entry.indices = [int(i) for i in indices.get(layer.name, [])]
+        else:
+            entry.ratio = float((ratios or {}).get(layer.group, 0.0))
+        out.append(entry)
+    return out
+
+
+def layers_digest(layers: list[PlanLayer]) -> str:
+    """sha256 of the layer names and values (what a recording was made for)."""
+    values = [(layer.name, _plain(layer.ratio), None if layer.indices is None else [_plain(i) for i in layer.indices])
+              for layer in layers]
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def _plain(value):
+    """numpy scalars as Python numbers (a Plan edited in Python may hold them); anything else as is."""
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def _read(source: str | os.PathLike) -> dict:
     text = str(source)
+    where = "plan"
     if not text.lstrip().startswith("{"):
+        where = f"plan file '{os.fspath(source)}'"
         try:
             with open(source, encoding="utf-8") as handle:
                 text = handle.read()
         except FileNotFoundError:
-            raise InvalidRequestError(f"plan file '{source}' does not exist") from None
+            raise InvalidRequestError(f"{where} does not exist") from None
+        except IsADirectoryError:
+            raise InvalidRequestError(f"{where} is a folder, not a JSON file") from None
+        except UnicodeDecodeError:
+            raise InvalidRequestError(f"{where} is not valid JSON (binary data; is it a model? `onnxprune apply` "
+                                      "takes PLAN first, then MODEL)") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidRequestError(f"plan is not valid JSON: {exc}") from None
+        raise InvalidRequestError(f"{where} is not valid JSON: {exc}") from None
 
 
 def fingerprint(model: onnx.ModelProto) -> str:
@@ -125,8 +291,9 @@ def _attribute_key(attr: onnx.AttributeProto) -> tuple:
     return attr.name, repr(onnx.helper.get_attribute_value(attr))
 
 
-def make_plan(analysis, removed: dict[int, np.ndarray], options: Options, method: str | None, model_fingerprint: str) -> Plan:
-    """The plan of a pruning run: every prunable group with the units it keeps."""
+def record_plan(analysis, removed: dict[int, np.ndarray], options: Options, method: str | None,
+                model_fingerprint: str) -> Plan:
+    """The recording of a pruning run: every prunable group with the units it keeps."""
     groups = []
     for group in analysis.groups:
         if not group.prunable:
@@ -138,7 +305,7 @@ def make_plan(analysis, removed: dict[int, np.ndarray], options: Options, method
 
 
 def plan_removal(analysis, plan: Plan) -> dict[int, np.ndarray]:
-    """group id -> removed unit positions, after checking the plan against the analysed model."""
+    """group id -> removed unit positions of a recorded plan, after checking it against the analysed model."""
     removed: dict[int, np.ndarray] = {}
     for entry in plan.groups:
         if not 0 <= entry.id < len(analysis.groups):
@@ -163,3 +330,146 @@ def _kept_positions(entry: PlanGroup) -> set[int]:
     if not entry.kept:
         raise InvalidRequestError(f"plan group {entry.id} keeps nothing (layers {entry.layers[:4]}); keep at least one")
     return set(entry.kept)
+
+
+# --------------------------------------------------------------------------- making and applying plans
+
+def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: str = "uniform",
+              recommendation: str | None = None, options: Options | None = None, calibration=None,
+              gradients: dict[str, np.ndarray] | None = None, seed: int = 0) -> Plan:
+    """A plan to edit: every prunable layer with a value slot (see the module doc).
+
+    method: a criterion (NetsPresso spellings accepted); "index"/PR_ID gives `indices: []` slots to fill.
+    ratio: None gives `ratio: 0.0` slots; with scope="uniform" every layer gets `ratio`; with scope="global"
+        or recommendation="slamp" every layer gets its group's computed ratio (as `op.prune` would allot).
+    calibration/gradients are needed only when computing the global scope with a data/gradient criterion.
+    """
+    from onnxprune import ir
+    from onnxprune.coupling import analyze
+    from onnxprune.criteria import CriterionContext, criterion_for
+    from onnxprune.pruning import _check_scope, _checked_scores, _removal_counts, _targets
+
+    options = options or Options()
+    model = ir.load_model(model)
+    key = _canonical_method(method)
+    analysis = analyze(model, options)
+    plan = Plan(fingerprint(model), options, [], key)
+    if key == "index":
+        if ratio is not None or recommendation or scope != "uniform":
+            raise InvalidRequestError("an index (PR_ID) plan has `indices` slots to fill by hand; ratio=, scope= and "
+                                      "recommendation= do not apply to it")
+        return plan.describe(analysis, indices={}, seed=seed)
+    criterion = criterion_for(method)
+    if ratio is None:
+        if recommendation or scope != "uniform":
+            raise InvalidRequestError(f"scope={scope!r}/recommendation={recommendation!r} allocate a ratio: give ratio=")
+        return plan.describe(analysis, ratios={}, scope=scope, seed=seed)
+    recommendation = _check_scope(scope, recommendation, ratio, None)
+    targets = _targets(analysis, ratio, None)
+    if scope == "uniform" and not recommendation:
+        values = targets
+    else:
+        context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
+        scores = (_checked_scores(criterion(context), analysis, targets, key) if scope == "global"
+                  else {g: np.zeros(analysis.groups[g].size) for g in targets})  # SLAMP allots from lamp scores
+        counts = _removal_counts(context, scores, targets, scope, recommendation, ratio)
+        values = {g: counts.get(g, 0) / analysis.groups[g].size for g in targets}
+    return plan.describe(analysis, ratios=values, scope=scope, recommendation=recommendation, ratio=float(ratio),
+                         seed=seed)
+
+
+def apply_plan(model, plan, *, verify: bool = False, calibration=None,
+               gradients: dict[str, np.ndarray] | None = None):
+    """Prune exactly as a plan says (a Plan, its dict, a JSON file path or JSON text); see the module doc.
+
+    A recorded plan (with `groups`) is replayed; otherwise its layer values are applied (indices first, then
+    ratios with the plan's method, options and seed; calibration=/gradients= for data/gradient criteria).
+    `result.plan` is the plan with what was actually removed recorded: applying it again replays the run.
+    verify: run the mask oracle on the result and raise VerificationError if an exact group fails.
+    """
+    from onnxprune import ir
+    from onnxprune.coupling import analyze
+    from onnxprune.pruning import _emptied_axes, _finish
+
+    own = not isinstance(model, onnx.ModelProto) and not verify  # loaded here: ours to change in place
+    model = ir.load_model(model)
+    plan = Plan.load(plan)
+    actual = fingerprint(model)
+    if plan.fingerprint != actual:
+        raise InvalidRequestError(f"plan was made for another model (fingerprint {plan.fingerprint[:12]}..., this "
+                                  f"model {actual[:12]}...); make a new plan for this model")
+    analysis = analyze(model, plan.options)
+    if plan.recorded:
+        if plan.layers_digest is not None and plan.layers_digest != layers_digest(plan.layers):
+            raise InvalidRequestError("the plan's layer values were edited after its 'groups' were recorded; delete "
+                                      "'groups' and 'layers_digest' to apply the edited values, or undo the edit to "
+                                      "replay the recorded run")
+        removed = plan_removal(analysis, plan)
+        for tensor, axis in _emptied_axes(analysis, removed):
+            raise InvalidRequestError(f"this plan would empty tensor '{tensor}' (no channel left on axis {axis}); "
+                                      "keep at least one of its channels")
+        result = _finish(model, analysis, removed, verify, own, [g.id for g in plan.groups], plan.method)
+    else:
+        result = _apply_layers(model, analysis, plan, verify, own, calibration, gradients)
+    result.plan.adopt(plan)
+    return result
+
+
+def _apply_layers(model, analysis, plan: Plan, verify: bool, own: bool, calibration, gradients):
+    from onnxprune.allocation import check_ratio, lowest_scores
+    from onnxprune.criteria import CriterionContext, criterion_for
+    from onnxprune.pruning import (_checked_scores, _find_layer, _finish, _index_removal, _removal_counts,
+                                   _rescue_emptied_tensors, _targets)
+
+    indices: dict[str, list[int]] = {}
+    ratios: dict[str, float] = {}
+    seen: set[str] = set()
+    for entry in plan.layers:
+        if entry.name in seen:
+            raise InvalidRequestError(f"plan layer '{entry.name}' is listed twice")
+        seen.add(entry.name)
+        layer = _find_layer(analysis, entry.name)
+        group = analysis.groups[layer.group]
+        if not group.prunable:
+            raise UnsupportedError(f"layer '{entry.name}' ({layer.op_type}) cannot be pruned: {group.reason}")
+        if (entry.group is not None and entry.group != layer.group) or \
+                (entry.channels is not None and entry.channels != layer.out_channels):
+            raise InvalidRequestError(f"plan layer '{entry.name}' (group {entry.group}, {entry.channels} channels) does "
+                                      f"not match the model (group {layer.group}, {layer.out_channels} channels); "
+                                      "were the plan's options edited? Make a new plan")
+        if entry.indices is not None:
+            if len(entry.indices):
+                indices[entry.name] = list(entry.indices)
+        elif check_ratio(entry.ratio, f"ratio of plan layer '{entry.name}'") > 0:
+            ratios[entry.name] = entry.ratio
+    removed = _index_removal(analysis, indices) if indices else {}
+    fixed = set(removed)
+    method = plan.method or "l2"
+    if ratios:
+        targets = _targets(analysis, None, ratios)
+        for g in sorted(set(targets) & fixed):
+            raise InvalidRequestError(f"channel group {g} (layers {analysis.groups[g].layers[:5]}) gets both indices "
+                                      "and a ratio in this plan; give the layers of one group one kind of value")
+        context = CriterionContext(analysis, plan.options, sorted(targets), calibration, gradients, plan.seed)
+        scores = _checked_scores(criterion_for(method)(context), analysis, targets, method)
+        counts = _removal_counts(context, scores, targets, "uniform", None, None)
+        removed.update({g: lowest_scores(scores[g], n) for g, n in counts.items() if n > 0})
+        # channels picked by index are never given back; the rescue takes the best-scored ratio channel
+        scores.update({g: np.full(analysis.groups[g].size, -np.inf) for g in fixed})
+        _rescue_emptied_tensors(analysis, removed, scores)
+        removed = {g: p for g, p in removed.items() if len(p)}
+    else:
+        targets, method = {}, "index" if indices else method
+    return _finish(model, analysis, removed, verify, own, sorted(set(targets) | fixed), method)
+
+
+def _canonical_method(method) -> str:
+    from onnxprune.criteria import criterion_for
+    from onnxprune.criteria.registry import ALIASES
+
+    if not isinstance(method, str):
+        criterion_for(method)  # raises the usual error
+    key = ALIASES.get(method.lower(), method.lower())
+    if key != "index":
+        criterion_for(method)
+    return key

@@ -14,7 +14,7 @@ from onnxprune.coupling import Analysis, analyze
 from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
 from onnxprune.options import Options
-from onnxprune.plan import Plan, fingerprint, make_plan, plan_removal
+from onnxprune.plan import Plan, apply_plan, fingerprint, record_plan
 from onnxprune.surgery.prune import apply
 
 SCOPES = ("uniform", "global")
@@ -103,24 +103,17 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     counts = _removal_counts(context, scores, targets, scope, recommendation, ratio)
     removed = {g: lowest_scores(scores[g], n) for g, n in counts.items() if n > 0}
     _rescue_emptied_tensors(analysis, removed, scores)
-    return _finish(model, analysis, removed, verify, own, sorted(targets), str(method))
+    result = _finish(model, analysis, removed, verify, own, sorted(targets), str(method))
+    # the plan's layer values: the ratio asked for, or (global, SLAMP) each group's computed ratio
+    requested = targets if scope == "uniform" and not recommendation else \
+        {g: counts.get(g, 0) / analysis.groups[g].size for g in targets}
+    result.plan.describe(analysis, ratios=requested, scope=scope, recommendation=recommendation,
+                         ratio=None if ratio is None else float(ratio), seed=seed)
+    return result
 
 
-def prune_with_plan(model, plan, *, verify: bool = False) -> PruneResult:
-    """Prune exactly as a plan says (a Plan, its dict, a JSON file path or JSON text; see onnxprune.plan)."""
-    own = not isinstance(model, onnx.ModelProto) and not verify
-    model = ir.load_model(model)
-    plan = Plan.load(plan)
-    actual = fingerprint(model)
-    if plan.fingerprint != actual:
-        raise InvalidRequestError(f"plan was made for another model (fingerprint {plan.fingerprint[:12]}..., this "
-                                  f"model {actual[:12]}...); make a new plan for this model")
-    analysis = analyze(model, plan.options)
-    removed = plan_removal(analysis, plan)
-    for tensor, axis in _emptied_axes(analysis, removed):
-        raise InvalidRequestError(f"this plan would empty tensor '{tensor}' (no channel left on axis {axis}); "
-                                  "keep at least one of its channels")
-    return _finish(model, analysis, removed, verify, own, [g.id for g in plan.groups], plan.method)
+# Prune exactly as a plan says: see onnxprune.plan.apply_plan (kept under its earlier name).
+prune_with_plan = apply_plan
 
 
 def _check_scope(scope: str, recommendation: str | None, ratio, ratios) -> str | None:
@@ -174,6 +167,14 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     if not isinstance(indices, dict) or not indices:
         raise InvalidRequestError("indices must be a non-empty {layer name: [channel indices]} mapping")
     analysis = analyze(model, options or Options())
+    removed = _index_removal(analysis, indices)
+    result = _finish(model, analysis, removed, verify, own, sorted(removed), "index")
+    result.plan.describe(analysis, indices={name: list(chosen) for name, chosen in indices.items()})
+    return result
+
+
+def _index_removal(analysis: Analysis, indices: dict[str, list[int]]) -> dict[int, np.ndarray]:
+    """group id -> removed unit positions for {layer: [output channels]}, checked (no emptied group/tensor)."""
     res = analysis.resolution
     removed_units: dict[int, set[int]] = {}
     for name, chosen in indices.items():
@@ -198,7 +199,7 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     for tensor, axis in _emptied_axes(analysis, removed):
         raise InvalidRequestError(f"removing these channels would empty tensor '{tensor}' (no channel left on axis "
                                   f"{axis}); keep at least one of its channels")
-    return _finish(model, analysis, removed, verify, own, sorted(removed), "index")
+    return removed
 
 
 def _targets(analysis: Analysis, ratio: float | None, ratios: dict[str, float] | None) -> dict[int, float]:
@@ -272,7 +273,7 @@ def _finish(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.nd
 
     before = stats(model, shapes=analysis.walker.shapes)
     reference = _signature(model)
-    plan = make_plan(analysis, removed, analysis.walker.options, method, fingerprint(model))
+    plan = record_plan(analysis, removed, analysis.walker.options, method, fingerprint(model))
     surgery = apply(analysis, _keep_mask(analysis, removed), own=own)
     kept = {g: analysis.groups[g].size - len(p) for g, p in removed.items()}
     exact = all(analysis.groups[g].exact for g in removed)

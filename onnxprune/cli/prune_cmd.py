@@ -1,4 +1,6 @@
-"""`onnxprune prune MODEL -o OUT (--ratio R | --ratios FILE | --indices FILE | --plan FILE) [options]`."""
+"""`onnxprune prune MODEL -o OUT (--ratio R | --ratios FILE | --indices FILE | --plan FILE) [options]`.
+
+`_option_flags`, `_options`, `_gradients` and `_data_flags` are shared with the `plan` and `apply` commands."""
 from __future__ import annotations
 
 import argparse
@@ -27,7 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--ratio", type=float, help="fraction of channels to remove, in [0, 1) (see --scope, --recommend)")
     how.add_argument("--ratios", metavar="FILE.json", help='per-layer fractions: {"conv1": 0.5, ...}')
     how.add_argument("--indices", metavar="FILE.json", help='channels to remove (PR_ID): {"conv1": [0, 5, 7], ...}')
-    how.add_argument("--plan", metavar="FILE.json", help="apply a plan written by --save-plan (edited or not)")
+    how.add_argument("--plan", metavar="FILE.json",
+                     help="apply a plan written by --save-plan or `onnxprune plan` (same as `onnxprune apply`)")
     aliases = ", ".join(f"{k.upper()}={v}" for k, v in sorted(ALIASES.items()) if v != "index")
     p.add_argument("--method", default="l2",
                    help=f"criterion for --ratio/--ratios: {', '.join(sorted(CRITERIA))} (default l2; "
@@ -35,10 +38,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", default="uniform", choices=["uniform", "global"],
                    help="uniform: --ratio from every group (default); global: normalised scores compared across groups")
     p.add_argument("--recommend", choices=["slamp"], help="SLAMP: per-group ratios allotted from LAMP scores for --ratio")
-    p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (method taylor)")
+    _data_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of method random (default 0)")
     _option_flags(p)
-    p.add_argument("--save-plan", metavar="FILE.json", help="also write the plan (kept channels per group, editable)")
+    p.add_argument("--save-plan", metavar="FILE.json",
+                   help="also write the plan: layer values and the channels kept per group (replayable, editable)")
     p.add_argument("--verify", action="store_true", help="run the mask oracle; fail (and write nothing) if it fails")
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
     p.add_argument("--record", metavar="FILE.json", help="also write the pruning record (tensor -> kept mask)")
@@ -58,6 +62,13 @@ def _option_flags(p: argparse.ArgumentParser) -> None:
                    help=f"global scope and SLAMP: most of one group removed (default {_DEFAULTS.max_ratio})")
     p.add_argument("--score-consumers", action="store_true",
                    help="weight criteria also score the consumer slices (input channels of the next layers)")
+
+
+def _data_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calibration", metavar="FILE.npz|.npy",
+                   help="calibration data for data-based methods (nn, activation, snp): a .npz of arrays keyed by "
+                        "input name, or a .npy array for a single-input model (one batch; split into batches of 32)")
+    p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (method taylor)")
 
 
 def _options(args: argparse.Namespace) -> Options:
@@ -84,14 +95,15 @@ def run(args: argparse.Namespace) -> int:
     out = output_path(args.model, args.output)
     options = _options(args)
     if args.plan:
-        result = op.prune_with_plan(args.model, read_json(args.plan, "plan"), verify=args.verify)
+        result = op.apply_plan(args.model, args.plan, verify=args.verify, calibration=args.calibration,
+                               gradients=_gradients(args.gradients))
     elif args.indices:
         result = op.prune_by_index(args.model, read_json(args.indices, "indices"), options=options, verify=args.verify)
     else:
         ratio, ratios = (None, read_json(args.ratios, "ratios")) if args.ratios else (args.ratio, None)
         result = op.prune(args.model, args.method, ratio, ratios=ratios, scope=args.scope,
-                          recommendation=args.recommend, options=options, gradients=_gradients(args.gradients),
-                          verify=args.verify, seed=args.seed)
+                          recommendation=args.recommend, options=options, calibration=args.calibration,
+                          gradients=_gradients(args.gradients), verify=args.verify, seed=args.seed)
     make_parent(out)
     op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
     print(result.summary)

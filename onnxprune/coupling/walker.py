@@ -98,9 +98,6 @@ class Walker:
     def ints(self, tensor: str) -> list[int] | None:
         return self.resolver.int_list(tensor)
 
-    def node_name(self, i: int) -> str:
-        return self.index.names[i]
-
     def where(self, i: int, node: onnx.NodeProto) -> str:
         return f"node '{self.index.names[i]}' ({node.op_type})"
 

@@ -262,7 +262,9 @@ def _overwrite(tensor: onnx.TensorProto, array: np.ndarray) -> None:
     """Give an initializer new contents in place (inline raw data; external references dropped)."""
     name, doc = tensor.name, tensor.doc_string
     tensor.Clear()
-    tensor.name, tensor.doc_string = name, doc
+    tensor.name = name
+    if doc:
+        tensor.doc_string = doc
     tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
     tensor.dims.extend(array.shape)
     tensor.raw_data = np.ascontiguousarray(array).tobytes()

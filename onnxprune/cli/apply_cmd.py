@@ -1,0 +1,64 @@
+"""`onnxprune apply PLAN.json MODEL -o OUT [--verify] [--save-plan FILE]`."""
+from __future__ import annotations
+
+import argparse
+import os
+
+from onnxprune.cli.common import make_parent, output_path
+from onnxprune.cli.prune_cmd import _data_flags, _gradients
+from onnxprune.errors import InvalidRequestError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "apply", help="prune a model exactly as a plan file says (from `onnxprune plan` or --save-plan)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Prune MODEL as PLAN says and write a new model. The plan must have been made for this model "
+                    "(checked by a fingerprint of its structure).\n\n"
+                    "  * a plan with a 'groups' section (written by a run: prune/apply --save-plan) is replayed:\n"
+                    "    exactly the recorded channels go, giving a byte-identical model (if a layer value was\n"
+                    "    edited after the recording it refuses: delete 'groups' and 'layers_digest' to apply it);\n"
+                    "  * otherwise the layer values are applied: 'indices' entries first, then 'ratio' entries\n"
+                    "    on the other groups, chosen by the plan's method and options.\n\n"
+                    "Neither the model nor the plan is overwritten; nothing is written if the result fails "
+                    "onnx.checker, onnxruntime loading or (with --verify) the mask oracle.")
+    p.add_argument("plan", metavar="PLAN", help="plan JSON file")
+    p.add_argument("model", metavar="MODEL", help="ONNX model file")
+    p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
+    p.add_argument("--verify", action="store_true", help="run the mask oracle; fail (and write nothing) if it fails")
+    _data_flags(p)
+    p.add_argument("--save-plan", metavar="FILE.json",
+                   help="write the plan with the channels actually removed recorded (replays this run exactly)")
+    p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import onnxprune as op
+
+    out = output_path(args.model, args.output)
+    _not_the_plan(args.plan, out)
+    if args.save_plan:
+        _not_the_plan(args.plan, output_path(args.model, args.save_plan))
+    plan = op.Plan.load(args.plan)
+    result = op.apply_plan(args.model, plan, verify=args.verify, calibration=args.calibration,
+                           gradients=_gradients(args.gradients))
+    make_parent(out)
+    op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
+    print(result.summary)
+    how = "replayed the recorded channels" if plan.recorded else "applied the layer values"
+    print(f"{how}: pruned {len(result.pruned_groups)} channel groups ({result.achieved_ratio:.1%} of their "
+          f"channels); {len(result.channels)} tensors shrank")
+    if result.verification is not None:
+        print(f"mask oracle: ok (max relative error {result.verification.max_rel_error:.2e})")
+    if args.save_plan:
+        make_parent(args.save_plan)
+        result.plan.save(args.save_plan)
+        print(f"wrote plan {args.save_plan}")
+    print(f"wrote {out}")
+    return 0
+
+
+def _not_the_plan(plan: str, output: str) -> None:
+    if os.path.exists(plan) and os.path.exists(output) and os.path.samefile(plan, output):
+        raise InvalidRequestError(f"output '{output}' is the input plan; onnxprune never overwrites its input")
