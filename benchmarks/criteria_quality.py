@@ -37,7 +37,7 @@ criterion the first time, so errors and warnings are the library's own).
 
 A criterion that raises onnxprune.OnnxPruneError is reported as "n/a (message)". The last lines per model
 name the informed criteria whose accuracy beats random's mean (same scope and target).
-Full run: ~3 x --seconds of training plus ~1-3 minutes of pruning; --quick: 20 s of training per model,
+Full run: ~3 x --seconds of training plus ~1 minute of pruning (3m45s here); --quick: 20 s of training per model,
 2 random seeds, 5 search steps.
 """
 from __future__ import annotations
