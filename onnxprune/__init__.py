@@ -15,15 +15,27 @@ from onnxprune.plan import Plan, apply_plan, make_plan
 from onnxprune.pruning import PruneResult, prune, prune_by_index, prune_with_plan
 from onnxprune.stats import stats
 from onnxprune.verify import verify, verify_pruning
-
-
 from onnxprune.decomposition import DecompositionResult, decomposable_layers, decompose, verify_decomposition
+from onnxprune.sparsity import (
+    GlobalImportance,
+    LayerImportance,
+    LayerStrategy,
+    ModelStrategy,
+    SparsifyResult,
+    SparsityReport,
+    Strategy,
+    register_strategy,
+    sparsify,
+)
 
 
 __all__ = [
     "Analysis", "ChannelGroup", "DecompositionResult", "Layer", "Options", "Plan", "PruneResult",
-    "analyze", "apply_plan", "make_plan", "decomposable_layers", "decompose", "verify_decomposition", "load_model", "prune", "prune_by_index", "prune_with_plan", "register_criterion", "save_model",
-    "stats", "verify", "verify_pruning",
+    "analyze", "apply_plan", "decomposable_layers", "decompose", "load_model", "make_plan", "prune",
+    "prune_by_index", "prune_with_plan", "register_criterion", "save_model", "stats", "verify",
+    "verify_decomposition", "verify_pruning",
+    "GlobalImportance", "LayerImportance", "LayerStrategy", "ModelStrategy", "SparsifyResult", "SparsityReport",
+    "Strategy", "register_strategy", "sparsify",
     "OnnxPruneError", "InvalidModelError", "InvalidRequestError", "ExternalDataError", "UnsupportedError",
     "VerificationError",
 ]

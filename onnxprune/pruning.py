@@ -15,6 +15,7 @@ from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
 from onnxprune.options import Options
 from onnxprune.plan import Plan, apply_plan, fingerprint, record_plan
+from onnxprune.reconstruction.refit import DEFAULT_RIDGE
 from onnxprune.surgery.prune import apply
 
 SCOPES = ("uniform", "global")
@@ -32,6 +33,7 @@ class PruneResult:
     achieved_ratio: float = 0.0  # units removed / units of the targeted groups
     verification: Any = None
     reference: onnx.ModelProto | None = None  # the original's inputs/outputs, for save_model(reference=...)
+    reconstruction: Any = None  # reconstruct=True: onnxprune.reconstruction.Reconstruction (per-layer errors)
 
 
 class PruneSummary:
@@ -72,7 +74,7 @@ class PruneSummary:
 def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict[str, float] | None = None,
           scope: str = "uniform", recommendation: str | None = None, options: Options | None = None,
           calibration=None, gradients: dict[str, np.ndarray] | None = None, verify: bool = False,
-          seed: int = 0) -> PruneResult:
+          seed: int = 0, reconstruct: bool = False, ridge: float = DEFAULT_RIDGE) -> PruneResult:
     """Prune channels by a criterion (`method`: a registered criterion or its NetsPresso spelling).
 
     ratio: fraction of channels to remove.
@@ -90,10 +92,16 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     the fraction actually removed from the targeted groups.
     gradients: {initializer name: gradient} for method="taylor". seed: for method="random".
     verify: run the mask oracle on the result and raise VerificationError if an exact group fails.
+    reconstruct: after surgery, re-fit every Conv / Gemm / MatMul that reads pruned channels on `calibration`
+        (ridge least squares, layer by layer in topological order; onnxprune.reconstruction) so its output
+        matches the unpruned model's; `ridge` is relative to the mean diagonal of X^T X. With verify=True the
+        mask oracle checks the surgery BEFORE reconstruction (the fit changes values on purpose);
+        `result.reconstruction` reports each layer's calibration error before and after its fit.
     """
     recommendation = _check_scope(scope, recommendation, ratio, ratios)
     options = options or Options()
-    own = not isinstance(model, onnx.ModelProto) and not verify  # loaded here: ours to change in place
+    own = not isinstance(model, onnx.ModelProto) and not verify and not reconstruct  # loaded here: ours to change
+    _check_reconstruct(reconstruct, calibration)
     model = ir.load_model(model)
     criterion = criterion_for(method)
     analysis = analyze(model, options)
@@ -109,7 +117,7 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
         {g: counts.get(g, 0) / analysis.groups[g].size for g in targets}
     result.plan.describe(analysis, ratios=requested, scope=scope, recommendation=recommendation,
                          ratio=None if ratio is None else float(ratio), seed=seed)
-    return result
+    return _reconstructed(model, result, reconstruct, calibration, ridge)
 
 
 # Prune exactly as a plan says: see onnxprune.plan.apply_plan (kept under its earlier name).
@@ -160,9 +168,12 @@ def _removal_counts(context: CriterionContext, scores: dict[int, np.ndarray], ta
 
 
 def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | None = None,
-                   verify: bool = False) -> PruneResult:
-    """Remove exactly these output channels of these layers, and every channel coupled to them."""
-    own = not isinstance(model, onnx.ModelProto) and not verify
+                   verify: bool = False, calibration=None, reconstruct: bool = False,
+                   ridge: float = DEFAULT_RIDGE) -> PruneResult:
+    """Remove exactly these output channels of these layers, and every channel coupled to them.
+    reconstruct / calibration / ridge: as in prune()."""
+    own = not isinstance(model, onnx.ModelProto) and not verify and not reconstruct
+    _check_reconstruct(reconstruct, calibration)
     model = ir.load_model(model)
     if not isinstance(indices, dict) or not indices:
         raise InvalidRequestError("indices must be a non-empty {layer name: [channel indices]} mapping")
@@ -170,6 +181,22 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     removed = _index_removal(analysis, indices)
     result = _finish(model, analysis, removed, verify, own, sorted(removed), "index")
     result.plan.describe(analysis, indices={name: list(chosen) for name, chosen in indices.items()})
+    return _reconstructed(model, result, reconstruct, calibration, ridge)
+
+
+def _check_reconstruct(reconstruct: bool, calibration) -> None:
+    if reconstruct and calibration is None:
+        raise InvalidRequestError("reconstruct=True needs calibration data: pass calibration=... (a dict of input "
+                                  "arrays, an array for a single-input model, an iterable of either, or a path)")
+
+
+def _reconstructed(model: onnx.ModelProto, result: PruneResult, reconstruct: bool, calibration,
+                   ridge: float) -> PruneResult:
+    """The result with the consumers of pruned channels re-fitted (in place), after any verification."""
+    if reconstruct:
+        from onnxprune.reconstruction import reconstruct_pruned
+
+        reconstruct_pruned(model, result, calibration, ridge=ridge)
     return result
 
 

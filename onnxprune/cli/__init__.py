@@ -7,7 +7,7 @@ import sys
 
 from onnxprune.errors import OnnxPruneError
 
-COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify")
+COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true",
                    help="run the reconstruction oracle; fail (and write nothing) if it fails")
     p.add_argument("--seed", type=int, default=0, help="random state of the factorisations (default 0)")
+    from onnxprune.report import add_report_flags
+
+    add_report_flags(p)
     p.set_defaults(func=run)
 
 
@@ -41,7 +44,10 @@ def run(args: argparse.Namespace) -> int:
     import onnxprune as op
     from onnxprune.decomposition import decompose
 
+    from onnxprune.report import check_report_path, report_from_args
+
     out = output_path(args.model, args.output)
+    check_report_path(args)
     original = op.load_model(args.model)
     ranks = read_json(args.ranks, "ranks") if args.ranks else None
     if ranks is not None and not isinstance(ranks, dict):
@@ -60,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(result.decomposed)} of {len(result.layers)} layers decomposed by {result.method}"
           + ("; reconstruction oracle: ok" if args.verify else ""))
     print(f"wrote {out}")
+    report_from_args(args, "decompose", out, decomposition=result)
     return 0
 
 

@@ -46,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true", help="run the mask oracle; fail (and write nothing) if it fails")
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
     p.add_argument("--record", metavar="FILE.json", help="also write the pruning record (tensor -> kept mask)")
+    from onnxprune.report import add_report_flags
+
+    add_report_flags(p)
     p.set_defaults(func=run)
 
 
@@ -92,7 +95,10 @@ def _gradients(path: str | None) -> dict[str, np.ndarray] | None:
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
+    from onnxprune.report import check_report_path, report_from_args
+
     out = output_path(args.model, args.output)
+    check_report_path(args)
     options = _options(args)
     if args.plan:
         result = op.apply_plan(args.model, args.plan, verify=args.verify, calibration=args.calibration,
@@ -118,4 +124,5 @@ def run(args: argparse.Namespace) -> int:
         result.plan.save(output_path(args.model, args.save_plan))
         print(f"wrote plan {args.save_plan}")
     print(f"wrote {out}")
+    report_from_args(args, "prune", out, prune_result=result)
     return 0

@@ -21,7 +21,7 @@ def taylor(ctx: CriterionContext) -> dict[int, np.ndarray]:
                                   "(CLI: --gradients FILE.npz)")
 
     def scorer(value: np.ndarray, axis: int, name: str) -> np.ndarray:
-        grad = _gradient(gradients, name, np.shape(value))
+        grad = checked_gradient(gradients, name, np.shape(value))
         product = np.abs(np.asarray(value, dtype=np.float64) * grad)
         if product.ndim == 0:
             return product.reshape(1)
@@ -30,12 +30,13 @@ def taylor(ctx: CriterionContext) -> dict[int, np.ndarray]:
     return combined(ctx, layer_scores(ctx, scorer, lambda op_type, slot, role: role in ("out", "in")))
 
 
-def _gradient(gradients: dict, name: str, shape: tuple) -> np.ndarray:
+def checked_gradient(gradients: dict, name: str, shape: tuple, user: str = "method 'taylor'") -> np.ndarray:
+    """The user's gradient for initializer `name`, present and of its shape; `user` names who needs it."""
     if name not in gradients:
-        raise InvalidRequestError(f"method 'taylor': no gradient for initializer '{name}'; supply one for every "
+        raise InvalidRequestError(f"{user}: no gradient for initializer '{name}'; supply one for every "
                                   f"weight of the pruned layers (keys are initializer names)")
     grad = np.asarray(gradients[name], dtype=np.float64)
     if grad.shape != tuple(shape):
-        raise InvalidRequestError(f"method 'taylor': gradient for initializer '{name}' has shape {list(grad.shape)}, "
+        raise InvalidRequestError(f"{user}: gradient for initializer '{name}' has shape {list(grad.shape)}, "
                                   f"but the initializer has shape {list(shape)}")
     return grad

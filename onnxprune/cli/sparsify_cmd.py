@@ -1,0 +1,63 @@
+"""`onnxprune sparsify MODEL -o OUT --strategy S (--sparsity X | --compression C) [--n 2 --m 4]
+[--storage dense|sparse|bitmask] [--exclude NAME ...] [--exclude-first] [--exclude-classifier]`."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from onnxprune.cli.common import make_parent, output_path
+from onnxprune.cli.prune_cmd import _gradients
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from onnxprune.sparsity import STRATEGIES
+
+    p = sub.add_parser("sparsify", help="zero weights (fine-grained, channel or N:M sparsity), write a new model",
+                       description="Zero Conv / Gemm / MatMul weights by a strategy and write a new model with a "
+                                   "ShrinkBench-style report. onnxruntime on CPU runs zeros at dense speed: only the "
+                                   "file size (--storage sparse|bitmask) and the theoretical figures change. The "
+                                   "input file is never overwritten; nothing is written on error.")
+    p.add_argument("model", help="ONNX model file")
+    p.add_argument("-o", "--output", required=True, help="where to write the sparsified model")
+    p.add_argument("--strategy", default="global_magnitude",
+                   help=f"one of {', '.join(sorted(STRATEGIES))} (default global_magnitude)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--sparsity", type=float, help="fraction of the participating weights to zero, in [0, 1)")
+    how.add_argument("--compression", type=float, help="overall size / nonzero size to reach (ShrinkBench), > 1")
+    p.add_argument("--n", type=int, default=2, help="strategy nm: weights kept per group (default 2)")
+    p.add_argument("--m", type=int, default=4, help="strategy nm: group size along the reduction axis (default 4)")
+    p.add_argument("--storage", default="dense", choices=["dense", "sparse", "bitmask"],
+                   help="dense: zeros in place; sparse: ONNX sparse Constants where smaller (above ~67%% "
+                        "sparsity for float32); bitmask: packed mask + nonzero values, rebuilt by standard ops")
+    p.add_argument("--exclude", nargs="+", metavar="NAME", default=[],
+                   help="leave these layers dense: node or initializer names, or fnmatch patterns")
+    p.add_argument("--exclude-first", action="store_true", help="leave the first weight layer dense")
+    p.add_argument("--exclude-classifier", action="store_true", help="leave the last weight layer (classifier) dense")
+    p.add_argument("--calibration", metavar="FILE.npz|.npy",
+                   help="calibration data for the activation strategies (.npz keyed by input name, or .npy)")
+    p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (*_magnitude_gradient)")
+    p.add_argument("--seed", type=int, default=0, help="seed of strategy random (default 0)")
+    p.add_argument("--verify", action="store_true",
+                   help="check that onnxruntime gives exactly the dense masked model's outputs (sparse storage)")
+    p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
+    p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import onnxprune as op
+    from onnxprune.sparsity import sparsify
+
+    out = output_path(args.model, args.output)
+    result = sparsify(args.model, args.strategy, args.sparsity, compression=args.compression, n=args.n, m=args.m,
+                      storage=args.storage, exclude=args.exclude, exclude_first=args.exclude_first,
+                      exclude_classifier=args.exclude_classifier, calibration=args.calibration,
+                      gradients=_gradients(args.gradients), seed=args.seed, verify=args.verify)
+    make_parent(out)
+    op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
+    print(result.report)
+    if args.report:
+        with open(output_path(args.model, args.report), "w", encoding="utf-8") as handle:
+            json.dump(result.report.as_dict(), handle, indent=1)
+    print(f"wrote {out}")
+    return 0

@@ -1,0 +1,19 @@
+"""Least-squares reconstruction: re-fit the layers after pruned channels (or the last factor of a decomposition
+chain) on calibration data so their outputs match the unpruned model's (ThiNet; He et al. 2017).
+
+    gram.py    streamed X^T X, X^T Y, sum Y^2 and the ridge solve
+    layers.py  per consumer type: design rows (im2col for Conv), targets, reading and writing weights
+    refit.py   topological stages, one onnxruntime pass per stage, the per-layer report
+    api.py     reconstruct_pruned (prune(..., reconstruct=True)), reconstruct_chains (decompose(...))
+"""
+from onnxprune.reconstruction.api import pruned_consumers, reconstruct_chains, reconstruct_pruned
+from onnxprune.reconstruction.refit import (
+    DEFAULT_RIDGE,
+    FewSamplesWarning,
+    LayerReconstruction,
+    Reconstruction,
+    refit,
+)
+
+__all__ = ["DEFAULT_RIDGE", "FewSamplesWarning", "LayerReconstruction", "Reconstruction", "pruned_consumers",
+           "reconstruct_chains", "reconstruct_pruned", "refit"]

@@ -1,0 +1,69 @@
+"""Entry points: re-fit the consumers of pruned channels, or the last factor of decomposition chains."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxprune import ir
+from onnxprune.reconstruction import layers
+from onnxprune.reconstruction.refit import DEFAULT_RIDGE, Reconstruction, refit
+
+
+def pruned_consumers(model: onnx.ModelProto, channels: dict[str, dict]) -> dict[str, np.ndarray | None]:
+    """{node name: kept output positions or None} for every Conv / Gemm / MatMul of the pruned `model`
+    whose input's channel axis (Conv: 1, Gemm: 1, MatMul: last) shrank, per the pruning record."""
+    shapes = ir.infer_shapes(model)
+    inits = {t.name for t in model.graph.initializer}
+    found: dict[str, np.ndarray | None] = {}
+    for i, node in enumerate(model.graph.node):
+        if node.op_type not in layers.OPS or not node.input or node.input[0] not in channels:
+            continue
+        if node.op_type == "MatMul" and (len(node.input) < 2 or node.input[1] not in inits):
+            continue
+        rank = len(shapes.get(node.input[0]) or ())
+        axis = 1 if node.op_type in ("Conv", "Gemm") else rank - 1
+        if axis < 0 or axis not in _axes(channels[node.input[0]], rank):
+            continue
+        found[node.name or f"{node.op_type}_{i}"] = _out_keep(node, model, channels)
+    return found
+
+
+def _axes(entry: dict, rank: int) -> list[int]:
+    return [a % rank if rank else a for a in entry.get("axes", [])]
+
+
+def _out_keep(node: onnx.NodeProto, model: onnx.ModelProto, channels: dict) -> np.ndarray | None:
+    """Kept positions of the node's output channel axis (the output's own record, or its bias Add's)."""
+    entry = channels.get(node.output[0])
+    if entry is None:
+        return None
+    if len(entry["axes"]) != 1:
+        return np.zeros(0, dtype=np.int64)  # several axes: marked, refused by the caller
+    return np.flatnonzero(np.asarray(entry["mask"], dtype=bool))
+
+
+def reconstruct_pruned(original, result, calibration: Any, *, ridge: float = DEFAULT_RIDGE,
+                       batch_size: int | None = None) -> Reconstruction:
+    """Re-fit, in place on `result.model`, every layer that reads pruned channels; sets and returns
+    `result.reconstruction`. `original` is the unpruned model (ModelProto or path)."""
+    original = ir.load_model(original)
+    targets = pruned_consumers(result.model, result.channels)
+    usable = {n: k for n, k in targets.items() if k is None or len(k)}
+    kwargs = {} if batch_size is None else {"batch_size": batch_size}
+    report = refit(original, result.model, usable, calibration, ridge=ridge, **kwargs)
+    for name in targets.keys() - usable.keys():
+        from onnxprune.reconstruction.refit import LayerReconstruction
+
+        report.layers.append(LayerReconstruction(name, "?", skipped="its output is pruned along several axes"))
+    result.reconstruction = report
+    return report
+
+
+def reconstruct_chains(source: onnx.ModelProto, model: onnx.ModelProto, last_nodes: list[str], calibration: Any, *,
+                       ridge: float = DEFAULT_RIDGE, batch_size: int | None = None) -> Reconstruction:
+    """Re-fit, in place on the decomposed `model`, the last node of each chain to reproduce `source`'s
+    output of the replaced layer (the chain's last node writes that same tensor)."""
+    kwargs = {} if batch_size is None else {"batch_size": batch_size}
+    return refit(source, model, {name: None for name in last_nodes}, calibration, ridge=ridge, **kwargs)

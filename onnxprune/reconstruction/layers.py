@@ -1,0 +1,251 @@
+"""One consumer layer to re-fit: how its input becomes design rows, its target becomes columns, and where its
+weights live. Conv (any kernel size, stride, pads, dilation, auto_pad, group; via im2col of its input), Gemm
+(transB, alpha, beta; transA=0) and MatMul with a constant (K, M) weight, optionally followed by an Add of a
+constant (M,) bias, which then becomes the layer's bias.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune import ir
+from onnxprune.graph import GraphIndex, attribute
+
+OPS = ("Conv", "Gemm", "MatMul")
+_FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
+
+
+class Skip(Exception):
+    """The layer cannot be re-fitted; the message says why."""
+
+
+@dataclass
+class Consumer:
+    name: str  # node name in the model being re-fitted
+    op_type: str
+    node_index: int
+    x: str  # the input tensor read by the layer (in the model being re-fitted)
+    y: str  # the tensor whose reference value is the target (the node's output, or its bias Add's output)
+    out_keep: np.ndarray | None  # kept positions of the reference output's channel axis (None: all)
+    weight: str
+    bias: str | None  # initializer holding the bias (None: absent)
+    bias_node: int | None = None  # MatMul: index of the Add node holding the bias
+    groups: int = 1
+    fit_bias: bool = True
+    attrs: dict = field(default_factory=dict)
+
+    # ---- design rows / targets --------------------------------------------------------------
+    def design(self, x: np.ndarray) -> np.ndarray:
+        """(rows, groups, unknowns per output without the bias)."""
+        if self.op_type == "Conv":
+            return _im2col(x, self.attrs, self.groups)
+        return x.reshape(-1, 1, x.shape[-1])
+
+    def target(self, y: np.ndarray) -> np.ndarray:
+        """(rows, groups, outputs per group), restricted to the kept output channels."""
+        axis = 1 if self.op_type == "Conv" else y.ndim - 1
+        if self.out_keep is not None:
+            y = np.take(y, self.out_keep, axis=axis)
+        if self.op_type == "Conv":
+            y = np.moveaxis(y, 1, -1)
+        y = y.reshape(-1, y.shape[-1])
+        return y.reshape(len(y), self.groups, -1)
+
+
+def find(model: onnx.ModelProto, index: GraphIndex, name: str, out_keep: np.ndarray | None) -> Consumer:
+    """The Consumer for node `name`, or Skip."""
+    i = index.by_name.get(name)
+    if i is None:
+        raise Skip(f"no node named '{name}'")
+    node = index.nodes[i]
+    if node.op_type not in OPS:
+        raise Skip(f"{node.op_type} is not a Conv, Gemm or MatMul")
+    w = node.input[1] if len(node.input) > 1 else ""
+    if w not in index.initializers:
+        raise Skip("its weight is not an initializer (computed or shared through a subgraph)")
+    if index.initializers[w].data_type not in _FLOATS:
+        raise Skip(f"its weight has data type {onnx.TensorProto.DataType.Name(index.initializers[w].data_type)}, "
+                   "not a float type")
+    wdims = list(index.initializers[w].dims)
+    if node.op_type == "Conv":
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        if bias is not None and bias not in index.initializers:
+            raise Skip("its bias is not an initializer")
+        group = attribute(node, "group", 1)
+        k = wdims[2:]
+        n = len(k)
+        attrs = {"kernel": k, "strides": list(attribute(node, "strides", None) or [1] * n),
+                 "dilations": list(attribute(node, "dilations", None) or [1] * n),
+                 "pads": list(attribute(node, "pads", None) or [0] * (2 * n)),
+                 "auto_pad": _text(attribute(node, "auto_pad", "NOTSET"))}
+        return Consumer(name, "Conv", i, node.input[0], node.output[0], out_keep, w, bias, groups=group, attrs=attrs)
+    if node.op_type == "Gemm":
+        if attribute(node, "transA", 0):
+            raise Skip("Gemm with transA=1")
+        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
+        m = wdims[0] if attribute(node, "transB", 0) else wdims[1]
+        if bias is not None:
+            if bias not in index.initializers:
+                raise Skip("its bias C is not an initializer")
+            if math.prod(index.initializers[bias].dims) not in (1, m):
+                raise Skip(f"its bias C has shape {list(index.initializers[bias].dims)}, not per output")
+        attrs = {"transB": attribute(node, "transB", 0), "alpha": attribute(node, "alpha", 1.0),
+                 "beta": attribute(node, "beta", 1.0)}
+        return Consumer(name, "Gemm", i, node.input[0], node.output[0], out_keep, w, bias, attrs=attrs)
+    if len(wdims) != 2:
+        raise Skip(f"MatMul weight of rank {len(wdims)} (only a (K, M) matrix is re-fitted)")
+    y, bias, bias_node = node.output[0], None, None
+    uses = index.consumers.get(node.output[0], [])
+    if len(uses) == 1 and node.output[0] not in index.graph_outputs:
+        j, slot = uses[0]
+        add = index.nodes[j]
+        other = add.input[1 - slot] if add.op_type == "Add" and slot in (0, 1) else None
+        if other in index.initializers and list(index.initializers[other].dims) in ([wdims[1]], [1, wdims[1]]) \
+                and len(index.consumers.get(other, [])) == 1:
+            y, bias, bias_node = add.output[0], other, j
+    return Consumer(name, "MatMul", i, node.input[0], y, out_keep, w, bias, bias_node=bias_node,
+                    fit_bias=bias is not None)
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+# --------------------------------------------------------------------------- im2col
+
+def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
+    """Conv input (N, C, *spatial) -> (N * output positions, groups, C / groups * prod(kernel))."""
+    k, s, d = attrs["kernel"], attrs["strides"], attrs["dilations"]
+    n = len(k)
+    spatial = x.shape[2:]
+    pads = _pads(attrs, spatial)
+    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[a + n]) for a in range(n)])
+    out = [(x.shape[2 + a] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a in range(n)]
+    cols = []
+    for offset in itertools.product(*(range(ka) for ka in k)):
+        index = (slice(None), slice(None)) + tuple(
+            slice(offset[a] * d[a], offset[a] * d[a] + s[a] * (out[a] - 1) + 1, s[a]) for a in range(n))
+        cols.append(x[index])
+    c = x.shape[1]
+    stacked = np.stack(cols, axis=2)  # (N, C, K, *out)
+    stacked = stacked.reshape(x.shape[0], groups, c // groups, len(cols), *out)
+    stacked = np.moveaxis(stacked, (1, 2, 3), (n + 1, n + 2, n + 3))  # (N, *out, g, C/g, K)
+    return stacked.reshape(-1, groups, (c // groups) * len(cols))
+
+
+def _pads(attrs: dict, spatial) -> list[int]:
+    k, s, d, auto = attrs["kernel"], attrs["strides"], attrs["dilations"], attrs["auto_pad"]
+    n = len(k)
+    if auto in ("NOTSET", ""):
+        return list(attrs["pads"])
+    if auto == "VALID":
+        return [0] * (2 * n)
+    begin, end = [], []
+    for a in range(n):
+        out = -(-spatial[a] // s[a])
+        total = max(0, (out - 1) * s[a] + d[a] * (k[a] - 1) + 1 - spatial[a])
+        small, large = total // 2, total - total // 2
+        begin.append(large if auto == "SAME_LOWER" else small)
+        end.append(small if auto == "SAME_LOWER" else large)
+    return begin + end
+
+
+# --------------------------------------------------------------------------- weights
+
+def current(model: onnx.ModelProto, c: Consumer) -> np.ndarray:
+    """The layer's present weights as theta (groups, unknowns + 1, outputs per group); bias row last."""
+    inits = {t.name: t for t in model.graph.initializer}
+    base = ir.base_dir(model)
+    w = np.asarray(ir.tensor_array(inits[c.weight], base), dtype=np.float64)
+    b = None if c.bias is None else np.asarray(ir.tensor_array(inits[c.bias], base), dtype=np.float64).reshape(-1)
+    if c.op_type == "Conv":
+        cout = w.shape[0]
+        g = c.groups
+        wt = w.reshape(g, cout // g, -1).transpose(0, 2, 1)  # (g, d, k)
+        bias = np.zeros(cout) if b is None else np.broadcast_to(b, (cout,))
+        return np.concatenate([wt, bias.reshape(g, 1, cout // g)], axis=1)
+    if c.op_type == "Gemm":
+        wt = (w.T if c.attrs["transB"] else w) * c.attrs["alpha"]
+        m = wt.shape[1]
+        bias = np.zeros(m) if b is None else np.broadcast_to(b * c.attrs["beta"], (m,))
+        return np.concatenate([wt, bias[None]], axis=0)[None]
+    m = w.shape[1]
+    bias = np.zeros(m) if b is None else np.broadcast_to(b, (m,))
+    return np.concatenate([w, bias[None]], axis=0)[None]
+
+
+def write(model: onnx.ModelProto, c: Consumer, theta: np.ndarray) -> None:
+    """Store theta as the layer's weights (and bias), in place. Shared initializers get a private copy."""
+    graph = model.graph
+    node = graph.node[c.node_index]
+    inits = {t.name: k for k, t in enumerate(graph.initializer)}
+    dtype = helper.tensor_dtype_to_np_dtype(graph.initializer[inits[c.weight]].data_type)
+    d = theta.shape[1] - 1
+    if c.op_type == "Conv":
+        g, _, k = theta.shape
+        w = theta[:, :d, :].transpose(0, 2, 1).reshape(g * k, -1, *c.attrs["kernel"])
+        bias = theta[:, d, :].reshape(-1)
+        _store(model, node, 1, w.astype(dtype), inits)
+        if c.bias is not None:
+            _store(model, node, 2, bias.astype(dtype), inits)
+        elif np.any(bias):
+            name = _fresh(model, f"{c.weight}_bias")
+            graph.initializer.append(numpy_helper.from_array(bias.astype(dtype), name))
+            while len(node.input) < 2:
+                node.input.append("")
+            node.input.append(name)
+        return
+    w, bias = theta[0, :d, :], theta[0, d, :]
+    if c.op_type == "Gemm":
+        w = w / c.attrs["alpha"]
+        _store(model, node, 1, (w.T if c.attrs["transB"] else w).astype(dtype), inits)
+        if c.bias is not None or np.any(bias):
+            _set_beta_one(node)
+            if c.bias is not None:
+                _store(model, node, 2, bias.astype(dtype), inits)
+            else:
+                name = _fresh(model, f"{c.weight}_bias")
+                graph.initializer.append(numpy_helper.from_array(bias.astype(dtype), name))
+                node.input.append(name)
+        return
+    _store(model, node, 1, w.astype(dtype), inits)
+    if c.bias is not None:
+        add = graph.node[c.bias_node]
+        slot = list(add.input).index(c.bias)
+        shape = list(graph.initializer[inits[c.bias]].dims)
+        _store(model, add, slot, bias.reshape(shape).astype(dtype), inits)
+
+
+def _store(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, value: np.ndarray, inits: dict) -> None:
+    graph = model.graph
+    name = node.input[slot]
+    users = sum(1 for n in graph.node for t in n.input if t == name)
+    outputs = {o.name for o in graph.output}
+    if users > 1 or name in outputs:
+        fresh = _fresh(model, f"{name}_refit")
+        graph.initializer.append(numpy_helper.from_array(value, fresh))
+        node.input[slot] = fresh
+        return
+    graph.initializer[inits[name]].CopyFrom(numpy_helper.from_array(value, name))
+
+
+def _set_beta_one(node: onnx.NodeProto) -> None:
+    for a in node.attribute:
+        if a.name == "beta":
+            a.f = 1.0
+            return
+    node.attribute.append(helper.make_attribute("beta", 1.0))
+
+
+def _fresh(model: onnx.ModelProto, base: str) -> str:
+    taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name

@@ -1,0 +1,212 @@
+"""Re-fit layers on calibration data, stage by stage in topological order.
+
+A stage holds layers none of which feeds another (a layer's stage = the number of re-fitted layers on its
+longest path from the inputs), so a stage needs ONE pass over the calibration data: per batch, the model
+being re-fitted (already re-fitted in earlier stages) gives each layer's input, the reference (unpruned)
+model gives its target output, and both feed that layer's Gram statistics. Then every layer of the stage is
+solved and written before the next stage runs.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxprune import calibration as calib
+from onnxprune.errors import InvalidRequestError
+from onnxprune.graph import GraphIndex
+from onnxprune.reconstruction import layers
+from onnxprune.reconstruction.gram import Gram
+from onnxprune.verify import session, with_outputs
+
+DEFAULT_RIDGE = 1e-3
+
+
+class FewSamplesWarning(RuntimeWarning):
+    """A layer has fewer calibration rows than unknowns: its solve is determined by the ridge regulariser."""
+
+
+@dataclass
+class LayerReconstruction:
+    """One re-fitted (or skipped) layer. Errors are relative: ||Y_layer - Y_reference|| / ||Y_reference|| of
+    the layer's output on the calibration data, its input taken from the (already re-fitted) model:
+    `error_before` with the weights surgery left, `error_after` with the fitted ones."""
+
+    name: str
+    op_type: str
+    stage: int | None = None
+    unknowns: int | None = None  # per output channel, bias included
+    rows: int | None = None  # calibration rows (samples x output positions) of the solve
+    ridge: float | None = None  # the absolute lambda used (largest over groups)
+    error_before: float | None = None
+    error_after: float | None = None
+    updated: bool = False
+    skipped: str | None = None
+    note: str | None = None
+
+
+@dataclass
+class Reconstruction:
+    layers: list[LayerReconstruction] = field(default_factory=list)
+    ridge: float = DEFAULT_RIDGE
+    stages: int = 0
+    passes: int = 0
+
+    @property
+    def fitted(self) -> list[LayerReconstruction]:
+        return [r for r in self.layers if r.skipped is None]
+
+    def as_dict(self) -> dict:
+        return {"ridge": self.ridge, "stages": self.stages, "passes": self.passes,
+                "layers": [vars(r).copy() for r in self.layers]}
+
+    def __str__(self) -> str:
+        rows = [f"reconstruction: {len(self.fitted)} layers re-fitted in {self.stages} stages "
+                f"(ridge {self.ridge:g} x mean diag(X^T X))",
+                f"  {'layer':<32} {'op':<7} {'stage':>5} {'rows':>8} {'unknowns':>8} {'err before':>10} "
+                f"{'err after':>10}"]
+        for r in self.layers:
+            if r.skipped is not None:
+                rows.append(f"  {r.name:<32} {r.op_type:<7} skipped: {r.skipped}")
+                continue
+            rows.append(f"  {r.name:<32} {r.op_type:<7} {r.stage:>5} {r.rows:>8} {r.unknowns:>8} "
+                        f"{r.error_before:>10.4f} {r.error_after:>10.4f}" + (f"  ({r.note})" if r.note else ""))
+        return "\n".join(rows)
+
+
+def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[str, np.ndarray | None],
+          calibration: Any, *, ridge: float = DEFAULT_RIDGE,
+          batch_size: int = calib.DEFAULT_BATCH_SIZE) -> Reconstruction:
+    """Re-fit the layers named in `targets` ({node name: kept positions of the reference output's channel
+    axis, or None for all}) of `model`, IN PLACE, to reproduce `reference`'s outputs of the same tensors."""
+    if calibration is None:
+        raise InvalidRequestError("reconstruction needs calibration data: pass calibration=... (a dict of input "
+                                  "arrays, an array for a single-input model, an iterable of either, or a path)")
+    ridge = _check_ridge(ridge)
+    report = Reconstruction(ridge=ridge)
+    index = GraphIndex.build(model.graph)
+    consumers = []
+    for name, keep in targets.items():
+        node = index.nodes[index.by_name[name]] if name in index.by_name else None
+        try:
+            c = layers.find(model, index, name, keep)
+        except layers.Skip as exc:
+            report.layers.append(LayerReconstruction(name, node.op_type if node is not None else "?",
+                                                     skipped=str(exc)))
+            continue
+        consumers.append(c)
+        report.layers.append(LayerReconstruction(name, c.op_type))
+    if not consumers:
+        return report
+    by_name = {r.name: r for r in report.layers}
+    stages = _stages(index, consumers)
+    report.stages = len(stages)
+    source = _replayable(calibration, len(stages))
+    ref_session = None
+    for number, stage in enumerate(stages):
+        grams = {c.name: Gram() for c in stage}
+        fetch = list(dict.fromkeys(c.x for c in stage))
+        wanted = list(dict.fromkeys(c.y for c in stage))
+        sess = None
+        for _, feed in calib.batches(reference, source(), batch_size):
+            if ref_session is None:
+                ref_session = session(with_outputs(reference, [c.y for c in consumers]))
+            if sess is None:
+                sess = session(with_outputs(model, [t for t in fetch if t not in feed]))
+            xs = dict(zip(fetch, _run(sess, fetch, feed)))
+            ys = dict(zip(wanted, _run(ref_session, wanted, feed)))
+            for c in stage:
+                grams[c.name].update(c.design(xs[c.x]), c.target(ys[c.y]))
+        report.passes += 1
+        for c in stage:
+            _solve(model, c, grams[c.name], ridge, number, by_name[c.name])
+    return report
+
+
+def _run(sess, names: list[str], feed: dict) -> list[np.ndarray]:
+    inside = [n for n in names if n not in feed]
+    got = dict(zip(inside, sess.run(inside, feed))) if inside else {}
+    return [feed[n] if n in feed else got[n] for n in names]
+
+
+def _solve(model, c: layers.Consumer, gram: Gram, ridge: float, stage: int, row: LayerReconstruction) -> None:
+    row.stage, row.unknowns, row.rows = stage, gram.unknowns if c.fit_bias else gram.unknowns - 1, gram.rows
+    lam = gram.penalty(ridge)
+    row.ridge = float(lam.max())
+    if gram.rows < row.unknowns:
+        row.note = f"{gram.rows} rows < {row.unknowns} unknowns: fitted through the ridge regulariser"
+        warnings.warn(f"reconstruction of layer '{c.name}' ({c.op_type}): only {gram.rows} calibration rows "
+                      f"(samples x output positions) for {row.unknowns} unknowns per output; the solution is "
+                      f"determined by the ridge regulariser (ridge={ridge:g}); pass more calibration samples "
+                      "for a better fit", FewSamplesWarning, stacklevel=4)
+    before = layers.current(model, c)
+    row.error_before = gram.relative_error(before)
+    theta = gram.solve(ridge, c.fit_bias)
+    after = gram.relative_error(theta)
+    if not np.all(np.isfinite(theta)) or after >= row.error_before:
+        row.error_after = row.error_before
+        row.note = ((row.note + "; ") if row.note else "") + "fit not better: weights kept"
+        return
+    row.error_after = after
+    layers.write(model, c, theta)
+    row.updated = True
+
+
+def _stages(index: GraphIndex, consumers: list[layers.Consumer]) -> list[list[layers.Consumer]]:
+    """Consumers grouped by the number of consumers upstream on their longest path (linear in the graph)."""
+    at = {c.node_index: c for c in consumers}
+    ends = {}  # a MatMul's bias Add ends its layer: the Add's output is the layer's
+    for c in consumers:
+        if c.bias_node is not None:
+            ends[c.bias_node] = c
+    level: dict[str, int] = {}
+    stage_of: dict[str, int] = {}
+    for i, node in enumerate(index.nodes):
+        depth = max((level.get(t, 0) for t in node.input if t), default=0)
+        for attr in node.attribute:  # subgraphs read outer names too: count them
+            if attr.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS):
+                depth = max([depth] + [level.get(t, 0) for t in _outer(attr)])
+        if i in at:
+            stage_of[at[i].name] = depth
+        if i in at or i in ends:
+            depth += 1 if i in at and at[i].bias_node is None or i in ends else 0
+        for t in node.output:
+            level[t] = depth
+    count = max(stage_of.values()) + 1
+    stages = [[] for _ in range(count)]
+    for c in consumers:
+        stages[stage_of[c.name]].append(c)
+    return [s for s in stages if s]
+
+
+def _outer(attr: onnx.AttributeProto) -> Iterator[str]:
+    graphs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+    for g in graphs:
+        for node in g.node:
+            yield from node.input
+
+
+def _check_ridge(ridge) -> float:
+    try:
+        value = float(ridge)
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"ridge must be a number >= 0, not {ridge!r}") from None
+    if not np.isfinite(value) or value < 0:
+        raise InvalidRequestError(f"ridge must be a finite number >= 0, not {ridge!r}")
+    return value
+
+
+def _replayable(calibration: Any, passes: int):
+    """A function returning the calibration batches afresh for every pass."""
+    if callable(calibration):
+        return calibration
+    if passes > 1 and isinstance(calibration, Iterator):
+        raise InvalidRequestError("reconstruction reads the calibration data once per stage "
+                                  f"({passes} stages here), but it was given a one-shot iterator/generator: pass "
+                                  "a list, an array, a dict, a .npz/.npy path, or a function returning a fresh "
+                                  "iterable")
+    return lambda: calibration

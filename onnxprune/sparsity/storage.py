@@ -1,0 +1,169 @@
+"""Storage of sparsified weights: dense (zeros in place), sparse (ONNX sparse tensors) or bitmask.
+
+Sparse form: each weight becomes a `Constant` node whose `sparse_value` attribute is a SparseTensorProto
+(values + int64 linear indices, ONNX opset >= 11), writing the initializer's tensor name, so every consumer is
+unchanged. onnxruntime expands it to a dense tensor when the session is created; outputs are bit-identical.
+
+Why not `graph.sparse_initializer`: onnxruntime 1.31 loads it, but ONNX type inference gives such values the
+type sparse_tensor(float), which Conv / Gemm / MatMul reject, so the model fails
+`onnx.checker.check_model(full_check=True)`, which every model onnxprune writes must pass.
+
+Cost: a nonzero takes its value plus an 8-byte int64 index (ONNX requires int64 indices), so the sparse form is
+smaller only above a break-even sparsity (2/3 for float32, 4/5 for float16). A weight below it stays dense and
+the report says so: at 50% (and 2:4) sparsity, the sparse form would make the file larger.
+
+Bitmask form (for any sparsity): the weight is stored as a packed bit mask (uint8, 1 bit per element, LSB first)
+and its nonzero values (after a leading 0), both initializers, and rebuilt by standard ONNX ops (opset >= 11):
+    bits -> Cast(int64) -> Reshape [B, 1] -> Div [1, 2, ..., 128] -> Mod 2 -> Reshape [-1] (-> Slice) = mask
+    index = CumSum(mask) * mask;  weight = Reshape(Gather(values, index), shape)
+Every input is a constant, so onnxruntime folds the chain into the dense weight when the session is created
+(bit-identical values: Gather copies them). Data: size / 8 bytes + (nonzero + 1) values, e.g. 53% of the dense
+float32 bytes at 50% sparsity, 15% at 90%. The weight is then a node output, not an initializer: tools that
+look for weights in initializers (onnxprune's own analysis included) see no weight there; keep the dense model
+for further pruning or fine-tuning.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from onnxprune import ir
+
+INDEX_BYTES = 8
+MIN_OPSET = 11
+
+
+def sparse_bytes(nonzero: int, itemsize: int) -> int:
+    """Bytes of the sparse form's data: values plus int64 indices."""
+    return nonzero * (itemsize + INDEX_BYTES)
+
+
+def break_even(itemsize: int) -> float:
+    """Sparsity above which the sparse form is smaller than the dense one."""
+    return INDEX_BYTES / (itemsize + INDEX_BYTES)
+
+
+def sparse_tensor(name: str, value: np.ndarray) -> onnx.SparseTensorProto:
+    """SparseTensorProto of `value`: nonzero values and their linear (C order) indices, ascending."""
+    flat = np.ascontiguousarray(value).reshape(-1)
+    indices = np.flatnonzero(flat).astype(np.int64)
+    return helper.make_sparse_tensor(numpy_helper.from_array(flat[indices], name),
+                                     numpy_helper.from_array(indices, name + "__indices"), list(value.shape))
+
+
+def to_sparse(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> dict[str, str]:
+    """Rewrite in place the initializers named in `values` (their new dense arrays) as sparse Constants.
+
+    Only where that is smaller than the dense bytes. Returns {name: "sparse" or "dense: why"}.
+    """
+    decisions: dict[str, str] = {}
+    if ir.opset_version(model, default=0) < MIN_OPSET:
+        return {name: f"dense: opset < {MIN_OPSET} has no sparse Constant" for name in values}
+    graph_inputs = {v.name for v in model.graph.input}
+    chosen = []
+    for name, value in values.items():
+        itemsize = value.dtype.itemsize
+        nonzero = int(np.count_nonzero(value))
+        if name in graph_inputs:
+            decisions[name] = "dense: the initializer is also a graph input (overridable)"
+        elif sparse_bytes(nonzero, itemsize) >= value.size * itemsize:
+            decisions[name] = (f"dense: sparse form is not smaller at {1 - nonzero / max(value.size, 1):.0%} sparsity "
+                               f"(break-even {break_even(itemsize):.0%} with int64 indices)")
+        else:
+            decisions[name] = "sparse"
+            chosen.append(name)
+    if not chosen:
+        return decisions
+    taken = {n.name for n in model.graph.node}
+    constants = []
+    for name in chosen:
+        node_name = _unique(f"{name}__sparse", taken)
+        constants.append(helper.make_node("Constant", [], [name], name=node_name,
+                                          sparse_value=sparse_tensor(name, values[name])))
+    kept = [t for t in model.graph.initializer if t.name not in set(chosen)]
+    model.graph.ClearField("initializer")
+    model.graph.initializer.extend(kept)
+    nodes = list(model.graph.node)
+    model.graph.ClearField("node")
+    model.graph.node.extend(constants + nodes)
+    return decisions
+
+
+def bitmask_bytes(size: int, nonzero: int, itemsize: int) -> int:
+    return (size + 7) // 8 + (nonzero + 1) * itemsize
+
+
+def to_bitmask(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> dict[str, str]:
+    """Rewrite in place the initializers named in `values` as bitmask + values, decoded by standard ops."""
+    decisions: dict[str, str] = {}
+    if ir.opset_version(model, default=0) < MIN_OPSET:
+        return {name: f"dense: opset < {MIN_OPSET} lacks CumSum" for name in values}
+    graph_inputs = {v.name for v in model.graph.input}
+    chosen = []
+    for name, value in values.items():
+        itemsize = value.dtype.itemsize
+        if name in graph_inputs:
+            decisions[name] = "dense: the initializer is also a graph input (overridable)"
+        elif bitmask_bytes(value.size, int(np.count_nonzero(value)), itemsize) + 64 >= value.size * itemsize:
+            decisions[name] = "dense: bitmask form is not smaller"
+        else:
+            decisions[name] = "bitmask"
+            chosen.append(name)
+    if not chosen:
+        return decisions
+    taken_nodes = {n.name for n in model.graph.node}
+    taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
+    taken |= {v.name for v in model.graph.input}
+    shared = {key: _unique(f"sparsity__{key}", taken) for key in ("powers", "two", "axis0", "flat")}
+    new_inits = [numpy_helper.from_array(np.array([1 << j for j in range(8)], np.int64), shared["powers"]),
+                 numpy_helper.from_array(np.array(2, np.int64), shared["two"]),
+                 numpy_helper.from_array(np.array(0, np.int64), shared["axis0"]),
+                 numpy_helper.from_array(np.array([-1], np.int64), shared["flat"])]
+    nodes = []
+    for name in chosen:
+        value = np.ascontiguousarray(values[name])
+        flat = value.reshape(-1)
+        mask = flat != 0
+        t = {key: _unique(f"{name}__{key}", taken) for key in
+             ("bits", "values", "shape", "rows", "ends", "starts", "i64", "col", "div", "mod", "mask", "cut",
+              "cum", "index", "dense")}
+        new_inits += [numpy_helper.from_array(np.packbits(mask, bitorder="little"), t["bits"]),
+                      numpy_helper.from_array(np.concatenate([np.zeros(1, value.dtype), flat[mask]]), t["values"]),
+                      numpy_helper.from_array(np.array(value.shape, np.int64), t["shape"]),
+                      numpy_helper.from_array(np.array([-1, 1], np.int64), t["rows"])]
+        padded = (value.size + 7) // 8 * 8 != value.size
+
+        def node(op_type: str, inputs: list[str], output: str, **attrs) -> onnx.NodeProto:
+            return helper.make_node(op_type, inputs, [output], name=_unique(f"{output}_{op_type}", taken_nodes),
+                                    **attrs)
+
+        nodes += [node("Cast", [t["bits"]], t["i64"], to=onnx.TensorProto.INT64),
+                  node("Reshape", [t["i64"], t["rows"]], t["col"]),
+                  node("Div", [t["col"], shared["powers"]], t["div"]),
+                  node("Mod", [t["div"], shared["two"]], t["mod"]),
+                  node("Reshape", [t["mod"], shared["flat"]], t["mask"] if not padded else t["cut"])]
+        if padded:
+            new_inits += [numpy_helper.from_array(np.array([value.size], np.int64), t["ends"]),
+                          numpy_helper.from_array(np.array([0], np.int64), t["starts"])]
+            nodes.append(node("Slice", [t["cut"], t["starts"], t["ends"]], t["mask"]))
+        nodes += [node("CumSum", [t["mask"], shared["axis0"]], t["cum"]),
+                  node("Mul", [t["cum"], t["mask"]], t["index"]),
+                  node("Gather", [t["values"], t["index"]], t["dense"]),
+                  node("Reshape", [t["dense"], t["shape"]], name)]
+    chosen_set = set(chosen)
+    kept = [t for t in model.graph.initializer if t.name not in chosen_set]
+    model.graph.ClearField("initializer")
+    model.graph.initializer.extend(kept + new_inits)
+    old = list(model.graph.node)
+    model.graph.ClearField("node")
+    model.graph.node.extend(nodes + old)
+    return decisions
+
+
+def _unique(name: str, taken: set[str]) -> str:
+    candidate, k = name, 1
+    while candidate in taken:
+        candidate, k = f"{name}_{k}", k + 1
+    taken.add(candidate)
+    return candidate
