@@ -1,6 +1,8 @@
 """onnxprune: structured channel pruning and low-rank decomposition of ONNX models, proven with onnxruntime."""
+from onnxprune.bench import BenchComparison, BenchResult, bench
 from onnxprune.coupling import Analysis, ChannelGroup, Layer, analyze
 from onnxprune.criteria import register_criterion
+from onnxprune.evaluate import evaluate
 from onnxprune.errors import (
     ExternalDataError,
     InvalidModelError,
@@ -30,8 +32,8 @@ from onnxprune.sparsity import (
 
 
 __all__ = [
-    "Analysis", "ChannelGroup", "DecompositionResult", "Layer", "Options", "Plan", "PruneResult",
-    "analyze", "apply_plan", "decomposable_layers", "decompose", "load_model", "make_plan", "prune",
+    "Analysis", "BenchComparison", "BenchResult", "ChannelGroup", "DecompositionResult", "Layer", "Options", "Plan",
+    "PruneResult", "analyze", "bench", "evaluate", "apply_plan", "decomposable_layers", "decompose", "load_model", "make_plan", "prune",
     "prune_by_index", "prune_with_plan", "register_criterion", "save_model", "stats", "verify",
     "verify_decomposition", "verify_pruning",
     "GlobalImportance", "LayerImportance", "LayerStrategy", "ModelStrategy", "SparsifyResult", "SparsityReport",

@@ -172,7 +172,8 @@ def _batches(data: Any, specs: list[InputSpec], batch_size: int) -> Iterator[tup
         where = f"batch {k}"
         if not (isinstance(item, (tuple, list)) and len(item) == 2):
             raise InvalidRequestError(f"{where}: expected a pair (inputs, labels), got {type(item).__name__}"
-                                      + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else ""))
+                                      + (f" of length {len(item)}" if isinstance(item, (tuple, list)) else "")
+                                      + " (one whole dataset is passed as a tuple (inputs, labels))")
         yield where, _as_dict(item[0], specs, where), item[1]
     if empty:
         raise InvalidRequestError("evaluation data is empty: pass at least one batch")

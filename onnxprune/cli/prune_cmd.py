@@ -44,6 +44,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-plan", metavar="FILE.json",
                    help="also write the plan: layer values and the channels kept per group (replayable, editable)")
     p.add_argument("--verify", action="store_true", help="run the mask oracle; fail (and write nothing) if it fails")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="re-fit the layers that read pruned channels on --calibration (ridge least squares) so "
+                        "their outputs match the unpruned model's; --verify checks the surgery before the re-fit")
+    p.add_argument("--ridge", type=float, default=None,
+                   help="--reconstruct: ridge regulariser relative to the mean diagonal of X^T X (default 1e-3)")
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
     p.add_argument("--record", metavar="FILE.json", help="also write the pruning record (tensor -> kept mask)")
     from onnxprune.report import add_report_flags
@@ -92,6 +97,21 @@ def _gradients(path: str | None) -> dict[str, np.ndarray] | None:
         raise InvalidRequestError(f"gradients file '{path}' is not a .npz archive: {exc}") from None
 
 
+def _reconstruct_args(args: argparse.Namespace) -> dict:
+    """prune() keywords for --reconstruct / --ridge ({} without --reconstruct)."""
+    from onnxprune.reconstruction import DEFAULT_RIDGE
+
+    if args.ridge is not None and not args.reconstruct:
+        raise InvalidRequestError("--ridge applies to --reconstruct only")
+    if not args.reconstruct:
+        return {}
+    if not args.calibration:
+        raise InvalidRequestError("--reconstruct needs --calibration FILE.npz|.npy (samples of the model's inputs, "
+                                  "e.g. a few hundred training images)")
+    return {"reconstruct": True, "calibration": args.calibration,
+            "ridge": DEFAULT_RIDGE if args.ridge is None else args.ridge}
+
+
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
@@ -100,23 +120,33 @@ def run(args: argparse.Namespace) -> int:
     out = output_path(args.model, args.output)
     check_report_path(args)
     options = _options(args)
+    refit = _reconstruct_args(args)
     if args.plan:
         result = op.apply_plan(args.model, args.plan, verify=args.verify, calibration=args.calibration,
                                gradients=_gradients(args.gradients))
+        if refit:
+            from onnxprune.reconstruction import reconstruct_pruned
+
+            reconstruct_pruned(args.model, result, args.calibration, ridge=refit["ridge"])
     elif args.indices:
-        result = op.prune_by_index(args.model, read_json(args.indices, "indices"), options=options, verify=args.verify)
+        result = op.prune_by_index(args.model, read_json(args.indices, "indices"), options=options, verify=args.verify,
+                                   **refit)
     else:
         ratio, ratios = (None, read_json(args.ratios, "ratios")) if args.ratios else (args.ratio, None)
         result = op.prune(args.model, args.method, ratio, ratios=ratios, scope=args.scope,
                           recommendation=args.recommend, options=options, calibration=args.calibration,
-                          gradients=_gradients(args.gradients), verify=args.verify, seed=args.seed)
+                          gradients=_gradients(args.gradients), verify=args.verify, seed=args.seed,
+                          **{k: v for k, v in refit.items() if k != "calibration"})
     make_parent(out)
     op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
     print(result.summary)
     print(f"pruned {len(result.pruned_groups)} channel groups ({result.achieved_ratio:.1%} of their channels); "
           f"{len(result.channels)} tensors shrank")
     if result.verification is not None:
-        print(f"mask oracle: ok (max relative error {result.verification.max_rel_error:.2e})")
+        print(f"mask oracle: ok (max relative error {result.verification.max_rel_error:.2e})"
+              + (" (checked before reconstruction)" if refit else ""))
+    if getattr(result, "reconstruction", None) is not None:
+        print(result.reconstruction)
     if args.record:
         with open(output_path(args.model, args.record), "w", encoding="utf-8") as handle:
             json.dump({"channels": result.channels, "plan": result.plan.as_dict()}, handle)

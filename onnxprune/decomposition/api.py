@@ -54,6 +54,7 @@ class DecompositionResult:
     model: onnx.ModelProto
     layers: list[LayerDecomposition]
     method: str
+    reconstruction: object = None  # reconstruct=True: onnxprune.reconstruction.Reconstruction (last factors)
 
     @property
     def decomposed(self) -> list[LayerDecomposition]:
@@ -78,7 +79,8 @@ def decomposable_layers(model) -> list[DecomposableLayer]:
 def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | None = None,
               rank_ratio: float | None = None, recommendation: str | None = None, calibration_ratio: float = 0.0,
               energy: float | None = None, layers: Iterable[str] | None = None, force: bool = False,
-              verify: bool = False, seed: int = 0, rank_step: int | None = None) -> DecompositionResult:
+              verify: bool = False, seed: int = 0, rank_step: int | None = None, calibration=None,
+              reconstruct: bool = False, ridge: float | None = None) -> DecompositionResult:
     """Replace layers by factor chains; exactly one of ranks / rank_ratio / recommendation='vbmf' / energy.
 
     With `ranks`, only the layers named there are decomposed; `layers` restricts the layers considered.
@@ -87,7 +89,15 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
     1 turns it off. A chain costing more MACs than its layer is skipped unless `force` (fewer MACs do not
     guarantee lower latency: see benchmarks/README.md). `verify` runs the reconstruction oracle and raises
     VerificationError on failure. The input model is never changed.
+    reconstruct: re-fit the last factor of every chain (and its bias) on `calibration` so the chain's output
+    matches the original layer's on that data (ridge least squares, chains in topological order; `ridge`
+    relative to the mean diagonal of X^T X, default onnxprune.reconstruction.DEFAULT_RIDGE). `verify` checks
+    the chains BEFORE the re-fit (the oracle is about the factorisation); `result.reconstruction` reports
+    each chain's calibration error before and after.
     """
+    if reconstruct and calibration is None:
+        raise InvalidRequestError("reconstruct=True needs calibration data: pass calibration=... (a dict of input "
+                                  "arrays, an array for a single-input model, an iterable of either, or a path)")
     source = ir.load_model(model)
     method = normalise_method(method)
     policy = RankPolicy(ranks, rank_ratio, recommendation, calibration_ratio, energy, rank_step)
@@ -119,6 +129,15 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
         report = verify_decomposition(source, result)
         if not report.ok:
             raise VerificationError(f"decomposition failed the reconstruction oracle:\n{report}")
+    if reconstruct:
+        from dataclasses import replace
+
+        from onnxprune.reconstruction import DEFAULT_RIDGE, reconstruct_chains
+
+        last = [record.nodes[-1] for record in records if record.decomposed and record.nodes]
+        fitted = reconstruct_chains(source, result.model, last, calibration,
+                                    ridge=DEFAULT_RIDGE if ridge is None else ridge)
+        result = replace(result, reconstruction=fitted)
     return result
 
 

@@ -26,8 +26,9 @@ class Gram:
         y = np.asarray(y, dtype=np.float64)
         ones = np.ones(x.shape[:2] + (1,), dtype=np.float64)
         xa = np.concatenate([x, ones], axis=2)
-        g = np.einsum("rgi,rgj->gij", xa, xa, optimize=True)
-        b = np.einsum("rgi,rgk->gik", xa, y, optimize=True)
+        xt = xa.transpose(1, 2, 0)  # (groups, d + 1, rows): batched BLAS products below
+        g = xt @ xa.transpose(1, 0, 2)
+        b = xt @ y.transpose(1, 0, 2)
         yy = np.einsum("rgk,rgk->gk", y, y)
         if self.G is None:
             self.G, self.B, self.yy = g, b, yy
