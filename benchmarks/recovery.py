@@ -49,9 +49,11 @@ CNNS = ("residual", "dwse", "concat")
 # --------------------------------------------------------------------------- a small ViT
 
 class Block(nn.Module):
-    def __init__(self, dim: int, heads: int, hidden: int):
+    """Pre-norm encoder block. Reshapes use Python ints (batch -1): the export then holds constant shapes."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, tokens: int):
         super().__init__()
-        self.heads = heads
+        self.heads, self.dim, self.tokens = heads, dim, tokens
         self.norm1 = nn.LayerNorm(dim)
         self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
         self.proj = nn.Linear(dim, dim)
@@ -59,12 +61,12 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
 
     def forward(self, x):
-        b, t, d = x.shape
+        t, d, hd = self.tokens, self.dim, self.dim // self.heads
         h = self.norm1(x)
-        split = lambda y: y.reshape(b, t, self.heads, d // self.heads).transpose(1, 2)  # noqa: E731
+        split = lambda y: y.reshape(-1, t, self.heads, hd).transpose(1, 2)  # noqa: E731
         q, k, v = split(self.q(h)), split(self.k(h)), split(self.v(h))
-        att = torch.softmax(q @ k.transpose(-2, -1) / (d // self.heads) ** 0.5, dim=-1)
-        x = x + self.proj((att @ v).transpose(1, 2).reshape(b, t, d))
+        att = torch.softmax(q @ k.transpose(-2, -1) * (1.0 / hd ** 0.5), dim=-1)
+        x = x + self.proj((att @ v).transpose(1, 2).reshape(-1, t, d))
         return x + self.mlp(self.norm2(x))
 
 
@@ -72,20 +74,20 @@ class TinyViT(nn.Module):
     def __init__(self, size: int = 16, patch: int = 4, dim: int = 64, depth: int = 2, heads: int = 4,
                  hidden: int = 128):
         super().__init__()
-        self.patch = patch
+        self.patch, self.size = patch, size
         tokens = (size // patch) ** 2
         self.embed = nn.Linear(patch * patch, dim)
         self.cls = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos = nn.Parameter(torch.randn(1, tokens + 1, dim) * 0.02)
-        self.blocks = nn.Sequential(*(Block(dim, heads, hidden) for _ in range(depth)))
+        self.blocks = nn.Sequential(*(Block(dim, heads, hidden, tokens + 1) for _ in range(depth)))
         self.norm = nn.LayerNorm(dim)
         self.fc = nn.Linear(dim, _digits.NUM_CLASSES)
 
     def forward(self, x):
-        b, _, s, _ = x.shape
-        p = self.patch
-        x = x.reshape(b, s // p, p, s // p, p).permute(0, 1, 3, 2, 4).reshape(b, (s // p) ** 2, p * p)
-        x = torch.cat([self.cls.expand(b, 1, -1), self.embed(x)], dim=1) + self.pos
+        s, p = self.size, self.patch
+        x = x.reshape(-1, s // p, p, s // p, p).permute(0, 1, 3, 2, 4).reshape(-1, (s // p) ** 2, p * p)
+        x = self.embed(x)
+        x = torch.cat([self.cls.expand(x.shape[0], 1, -1), x], dim=1) + self.pos
         x = self.norm(self.blocks(x))
         return self.fc(x[:, 0])
 

@@ -12,9 +12,11 @@ from onnxprune.errors import (
     VerificationError,
 )
 from onnxprune.ir import load_model, save_model
+from onnxprune.iterative import IterativeResult, iterative_prune
 from onnxprune.options import Options
 from onnxprune.plan import Plan, apply_plan, make_plan
 from onnxprune.pruning import PruneResult, prune, prune_by_index, prune_with_plan
+from onnxprune.sensitivity import Recommendation, SensitivityResult, sensitivity
 from onnxprune.stats import stats
 from onnxprune.verify import verify, verify_pruning
 from onnxprune.decomposition import DecompositionResult, decomposable_layers, decompose, verify_decomposition
@@ -40,4 +42,5 @@ __all__ = [
     "Strategy", "register_strategy", "sparsify",
     "OnnxPruneError", "InvalidModelError", "InvalidRequestError", "ExternalDataError", "UnsupportedError",
     "VerificationError",
+    "IterativeResult", "Recommendation", "SensitivityResult", "iterative_prune", "sensitivity",
 ]

@@ -24,3 +24,7 @@ class UnsupportedError(OnnxPruneError):
 
 class VerificationError(OnnxPruneError):
     """A written or produced model failed an oracle, onnx.checker, or onnxruntime loading."""
+
+
+class MissingExtraError(OnnxPruneError):
+    """An optional dependency (an extra of the onnxprune package: torch, plot) is not installed."""

@@ -34,6 +34,8 @@ class PruneResult:
     verification: Any = None
     reference: onnx.ModelProto | None = None  # the original's inputs/outputs, for save_model(reference=...)
     reconstruction: Any = None  # reconstruct=True: onnxprune.reconstruction.Reconstruction (per-layer errors)
+    # read-only: constant (original name) -> {axis: kept positions} for every sliced constant (onnxprune.torch)
+    weights: dict[str, dict[int, list[int]]] = field(default_factory=dict)
 
 
 class PruneSummary:
@@ -310,7 +312,8 @@ def _finish(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.nd
     achieved = sum(len(p) for p in removed.values()) / total if total else 0.0
     result = PruneResult(model=surgery.model, channels=surgery.channels, plan=plan,
                          summary=PruneSummary(before, surgery.model, group_rows), exact=exact,
-                         pruned_groups=sorted(removed), achieved_ratio=achieved, reference=reference)
+                         pruned_groups=sorted(removed), achieved_ratio=achieved, reference=reference,
+                         weights=surgery.weights)
     if verify:
         result.verification = _oracle(model, analysis, removed, result)
     return result

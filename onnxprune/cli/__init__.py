@@ -7,7 +7,7 @@ import sys
 
 from onnxprune.errors import OnnxPruneError
 
-COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench")
+COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench", "sensitivity")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,7 +6,7 @@ analysed model is never changed) and the pruning record `channels` (DESIGN.md §
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -23,6 +23,9 @@ from onnxprune.surgery.constants import ConstantSlicer
 class Surgery:
     model: onnx.ModelProto
     channels: dict[str, dict]
+    # constant (original name) -> {axis: kept positions}: every constant sliced in place or copied with one
+    # slicing; a constant sliced differently for different readers is left out (read-only, for onnxprune.torch)
+    weights: dict[str, dict[int, list[int]]] = field(default_factory=dict)
 
 
 def apply(analysis: Analysis, keep: np.ndarray, *, own: bool = False) -> Surgery:
@@ -65,7 +68,7 @@ class _Surgeon:
     # ---- the run ---------------------------------------------------------------------
     def run(self) -> Surgery:
         self._changed_axes()
-        redirects, pending = self._slice_constants()
+        redirects, pending, weights = self._slice_constants()
         nodes: list[onnx.NodeProto] = []
         for i, node in enumerate(self.index.nodes):
             nodes.extend(pending.get(i, []))
@@ -75,13 +78,13 @@ class _Surgeon:
         model = self._assemble(nodes)
         produced = {o for n in model.graph.node for o in n.output} | {v.name for v in model.graph.input}
         channels = {t: entry for t, entry in self._record().items() if t in produced}
-        return Surgery(model=model, channels=channels)
+        return Surgery(model=model, channels=channels, weights=weights)
 
-    def _slice_constants(self) -> tuple[dict[tuple[int, int], str], dict[int, list[onnx.NodeProto]]]:
+    def _slice_constants(self) -> tuple[dict[tuple[int, int], str], dict[int, list[onnx.NodeProto]], dict]:
         """Slice every constant input whose channels shrank.
 
-        Returns per-use input renames, and the new nodes (sliced constant subgraphs) to place
-        before the first node that reads them.
+        Returns per-use input renames, the new nodes (sliced constant subgraphs) to place
+        before the first node that reads them, and the kept positions per sliced constant.
         """
         selections: dict[str, dict[tuple[int, int], tuple]] = {}
         for (i, slot), use in self.walker.const_uses.items():
@@ -95,8 +98,12 @@ class _Surgeon:
                 selections.setdefault(name, {})[(i, slot)] = selection
         redirects: dict[tuple[int, int], str] = {}
         pending: dict[int, list[onnx.NodeProto]] = {}
+        weights: dict[str, dict[int, list[int]]] = {}
         for name, uses in selections.items():
             keys = {_selection_key(s) for s in uses.values()}
+            if len(keys) == 1:
+                only = next(iter(uses.values()))
+                weights[name] = {int(axis): kept.tolist() for axis, kept in sorted(only.items())}
             all_uses = self.index.consumers.get(name, [])
             shared = len(all_uses) > len(uses) or name in self.index.graph_outputs
             if name in self.index.initializers and len(keys) == 1 and not shared:
@@ -113,7 +120,7 @@ class _Surgeon:
                     pending.setdefault(first, []).extend(self.slicer.nodes)
                     self.slicer.nodes.clear()
                 redirects[use] = made[key]
-        return redirects, pending
+        return redirects, pending, weights
 
     # ---- per-node rewrites -----------------------------------------------------------
     def _rewrite(self, i: int, node: onnx.NodeProto, new_inputs: dict[int, str],
@@ -271,15 +278,15 @@ def _overwrite(tensor: onnx.TensorProto, array: np.ndarray) -> None:
 
 
 def _copy_fields_except(src, dst, skip: set[str]) -> None:
-    for field, value in src.ListFields():
-        if field.name in skip:
+    for descriptor, value in src.ListFields():
+        if descriptor.name in skip:
             continue
-        if field.is_repeated:
-            getattr(dst, field.name).extend(value)
-        elif field.message_type is not None:
-            getattr(dst, field.name).CopyFrom(value)
+        if descriptor.is_repeated:
+            getattr(dst, descriptor.name).extend(value)
+        elif descriptor.message_type is not None:
+            getattr(dst, descriptor.name).CopyFrom(value)
         else:
-            setattr(dst, field.name, value)
+            setattr(dst, descriptor.name, value)
 
 
 def _selection_key(selection: dict[int, np.ndarray]) -> tuple:
