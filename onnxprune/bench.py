@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -29,9 +27,11 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune import ir
+from onnxprune.text import human
 from onnxprune.calibration import _feed, input_specs
 from onnxprune.errors import InvalidRequestError
 from onnxprune.stats import stats
+from onnxprune.verify import session
 from onnxprune.verify import make_inputs
 
 __all__ = ["BenchResult", "BenchComparison", "bench", "compare", "format_results"]
@@ -105,25 +105,7 @@ def make_session(model: Any, threads: int | None = None) -> ort.InferenceSession
             raise InvalidRequestError(f"threads must be >= 1, not {threads}")
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
-    external = [t for t in ir.iter_tensors(model) if ir.is_external(t)]
-    directory = ir.base_dir(model)
-    if ir.serialized_size(model, include_external=False) > ir.PROTO_LIMIT or (external and directory is None):
-        tmp = tempfile.mkdtemp(prefix="onnxprune-bench-")
-        try:
-            path = os.path.join(tmp, "model.onnx")
-            ir.save_model(model, path, external_data=True, check=False)
-            return ort.InferenceSession(path, options, providers=_PROVIDERS)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-    files: dict[str, str] = {}
-    for tensor in external:
-        files.setdefault(ir.external_ref(tensor).location, ir.resolve_location(tensor, directory))
-    buffers = [np.memmap(path, dtype=np.uint8, mode="r") for path in files.values()]
-    if buffers:
-        options.add_external_initializers_from_files_in_memory(list(files), buffers, [b.size for b in buffers])
-    sess = ort.InferenceSession(model.SerializeToString(), options, providers=_PROVIDERS)
-    sess._onnxprune_buffers = buffers
-    return sess
+    return session(model, options)
 
 
 def bench_inputs(model: onnx.ModelProto, batch_size: int = 1, inputs: Any = None,
@@ -218,19 +200,10 @@ def compare(a: Any, b: Any, **kwargs: Any) -> BenchComparison:
 
 # --------------------------------------------------------------------------- printing
 
-def _human(value: float) -> str:
-    units = ["", "K", "M", "G", "T"]
-    index = 0
-    while abs(value) >= 1000 and index < len(units) - 1:
-        value /= 1000
-        index += 1
-    return f"{value:.0f}" if index == 0 else f"{value:.2f}{units[index]}"
-
-
 def _rows(results: list[BenchResult]) -> tuple[list[list[str]], list[str]]:
     header = ["model", "median ms", "p10 ms", "p90 ms", "samples/s", "params", "MACs", "size"]
     rows = [[r.name, f"{r.median_ms:.3f}", f"{r.p10_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput:.1f}",
-             _human(r.params), _human(r.macs), _human(r.size_bytes) + "B"] for r in results]
+             human(r.params), human(r.macs), human(r.size_bytes) + "B"] for r in results]
     return rows, header
 
 

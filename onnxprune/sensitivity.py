@@ -35,6 +35,7 @@ import onnx
 from onnxprune import ir
 from onnxprune.allocation import check_ratio
 from onnxprune.coupling import analyze
+from onnxprune.text import human, table
 from onnxprune.errors import InvalidRequestError, MissingExtraError
 from onnxprune.options import Options
 
@@ -87,7 +88,7 @@ class Recommendation:
 
     def __str__(self) -> str:
         lines = [f"recommendation for {self.target:.0%} fewer MACs: {self.reduction:.1%} fewer "
-                 f"({_human(self.macs_before)} -> {_human(self.macs_after)}), expected drop "
+                 f"({human(self.macs_before)} -> {human(self.macs_after)}), expected drop "
                  f"{self.expected_drop:.4g} (single-group drops added)"]
         lines += [f"  {layer}: {ratio:g}" for layer, ratio in self.ratios.items()]
         if not self.ratios:
@@ -139,7 +140,7 @@ class SensitivityResult:
                         + [f"{last / self.macs:.1%}" if self.macs else "-"])
         title = (f"sensitivity of {self.key} (baseline {self.baseline:.4f}, n={self.n}) to pruning each group alone "
                  f"with '{self.method}'; drop = {'baseline - value' if self.higher_is_better else 'value - baseline'}")
-        return title + "\n" + _table(rows, header)
+        return title + "\n" + table(rows, header)
 
     def __str__(self) -> str:
         text = self.table()
@@ -389,21 +390,6 @@ def _pyplot():
 def _make_parent(path) -> None:
     parent = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(parent, exist_ok=True)
-
-
-def _table(rows: list[list], header: list[str]) -> str:
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _human(value: float) -> str:
-    for unit, scale in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(value) >= scale:
-            return f"{value / scale:.2f}{unit}"
-    return str(int(value))
 
 
 class _Null:

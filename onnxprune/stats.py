@@ -8,6 +8,7 @@ import onnx
 from onnx import TensorProto
 
 from . import ir
+from .text import human
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 _FLOAT_TYPES |= {getattr(TensorProto, n) for n in ("FLOAT8E4M3FN", "FLOAT8E4M3FNUZ", "FLOAT8E5M2",
@@ -40,11 +41,11 @@ class ModelStats:
             row[0] += 1
             row[1] += node.params
             row[2] += node.macs
-        lines = [f"params {_human(self.params)}  MACs {_human(self.macs)}  size {_human(self.size_bytes)}B  "
+        lines = [f"params {human(self.params)}  MACs {human(self.macs)}  size {human(self.size_bytes)}B  "
                  f"nodes {len(self.nodes)}",
                  f"{'op_type':<24} {'count':>6} {'params':>10} {'MACs':>10}"]
         for op, (count, params, macs) in sorted(by_op.items(), key=lambda kv: (-kv[1][2], -kv[1][1], kv[0])):
-            lines.append(f"{op:<24} {count:>6} {_human(params):>10} {_human(macs):>10}")
+            lines.append(f"{op:<24} {count:>6} {human(params):>10} {human(macs):>10}")
         return "\n".join(lines)
 
 
@@ -136,20 +137,11 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple]) -> int:
     return 0
 
 
-def _human(value: float) -> str:
-    units = ["", "K", "M", "G", "T"]
-    index = 0
-    while abs(value) >= 1000 and index < len(units) - 1:
-        value /= 1000
-        index += 1
-    return f"{value:.0f}" if index == 0 else f"{value:.2f}{units[index]}"
-
-
 def compare(before: ModelStats, after: ModelStats) -> str:
     """Table of params, MACs and size before and after, with the after/before ratio."""
     lines = [f"{'':<8} {'before':>12} {'after':>12} {'ratio':>8}"]
     for label, b, a in (("params", before.params, after.params), ("MACs", before.macs, after.macs),
                         ("size", before.size_bytes, after.size_bytes)):
         ratio = f"{a / b:.3f}" if b else "-"
-        lines.append(f"{label:<8} {_human(b):>12} {_human(a):>12} {ratio:>8}")
+        lines.append(f"{label:<8} {human(b):>12} {human(a):>12} {ratio:>8}")
     return "\n".join(lines)

@@ -22,14 +22,14 @@ _INDEX_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Id
 
 # --------------------------------------------------------------------------- sessions
 
-def session(model: ir.ModelLike) -> ort.InferenceSession:
+def session(model: ir.ModelLike, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
     """CPU onnxruntime session; external data is served from memory-mapped files."""
     model = ir.load_model(model)
+    options = options or ort.SessionOptions()
     external = [t for t in ir.iter_tensors(model) if ir.is_external(t)]
     directory = ir.base_dir(model)
     if ir.serialized_size(model, include_external=False) > ir.PROTO_LIMIT or (external and directory is None):
-        return _session_via_file(model)
-    options = ort.SessionOptions()
+        return _session_via_file(model, options)
     files: dict[str, str] = {}
     for tensor in external:
         files.setdefault(ir.external_ref(tensor).location, ir.resolve_location(tensor, directory))
@@ -41,12 +41,12 @@ def session(model: ir.ModelLike) -> ort.InferenceSession:
     return sess
 
 
-def _session_via_file(model: onnx.ModelProto) -> ort.InferenceSession:
+def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
     tmp = tempfile.mkdtemp(prefix="onnxprune-session-")
     try:
         path = os.path.join(tmp, "model.onnx")
         ir.save_model(model, path, external_data=True, check=False)
-        return ort.InferenceSession(path, providers=_PROVIDERS)
+        return ort.InferenceSession(path, options, providers=_PROVIDERS)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

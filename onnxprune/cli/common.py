@@ -5,6 +5,7 @@ import json
 import os
 
 from onnxprune.errors import InvalidRequestError
+from onnxprune.text import table  # noqa: F401  (the commands import it from here)
 
 
 def output_path(model_path: str, output: str) -> str:
@@ -28,11 +29,3 @@ def read_json(path: str, what: str):
         raise InvalidRequestError(f"{what} file '{path}' does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"{what} file '{path}' is not valid JSON: {exc}") from None
-
-
-def table(rows: list[list], header: list[str]) -> str:
-    cells = [[str(c) for c in header]] + [[str(c) for c in row] for row in rows]
-    widths = [max(len(row[k]) for row in cells) for k in range(len(header))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from onnxprune.stats import _human
+from onnxprune.text import human
 
 NOTE = ("onnxruntime on CPU runs zeros at dense speed: only the file size (storage 'sparse' or 'bitmask') and the "
         "theoretical figures (nonzero size, nonzero MACs, speed-up) change; latency does not. Remove channels "
@@ -77,7 +77,7 @@ class SparsityReport:
         return out
 
     def __str__(self) -> str:
-        rows = [[r.name, r.op_type, f"{r.size}", f"{r.sparsity:.1%}", _human(r.macs), _human(r.nonzero_macs),
+        rows = [[r.name, r.op_type, f"{r.size}", f"{r.sparsity:.1%}", human(r.macs), human(r.nonzero_macs),
                  r.storage if r.status == "sparsified" else "", r.status] for r in self.layers]
         header = ["layer", "op", "size", "sparsity", "MACs", "nz MACs", "storage", "status"]
         widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
@@ -89,11 +89,11 @@ class SparsityReport:
             "",
             f"strategy {self.strategy}{pattern}: {len(self.participating)} of {len(self.layers)} weight layers, "
             f"{self.achieved_sparsity:.2%} of their weights zero",
-            f"size {_human(self.size)}  nonzero {_human(self.nonzero_size)} (was {_human(self.size_before)})  "
+            f"size {human(self.size)}  nonzero {human(self.nonzero_size)} (was {human(self.size_before)})  "
             f"compression {self.compression:.2f}x",
-            f"MACs {_human(self.macs)}  nonzero MACs {_human(self.nonzero_macs)}  "
+            f"MACs {human(self.macs)}  nonzero MACs {human(self.nonzero_macs)}  "
             f"theoretical speed-up {self.speedup:.2f}x",
-            f"file {_human(self.file_bytes_before)}B -> {_human(self.file_bytes)}B (storage {self.storage})",
+            f"file {human(self.file_bytes_before)}B -> {human(self.file_bytes)}B (storage {self.storage})",
             "note: " + self.note,
         ]
         return "\n".join(lines)
