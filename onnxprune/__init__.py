@@ -15,6 +15,7 @@ from onnxprune.ir import load_model, save_model
 from onnxprune.iterative import IterativeResult, iterative_prune
 from onnxprune.options import Options
 from onnxprune.plan import Plan, apply_plan, make_plan
+from onnxprune.reconstruction import Reconstruction
 from onnxprune.pruning import PruneResult, prune, prune_by_index, prune_with_plan
 from onnxprune.sensitivity import Recommendation, SensitivityResult, sensitivity
 from onnxprune.stats import stats
@@ -35,7 +36,7 @@ from onnxprune.sparsity import (
 
 __all__ = [
     "Analysis", "BenchComparison", "BenchResult", "ChannelGroup", "DecompositionResult", "Layer", "Options", "Plan",
-    "PruneResult", "analyze", "bench", "evaluate", "apply_plan", "decomposable_layers", "decompose", "load_model", "make_plan", "prune",
+    "PruneResult", "Reconstruction", "analyze", "bench", "evaluate", "apply_plan", "decomposable_layers", "decompose", "load_model", "make_plan", "prune",
     "prune_by_index", "prune_with_plan", "register_criterion", "save_model", "stats", "verify",
     "verify_decomposition", "verify_pruning",
     "GlobalImportance", "LayerImportance", "LayerStrategy", "ModelStrategy", "SparsifyResult", "SparsityReport",

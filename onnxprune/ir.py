@@ -627,16 +627,33 @@ def _unknown_dim(dim) -> bool:
 
 
 def _observe(model: onnx.ModelProto, names: list[str], shapes: dict[str, Shape], types: dict[str, int]) -> None:
-    from .verify import make_inputs, run  # verify imports ir
+    """Fill unknown dims from onnxruntime runs on generated inputs.
+
+    The model runs twice, the second time with every named input dim one larger: a dim that
+    differs between the runs depends on the inputs (batch, sequence) and stays symbolic, so it is
+    never folded into a constant; a dim equal in both runs is static.
+    """
+    from .verify import _dim_size, make_inputs, run  # verify imports ir
 
     try:
-        results = run(model, make_inputs(model), outputs=names)
+        first = run(model, make_inputs(model), outputs=names)
     except Exception:  # robust: keep the inferred shapes when the model can't run
         return
-    for name, array in results.items():
+    bumped = {d.dim_param: _dim_size(d, {}) + 1 for v in model.graph.input if v.type.HasField("tensor_type")
+              for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
+    second = first
+    if bumped:
+        try:
+            second = run(model, make_inputs(model, dims=bumped), outputs=names)
+        except Exception:  # some graphs only run at their export sizes: then one run decides
+            second = first
+    for name, array in first.items():
         if not isinstance(array, np.ndarray):  # sequence / map / optional values have no tensor shape
             continue
-        seen = tuple(int(d) for d in array.shape)
+        other = second.get(name)
+        other_shape = other.shape if isinstance(other, np.ndarray) and other.ndim == array.ndim else array.shape
+        seen = tuple(int(a) if a == b else f"unk__dynamic_{k}"
+                     for k, (a, b) in enumerate(zip(array.shape, other_shape)))
         known = shapes.get(name)
         if known is not None and len(known) == len(seen):
             seen = tuple(s if _unknown_dim(k) else k for k, s in zip(known, seen))

@@ -151,6 +151,7 @@ def test_too_few_samples_still_fits_and_warns():
     _valid(model, result.model)
 
 
+@pytest.mark.filterwarnings("ignore::onnxprune.reconstruction.FewSamplesWarning")
 def test_bad_calibration_data_errors():
     model = _fixture("resnet_legacy")
     good = make_inputs(model, dims={"batch": 2})["input"]

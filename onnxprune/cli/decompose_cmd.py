@@ -31,6 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="round ranks up to a multiple of N, clipped to full rank (default: 16 for computed ranks, "
                         "explicit ranks kept; 1 = off). onnxruntime runs convs in blocks of 16 channels")
     p.add_argument("--force", action="store_true", help="keep chains that cost more MACs than their layer")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="re-fit the last factor of every chain on --calibration data (least squares)")
+    p.add_argument("--calibration", metavar="FILE.npz|.npy", help="calibration inputs for --reconstruct")
+    p.add_argument("--ridge", type=float, default=None, help="ridge regulariser of --reconstruct")
     p.add_argument("--verify", action="store_true",
                    help="run the reconstruction oracle; fail (and write nothing) if it fails")
     p.add_argument("--seed", type=int, default=0, help="random state of the factorisations (default 0)")
@@ -48,6 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     out = output_path(args.model, args.output)
     check_report_path(args)
+    if args.reconstruct and not args.calibration:
+        raise op.InvalidRequestError("--reconstruct needs --calibration FILE.npz (inputs from the training data)")
     original = op.load_model(args.model)
     ranks = read_json(args.ranks, "ranks") if args.ranks else None
     if ranks is not None and not isinstance(ranks, dict):
@@ -55,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     result = decompose(original, args.method, ranks=ranks, rank_ratio=args.rank_ratio,
                        recommendation=args.recommend, calibration_ratio=args.calibration_ratio, energy=args.energy,
                        layers=args.layers, force=args.force, verify=args.verify, seed=args.seed,
-                       rank_step=args.rank_step)
+                       rank_step=args.rank_step, calibration=args.calibration, reconstruct=args.reconstruct,
+                       ridge=args.ridge)
     make_parent(out)
     op.save_model(result.model, out, reference=original)
     rows = [[r.name, r.op_type, _ranks(r.ranks), _ranks(r.full_ranks),
