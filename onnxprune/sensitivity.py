@@ -173,7 +173,9 @@ class SensitivityResult:
 
     # ---- the recommendation ------------------------------------------------------------
     def recommend(self, target: float, *, max_drop: float | None = None) -> Recommendation:
-        """Per-layer ratios (among the measured ones) for `target` fewer MACs (0.5: half), cheapest drop first.
+        """Per-layer ratios (among the measured ones) for `target` fewer MACs (0.5: half).
+
+        Greedy: repeatedly move the group whose next measured ratio costs the least drop per MAC saved.
 
         max_drop: never pick a ratio whose single-group drop exceeds it.
         """
@@ -219,6 +221,8 @@ class SensitivityResult:
                     cost = (drop(c, j) - drop(c, k)) / gain
                     if best is None or cost < best[0] - 1e-15:
                         best = (cost, g, j)
+                    break  # one measured step at a time: a long jump into a flat (chance-level) region
+                    # of a curve looks cheap per MAC and would overshoot the target
             if best is None:
                 raise InvalidRequestError(
                     f"cannot reach {target:.0%} fewer MACs with the measured ratios (up to {max(self.ratios):g}"
