@@ -40,7 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true",
                    help="check that onnxruntime gives exactly the dense masked model's outputs (sparse storage)")
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
-    p.add_argument("--report", metavar="FILE.json", help="also write the report as JSON")
+    p.add_argument("--report", metavar="OUT.md|OUT.json",
+                   help="also write the report (per layer and total: size, nonzeros, MACs, nonzero MACs, "
+                        "theoretical speed-up, file bytes): markdown or JSON by extension")
     p.set_defaults(func=run)
 
 
@@ -58,6 +60,9 @@ def run(args: argparse.Namespace) -> int:
     print(result.report)
     if args.report:
         with open(output_path(args.model, args.report), "w", encoding="utf-8") as handle:
-            json.dump(result.report.as_dict(), handle, indent=1)
+            if args.report.lower().endswith(".md"):
+                handle.write(f"# onnxprune sparsify: {args.model}\n\n```\n{result.report}\n```\n")
+            else:
+                json.dump(result.report.as_dict(), handle, indent=1)
     print(f"wrote {out}")
     return 0
