@@ -17,6 +17,8 @@ consumer slices (the input-channel slices of the layers reading the group), as T
 """
 from __future__ import annotations
 
+import warnings
+from dataclasses import replace
 from typing import Callable, Iterator
 
 import numpy as np
@@ -211,16 +213,26 @@ def random(ctx: CriterionContext) -> dict[int, np.ndarray]:
 
 @register_criterion("bn_scale")
 def bn_scale(ctx: CriterionContext) -> dict[int, np.ndarray]:
-    """|gamma| of the BatchNormalization on each channel (network slimming)."""
+    """|gamma| of the BatchNormalization on each channel (network slimming).
+
+    Refuses a model without any BatchNormalization (folded by the exporter); groups without BN in a model
+    that has some (e.g. squeeze-excitation convs) are scored by `l2`, with a warning naming them.
+    """
     per_group = layer_scores(ctx, lambda value, axis, name: np.abs(np.asarray(value, dtype=np.float64)).reshape(-1),
                              lambda op_type, slot, role: op_type == "BatchNormalization" and slot == 1)
     missing = [g for g, vectors in per_group.items() if not vectors]
+    if missing and len(missing) == len(per_group):
+        raise UnsupportedError(_bn_missing_message(ctx, missing))
+    scores = combined(ctx, {g: v for g, v in per_group.items() if v})
     if missing:
-        raise UnsupportedError(_bn_missing_message(ctx, missing, len(missing) == len(per_group)))
-    return combined(ctx, per_group)
+        layers = sorted({name for g in missing for name in ctx.analysis.groups[g].layers})
+        warnings.warn(f"bn_scale: channel groups {missing[:8]} (layers {layers[:6]}) have no BatchNormalization; "
+                      "they are scored by l2", RuntimeWarning, stacklevel=2)
+        scores.update(l2(replace(ctx, groups=missing)))
+    return scores
 
 
-def _bn_missing_message(ctx: CriterionContext, missing: list[int], none_at_all: bool) -> str:
+def _bn_missing_message(ctx: CriterionContext, missing: list[int]) -> str:
     layers = sorted({name for g in missing for name in ctx.analysis.groups[g].layers})
     has_bn = any(n.op_type == "BatchNormalization" for n in ctx.analysis.index.nodes)
     where = f"channel groups {missing[:8]} (layers {layers[:6]}) have no BatchNormalization"
