@@ -212,9 +212,10 @@ class Progress:
     MIN_BATCHES = 4
     WIDTH = 30
 
-    def __init__(self, total: int | None, stream: TextIO) -> None:
+    def __init__(self, total: int | None, stream: TextIO, label: str = "calibration") -> None:
         self.total = total
         self.stream = stream
+        self.label = label
         self.done = 0
         self.shown = False
 
@@ -229,7 +230,7 @@ class Progress:
             bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total}"
         else:
             bar = f"{self.done} batches"
-        self.stream.write(f"\rcalibration {bar}")
+        self.stream.write(f"\r{self.label} {bar}")
         self.stream.flush()
 
     def _wanted(self) -> bool:

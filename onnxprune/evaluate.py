@@ -42,27 +42,6 @@ __all__ = ["evaluate", "DEFAULT_BATCH_SIZE"]
 Metric = str | Callable[[np.ndarray, Any], Any]
 
 
-class _Progress(Progress):
-    """calibration.Progress with its own label."""
-
-    def __init__(self, total: int | None, stream: TextIO, label: str) -> None:
-        super().__init__(total, stream)
-        self.label = label
-
-    def update(self, done: int) -> None:
-        self.done = done
-        if not self._wanted():
-            return
-        self.shown = True
-        if self.total:
-            filled = min(self.WIDTH, self.WIDTH * done // self.total)
-            bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {done}/{self.total}"
-        else:
-            bar = f"{done} batches"
-        self.stream.write(f"\r{self.label} {bar}")
-        self.stream.flush()
-
-
 class _Runner:
     """One model: its input specs, one session, and the output it is judged on."""
 
@@ -106,7 +85,7 @@ def evaluate(model: Any, data: Any, metric: Metric = "accuracy", *, reference: A
     ref_runner = None if reference is None else _Runner(reference, runner.output, "reference")
     acc = _Accuracy() if metric == "accuracy" else _UserMetric(metric)
     fidelity = None if ref_runner is None else _Fidelity()
-    progress = _Progress(_length(data), sys.stderr if stream is None else stream, "evaluate")
+    progress = Progress(_length(data), sys.stderr if stream is None else stream, "evaluate")
     n = 0
     seen_labels = False
     for k, (where, feed, labels) in enumerate(_batches(data, runner.specs, int(batch_size))):

@@ -29,6 +29,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune import ir
+from onnxprune.graph import NameSource
 
 INDEX_BYTES = 8
 MIN_OPSET = 11
@@ -57,30 +58,21 @@ def to_sparse(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> dict[str
 
     Only where that is smaller than the dense bytes. Returns {name: "sparse" or "dense: why"}.
     """
-    decisions: dict[str, str] = {}
     if ir.opset_version(model, default=0) < MIN_OPSET:
         return {name: f"dense: opset < {MIN_OPSET} has no sparse Constant" for name in values}
-    graph_inputs = {v.name for v in model.graph.input}
-    chosen = []
-    for name, value in values.items():
-        itemsize = value.dtype.itemsize
-        nonzero = int(np.count_nonzero(value))
-        if name in graph_inputs:
-            decisions[name] = "dense: the initializer is also a graph input (overridable)"
-        elif sparse_bytes(nonzero, itemsize) >= value.size * itemsize:
-            decisions[name] = (f"dense: sparse form is not smaller at {1 - nonzero / max(value.size, 1):.0%} sparsity "
-                               f"(break-even {break_even(itemsize):.0%} with int64 indices)")
-        else:
-            decisions[name] = "sparse"
-            chosen.append(name)
+
+    def why_not(value: np.ndarray, nonzero: int) -> str | None:
+        if sparse_bytes(nonzero, value.dtype.itemsize) < value.size * value.dtype.itemsize:
+            return None
+        return (f"dense: sparse form is not smaller at {1 - nonzero / max(value.size, 1):.0%} sparsity "
+                f"(break-even {break_even(value.dtype.itemsize):.0%} with int64 indices)")
+
+    decisions, chosen = _choose(model, values, "sparse", why_not)
     if not chosen:
         return decisions
-    taken = {n.name for n in model.graph.node}
-    constants = []
-    for name in chosen:
-        node_name = _unique(f"{name}__sparse", taken)
-        constants.append(helper.make_node("Constant", [], [name], name=node_name,
-                                          sparse_value=sparse_tensor(name, values[name])))
+    names = NameSource(model.graph)
+    constants = [helper.make_node("Constant", [], [name], name=names.fresh(f"{name}__sparse"),
+                                  sparse_value=sparse_tensor(name, values[name])) for name in chosen]
     kept = [t for t in model.graph.initializer if t.name not in set(chosen)]
     model.graph.ClearField("initializer")
     model.graph.initializer.extend(kept)
@@ -96,26 +88,18 @@ def bitmask_bytes(size: int, nonzero: int, itemsize: int) -> int:
 
 def to_bitmask(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> dict[str, str]:
     """Rewrite in place the initializers named in `values` as bitmask + values, decoded by standard ops."""
-    decisions: dict[str, str] = {}
     if ir.opset_version(model, default=0) < MIN_OPSET:
         return {name: f"dense: opset < {MIN_OPSET} lacks CumSum" for name in values}
-    graph_inputs = {v.name for v in model.graph.input}
-    chosen = []
-    for name, value in values.items():
-        itemsize = value.dtype.itemsize
-        if name in graph_inputs:
-            decisions[name] = "dense: the initializer is also a graph input (overridable)"
-        elif bitmask_bytes(value.size, int(np.count_nonzero(value)), itemsize) + 64 >= value.size * itemsize:
-            decisions[name] = "dense: bitmask form is not smaller"
-        else:
-            decisions[name] = "bitmask"
-            chosen.append(name)
+
+    def why_not(value: np.ndarray, nonzero: int) -> str | None:
+        smaller = bitmask_bytes(value.size, nonzero, value.dtype.itemsize) + 64 < value.size * value.dtype.itemsize
+        return None if smaller else "dense: bitmask form is not smaller"
+
+    decisions, chosen = _choose(model, values, "bitmask", why_not)
     if not chosen:
         return decisions
-    taken_nodes = {n.name for n in model.graph.node}
-    taken = {t.name for t in model.graph.initializer} | {o for n in model.graph.node for o in n.output}
-    taken |= {v.name for v in model.graph.input}
-    shared = {key: _unique(f"sparsity__{key}", taken) for key in ("powers", "two", "axis0", "flat")}
+    names = NameSource(model.graph)
+    shared = {key: names.fresh(f"sparsity__{key}") for key in ("powers", "two", "axis0", "flat")}
     new_inits = [numpy_helper.from_array(np.array([1 << j for j in range(8)], np.int64), shared["powers"]),
                  numpy_helper.from_array(np.array(2, np.int64), shared["two"]),
                  numpy_helper.from_array(np.array(0, np.int64), shared["axis0"]),
@@ -125,7 +109,7 @@ def to_bitmask(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> dict[st
         value = np.ascontiguousarray(values[name])
         flat = value.reshape(-1)
         mask = flat != 0
-        t = {key: _unique(f"{name}__{key}", taken) for key in
+        t = {key: names.fresh(f"{name}__{key}") for key in
              ("bits", "values", "shape", "rows", "ends", "starts", "i64", "col", "div", "mod", "mask", "cut",
               "cum", "index", "dense")}
         new_inits += [numpy_helper.from_array(np.packbits(mask, bitorder="little"), t["bits"]),
@@ -135,8 +119,7 @@ def to_bitmask(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> dict[st
         padded = (value.size + 7) // 8 * 8 != value.size
 
         def node(op_type: str, inputs: list[str], output: str, **attrs) -> onnx.NodeProto:
-            return helper.make_node(op_type, inputs, [output], name=_unique(f"{output}_{op_type}", taken_nodes),
-                                    **attrs)
+            return helper.make_node(op_type, inputs, [output], name=names.fresh(f"{output}_{op_type}"), **attrs)
 
         nodes += [node("Cast", [t["bits"]], t["i64"], to=onnx.TensorProto.INT64),
                   node("Reshape", [t["i64"], t["rows"]], t["col"]),
@@ -161,9 +144,16 @@ def to_bitmask(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> dict[st
     return decisions
 
 
-def _unique(name: str, taken: set[str]) -> str:
-    candidate, k = name, 1
-    while candidate in taken:
-        candidate, k = f"{name}_{k}", k + 1
-    taken.add(candidate)
-    return candidate
+def _choose(model: onnx.ModelProto, values: dict[str, np.ndarray], form: str,
+            why_not) -> tuple[dict[str, str], list[str]]:
+    """Which weights take the compact `form`: not graph inputs, and only where `why_not` finds it smaller."""
+    graph_inputs = {v.name for v in model.graph.input}
+    decisions: dict[str, str] = {}
+    chosen = []
+    for name, value in values.items():
+        reason = ("dense: the initializer is also a graph input (overridable)" if name in graph_inputs
+                  else why_not(value, int(np.count_nonzero(value))))
+        decisions[name] = reason or form
+        if reason is None:
+            chosen.append(name)
+    return decisions, chosen
