@@ -15,7 +15,7 @@ from onnxprune.ir import load_model, save_model
 from onnxprune.iterative import IterativeResult, iterative_prune
 from onnxprune.options import Options
 from onnxprune.plan import Plan, apply_plan, make_plan
-from onnxprune.reconstruction import Reconstruction
+from onnxprune.reconstruction import Compensation, Reconstruction, verify_compensation
 from onnxprune.pruning import PruneResult, prune, prune_by_index, prune_with_plan
 from onnxprune.sensitivity import Recommendation, SensitivityResult, sensitivity
 from onnxprune.stats import stats
@@ -36,8 +36,8 @@ from onnxprune.sparsity import (
 
 __all__ = [
     "Analysis", "BenchComparison", "BenchResult", "ChannelGroup", "DecompositionResult", "Layer", "Options", "Plan",
-    "PruneResult", "Reconstruction", "analyze", "bench", "evaluate", "apply_plan", "decomposable_layers", "decompose", "load_model", "make_plan", "prune",
-    "prune_by_index", "prune_with_plan", "register_criterion", "save_model", "stats", "verify",
+    "PruneResult", "Compensation", "Reconstruction", "analyze", "bench", "evaluate", "apply_plan", "decomposable_layers", "decompose", "load_model", "make_plan", "prune",
+    "prune_by_index", "prune_with_plan", "register_criterion", "save_model", "stats", "verify", "verify_compensation",
     "verify_decomposition", "verify_pruning",
     "GlobalImportance", "LayerImportance", "LayerStrategy", "ModelStrategy", "SparsifyResult", "SparsityReport",
     "Strategy", "register_strategy", "sparsify",

@@ -33,6 +33,7 @@ class PruneResult:
     achieved_ratio: float = 0.0  # units removed / units of the targeted groups
     verification: Any = None
     reference: onnx.ModelProto | None = None  # the original's inputs/outputs, for save_model(reference=...)
+    compensation: Any = None  # compensate=True: onnxprune.reconstruction.Compensation (layers, means)
     reconstruction: Any = None  # reconstruct=True: onnxprune.reconstruction.Reconstruction (per-layer errors)
     # read-only: constant (original name) -> {axis: kept positions} for every sliced constant (onnxprune.torch)
     weights: dict[str, dict[int, list[int]]] = field(default_factory=dict)
@@ -76,7 +77,8 @@ class PruneSummary:
 def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict[str, float] | None = None,
           scope: str = "uniform", recommendation: str | None = None, options: Options | None = None,
           calibration=None, gradients: dict[str, np.ndarray] | None = None, verify: bool = False,
-          seed: int = 0, reconstruct: bool = False, ridge: float = DEFAULT_RIDGE) -> PruneResult:
+          seed: int = 0, compensate: bool = False, reconstruct: bool = False,
+          ridge: float = DEFAULT_RIDGE) -> PruneResult:
     """Prune channels by a criterion (`method`: a registered criterion or its NetsPresso spelling).
 
     ratio: fraction of channels to remove.
@@ -94,7 +96,11 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     the fraction actually removed from the targeted groups.
     gradients: {initializer name: gradient} for method="taylor". seed: for method="random".
     verify: run the mask oracle on the result and raise VerificationError if an exact group fails.
-    reconstruct: after surgery, re-fit every Conv / Gemm / MatMul that reads pruned channels on `calibration`
+    compensate: after surgery, fold each removed channel's mean over `calibration` into the bias of every
+        Conv / Gemm / MatMul that read it (one onnxruntime pass; onnxprune.reconstruction.compensate): the
+        layers keep their average input level, which is what keeps a freshly pruned network from collapsing.
+        With verify=True the compensation oracle also runs; `result.compensation` lists the layers.
+    reconstruct: after surgery (and compensation), re-fit every Conv / Gemm / MatMul that reads pruned channels on `calibration`
         (ridge least squares, layer by layer in topological order; onnxprune.reconstruction) so its output
         matches the unpruned model's; `ridge` is relative to the mean diagonal of X^T X. With verify=True the
         mask oracle checks the surgery BEFORE reconstruction (the fit changes values on purpose);
@@ -102,8 +108,8 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     """
     recommendation = _check_scope(scope, recommendation, ratio, ratios)
     options = options or Options()
-    own = not isinstance(model, onnx.ModelProto) and not verify and not reconstruct  # loaded here: ours to change
-    _check_reconstruct(reconstruct, calibration)
+    own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)  # ours to change
+    _check_data_fixes(compensate, reconstruct, calibration)
     model = ir.load_model(model)
     criterion = criterion_for(method)
     analysis = analyze(model, options)
@@ -119,7 +125,7 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
         {g: counts.get(g, 0) / analysis.groups[g].size for g in targets}
     result.plan.describe(analysis, ratios=requested, scope=scope, recommendation=recommendation,
                          ratio=None if ratio is None else float(ratio), seed=seed)
-    return _reconstructed(model, result, reconstruct, calibration, ridge)
+    return _corrected(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
 
 
 # Prune exactly as a plan says: see onnxprune.plan.apply_plan (kept under its earlier name).
@@ -170,12 +176,12 @@ def _removal_counts(context: CriterionContext, scores: dict[int, np.ndarray], ta
 
 
 def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | None = None,
-                   verify: bool = False, calibration=None, reconstruct: bool = False,
+                   verify: bool = False, calibration=None, compensate: bool = False, reconstruct: bool = False,
                    ridge: float = DEFAULT_RIDGE) -> PruneResult:
     """Remove exactly these output channels of these layers, and every channel coupled to them.
-    reconstruct / calibration / ridge: as in prune()."""
-    own = not isinstance(model, onnx.ModelProto) and not verify and not reconstruct
-    _check_reconstruct(reconstruct, calibration)
+    compensate / reconstruct / calibration / ridge: as in prune()."""
+    own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)
+    _check_data_fixes(compensate, reconstruct, calibration)
     model = ir.load_model(model)
     if not isinstance(indices, dict) or not indices:
         raise InvalidRequestError("indices must be a non-empty {layer name: [channel indices]} mapping")
@@ -183,18 +189,33 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     removed = _index_removal(analysis, indices)
     result = _finish(model, analysis, removed, verify, own, sorted(removed), "index")
     result.plan.describe(analysis, indices={name: list(chosen) for name, chosen in indices.items()})
-    return _reconstructed(model, result, reconstruct, calibration, ridge)
+    return _corrected(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
 
 
-def _check_reconstruct(reconstruct: bool, calibration) -> None:
-    if reconstruct and calibration is None:
-        raise InvalidRequestError("reconstruct=True needs calibration data: pass calibration=... (a dict of input "
-                                  "arrays, an array for a single-input model, an iterable of either, or a path)")
+def _check_data_fixes(compensate: bool, reconstruct: bool, calibration) -> None:
+    for flag, on in (("compensate", compensate), ("reconstruct", reconstruct)):
+        if on and calibration is None:
+            raise InvalidRequestError(f"{flag}=True needs calibration data: pass calibration=... (a dict of input "
+                                      "arrays, an array for a single-input model, an iterable of either, or a path)")
 
 
-def _reconstructed(model: onnx.ModelProto, result: PruneResult, reconstruct: bool, calibration,
-                   ridge: float) -> PruneResult:
-    """The result with the consumers of pruned channels re-fitted (in place), after any verification."""
+def _corrected(model: onnx.ModelProto, result: PruneResult, compensate: bool, reconstruct: bool, calibration,
+               ridge: float, verify: bool, analysis: Analysis, removed: dict[int, np.ndarray]) -> PruneResult:
+    """The result with mean compensation and/or re-fitting applied in place, after the mask oracle (which
+    checks the surgery); with verify, the compensation oracle checks the compensated model (its exact groups)."""
+    if compensate:
+        from onnxprune.reconstruction.compensate import compensate_pruned, verify_compensation
+
+        done = compensate_pruned(model, result, calibration)
+        if verify:
+            target = _exact_part(analysis, removed, result)
+            if target is not result:
+                compensate_pruned(model, target, None, tensor_means=done.tensor_means)
+            report = verify_compensation(model, target)
+            done.verification = report
+            if not report.ok:
+                raise VerificationError(f"compensation oracle failed (max relative error "
+                                        f"{report.max_rel_error:.3g}):\n{report}")
     if reconstruct:
         from onnxprune.reconstruction import reconstruct_pruned
 
@@ -330,16 +351,21 @@ def _signature(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
+def _exact_part(analysis: Analysis, removed: dict[int, np.ndarray],
+                result: PruneResult) -> PruneResult:
+    """`result` when every pruned group is exact, else the surgery of its exact groups alone (a new model)."""
+    if result.exact:
+        return result
+    exact_only = {g: p for g, p in removed.items() if analysis.groups[g].exact}
+    surgery = apply(analysis, _keep_mask(analysis, exact_only))
+    return PruneResult(surgery.model, surgery.channels, None, result.summary, True)
+
+
 def _oracle(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.ndarray], result: PruneResult):
     """The mask oracle on the exact groups (inexact ones legitimately change values)."""
     from onnxprune.verify import verify_pruning
 
-    target = result
-    if not result.exact:
-        exact_only = {g: p for g, p in removed.items() if analysis.groups[g].exact}
-        surgery = apply(analysis, _keep_mask(analysis, exact_only))
-        target = PruneResult(surgery.model, surgery.channels, None, result.summary, True)
-    report = verify_pruning(model, target)
+    report = verify_pruning(model, _exact_part(analysis, removed, result))
     if not report.ok:
         raise VerificationError(f"mask oracle failed (max relative error {report.max_rel_error:.3g}):\n{report}")
     return report

@@ -44,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-plan", metavar="FILE.json",
                    help="also write the plan: layer values and the channels kept per group (replayable, editable)")
     p.add_argument("--verify", action="store_true", help="run the mask oracle; fail (and write nothing) if it fails")
+    p.add_argument("--compensate", action="store_true",
+                   help="fold each removed channel's mean over --calibration into the bias of the layers that read it "
+                        "(one pass, biases only): keeps a freshly pruned network from drifting; --verify also runs "
+                        "the compensation oracle")
     p.add_argument("--reconstruct", action="store_true",
                    help="re-fit the layers that read pruned channels on --calibration (ridge least squares) so "
                         "their outputs match the unpruned model's; --verify checks the surgery before the re-fit")
@@ -97,19 +101,37 @@ def _gradients(path: str | None) -> dict[str, np.ndarray] | None:
         raise InvalidRequestError(f"gradients file '{path}' is not a .npz archive: {exc}") from None
 
 
-def _reconstruct_args(args: argparse.Namespace) -> dict:
-    """prune() keywords for --reconstruct / --ridge ({} without --reconstruct)."""
+def _correction_args(args: argparse.Namespace) -> dict:
+    """prune() keywords for --compensate / --reconstruct / --ridge ({} without either)."""
     from onnxprune.reconstruction import DEFAULT_RIDGE
 
     if args.ridge is not None and not args.reconstruct:
         raise InvalidRequestError("--ridge applies to --reconstruct only")
-    if not args.reconstruct:
+    if not (args.reconstruct or args.compensate):
         return {}
     if not args.calibration:
-        raise InvalidRequestError("--reconstruct needs --calibration FILE.npz|.npy (samples of the model's inputs, "
+        flag = "--reconstruct" if args.reconstruct else "--compensate"
+        raise InvalidRequestError(f"{flag} needs --calibration FILE.npz|.npy (samples of the model's inputs, "
                                   "e.g. a few hundred training images)")
-    return {"reconstruct": True, "calibration": args.calibration,
+    return {"compensate": args.compensate, "reconstruct": args.reconstruct, "calibration": args.calibration,
             "ridge": DEFAULT_RIDGE if args.ridge is None else args.ridge}
+
+
+def _correct_plan_result(args: argparse.Namespace, result, fixes: dict) -> None:
+    """--compensate / --reconstruct after `apply_plan` (which only prunes), in the same order as prune()."""
+    from onnxprune.errors import VerificationError
+    from onnxprune.reconstruction import compensate_pruned, reconstruct_pruned, verify_compensation
+
+    if fixes.get("compensate"):
+        compensate_pruned(args.model, result, args.calibration)
+        if args.verify and result.exact:
+            report = verify_compensation(args.model, result)
+            result.compensation.verification = report
+            if not report.ok:
+                raise VerificationError(f"compensation oracle failed (max relative error "
+                                        f"{report.max_rel_error:.3g}):\n{report}")
+    if fixes.get("reconstruct"):
+        reconstruct_pruned(args.model, result, args.calibration, ridge=fixes["ridge"])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -120,23 +142,20 @@ def run(args: argparse.Namespace) -> int:
     out = output_path(args.model, args.output)
     check_report_path(args)
     options = _options(args)
-    refit = _reconstruct_args(args)
+    fixes = _correction_args(args)
     if args.plan:
         result = op.apply_plan(args.model, args.plan, verify=args.verify, calibration=args.calibration,
                                gradients=_gradients(args.gradients))
-        if refit:
-            from onnxprune.reconstruction import reconstruct_pruned
-
-            reconstruct_pruned(args.model, result, args.calibration, ridge=refit["ridge"])
+        _correct_plan_result(args, result, fixes)
     elif args.indices:
         result = op.prune_by_index(args.model, read_json(args.indices, "indices"), options=options, verify=args.verify,
-                                   **refit)
+                                   **fixes)
     else:
         ratio, ratios = (None, read_json(args.ratios, "ratios")) if args.ratios else (args.ratio, None)
         result = op.prune(args.model, args.method, ratio, ratios=ratios, scope=args.scope,
                           recommendation=args.recommend, options=options, calibration=args.calibration,
                           gradients=_gradients(args.gradients), verify=args.verify, seed=args.seed,
-                          **{k: v for k, v in refit.items() if k != "calibration"})
+                          **{k: v for k, v in fixes.items() if k != "calibration"})
     make_parent(out)
     op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
     print(result.summary)
@@ -144,7 +163,11 @@ def run(args: argparse.Namespace) -> int:
           f"{len(result.channels)} tensors shrank")
     if result.verification is not None:
         print(f"mask oracle: ok (max relative error {result.verification.max_rel_error:.2e})"
-              + (" (checked before reconstruction)" if refit else ""))
+              + (" (checked before compensation / reconstruction)" if fixes else ""))
+    if result.compensation is not None:
+        print(result.compensation)
+        if result.compensation.verification is not None:
+            print(f"compensation oracle: ok (max relative error {result.compensation.verification.max_rel_error:.2e})")
     if getattr(result, "reconstruction", None) is not None:
         print(result.reconstruction)
     if args.record:

@@ -5,8 +5,15 @@ chain) on calibration data so their outputs match the unpruned model's (ThiNet; 
     layers.py  per consumer type: design rows (im2col for Conv), targets, reading and writing weights
     refit.py   topological stages, one onnxruntime pass per stage, the per-layer report
     api.py     reconstruct_pruned (prune(..., reconstruct=True)), reconstruct_chains (decompose(...))
+    compensate.py  mean compensation (prune(..., compensate=True)) and its oracle
 """
 from onnxprune.reconstruction.api import pruned_consumers, reconstruct_chains, reconstruct_pruned
+from onnxprune.reconstruction.compensate import (
+    Compensation,
+    compensate_pruned,
+    compensation_reference,
+    verify_compensation,
+)
 from onnxprune.reconstruction.refit import (
     DEFAULT_RIDGE,
     FewSamplesWarning,
@@ -15,5 +22,6 @@ from onnxprune.reconstruction.refit import (
     refit,
 )
 
-__all__ = ["DEFAULT_RIDGE", "FewSamplesWarning", "LayerReconstruction", "Reconstruction", "pruned_consumers",
-           "reconstruct_chains", "reconstruct_pruned", "refit"]
+__all__ = ["DEFAULT_RIDGE", "Compensation", "FewSamplesWarning", "LayerReconstruction", "Reconstruction",
+           "compensate_pruned", "compensation_reference", "pruned_consumers", "reconstruct_chains",
+           "reconstruct_pruned", "refit", "verify_compensation"]

@@ -123,7 +123,7 @@ def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
     k, s, d = attrs["kernel"], attrs["strides"], attrs["dilations"]
     n = len(k)
     spatial = x.shape[2:]
-    pads = _pads(attrs, spatial)
+    pads = conv_pads(attrs, spatial)
     x = np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[a + n]) for a in range(n)])
     out = [(x.shape[2 + a] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a in range(n)]
     cols = []
@@ -138,7 +138,7 @@ def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
     return stacked.reshape(-1, groups, (c // groups) * len(cols))
 
 
-def _pads(attrs: dict, spatial) -> list[int]:
+def conv_pads(attrs: dict, spatial) -> list[int]:
     k, s, d, auto = attrs["kernel"], attrs["strides"], attrs["dilations"], attrs["auto_pad"]
     n = len(k)
     if auto in ("NOTSET", ""):
@@ -219,6 +219,40 @@ def write(model: onnx.ModelProto, c: Consumer, theta: np.ndarray) -> None:
         slot = list(add.input).index(c.bias)
         shape = list(graph.initializer[inits[c.bias]].dims)
         _store(model, add, slot, bias.reshape(shape).astype(dtype), inits)
+
+
+def add_to_bias(model: onnx.ModelProto, c: Consumer, delta: np.ndarray) -> None:
+    """Add `delta` (one value per output channel of the layer in `model`) to its bias, in place; a Conv or Gemm
+    without one gets a new bias initializer. A MatMul needs its bias Add (Skip otherwise)."""
+    graph = model.graph
+    node = graph.node[c.node_index]
+    inits = {t.name: k for k, t in enumerate(graph.initializer)}
+    dtype = helper.tensor_dtype_to_np_dtype(graph.initializer[inits[c.weight]].data_type)
+    delta = np.asarray(delta, dtype=np.float64).reshape(-1)
+    old = None
+    if c.bias is not None:
+        old = np.asarray(ir.tensor_array(graph.initializer[inits[c.bias]], ir.base_dir(model)), dtype=np.float64)
+    if c.op_type == "MatMul":
+        if old is None:
+            raise Skip("a MatMul without a bias Add has no bias to absorb the shift")
+        add = graph.node[c.bias_node]
+        _store(model, add, list(add.input).index(c.bias), (old + delta.reshape(old.shape)).astype(dtype), inits)
+        return
+    if c.op_type == "Gemm":
+        beta = float(c.attrs["beta"])
+        new = delta if old is None else np.broadcast_to(old.reshape(-1) * beta, delta.shape) + delta
+        _set_beta_one(node)
+    else:
+        new = delta if old is None else old.reshape(-1) + delta
+    slot = 2
+    if old is not None:
+        _store(model, node, slot, new.astype(dtype), inits)
+        return
+    name = _fresh(model, f"{c.weight}_bias")
+    graph.initializer.append(numpy_helper.from_array(new.astype(dtype), name))
+    while len(node.input) < slot:
+        node.input.append("")
+    node.input.append(name)
 
 
 def _store(model: onnx.ModelProto, node: onnx.NodeProto, slot: int, value: np.ndarray, inits: dict) -> None:
