@@ -1,6 +1,7 @@
 """`prune()` and `prune_by_index()`: analysis -> scores -> plan -> surgery -> (oracle)."""
 from __future__ import annotations
 
+from collections.abc import Iterator
 import difflib
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,7 +100,8 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     compensate: after surgery, fold each removed channel's mean over `calibration` into the bias of every
         Conv / Gemm / MatMul that read it (one onnxruntime pass; onnxprune.reconstruction.compensate): the
         layers keep their average input level, which is what keeps a freshly pruned network from collapsing.
-        With verify=True the compensation oracle also runs; `result.compensation` lists the layers.
+        With verify=True the compensation oracle also runs; `result.compensation` lists the layers. A one-shot
+        iterator given as calibration is kept as a list (compensation reads the data in its own pass).
     reconstruct: after surgery (and compensation), re-fit every Conv / Gemm / MatMul that reads pruned channels on `calibration`
         (ridge least squares, layer by layer in topological order; onnxprune.reconstruction) so its output
         matches the unpruned model's; `ridge` is relative to the mean diagonal of X^T X. With verify=True the
@@ -109,7 +111,7 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     recommendation = _check_scope(scope, recommendation, ratio, ratios)
     options = options or Options()
     own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)  # ours to change
-    _check_data_fixes(compensate, reconstruct, calibration)
+    calibration = _check_data_fixes(compensate, reconstruct, calibration)
     model = ir.load_model(model)
     criterion = criterion_for(method)
     analysis = analyze(model, options)
@@ -181,7 +183,7 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     """Remove exactly these output channels of these layers, and every channel coupled to them.
     compensate / reconstruct / calibration / ridge: as in prune()."""
     own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)
-    _check_data_fixes(compensate, reconstruct, calibration)
+    calibration = _check_data_fixes(compensate, reconstruct, calibration)
     model = ir.load_model(model)
     if not isinstance(indices, dict) or not indices:
         raise InvalidRequestError("indices must be a non-empty {layer name: [channel indices]} mapping")
@@ -192,11 +194,15 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     return _corrected(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
 
 
-def _check_data_fixes(compensate: bool, reconstruct: bool, calibration) -> None:
+def _check_data_fixes(compensate: bool, reconstruct: bool, calibration):
+    """The calibration data, kept as a list when compensation's own pass would use up a one-shot iterator."""
     for flag, on in (("compensate", compensate), ("reconstruct", reconstruct)):
         if on and calibration is None:
             raise InvalidRequestError(f"{flag}=True needs calibration data: pass calibration=... (a dict of input "
                                       "arrays, an array for a single-input model, an iterable of either, or a path)")
+    if compensate and isinstance(calibration, Iterator):
+        return list(calibration)
+    return calibration
 
 
 def _corrected(model: onnx.ModelProto, result: PruneResult, compensate: bool, reconstruct: bool, calibration,

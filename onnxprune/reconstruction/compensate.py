@@ -35,6 +35,7 @@ class CompensatedLayer:
 
     name: str
     op_type: str
+    output: str = ""  # the layer's output tensor (its name in the original and the pruned model)
     channels: int = 0
     max_shift: float = 0.0
     skipped: str | None = None
@@ -43,7 +44,7 @@ class CompensatedLayer:
 @dataclass
 class Compensation:
     layers: list[CompensatedLayer] = field(default_factory=list)
-    # node name -> (removed mask along the layer's input channel axis, the input channels' calibration means)
+    # layer name -> (removed mask along the layer's input channel axis, its input's channel means)
     means: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
     tensor_means: dict[str, np.ndarray] = field(default_factory=dict)  # input tensor -> per-channel means
     verification: Any = None  # the compensation oracle's VerifyReport, when prune(verify=True) ran it
@@ -77,15 +78,17 @@ def compensate_pruned(original, result, calibration: Any, *, batch_size: int = c
     report = Compensation()
     index_orig = GraphIndex.build(original.graph)
     index_pruned = GraphIndex.build(result.model.graph)
-    todo: list[tuple[layers.Consumer, layers.Consumer, np.ndarray]] = []
+    todo: list[tuple[str, layers.Consumer, layers.Consumer, np.ndarray]] = []
     for name, keep in pruned_consumers(result.model, result.channels).items():
-        node = index_orig.nodes[index_orig.by_name[name]] if name in index_orig.by_name else None
-        row = CompensatedLayer(name, node.op_type if node is not None else "?")
+        node = index_pruned.nodes[index_pruned.by_name[name]]
+        output = node.output[0]  # activation names survive surgery: the same tensor in the original
+        i = index_orig.producer[output][0]
+        row = CompensatedLayer(index_orig.names[i], node.op_type, output)
         report.layers.append(row)
         try:
             if keep is not None and not len(keep):
                 raise layers.Skip("its output is pruned along several axes")
-            source = layers.find(original, index_orig, name, None)
+            source = layers.find_at(original, index_orig, i, None)
             target = layers.find(result.model, index_pruned, name, keep)
             if target.op_type == "MatMul" and target.bias is None:
                 raise layers.Skip("a MatMul without a bias Add has no bias to absorb the shift")
@@ -93,29 +96,34 @@ def compensate_pruned(original, result, calibration: Any, *, batch_size: int = c
         except layers.Skip as exc:
             row.skipped = str(exc)
             continue
-        todo.append((source, target, removed))
+        todo.append((row, source, target, removed))
+    for node in result.model.graph.node:
+        if node.op_type == "ConvTranspose" and node.input and node.input[0] in result.channels:
+            report.layers.append(CompensatedLayer(node.name or node.output[0], node.op_type, node.output[0],
+                                                  skipped="ConvTranspose layers are not compensated"))
     if not todo:
         result.compensation = report
         return report
     requests = {x: calib.SampleMean((x,), _per_channel_mean(op)) for x, op in
-                dict.fromkeys((s.x, s.op_type) for s, _, _ in todo) if x not in tensor_means}
+                dict.fromkeys((s.x, s.op_type) for _, s, _, _ in todo) if x not in tensor_means}
     if requests:
+        if callable(calibration):  # a function returning a fresh iterable, as reconstruction accepts
+            calibration = calibration()
         if calibration is None:
             raise InvalidRequestError("mean compensation needs calibration data: pass calibration=... (a dict of "
                                       "input arrays, an array for a single-input model, an iterable of either, or "
                                       "a path)")
         tensor_means.update(calib.collect(original, calibration, requests, batch_size=batch_size))
     means = report.tensor_means = tensor_means
-    rows = {r.name: r for r in report.layers}
-    for source, target, removed in todo:
+    for row, source, target, removed in todo:
         mean = np.asarray(means[source.x], dtype=np.float64)
         delta = _shift(layers.current(original, source), source, removed, mean)
         if target.out_keep is not None:
             delta = delta[target.out_keep]
         layers.add_to_bias(result.model, target, delta)
-        report.means[source.name] = (removed, mean)
-        rows[source.name].channels = int(removed.sum())
-        rows[source.name].max_shift = float(np.abs(delta).max()) if delta.size else 0.0
+        report.means[row.name] = (removed, mean)
+        row.channels = int(removed.sum())
+        row.max_shift = float(np.abs(delta).max()) if delta.size else 0.0
     result.compensation = report
     return report
 
@@ -164,10 +172,14 @@ def compensation_reference(original, result) -> onnx.ModelProto:
     index = GraphIndex.build(graph)
     shapes = ir.infer_shapes(original)
     inserts: dict[int, list[onnx.NodeProto]] = {}
-    for name, (removed, mean) in result.compensation.means.items():
-        i = index.by_name[name]
+    for row in result.compensation.compensated:
+        removed, mean, output = *result.compensation.means[row.name], row.output
+        # masked_original renames a masked node output t to t/premask
+        i = index.producer[output if output in index.producer and graph.node[index.producer[output][0]].op_type
+                           in layers.OPS else f"{output}/premask"][0]
         node = graph.node[i]
-        c = layers.find(model, index, name, None)
+        c = layers.find_at(model, index, i, None)
+        name = index.names[i]
         x = node.input[0]
         rank = len(shapes.get(x) or ())
         axis = 1 if c.op_type in ("Conv", "Gemm") else rank - 1
@@ -213,8 +225,13 @@ def _set_no_padding(node: onnx.NodeProto, n: int) -> None:
     node.attribute.append(helper.make_attribute("pads", [0] * (2 * n)))
 
 
-def verify_compensation(original, result, inputs=None, *, tol: float = 1e-4):
-    """The compensation oracle: `result.model` vs compensation_reference(); a VerifyReport."""
+def verify_compensation(original, result, inputs=None, *, tol: float | None = None):
+    """The compensation oracle: `result.model` vs compensation_reference(); a VerifyReport. Default tolerance
+    1e-4, 5e-3 for float16 / bfloat16 weights (the bias and the held means are rounded to them)."""
     from onnxprune.verify import verify
 
-    return verify(compensation_reference(original, result), result.model, inputs, tol=tol)
+    reference = compensation_reference(original, result)
+    if tol is None:
+        half = {onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
+        tol = 5e-3 if any(t.data_type in half for t in reference.graph.initializer) else 1e-4
+    return verify(reference, result.model, inputs, tol=tol)

@@ -62,7 +62,14 @@ def find(model: onnx.ModelProto, index: GraphIndex, name: str, out_keep: np.ndar
     i = index.by_name.get(name)
     if i is None:
         raise Skip(f"no node named '{name}'")
+    return find_at(model, index, i, out_keep, name)
+
+
+def find_at(model: onnx.ModelProto, index: GraphIndex, i: int, out_keep: np.ndarray | None,
+            name: str | None = None) -> Consumer:
+    """The Consumer for the node at position `i` (reported as `name`, default its own name), or Skip."""
     node = index.nodes[i]
+    name = name or node.name or f"{node.op_type}_{i}"
     if node.op_type not in OPS:
         raise Skip(f"{node.op_type} is not a Conv, Gemm or MatMul")
     w = node.input[1] if len(node.input) > 1 else ""
