@@ -60,6 +60,7 @@ import torch  # noqa: E402
 
 import onnxprune as op  # noqa: E402
 from onnxprune.criteria import CRITERIA  # noqa: E402
+from onnxprune.reconstruction import compensate_pruned  # noqa: E402
 
 import _digits  # noqa: E402
 
@@ -158,6 +159,10 @@ def search(prune_at, target: float, steps: int, tol: float = 0.005, hi_ratio: fl
 
 # --------------------------------------------------------------------------- one model
 
+def spread(values: list[float]) -> str:
+    return f"{min(values):.1%}..{max(values):.1%}" if len(values) > 1 else ""
+
+
 def short(error: Exception, limit: int = 110) -> str:
     text = " ".join(str(error).split())
     return f"{type(error).__name__}: {text[:limit]}{'...' if len(text) > limit else ''}"
@@ -166,7 +171,8 @@ def short(error: Exception, limit: int = 110) -> str:
 class Row:
     def __init__(self, criterion: str, scope: str, variant: str):
         self.criterion, self.scope, self.variant = criterion, scope, variant
-        self.cells: dict[float, tuple[float, float, str]] = {}  # target -> (reduction, accuracy, extra)
+        # target -> (reduction, accuracy, accuracy with mean compensation, extra, extra with compensation)
+        self.cells: dict[float, tuple[float, float, float, str, str]] = {}
         self.error: str | None = None
         self.note = ""
 
@@ -219,7 +225,7 @@ def run_model(name: str, data: _digits.Digits, args, memo: Memo, criteria: list[
             run_seeds = seeds if criterion == "random" else [0]
             try:
                 for target in args.targets:
-                    reductions, accuracies = [], []
+                    reductions, accuracies, compensated = [], [], []
                     for seed in run_seeds:
                         if scope == "global":
                             point = search(lambda r: prune(criterion, variant, r, kw, seed), target, args.steps)
@@ -228,8 +234,10 @@ def run_model(name: str, data: _digits.Digits, args, memo: Memo, criteria: list[
                             result = prune(criterion, variant, shared[scope, variant, target], kw, seed)
                         reductions.append(macs_reduction(result))
                         accuracies.append(_digits.onnx_accuracy(result.model, x_test, y_test))
-                    extra = (f"{min(accuracies):.1%}..{max(accuracies):.1%}" if len(accuracies) > 1 else "")
-                    row.cells[target] = (float(np.mean(reductions)), float(np.mean(accuracies)), extra)
+                        compensate_pruned(models[variant], result, calibration)  # in place, after the plain score
+                        compensated.append(_digits.onnx_accuracy(result.model, x_test, y_test))
+                    row.cells[target] = (float(np.mean(reductions)), float(np.mean(accuracies)),
+                                         float(np.mean(compensated)), spread(accuracies), spread(compensated))
             except op.OnnxPruneError as e:
                 row.error = short(e)
             notes = memo.notes.get(((name, variant), criterion))
@@ -268,7 +276,8 @@ def print_report(report: dict, args) -> None:
     print("   shared ratios: " + ", ".join(f"{scope}/{variant} -{t:.0%}: {r:.3f}"
                                           for (scope, variant, t), r in shared.items()))
     header = (f"   {'criterion':<13} {'scope':<7} {'export':<6} |"
-              + "|".join(f" {'MACs -' + format(t, '.0%'):>9} {'acc':>6} " for t in args.targets) + "| note")
+              + "|".join(f" {'MACs -' + format(t, '.0%'):>9} {'acc':>6} {'+comp':>6} " for t in args.targets)
+              + "| note")
     print(header)
     print("   " + "-" * (len(header) - 3))
     base = report["base_acc"]
@@ -285,13 +294,14 @@ def print_report(report: dict, args) -> None:
         cells = []
         extras = []
         for target in args.targets:
-            reduction, accuracy, extra = row.cells[target]
-            cells.append(f" {-reduction:>+8.1%} {accuracy:>6.1%} ")
+            reduction, accuracy, comp, extra, extra_comp = row.cells[target]
+            cells.append(f" {-reduction:>+8.1%} {accuracy:>6.1%} {comp:>6.1%} ")
             if extra:
-                extras.append(f"-{target:.0%}: {extra}")
+                extras.append(f"-{target:.0%}: {extra} (+comp {extra_comp})")
         note = "; ".join(extras + ([row.note] if row.note else []))
         print(prefix + "|".join(cells) + "| " + note)
-    print(f"   original accuracy {base:.1%}; MACs columns: achieved change (negative = fewer MACs); "
+    print(f"   original accuracy {base:.1%}; MACs columns: achieved change (negative = fewer MACs); acc: plain "
+          f"pruning; +comp: the same pruned model with mean compensation (prune(..., compensate=True)); "
           f"export BN = rows run on the BN-kept export (same function)")
     if report["folded_bn_message"]:
         print(f"   bn_scale on the folded export: {report['folded_bn_message']}")
@@ -302,19 +312,20 @@ def print_report(report: dict, args) -> None:
     print("   criterion time (first computation): " + ", ".join(
         f"{c} {s:.2f}s" for c, s in seconds.items() if s is not None))
     # summary
-    for target in args.targets:
-        parts = []
-        for scope, _ in SCOPES:
-            rows = [r for r in report["rows"] if r.scope == scope]
-            rnd = next((r for r in rows if r.criterion == "random" and not r.error), None)
-            if rnd is None:
-                parts.append(f"{scope}: (no random baseline)")
-                continue
-            ref = rnd.cells[target][1]
-            informed = [r for r in rows if r.criterion != "random" and not r.error]
-            beat = [r.criterion for r in informed if r.cells[target][1] > ref]
-            parts.append(f"{scope} {len(beat)}/{len(informed)} [{', '.join(beat)}]")
-        print(f"   beat random at MACs -{target:.0%}: " + "; ".join(parts))
+    for column, label in ((1, "plain"), (2, "+comp")):
+        for target in args.targets:
+            parts = []
+            for scope, _ in SCOPES:
+                rows = [r for r in report["rows"] if r.scope == scope]
+                rnd = next((r for r in rows if r.criterion == "random" and not r.error), None)
+                if rnd is None:
+                    parts.append(f"{scope}: (no random baseline)")
+                    continue
+                ref = rnd.cells[target][column]
+                informed = [r for r in rows if r.criterion != "random" and not r.error]
+                beat = [r.criterion for r in informed if r.cells[target][column] > ref]
+                parts.append(f"{scope} {len(beat)}/{len(informed)} [{', '.join(beat)}]")
+            print(f"   beat random ({label}) at MACs -{target:.0%}: " + "; ".join(parts))
     print(f"   time: training {report['t_train']:.0f} s, pruning search + evaluation {report['t_prune']:.0f} s")
 
 

@@ -10,8 +10,10 @@ inception-style concat, and a small ViT defined here (4x4 patches, 2 pre-norm en
 class token). Each is exported with the legacy exporter (BN folded), then pruned (scope uniform) by l2 and by
 the data-based `activation` criterion at the ratio that removes 30% and 50% of the model's MACs (bracketing
 search on `ratio`, benchmarks/criteria_quality.search, --steps evaluations). At that ratio the model is pruned
-twice: plain, and with `reconstruct=True` (onnxprune.reconstruction: every layer that reads pruned channels
-re-fitted by ridge least squares to the unpruned model's outputs). Calibration (for `activation` and for the
+three times: plain, with `compensate=True` (comp: the removed channels' calibration means folded into the
+biases of the layers that read them) and with `reconstruct=True` (recon: every layer that reads pruned channels
+re-fitted by ridge least squares to the unpruned model's outputs); `gain` is recon - plain, `comp s` / `fit s`
+the time of the pruning call with each (pruning included). Calibration (for `activation` and for the
 reconstruction): --calibration TRAINING images, never test images. Accuracy is on the TEST split with
 onnxruntime. Baseline in the same run: the unpruned model's test accuracy.
 
@@ -121,6 +123,9 @@ def run_model(name: str, data: _digits.Digits, args) -> list[dict]:
             point = search(prune_at, target, args.steps)
             plain = point.result
             t = time.perf_counter()
+            compensated = prune_at(point.ratio, compensate=True)
+            comp_seconds = time.perf_counter() - t
+            t = time.perf_counter()
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", FewSamplesWarning)
                 fitted = prune_at(point.ratio, reconstruct=True, ridge=args.ridge)
@@ -129,11 +134,12 @@ def run_model(name: str, data: _digits.Digits, args) -> list[dict]:
             rep = fitted.reconstruction
             rows.append({"model": name, "base": base, "criterion": criterion, "target": target,
                          "ratio": point.ratio, "reduction": macs_reduction(plain), "plain": accuracy(plain.model, data),
+                         "comp": accuracy(compensated.model, data), "comp_seconds": comp_seconds,
                          "recon": accuracy(fitted.model, data), "seconds": seconds, "layers": len(rep.fitted),
                          "stages": rep.stages, "few": len(caught)})
             r = rows[-1]
             print(f"  {criterion:<10} {target:.0%}: ratio {r['ratio']:.3f} -> MACs -{r['reduction']:.1%}, "
-                  f"acc {r['plain']:.3f} -> {r['recon']:.3f} ({r['layers']} layers, {r['stages']} stages, "
+                  f"acc {r['plain']:.3f} -> comp {r['comp']:.3f} / recon {r['recon']:.3f} ({r['layers']} layers, {r['stages']} stages, "
                   f"{seconds:.1f}s)", flush=True)
     print(f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
     return rows
@@ -144,13 +150,13 @@ def print_table(rows: list[dict], args) -> None:
     print(f"Test accuracy right after pruning (no training), scope uniform; calibration: {args.calibration} training "
           f"images; ridge {args.ridge:g}")
     head = (f"{'model':<9} {'unpruned':>8} {'criterion':<10} {'target':>6} {'ratio':>6} {'MACs -':>7} "
-            f"{'plain':>6} {'recon':>6} {'gain':>6} {'fit s':>6} {'layers':>6}")
+            f"{'plain':>6} {'comp':>6} {'recon':>6} {'gain':>6} {'comp s':>6} {'fit s':>6} {'layers':>6}")
     print(head)
     print("-" * len(head))
     for r in rows:
         print(f"{r['model']:<9} {r['base']:>8.3f} {r['criterion']:<10} {r['target']:>6.0%} {r['ratio']:>6.3f} "
-              f"{r['reduction']:>7.1%} {r['plain']:>6.3f} {r['recon']:>6.3f} {r['recon'] - r['plain']:>+6.3f} "
-              f"{r['seconds']:>6.1f} {r['layers']:>6}")
+              f"{r['reduction']:>7.1%} {r['plain']:>6.3f} {r['comp']:>6.3f} {r['recon']:>6.3f} "
+              f"{r['recon'] - r['plain']:>+6.3f} {r['comp_seconds']:>6.1f} {r['seconds']:>6.1f} {r['layers']:>6}")
     at50 = [r for r in rows if r["model"] in CNNS and abs(r["target"] - 0.5) < 1e-9]
     if at50:
         worst = min(at50, key=lambda r: r["recon"])
