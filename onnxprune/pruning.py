@@ -102,9 +102,9 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
         layers keep their average input level, which is what keeps a freshly pruned network from collapsing.
         With verify=True the compensation oracle also runs; `result.compensation` lists the layers. A one-shot
         iterator given as calibration is kept as a list (compensation reads the data in its own pass).
-    reconstruct: after surgery (and compensation), re-fit every Conv / Gemm / MatMul that reads pruned channels on `calibration`
-        (ridge least squares, layer by layer in topological order; onnxprune.reconstruction) so its output
-        matches the unpruned model's; `ridge` is relative to the mean diagonal of X^T X. With verify=True the
+    reconstruct: after surgery (and compensation), re-fit every Conv / Gemm / MatMul that reads pruned channels
+        on `calibration` (ridge least squares, layer by layer in topological order; onnxprune.reconstruction) so
+        its output matches the unpruned model's; `ridge` is relative to the mean diagonal of X^T X. With verify=True the
         mask oracle checks the surgery BEFORE reconstruction (the fit changes values on purpose);
         `result.reconstruction` reports each layer's calibration error before and after its fit.
     """

@@ -174,9 +174,10 @@ def compensation_reference(original, result) -> onnx.ModelProto:
     inserts: dict[int, list[onnx.NodeProto]] = {}
     for row in result.compensation.compensated:
         removed, mean, output = *result.compensation.means[row.name], row.output
-        # masked_original renames a masked node output t to t/premask
-        i = index.producer[output if output in index.producer and graph.node[index.producer[output][0]].op_type
-                           in layers.OPS else f"{output}/premask"][0]
+        producer = index.producer.get(output)
+        if producer is None or graph.node[producer[0]].op_type not in layers.OPS:
+            producer = index.producer[f"{output}/premask"]  # masked_original renamed the masked output t
+        i = producer[0]
         node = graph.node[i]
         c = layers.find_at(model, index, i, None)
         name = index.names[i]
