@@ -124,7 +124,10 @@ def _correct_plan_result(args: argparse.Namespace, result, fixes: dict) -> None:
 
     if fixes.get("compensate"):
         compensate_pruned(args.model, result, args.calibration)
-        if args.verify and result.exact:
+        if args.verify and not result.exact:
+            print("compensation oracle: not run (the plan prunes inexact groups; `onnxprune prune --ratio/--ratios "
+                  "--verify` checks their exact part)")
+        elif args.verify:
             report = verify_compensation(args.model, result)
             result.compensation.verification = report
             if not report.ok:

@@ -7,13 +7,16 @@ import numpy as np
 import onnx
 
 from onnxprune import ir
+from onnxprune.graph import GraphIndex
 from onnxprune.reconstruction import layers
 from onnxprune.reconstruction.refit import DEFAULT_RIDGE, Reconstruction, refit
 
 
 def pruned_consumers(model: onnx.ModelProto, channels: dict[str, dict]) -> dict[str, np.ndarray | None]:
     """{node name: kept output positions or None} for every Conv / Gemm / MatMul of the pruned `model`
-    whose input's channel axis (Conv: 1, Gemm: 1, MatMul: last) shrank, per the pruning record."""
+    whose input's channel axis (Conv: 1, Gemm: 1, MatMul: last) shrank, per the pruning record. Names are
+    GraphIndex names (unnamed nodes get unique ones), so GraphIndex.by_name resolves them."""
+    names = GraphIndex.build(model.graph).names
     shapes = ir.infer_shapes(model)
     inits = {t.name for t in model.graph.initializer}
     found: dict[str, np.ndarray | None] = {}
@@ -26,7 +29,7 @@ def pruned_consumers(model: onnx.ModelProto, channels: dict[str, dict]) -> dict[
         axis = 1 if node.op_type in ("Conv", "Gemm") else rank - 1
         if axis < 0 or axis not in _axes(channels[node.input[0]], rank):
             continue
-        found[node.name or f"{node.op_type}_{i}"] = _out_keep(node, model, channels)
+        found[names[i]] = _out_keep(node, model, channels)
     return found
 
 

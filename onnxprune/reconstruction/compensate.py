@@ -92,7 +92,7 @@ def compensate_pruned(original, result, calibration: Any, *, batch_size: int = c
             target = layers.find(result.model, index_pruned, name, keep)
             if target.op_type == "MatMul" and target.bias is None:
                 raise layers.Skip("a MatMul without a bias Add has no bias to absorb the shift")
-            removed = _removed(result.channels[source.x], source)
+            removed = _removed(result.channels[source.x])
         except layers.Skip as exc:
             row.skipped = str(exc)
             continue
@@ -128,7 +128,7 @@ def compensate_pruned(original, result, calibration: Any, *, batch_size: int = c
     return report
 
 
-def _removed(entry: dict, c: layers.Consumer) -> np.ndarray:
+def _removed(entry: dict) -> np.ndarray:
     """Removed positions (bool) along the layer's input channel axis, from the pruning record entry."""
     if len(entry["axes"]) != 1:
         raise layers.Skip("its input is pruned along several axes (heads x dims)")
