@@ -2,7 +2,8 @@
 """Accuracy right after pruning (no fine-tuning) at 30% and 50% fewer MACs, for every criterion and scope.
 
     python benchmarks/criteria_quality.py [--quick] [--seconds 60] [--epochs N] [--models residual,dwse,concat]
-                                          [--criteria l2,gm,...] [--seeds 3] [--steps 7] [--size 12]
+                                          [--criteria l2,gm,...] [--seeds 5] [--steps 7] [--size 12]
+                                          [--consumers both|off|on] [--train-seed 0]
 
 Three small CNNs (benchmarks/_digits.py: residual, depthwise-separable + SE, inception-style concat) are
 trained on scikit-learn's load_digits (8x8 digits upsampled to --size, fixed stratified split: 1347 train /
@@ -25,6 +26,9 @@ Inputs of the criteria:
   * calibration for nn / activation / snp: --calibration (256) TRAINING images, never test images;
   * gradients for taylor: dL/dw of the cross-entropy summed over 256 other training images, eval mode.
 bn_scale is also tried on the folded export to show the library's message (printed under the table).
+The weight criteria l1, l2, gm, lamp and snp (which falls back to l2 outside attention) run twice: with the
+library default (producer slices only) and, in rows marked "+cons", with Options(score_consumers=True)
+(the consumer slices too, as Torch-Pruning scores a group); --consumers off / on keeps one of the two.
 
 Uniform and SLAMP removal counts do not depend on the criterion (uniform: the same ratio in every group;
 SLAMP: per-group ratios from LAMP scores), so their ratio is searched once per model (with l2) and reused;
@@ -36,9 +40,11 @@ replayed through a wrapper registered with onnxprune.register_criterion (the wra
 criterion the first time, so errors and warnings are the library's own).
 
 A criterion that raises onnxprune.OnnxPruneError is reported as "n/a (message)". The last lines per model
-name the informed criteria whose accuracy beats random's mean (same scope and target).
-Full run: ~3 x --seconds of training plus ~1 minute of pruning (3m45s here); --quick: 20 s of training per model,
-2 random seeds, 5 search steps.
+name the informed criteria whose accuracy beats random's mean (same scope and target); the final table sums
+that up over all models, scopes and targets per row: cells won against random and the mean and smallest
+margin (accuracy minus random's mean), plain and with mean compensation.
+Full run: ~3 x --seconds of training plus ~2 minutes of pruning (~5.5 min here); --quick: 20 s of training per
+model, 2 random seeds, 5 search steps.
 """
 from __future__ import annotations
 
@@ -66,6 +72,9 @@ import _digits  # noqa: E402
 
 SCOPES = (("uniform", {"scope": "uniform"}), ("slamp", {"recommendation": "slamp"}), ("global", {"scope": "global"}))
 BN_VARIANT = {"bn_scale", "taylor"}  # run on the export that keeps BatchNormalization and parameter names
+# weight criteria whose scores change with Options.score_consumers: also run with it on ("+cons" rows)
+CONSUMER_VARIANT = {"l1", "l2", "gm", "lamp", "snp"}
+CONSUMER_SUFFIX = " +cons"
 MEMO_PREFIX = "_bench_memo_"
 
 
@@ -169,18 +178,32 @@ def short(error: Exception, limit: int = 110) -> str:
 
 
 class Row:
-    def __init__(self, criterion: str, scope: str, variant: str):
+    def __init__(self, criterion: str, scope: str, variant: str, consumers: bool = False):
         self.criterion, self.scope, self.variant = criterion, scope, variant
+        self.label = criterion + (CONSUMER_SUFFIX if consumers else "")
         # target -> (reduction, accuracy, accuracy with mean compensation, extra, extra with compensation)
         self.cells: dict[float, tuple[float, float, float, str, str]] = {}
         self.error: str | None = None
         self.note = ""
 
 
+def entries(criteria: list[str], consumers: str) -> list[tuple[str, bool]]:
+    """(criterion, score_consumers) rows to run: --consumers off / on / both (weight criteria only)."""
+    rows = []
+    for c in criteria:
+        if c not in CONSUMER_VARIANT or consumers == "off":
+            rows.append((c, False))
+        elif consumers == "on":
+            rows.append((c, True))
+        else:
+            rows += [(c, False), (c, True)]
+    return rows
+
+
 def run_model(name: str, data: _digits.Digits, args, memo: Memo, criteria: list[str]) -> dict:
     t0 = time.perf_counter()
-    net = _digits.build(name, seed=0)
-    log = _digits.train(net, data, args.seconds, epochs=args.epochs, seed=0)
+    net = _digits.build(name, seed=args.train_seed)
+    log = _digits.train(net, data, args.seconds, epochs=args.epochs, seed=args.train_seed)
     t_train = time.perf_counter() - t0
     folded = _digits.export_onnx(net, data.size)
     with_bn = _digits.export_onnx(net, data.size, fold_bn=False)
@@ -192,35 +215,38 @@ def run_model(name: str, data: _digits.Digits, args, memo: Memo, criteria: list[
     grad_index = rng.choice(len(data.x_train), size=256, replace=False)
     gradients, unmapped = _digits.onnx_gradients(net, with_bn, data.x_train[grad_index], data.y_train[grad_index])
     models = {"folded": folded, "BN": with_bn}
-    options = op.Options(step_size=args.step_size)
+    options = {flag: op.Options(step_size=args.step_size, score_consumers=flag) for flag in (False, True)}
     before = op.stats(folded)
 
-    def prune(criterion: str, variant: str, ratio: float, scope_kwargs: dict, seed: int = 0):
+    def prune(criterion: str, variant: str, ratio: float, scope_kwargs: dict, seed: int = 0,
+              consumers: bool = False):
         memo.model_key = (name, variant)
         kwargs = {"calibration": calibration}
         if variant == "BN":
             kwargs["gradients"] = gradients
-        return op.prune(models[variant], method=memo_names[criterion], ratio=ratio, seed=seed, options=options,
-                        **scope_kwargs, **kwargs)
+        return op.prune(models[variant], method=memo_names[criterion], ratio=ratio, seed=seed,
+                        options=options[consumers], **scope_kwargs, **kwargs)
 
     memo_names = {c: memo.register(c) for c in criteria}
     seeds = list(range(args.seeds))
     t1 = time.perf_counter()
-    # shared ratios for the criterion-independent allocations (LAMP reads the weights: one search per export)
-    shared: dict[tuple[str, str, float], float] = {}
+    # shared ratios for the criterion-independent allocations (LAMP reads the weights: one search per export
+    # and score_consumers setting)
+    runs = entries(criteria, args.consumers)
+    shared: dict[tuple[str, str, bool, float], float] = {}
     for scope, kw in SCOPES:
         if scope == "global":
             continue
-        for variant in sorted({"BN" if c in BN_VARIANT else "folded" for c in criteria}, reverse=True):
+        for variant, flag in sorted({("BN" if c in BN_VARIANT else "folded", flag) for c, flag in runs}, reverse=True):
             for target in args.targets:
-                shared[scope, variant, target] = search(lambda r: prune("l2", variant, r, kw), target,
-                                                        args.steps).ratio
+                shared[scope, variant, flag, target] = search(
+                    lambda r: prune("l2", variant, r, kw, consumers=flag), target, args.steps).ratio
 
     rows: list[Row] = []
     for scope, kw in SCOPES:
-        for criterion in criteria:
+        for criterion, consumers in runs:
             variant = "BN" if criterion in BN_VARIANT else "folded"
-            row = Row(criterion, scope, variant)
+            row = Row(criterion, scope, variant, consumers)
             rows.append(row)
             run_seeds = seeds if criterion == "random" else [0]
             try:
@@ -228,10 +254,12 @@ def run_model(name: str, data: _digits.Digits, args, memo: Memo, criteria: list[
                     reductions, accuracies, compensated = [], [], []
                     for seed in run_seeds:
                         if scope == "global":
-                            point = search(lambda r: prune(criterion, variant, r, kw, seed), target, args.steps)
+                            point = search(lambda r: prune(criterion, variant, r, kw, seed, consumers), target,
+                                           args.steps)
                             result = point.result
                         else:
-                            result = prune(criterion, variant, shared[scope, variant, target], kw, seed)
+                            result = prune(criterion, variant, shared[scope, variant, consumers, target], kw, seed,
+                                           consumers)
                         reductions.append(macs_reduction(result))
                         accuracies.append(_digits.onnx_accuracy(result.model, x_test, y_test))
                         compensate_pruned(models[variant], result, calibration)  # in place, after the plain score
@@ -273,8 +301,8 @@ def print_report(report: dict, args) -> None:
           f"{report['bn_acc']:.1%}), train {log.train_accuracy:.1%}; {before.params / 1e3:.1f}k params, "
           f"{before.macs / 1e6:.2f}M MACs; trained {log.epochs} epochs in {log.seconds:.0f} s")
     shared = report["shared"]
-    print("   shared ratios: " + ", ".join(f"{scope}/{variant} -{t:.0%}: {r:.3f}"
-                                          for (scope, variant, t), r in shared.items()))
+    print("   shared ratios: " + ", ".join(f"{scope}/{variant}{CONSUMER_SUFFIX if flag else ''} -{t:.0%}: {r:.3f}"
+                                          for (scope, variant, flag, t), r in shared.items()))
     header = (f"   {'criterion':<13} {'scope':<7} {'export':<6} |"
               + "|".join(f" {'MACs -' + format(t, '.0%'):>9} {'acc':>6} {'+comp':>6} " for t in args.targets)
               + "| note")
@@ -286,7 +314,7 @@ def print_report(report: dict, args) -> None:
         if last_scope is not None and row.scope != last_scope:
             print("   " + "-" * (len(header) - 3))
         last_scope = row.scope
-        label = row.criterion + (" (mean)" if row.criterion == "random" and args.seeds > 1 else "")
+        label = row.label + (" (mean)" if row.criterion == "random" and args.seeds > 1 else "")
         prefix = f"   {label:<13} {row.scope:<7} {row.variant:<6} |"
         if row.error:
             print(f"{prefix} n/a ({row.error})")
@@ -323,10 +351,43 @@ def print_report(report: dict, args) -> None:
                     continue
                 ref = rnd.cells[target][column]
                 informed = [r for r in rows if r.criterion != "random" and not r.error]
-                beat = [r.criterion for r in informed if r.cells[target][column] > ref]
+                beat = [r.label for r in informed if r.cells[target][column] > ref]
                 parts.append(f"{scope} {len(beat)}/{len(informed)} [{', '.join(beat)}]")
             print(f"   beat random ({label}) at MACs -{target:.0%}: " + "; ".join(parts))
     print(f"   time: training {report['t_train']:.0f} s, pruning search + evaluation {report['t_prune']:.0f} s")
+
+
+def margins(reports: list[dict], column: int) -> dict[str, list[float]]:
+    """Per row label: accuracy minus random's mean accuracy (same model, scope, target), over every cell."""
+    found: dict[str, list[float]] = {}
+    for report in reports:
+        for scope, _ in SCOPES:
+            rows = [r for r in report["rows"] if r.scope == scope and not r.error]
+            rnd = next((r for r in rows if r.criterion == "random"), None)
+            if rnd is None:
+                continue
+            for row in rows:
+                if row.criterion != "random":
+                    found.setdefault(row.label, []).extend(
+                        row.cells[t][column] - rnd.cells[t][column] for t in sorted(rnd.cells))
+    return found
+
+
+def print_overall(reports: list[dict], args) -> None:
+    """Every informed row against random over all models, scopes and targets: cells won and mean margin."""
+    if not reports:
+        return
+    cells = f"{len(reports)} model(s) x {len(SCOPES)} scopes x {len(args.targets)} targets"
+    print(f"\n== informed criteria vs random, over {cells} (margin = accuracy - random's mean, points)")
+    plain, comp = margins(reports, 1), margins(reports, 2)
+    print(f"   {'criterion':<13} | {'plain: won':>10} {'mean':>6} {'min':>6} | {'+comp: won':>10} {'mean':>6} {'min':>6}")
+    for label in sorted(comp, key=lambda k: (k.replace(CONSUMER_SUFFIX, ""), k)):
+        a, b = np.array(plain[label]) * 100, np.array(comp[label]) * 100
+        print(f"   {label:<13} | {f'{np.sum(a > 0)}/{len(a)}':>10} {a.mean():>+6.1f} {a.min():>+6.1f} | "
+              f"{f'{np.sum(b > 0)}/{len(b)}':>10} {b.mean():>+6.1f} {b.min():>+6.1f}")
+    losing = sorted(label for label, v in comp.items() if np.mean(v) <= 0)
+    print("   with compensation, every informed row beats random on average" if not losing else
+          f"   with compensation, at or below random on average: {', '.join(losing)}")
 
 
 def main(argv=None) -> int:
@@ -336,17 +397,21 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=int, default=None, help="fixed epoch count (fully deterministic training)")
     parser.add_argument("--models", default=",".join(_digits.MODELS))
     parser.add_argument("--criteria", default=None, help="comma-separated (default: every registered criterion)")
-    parser.add_argument("--seeds", type=int, default=None, help="random seeds averaged (default 3, quick 2)")
+    parser.add_argument("--seeds", type=int, default=None, help="random seeds averaged (default 5, quick 2)")
     parser.add_argument("--steps", type=int, default=None, help="ratio evaluations per search (default 7, quick 5)")
     parser.add_argument("--size", type=int, default=12, help="input size (digits are 8x8, upsampled bilinearly)")
     parser.add_argument("--calibration", type=int, default=256, help="training images for data-based criteria")
     parser.add_argument("--targets", default="0.3,0.5", help="MACs reductions, comma-separated (default 0.3,0.5)")
     parser.add_argument("--step-size", type=int, default=1,
                         help="Options.step_size (default 1 here, so MACs targets are met closely; library default 2)")
+    parser.add_argument("--consumers", choices=("both", "off", "on"), default="both",
+                        help="weight criteria (l1, l2, gm, lamp, snp) with Options.score_consumers off (library "
+                             "default), on (rows '+cons'), or both (default)")
+    parser.add_argument("--train-seed", type=int, default=0, help="seed of the models' initialisation and training")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
     args = parser.parse_args(argv)
     args.seconds = args.seconds if args.seconds is not None else (20.0 if args.quick else 60.0)
-    args.seeds = args.seeds if args.seeds is not None else (2 if args.quick else 3)
+    args.seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
     args.steps = args.steps if args.steps is not None else (5 if args.quick else 7)
     args.targets = [float(t) for t in args.targets.split(",") if t.strip()]
     if not args.targets or not all(0.0 < t < 1.0 for t in args.targets):
@@ -372,6 +437,7 @@ def main(argv=None) -> int:
           f"training ~{args.seconds:.0f} s per model" + (f" ({args.epochs} epochs)" if args.epochs else ""),
           flush=True)
     memo = Memo()
+    reports = []
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -380,7 +446,9 @@ def main(argv=None) -> int:
         for name in models:
             report = run_model(name, data, args, memo, criteria)
             print_report(report, args)
+            reports.append(report)
             sys.stdout.flush()
+    print_overall(reports, args)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 

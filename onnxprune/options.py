@@ -29,7 +29,9 @@ class Options:
     step_size, step_op: the number of channels kept in a group is rounded to a multiple of step_size.
     max_ratio: global scope and SLAMP never remove more than this fraction of one group (nor all of it).
     score_consumers: weight criteria also score the consumer slices (input channels of the layers
-        reading a group), as Torch-Pruning can; off by default (producer slices only, NetsPresso style).
+        reading a group), as Torch-Pruning can; off by default (producer slices only, NetsPresso style). On
+        exports with BN folded into the convs it makes l1 / l2 / gm / lamp choose much better channels
+        (benchmarks/criteria_quality.py; README "How good is each criterion").
     """
 
     policy: str = "average"

@@ -73,7 +73,9 @@ def _option_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-ratio", type=float, default=_DEFAULTS.max_ratio,
                    help=f"global scope and SLAMP: most of one group removed (default {_DEFAULTS.max_ratio})")
     p.add_argument("--score-consumers", action="store_true",
-                   help="weight criteria also score the consumer slices (input channels of the next layers)")
+                   help="weight criteria (l1, l2, gm, lamp) also score the consumer slices (input channels of "
+                        "the next layers), as Torch-Pruning does; better choices on exports with BN folded into "
+                        "the convs (README: 'How good is each criterion')")
 
 
 def _data_flags(p: argparse.ArgumentParser) -> None:
