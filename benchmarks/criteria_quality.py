@@ -31,7 +31,8 @@ library default (producer slices only) and, in rows marked "+cons", with Options
 (the consumer slices too, as Torch-Pruning scores a group); --consumers off / on keeps one of the two.
 
 Uniform and SLAMP removal counts do not depend on the criterion (uniform: the same ratio in every group;
-SLAMP: per-group ratios from LAMP scores), so their ratio is searched once per model (with l2) and reused;
+SLAMP: per-group ratios from LAMP scores), so their ratio is searched once per model (with l2; SLAMP once per
+score_consumers setting, which changes the LAMP scores) and reused;
 the achieved MACs reduction is still measured for every row. The global scope allocates by the criterion's
 own normalised scores, so its ratio is searched per criterion (and per random seed).
 
@@ -230,17 +231,22 @@ def run_model(name: str, data: _digits.Digits, args, memo: Memo, criteria: list[
     memo_names = {c: memo.register(c) for c in criteria}
     seeds = list(range(args.seeds))
     t1 = time.perf_counter()
-    # shared ratios for the criterion-independent allocations (LAMP reads the weights: one search per export
-    # and score_consumers setting)
+    # shared ratios for the criterion-independent allocations: one search per export; SLAMP's LAMP scores
+    # read the weights, so SLAMP also searches once per score_consumers setting
     runs = entries(criteria, args.consumers)
+
+    def shared_key(scope: str, variant: str, consumers: bool, target: float) -> tuple[str, str, bool, float]:
+        return scope, variant, consumers and scope == "slamp", target
+
     shared: dict[tuple[str, str, bool, float], float] = {}
     for scope, kw in SCOPES:
         if scope == "global":
             continue
-        for variant, flag in sorted({("BN" if c in BN_VARIANT else "folded", flag) for c, flag in runs}, reverse=True):
-            for target in args.targets:
-                shared[scope, variant, flag, target] = search(
-                    lambda r: prune("l2", variant, r, kw, consumers=flag), target, args.steps).ratio
+        for target in args.targets:
+            for key in sorted({shared_key(scope, "BN" if c in BN_VARIANT else "folded", flag, target)
+                               for c, flag in runs}):
+                _, variant, flag, _ = key
+                shared[key] = search(lambda r: prune("l2", variant, r, kw, consumers=flag), target, args.steps).ratio
 
     rows: list[Row] = []
     for scope, kw in SCOPES:
@@ -258,8 +264,8 @@ def run_model(name: str, data: _digits.Digits, args, memo: Memo, criteria: list[
                                            args.steps)
                             result = point.result
                         else:
-                            result = prune(criterion, variant, shared[scope, variant, consumers, target], kw, seed,
-                                           consumers)
+                            result = prune(criterion, variant, shared[shared_key(scope, variant, consumers, target)],
+                                           kw, seed, consumers)
                         reductions.append(macs_reduction(result))
                         accuracies.append(_digits.onnx_accuracy(result.model, x_test, y_test))
                         compensate_pruned(models[variant], result, calibration)  # in place, after the plain score
