@@ -27,7 +27,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxprune import ir
-from onnxprune.text import human
+from onnxprune.text import human, table
 from onnxprune.calibration import _feed, input_specs
 from onnxprune.errors import InvalidRequestError
 from onnxprune.stats import stats
@@ -209,8 +209,6 @@ def _rows(results: list[BenchResult]) -> tuple[list[list[str]], list[str]]:
 
 def format_results(results: list[BenchResult]) -> str:
     """A table of the results; with two, the ratios second / first (measured latency beside counted MACs)."""
-    from onnxprune.cli.common import table
-
     rows, header = _rows(results)
     text = table(rows, header)
     first = results[0]
