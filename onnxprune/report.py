@@ -1,4 +1,4 @@
-"""Before/after reports of `onnxprune prune` and `onnxprune decompose` (`--report out.md | out.json`).
+"""Before/after reports of `onnxprune prune` and `onnxprune decompose` (their `--report out.md | out.json`).
 
 A report compares the input model file with the written output file:
   * totals: params, MACs (counted from shapes, per sample), file size on disk (model file plus its external
@@ -8,13 +8,13 @@ A report compares the input model file with the written output file:
     "<layer>/...", are summed into their layer's row; a removed node counts 0);
   * prune: the pruned channel groups, their layers and kept / size channels;
     decompose: every considered layer with its ranks, full ranks, kernel relative error and result;
-  * metric before/after, only when labelled evaluation data is given (`--eval-data FILE.npz`): evaluate()'s
-    dict for the original and for the output (with fidelity to the original).
-The format follows the extension: .md (markdown tables) or .json.
+  * metric before/after, only when labelled evaluation data is given (build_report's `data=`; on the command
+    line `--eval-data FILE.npz`, read by load_eval_data): evaluate()'s dict for the original and for the output
+    (with fidelity to the original).
+The format follows the extension: .md (markdown tables) or .json. The command-line flags live in cli/common.py.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from typing import Any
@@ -25,47 +25,19 @@ from onnxprune import ir
 from onnxprune.errors import InvalidRequestError
 from onnxprune.stats import ModelStats, stats
 
-__all__ = ["add_report_flags", "build_report", "write_report", "to_markdown", "report_from_args",
-           "load_eval_data"]
+__all__ = ["REPORT_FORMATS", "build_report", "check_report_path", "load_eval_data", "to_markdown", "write_report"]
 
 REPORT_REPEATS = 20
 REPORT_WARMUP = 3
-_FORMATS = (".md", ".json")
+REPORT_FORMATS = (".md", ".json")
 
 
-# --------------------------------------------------------------------------- CLI glue
+# --------------------------------------------------------------------------- inputs
 
-def add_report_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--report", metavar="OUT.md|OUT.json",
-                   help="also write a before/after report (per-layer params and MACs, totals, file sizes, "
-                        "latency; markdown or JSON by extension)")
-    p.add_argument("--eval-data", metavar="FILE.npz",
-                   help="with --report: labelled data for metric before/after: a .npz holding the input "
-                        "arrays (keyed by input name, or 'x' for a single-input model) and class labels 'y'")
-
-
-def check_report_path(args: argparse.Namespace) -> None:
-    """Fail before any work when --report has a bad extension or --eval-data comes without --report."""
-    if getattr(args, "report", None) and os.path.splitext(args.report)[1].lower() not in _FORMATS:
-        raise InvalidRequestError(f"report '{args.report}' must end in .md or .json")
-    if getattr(args, "eval_data", None) and not getattr(args, "report", None):
-        raise InvalidRequestError("--eval-data is used by --report only; add --report OUT.md|OUT.json")
-
-
-def report_from_args(args: argparse.Namespace, command: str, output: str, **details: Any) -> str | None:
-    """Write the report asked for by --report (None when not asked); `details`: prune_result= or decomposition=."""
-    if not getattr(args, "report", None):
-        return None
-    from onnxprune.cli.common import make_parent, output_path
-
-    check_report_path(args)
-    path = output_path(args.model, args.report)
-    data = load_eval_data(args.model, args.eval_data) if getattr(args, "eval_data", None) else None
-    report = build_report(args.model, output, command=command, data=data, **details)
-    make_parent(path)
-    write_report(report, path)
-    print(f"wrote report {path}")
-    return path
+def check_report_path(path: str) -> None:
+    """Fail when the report path does not end in .md or .json."""
+    if os.path.splitext(path)[1].lower() not in REPORT_FORMATS:
+        raise InvalidRequestError(f"report '{path}' must end in .md or .json")
 
 
 def load_eval_data(model: Any, path: str) -> tuple[dict[str, np.ndarray], np.ndarray]:
@@ -176,9 +148,9 @@ def build_report(before: str, after: str, *, command: str, prune_result: Any = N
 # --------------------------------------------------------------------------- writing
 
 def write_report(report: dict[str, Any], path: str) -> None:
+    """Write `report` as markdown (.md) or JSON (.json), by the path's extension."""
+    check_report_path(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext not in _FORMATS:
-        raise InvalidRequestError(f"report '{path}' must end in .md or .json")
     text = json.dumps(report, indent=2) if ext == ".json" else to_markdown(report)
     with open(path, "w", encoding="utf-8") as handle:
         handle.write(text + "\n")

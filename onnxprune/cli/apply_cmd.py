@@ -4,8 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from onnxprune.cli.common import make_parent, output_path
-from onnxprune.cli.prune_cmd import _data_flags, _gradients
+from onnxprune.cli.common import add_data_flags, load_gradients, make_parent, output_path
 from onnxprune.errors import InvalidRequestError
 
 
@@ -26,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", metavar="MODEL", help="ONNX model file")
     p.add_argument("-o", "--output", required=True, help="where to write the pruned model")
     p.add_argument("--verify", action="store_true", help="run the mask oracle; fail (and write nothing) if it fails")
-    _data_flags(p)
+    add_data_flags(p)
     p.add_argument("--save-plan", metavar="FILE.json",
                    help="write the plan with the channels actually removed recorded (replays this run exactly)")
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         _not_the_plan(args.plan, output_path(args.model, args.save_plan))
     plan = op.Plan.load(args.plan)
     result = op.apply_plan(args.model, plan, verify=args.verify, calibration=args.calibration,
-                           gradients=_gradients(args.gradients))
+                           gradients=load_gradients(args.gradients))
     make_parent(out)
     op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
     print(result.summary)

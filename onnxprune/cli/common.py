@@ -1,12 +1,21 @@
-"""Helpers shared by the CLI commands: output paths, JSON input, tables."""
+"""Helpers shared by the CLI commands: output paths, JSON and gradient files, the pruning option and data flags
+(prune, plan, apply), and the --report / --eval-data flags (prune, decompose)."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
+from typing import Any
+
+import numpy as np
 
 from onnxprune.errors import InvalidRequestError
-from onnxprune.text import table  # noqa: F401  (the commands import it from here)
+from onnxprune.options import CHOICES, Options
 
+_DEFAULTS = Options()
+
+
+# --------------------------------------------------------------------------- files
 
 def output_path(model_path: str, output: str) -> str:
     """The output path, refusing the input file itself."""
@@ -29,3 +38,88 @@ def read_json(path: str, what: str):
         raise InvalidRequestError(f"{what} file '{path}' does not exist") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequestError(f"{what} file '{path}' is not valid JSON: {exc}") from None
+
+
+def load_gradients(path: str | None) -> dict[str, np.ndarray] | None:
+    """The arrays of a --gradients .npz keyed by initializer name (None without the flag)."""
+    if path is None:
+        return None
+    if not os.path.exists(path):
+        raise InvalidRequestError(f"gradients file '{path}' does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {name: data[name] for name in data.files}
+    except (ValueError, OSError) as exc:
+        raise InvalidRequestError(f"gradients file '{path}' is not a .npz archive: {exc}") from None
+
+
+# --------------------------------------------------------------------------- pruning flags
+
+def add_option_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per pruning Options field (read back by options_from_args)."""
+    for name in ("policy", "layer_norm", "group_policy", "step_op"):
+        choices = list(CHOICES[name])
+        p.add_argument("--" + name.replace("_", "-"), default=getattr(_DEFAULTS, name), choices=choices,
+                       help=f"Options.{name} (default {getattr(_DEFAULTS, name)})")
+    p.add_argument("--step-size", type=int, default=_DEFAULTS.step_size,
+                   help=f"round kept channels per group to this multiple (default {_DEFAULTS.step_size})")
+    p.add_argument("--reshape-channel-axis", type=int, default=_DEFAULTS.reshape_channel_axis, choices=[0, 1, -1, -2],
+                   help="at a Reshape into heads: -1/1 prune dims inside heads (default), 0/-2 whole heads")
+    p.add_argument("--max-ratio", type=float, default=_DEFAULTS.max_ratio,
+                   help=f"global scope and SLAMP: most of one group removed (default {_DEFAULTS.max_ratio})")
+    p.add_argument("--score-consumers", action="store_true",
+                   help="weight criteria (l1, l2, gm, lamp) also score the consumer slices (input channels of "
+                        "the next layers), as Torch-Pruning does; better choices on exports with BN folded into "
+                        "the convs (README: 'How good is each criterion')")
+
+
+def options_from_args(args: argparse.Namespace) -> Options:
+    """The Options given by the flags of add_option_flags."""
+    return Options(policy=args.policy, layer_norm=args.layer_norm, group_policy=args.group_policy,
+                   reshape_channel_axis=args.reshape_channel_axis, step_size=args.step_size, step_op=args.step_op,
+                   max_ratio=args.max_ratio, score_consumers=args.score_consumers)
+
+
+def add_data_flags(p: argparse.ArgumentParser) -> None:
+    """--calibration and --gradients of the data-based criteria."""
+    p.add_argument("--calibration", metavar="FILE.npz|.npy",
+                   help="calibration data for data-based methods (nn, activation, snp): a .npz of arrays keyed by "
+                        "input name, or a .npy array for a single-input model (one batch; split into batches of 32)")
+    p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (method taylor)")
+
+
+# --------------------------------------------------------------------------- --report / --eval-data
+
+def add_report_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--report", metavar="OUT.md|OUT.json",
+                   help="also write a before/after report (per-layer params and MACs, totals, file sizes, "
+                        "latency; markdown or JSON by extension)")
+    p.add_argument("--eval-data", metavar="FILE.npz",
+                   help="with --report: labelled data for metric before/after: a .npz holding the input "
+                        "arrays (keyed by input name, or 'x' for a single-input model) and class labels 'y'")
+
+
+def check_report_flags(args: argparse.Namespace) -> None:
+    """Fail before any work when --report has a bad extension or --eval-data comes without --report."""
+    from onnxprune.report import check_report_path
+
+    if args.report:
+        check_report_path(args.report)
+    if args.eval_data and not args.report:
+        raise InvalidRequestError("--eval-data is used by --report only; add --report OUT.md|OUT.json")
+
+
+def report_from_args(args: argparse.Namespace, command: str, output: str, **details: Any) -> str | None:
+    """Write the report asked for by --report (None when not asked); `details`: prune_result= or decomposition=."""
+    if not args.report:
+        return None
+    from onnxprune.report import build_report, load_eval_data, write_report
+
+    check_report_flags(args)
+    path = output_path(args.model, args.report)
+    data = load_eval_data(args.model, args.eval_data) if args.eval_data else None
+    report = build_report(args.model, output, command=command, data=data, **details)
+    make_parent(path)
+    write_report(report, path)
+    print(f"wrote report {path}")
+    return path

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import make_parent, output_path, read_json, table
+from onnxprune.cli.common import (add_report_flags, check_report_flags, make_parent, output_path, read_json,
+                                  report_from_args)
+from onnxprune.text import table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,8 +40,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true",
                    help="run the reconstruction oracle; fail (and write nothing) if it fails")
     p.add_argument("--seed", type=int, default=0, help="random state of the factorisations (default 0)")
-    from onnxprune.report import add_report_flags
-
     add_report_flags(p)
     p.set_defaults(func=run)
 
@@ -48,10 +48,8 @@ def run(args: argparse.Namespace) -> int:
     import onnxprune as op
     from onnxprune.decomposition import decompose
 
-    from onnxprune.report import check_report_path, report_from_args
-
     out = output_path(args.model, args.output)
-    check_report_path(args)
+    check_report_flags(args)
     if args.reconstruct and not args.calibration:
         raise op.InvalidRequestError("--reconstruct needs --calibration FILE.npz (inputs from the training data)")
     original = op.load_model(args.model)

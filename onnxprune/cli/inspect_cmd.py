@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import table
+from onnxprune.text import table
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import make_parent, output_path, table
-from onnxprune.cli.prune_cmd import _data_flags, _gradients, _option_flags, _options
+from onnxprune.cli.common import (add_data_flags, add_option_flags, load_gradients, make_parent, options_from_args,
+                                  output_path)
 from onnxprune.criteria import CRITERIA
 from onnxprune.errors import InvalidRequestError
+from onnxprune.text import table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,9 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", default="uniform", choices=["uniform", "global"],
                    help="uniform: --ratio for every layer (default); global: per-group ratios from normalised scores")
     p.add_argument("--recommend", choices=["slamp"], help="SLAMP: per-group ratios allotted from LAMP scores for --ratio")
-    _data_flags(p)
+    add_data_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of method random, stored in the plan (default 0)")
-    _option_flags(p)
+    add_option_flags(p)
     p.add_argument("--quiet", action="store_true", help="do not print the layer table")
     p.set_defaults(func=run)
 
@@ -48,8 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if out.lower().endswith(".onnx"):
         raise InvalidRequestError(f"'{out}' looks like a model file; a plan is JSON (e.g. -o plan.json)")
     plan = op.make_plan(args.model, args.method, args.ratio, scope=args.scope, recommendation=args.recommend,
-                        options=_options(args), calibration=args.calibration, gradients=_gradients(args.gradients),
-                        seed=args.seed)
+                        options=options_from_args(args), calibration=args.calibration,
+                        gradients=load_gradients(args.gradients), seed=args.seed)
     if not args.quiet:
         rows = [[layer.name, layer.op_type, layer.channels, layer.group, layer.group_size,
                  layer.indices if layer.indices is not None else f"{layer.ratio:.4g}"] for layer in plan.layers]

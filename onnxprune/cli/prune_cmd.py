@@ -1,21 +1,15 @@
-"""`onnxprune prune MODEL -o OUT (--ratio R | --ratios FILE | --indices FILE | --plan FILE) [options]`.
-
-`_option_flags`, `_options`, `_gradients` and `_data_flags` are shared with the `plan` and `apply` commands."""
+"""`onnxprune prune MODEL -o OUT (--ratio R | --ratios FILE | --indices FILE | --plan FILE) [options]`."""
 from __future__ import annotations
 
 import argparse
 import json
-import os
 
-import numpy as np
-
-from onnxprune.cli.common import make_parent, output_path, read_json
+from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_flags, check_report_flags,
+                                  load_gradients, make_parent, options_from_args, output_path, read_json,
+                                  report_from_args)
 from onnxprune.criteria import CRITERIA
 from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError
-from onnxprune.options import CHOICES, Options
-
-_DEFAULTS = Options()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -38,9 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", default="uniform", choices=["uniform", "global"],
                    help="uniform: --ratio from every group (default); global: normalised scores compared across groups")
     p.add_argument("--recommend", choices=["slamp"], help="SLAMP: per-group ratios allotted from LAMP scores for --ratio")
-    _data_flags(p)
+    add_data_flags(p)
     p.add_argument("--seed", type=int, default=0, help="seed of method random (default 0)")
-    _option_flags(p)
+    add_option_flags(p)
     p.add_argument("--save-plan", metavar="FILE.json",
                    help="also write the plan: layer values and the channels kept per group (replayable, editable)")
     p.add_argument("--verify", action="store_true", help="run the mask oracle; fail (and write nothing) if it fails")
@@ -55,52 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="--reconstruct: ridge regulariser relative to the mean diagonal of X^T X (default 1e-3)")
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
     p.add_argument("--record", metavar="FILE.json", help="also write the pruning record (tensor -> kept mask)")
-    from onnxprune.report import add_report_flags
-
     add_report_flags(p)
     p.set_defaults(func=run)
-
-
-def _option_flags(p: argparse.ArgumentParser) -> None:
-    for name in ("policy", "layer_norm", "group_policy", "step_op"):
-        choices = list(CHOICES[name])
-        p.add_argument("--" + name.replace("_", "-"), default=getattr(_DEFAULTS, name), choices=choices,
-                       help=f"Options.{name} (default {getattr(_DEFAULTS, name)})")
-    p.add_argument("--step-size", type=int, default=_DEFAULTS.step_size,
-                   help=f"round kept channels per group to this multiple (default {_DEFAULTS.step_size})")
-    p.add_argument("--reshape-channel-axis", type=int, default=_DEFAULTS.reshape_channel_axis, choices=[0, 1, -1, -2],
-                   help="at a Reshape into heads: -1/1 prune dims inside heads (default), 0/-2 whole heads")
-    p.add_argument("--max-ratio", type=float, default=_DEFAULTS.max_ratio,
-                   help=f"global scope and SLAMP: most of one group removed (default {_DEFAULTS.max_ratio})")
-    p.add_argument("--score-consumers", action="store_true",
-                   help="weight criteria (l1, l2, gm, lamp) also score the consumer slices (input channels of "
-                        "the next layers), as Torch-Pruning does; better choices on exports with BN folded into "
-                        "the convs (README: 'How good is each criterion')")
-
-
-def _data_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calibration", metavar="FILE.npz|.npy",
-                   help="calibration data for data-based methods (nn, activation, snp): a .npz of arrays keyed by "
-                        "input name, or a .npy array for a single-input model (one batch; split into batches of 32)")
-    p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (method taylor)")
-
-
-def _options(args: argparse.Namespace) -> Options:
-    return Options(policy=args.policy, layer_norm=args.layer_norm, group_policy=args.group_policy,
-                   reshape_channel_axis=args.reshape_channel_axis, step_size=args.step_size, step_op=args.step_op,
-                   max_ratio=args.max_ratio, score_consumers=args.score_consumers)
-
-
-def _gradients(path: str | None) -> dict[str, np.ndarray] | None:
-    if path is None:
-        return None
-    if not os.path.exists(path):
-        raise InvalidRequestError(f"gradients file '{path}' does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            return {name: data[name] for name in data.files}
-    except (ValueError, OSError) as exc:
-        raise InvalidRequestError(f"gradients file '{path}' is not a .npz archive: {exc}") from None
 
 
 def _correction_args(args: argparse.Namespace) -> dict:
@@ -142,15 +92,13 @@ def _correct_plan_result(args: argparse.Namespace, result, fixes: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
-    from onnxprune.report import check_report_path, report_from_args
-
     out = output_path(args.model, args.output)
-    check_report_path(args)
-    options = _options(args)
+    check_report_flags(args)
+    options = options_from_args(args)
     fixes = _correction_args(args)
     if args.plan:
         result = op.apply_plan(args.model, args.plan, verify=args.verify, calibration=args.calibration,
-                               gradients=_gradients(args.gradients))
+                               gradients=load_gradients(args.gradients))
         _correct_plan_result(args, result, fixes)
     elif args.indices:
         result = op.prune_by_index(args.model, read_json(args.indices, "indices"), options=options, verify=args.verify,
@@ -159,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         ratio, ratios = (None, read_json(args.ratios, "ratios")) if args.ratios else (args.ratio, None)
         result = op.prune(args.model, args.method, ratio, ratios=ratios, scope=args.scope,
                           recommendation=args.recommend, options=options, calibration=args.calibration,
-                          gradients=_gradients(args.gradients), verify=args.verify, seed=args.seed,
+                          gradients=load_gradients(args.gradients), verify=args.verify, seed=args.seed,
                           **{k: v for k, v in fixes.items() if k != "calibration"})
     make_parent(out)
     op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import make_parent, output_path
-from onnxprune.cli.prune_cmd import _gradients
+from onnxprune.cli.common import load_gradients, make_parent, output_path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -54,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     result = sparsify(args.model, args.strategy, args.sparsity, compression=args.compression, n=args.n, m=args.m,
                       storage=args.storage, exclude=args.exclude, exclude_first=args.exclude_first,
                       exclude_classifier=args.exclude_classifier, calibration=args.calibration,
-                      gradients=_gradients(args.gradients), seed=args.seed, verify=args.verify)
+                      gradients=load_gradients(args.gradients), seed=args.seed, verify=args.verify)
     make_parent(out)
     op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
     print(result.report)
