@@ -171,18 +171,15 @@ def _metric(data, metric, key, batch_size):
     if data is None:
         return lambda m: None
     from onnxprune.evaluate import DEFAULT_BATCH_SIZE, evaluate
-    from onnxprune.sensitivity import _Null, _default_key
+    from onnxprune.metric_key import QuietStream, default_key, pick_value
 
     chosen = [key]
 
     def run(m):
-        values = evaluate(m, data, metric, batch_size=batch_size or DEFAULT_BATCH_SIZE, stream=_Null())
+        values = evaluate(m, data, metric, batch_size=batch_size or DEFAULT_BATCH_SIZE, stream=QuietStream())
         if chosen[0] is None:
-            chosen[0] = _default_key(values, metric)
-        if chosen[0] not in values:
-            raise InvalidRequestError(f"the metric has no value '{chosen[0]}'; it returns "
-                                      f"{[k for k in values if k != 'n']}")
-        return chosen[0], float(values[chosen[0]])
+            chosen[0] = default_key(values, metric)
+        return chosen[0], pick_value(values, chosen[0])
 
     return run
 

@@ -37,6 +37,7 @@ from onnxprune.allocation import check_ratio
 from onnxprune.coupling import analyze
 from onnxprune.text import human, table
 from onnxprune.errors import InvalidRequestError, MissingExtraError
+from onnxprune.metric_key import QuietStream, default_key, pick_value
 from onnxprune.options import Options
 
 __all__ = ["sensitivity", "SensitivityResult", "SensitivityCurve", "Recommendation", "MissingExtraError",
@@ -150,7 +151,7 @@ class SensitivityResult:
 
     def plot(self, path: str | os.PathLike, *, title: str | None = None) -> str:
         """Write a PNG of the drop-vs-ratio curves (one line per group). Needs matplotlib."""
-        plt = _pyplot()
+        plt = load_pyplot()
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=110)
         try:
             for c in self.curves:
@@ -268,7 +269,7 @@ def sensitivity(model, data, *, ratios=DEFAULT_RATIOS, method: str = "l2", metri
     groups = _groups(analysis, layers)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     stream = sys.stderr if stream is None else stream
-    quiet = _Null()
+    quiet = QuietStream()
     labelled = _has_labels(data)
     reference = None if labelled else model
     if not labelled:
@@ -278,12 +279,12 @@ def sensitivity(model, data, *, ratios=DEFAULT_RATIOS, method: str = "l2", metri
     def measure(candidate) -> tuple[float, int]:
         values = evaluate(candidate, data, metric, reference=reference, batch_size=batch_size, output=output,
                           stream=quiet)
-        return _pick(values, key, metric), int(values.get("n", 0))
+        return pick_value(values, key), int(values.get("n", 0))
 
     if labelled:
         first = evaluate(model, data, metric, batch_size=batch_size, output=output, stream=quiet)
-        key = key or _default_key(first, metric)
-        baseline, n = _pick(first, key, metric), int(first.get("n", 0))
+        key = key or default_key(first, metric)
+        baseline, n = pick_value(first, key), int(first.get("n", 0))
     else:
         baseline, n = 1.0, _count(data)
     macs = stats(model, shapes=analysis.walker.shapes).macs
@@ -364,22 +365,8 @@ def _count(data) -> int:
     return 0
 
 
-def _default_key(values: dict, metric) -> str:
-    if metric == "accuracy" and "top1" in values:
-        return "top1"
-    keys = [k for k in values if k != "n"]
-    if len(keys) == 1:
-        return keys[0]
-    raise InvalidRequestError(f"the metric returns several values {keys}; choose one with key=")
-
-
-def _pick(values: dict, key: str, metric) -> float:
-    if key not in values:
-        raise InvalidRequestError(f"the metric has no value '{key}'; it returns {[k for k in values if k != 'n']}")
-    return float(values[key])
-
-
-def _pyplot():
+def load_pyplot():
+    """matplotlib.pyplot on the Agg backend, or MissingExtraError when matplotlib is not installed."""
     try:
         import matplotlib
 
@@ -394,16 +381,3 @@ def _pyplot():
 def _make_parent(path) -> None:
     parent = os.path.dirname(os.path.abspath(os.fspath(path)))
     os.makedirs(parent, exist_ok=True)
-
-
-class _Null:
-    """A stream that is not a terminal: evaluate() shows no progress bar."""
-
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False

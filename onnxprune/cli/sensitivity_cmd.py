@@ -66,14 +66,14 @@ def _ratios(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from onnxprune.errors import InvalidRequestError
-    from onnxprune.sensitivity import _pyplot, sensitivity
+    from onnxprune.sensitivity import load_pyplot, sensitivity
 
     if not os.path.isfile(args.model):
         raise InvalidRequestError(f"model file '{args.model}' does not exist")
     if args.save_ratios and args.target_macs is None:
         raise InvalidRequestError("--save-ratios needs --target-macs")
     if args.plot:
-        _pyplot()  # a missing matplotlib is reported before the (long) measurements
+        load_pyplot()  # a missing matplotlib is reported before the (long) measurements
     data = _data(args.data, args.labels_key)
     result = sensitivity(args.model, data, ratios=_ratios(args.ratios), method=args.method,
                          batch_size=args.batch_size, target=args.target_macs, verbose=True)
