@@ -1,5 +1,5 @@
 """`onnxprune sensitivity MODEL --data DATA.npz [--ratios 0.25,0.5,0.75] [--method l2] [--json F] [--plot F.png]
-[--target-macs 0.5] [--save-plan F]`."""
+[--target-macs 0.5 [--save-ratios F]]`."""
 from __future__ import annotations
 
 import argparse
