@@ -217,6 +217,8 @@ def _check_data_fixes(compensate: bool, reconstruct: bool, calibration):
     return calibration
 
 
+# --------------------------------------------------------------------------- recover
+
 def _recovered(model: onnx.ModelProto, result: PruneResult, compensate: bool, reconstruct: bool, calibration,
                ridge: float, verify: bool, analysis: Analysis, removed: dict[int, np.ndarray]) -> PruneResult:
     """The result with mean compensation and/or re-fitting applied in place, after the mask oracle (which

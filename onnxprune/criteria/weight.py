@@ -56,7 +56,8 @@ def layer_scores(ctx: CriterionContext, scorer: Scorer, select: Select,
 
 
 def _weight_axes(ctx: CriterionContext, select: Select) -> Iterator[tuple[str, np.ndarray, int, np.ndarray, np.ndarray]]:
-    """(constant name, value, axis, public group per position, unit position per position) of the selected axes."""
+    """(constant name, value, axis, and per position along the axis: its public group and its unit's position
+    in that group) of the selected weight axes."""
     channels = ctx.analysis.channels
     wanted = set(ctx.groups)
     for (i, slot), use in channels.const_uses.items():
