@@ -110,17 +110,35 @@ def _default_opset(model: onnx.ModelProto) -> int:
 
 
 def _build(model: onnx.ModelProto, walker: Walker, res: Resolution) -> Analysis:
+    channels, internal_ids = _channel_map(walker, res)
+    members = _members(channels, len(internal_ids))
+    layers = _layers(channels)
+    groups = []
+    for k, g in enumerate(internal_ids.tolist()):
+        size = len(channels.group_units[k])
+        blocked = res.blocked.get(g)
+        inexact = res.inexact.get(g)
+        reason = blocked or (f"only {size} channel" if size < 2 else None) or inexact
+        groups.append(ChannelGroup(
+            id=k, size=size, members=members[k], exact=inexact is None,
+            prunable=blocked is None and size >= 2, reason=reason,
+            layers=[layer.name for layer in layers if layer.group == k],
+        ))
+    return Analysis(model=model, groups=groups, layers=layers, channels=channels)
+
+
+def _channel_map(walker: Walker, res: Resolution) -> tuple[ChannelMap, np.ndarray]:
+    """The walk frozen, and the internal group id of each public group (public ids follow internal order)."""
     units = np.unique(res.unit)
     unit_group = res.group[units] if len(units) else np.zeros(0, dtype=np.int64)
     order = np.lexsort((units, unit_group))
     units, unit_group = units[order], unit_group[order]
     internal_ids, starts = np.unique(unit_group, return_index=True)
-    bounds = list(starts[1:]) + [len(units)]
+    sizes = np.diff(np.append(starts, len(units)))
     public = np.full(int(internal_ids.max(initial=-1)) + 1, -1, dtype=np.int64)
     public[internal_ids] = np.arange(len(internal_ids))
-    group_units = tuple(read_only(units[s:e]) for s, e in zip(starts, bounds))
     unit_position = np.zeros(len(res.unit), dtype=np.int64)
-    unit_position[units] = np.arange(len(units)) - np.repeat(starts, np.diff(list(starts) + [len(units)]))
+    unit_position[units] = np.arange(len(units)) - np.repeat(starts, sizes)
     channels = ChannelMap(
         index=walker.index, resolver=walker.resolver, options=walker.options,
         shapes=MappingProxyType(walker.shapes),
@@ -128,9 +146,14 @@ def _build(model: onnx.ModelProto, walker: Walker, res: Resolution) -> Analysis:
         const_uses=MappingProxyType({key: ConstantUse(frozen_axes(use.axes), MappingProxyType(dict(use.roles)))
                                      for key, use in walker.const_uses.items()}),
         layer_out=MappingProxyType({i: read_only(ids) for i, ids in walker.layer_out.items()}),
-        unit=read_only(res.unit), group=read_only(public[res.group]),
-        position=read_only(unit_position[res.unit]), group_units=group_units)
-    members: list[list[Member]] = [[] for _ in internal_ids]
+        unit=read_only(res.unit), group=read_only(public[res.group]), position=read_only(unit_position[res.unit]),
+        group_units=tuple(read_only(units[s:s + n]) for s, n in zip(starts, sizes)))
+    return channels, internal_ids
+
+
+def _members(channels: ChannelMap, n_groups: int) -> list[list[Member]]:
+    """Per public group: the tensor axes (activations, then weights) that carry its channels."""
+    members: list[list[Member]] = [[] for _ in range(n_groups)]
 
     def add_members(ids: np.ndarray, make) -> None:
         groups, counts = np.unique(channels.group[ids], return_counts=True)
@@ -145,22 +168,10 @@ def _build(model: onnx.ModelProto, walker: Walker, res: Resolution) -> Analysis:
         for axis, ids in use.axes.items():
             add_members(ids, lambda c, n=node, s=slot, a=axis, r=use.roles[axis]:
                         Member(n.input[s], a, "weight", node=channels.index.names[i], role=r, size=c))
-    layers = _layers(walker, channels)
-    groups = []
-    for k, g in enumerate(internal_ids.tolist()):
-        size = len(group_units[k])
-        blocked = res.blocked.get(g)
-        inexact = res.inexact.get(g)
-        reason = blocked or (f"only {size} channel" if size < 2 else None) or inexact
-        groups.append(ChannelGroup(
-            id=k, size=size, members=members[k], exact=inexact is None,
-            prunable=blocked is None and size >= 2, reason=reason,
-            layers=[layer.name for layer in layers if layer.group == k],
-        ))
-    return Analysis(model=model, groups=groups, layers=layers, channels=channels)
+    return members
 
 
-def _layers(walker: Walker, channels: ChannelMap) -> list[Layer]:
+def _layers(channels: ChannelMap) -> list[Layer]:
     layers = []
     out_ids = channels.layer_out
     for i, node in enumerate(channels.index.nodes):
@@ -168,13 +179,13 @@ def _layers(walker: Walker, channels: ChannelMap) -> list[Layer]:
             continue
         ids = out_ids[i]
         group = int(channels.group[ids[0]]) if len(ids) else None
-        cin, cout = _channel_counts(walker, node)
+        cin, cout = _channel_counts(channels, node)
         layers.append(Layer(channels.index.names[i], node.op_type, cin, cout, group))
     return layers
 
 
-def _channel_counts(walker: Walker, node: onnx.NodeProto) -> tuple[int | None, int | None]:
-    shape = walker.shape
+def _channel_counts(channels: ChannelMap, node: onnx.NodeProto) -> tuple[int | None, int | None]:
+    shape = channels.shape
     if node.op_type == "Conv":
         w = shape(node.input[1])
         return w[1] * attribute(node, "group", 1), w[0]
@@ -185,7 +196,7 @@ def _channel_counts(walker: Walker, node: onnx.NodeProto) -> tuple[int | None, i
         b = shape(node.input[1])
         return (b[1], b[0]) if attribute(node, "transB", 0) else (b[0], b[1])
     if node.op_type == "MatMul":
-        if walker.is_const(node.input[1]):
+        if channels.is_const(node.input[1]):
             b = shape(node.input[1])
             return b[-2], b[-1]
         a = shape(node.input[0])
