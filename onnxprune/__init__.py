@@ -14,9 +14,9 @@ from onnxprune.errors import (
 from onnxprune.ir import load_model, save_model
 from onnxprune.iterative import IterativeResult, iterative_prune
 from onnxprune.options import Options
-from onnxprune.plan import Plan, apply_plan, make_plan
+from onnxprune.plan import Plan
 from onnxprune.reconstruction import Compensation, Reconstruction, verify_compensation
-from onnxprune.pruning import PruneResult, prune, prune_by_index, prune_with_plan
+from onnxprune.pruning import PruneResult, apply_plan, make_plan, prune, prune_by_index, prune_with_plan
 from onnxprune.sensitivity import Recommendation, SensitivityResult, sensitivity
 from onnxprune.stats import stats
 from onnxprune.verify import verify, verify_pruning

@@ -15,6 +15,8 @@ A plan is JSON, one line per layer and per group, editable by hand::
       {"id": 0, "size": 16, "layers": ["conv1", "conv3"], "kept": [0, 1, 3, ...]},
       ...]}
 
+Making and applying plans is the pruning path's job (onnxprune.pruning); this module is the plan as data.
+
 Making one: `op.make_plan(model, method, ratio, scope=, recommendation=, options=)` or
 `onnxprune plan MODEL -o plan.json`. It lists every layer of a prunable channel group (the layers of a group
 are coupled: they lose the same channels) with one value slot:
@@ -53,7 +55,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune.errors import InvalidRequestError, UnsupportedError
+from onnxprune.errors import InvalidRequestError
 from onnxprune.options import Options
 
 FORMAT = "onnxprune-plan/1"
@@ -330,146 +332,3 @@ def _kept_positions(entry: PlanGroup) -> set[int]:
     if not entry.kept:
         raise InvalidRequestError(f"plan group {entry.id} keeps nothing (layers {entry.layers[:4]}); keep at least one")
     return set(entry.kept)
-
-
-# --------------------------------------------------------------------------- making and applying plans
-
-def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: str = "uniform",
-              recommendation: str | None = None, options: Options | None = None, calibration=None,
-              gradients: dict[str, np.ndarray] | None = None, seed: int = 0) -> Plan:
-    """A plan to edit: every prunable layer with a value slot (see the module doc).
-
-    method: a criterion (NetsPresso spellings accepted); "index"/PR_ID gives `indices: []` slots to fill.
-    ratio: None gives `ratio: 0.0` slots; with scope="uniform" every layer gets `ratio`; with scope="global"
-        or recommendation="slamp" every layer gets its group's computed ratio (as `op.prune` would allot).
-    calibration/gradients are needed only when computing the global scope with a data/gradient criterion.
-    """
-    from onnxprune import ir
-    from onnxprune.coupling import analyze
-    from onnxprune.criteria import CriterionContext, criterion_for
-    from onnxprune.pruning import _check_scope, _checked_scores, _removal_counts, _targets
-
-    options = options or Options()
-    model = ir.load_model(model)
-    key = _canonical_method(method)
-    analysis = analyze(model, options)
-    plan = Plan(fingerprint(model), options, [], key)
-    if key == "index":
-        if ratio is not None or recommendation or scope != "uniform":
-            raise InvalidRequestError("an index (PR_ID) plan has `indices` slots to fill by hand; ratio=, scope= and "
-                                      "recommendation= do not apply to it")
-        return plan.describe(analysis, indices={}, seed=seed)
-    criterion = criterion_for(method)
-    if ratio is None:
-        if recommendation or scope != "uniform":
-            raise InvalidRequestError(f"scope={scope!r}/recommendation={recommendation!r} allocate a ratio: give ratio=")
-        return plan.describe(analysis, ratios={}, scope=scope, seed=seed)
-    recommendation = _check_scope(scope, recommendation, ratio, None)
-    targets = _targets(analysis, ratio, None)
-    if scope == "uniform" and not recommendation:
-        values = targets
-    else:
-        context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
-        scores = (_checked_scores(criterion(context), analysis, targets, key) if scope == "global"
-                  else {g: np.zeros(analysis.groups[g].size) for g in targets})  # SLAMP allots from lamp scores
-        counts = _removal_counts(context, scores, targets, scope, recommendation, ratio)
-        values = {g: counts.get(g, 0) / analysis.groups[g].size for g in targets}
-    return plan.describe(analysis, ratios=values, scope=scope, recommendation=recommendation, ratio=float(ratio),
-                         seed=seed)
-
-
-def apply_plan(model, plan, *, verify: bool = False, calibration=None,
-               gradients: dict[str, np.ndarray] | None = None):
-    """Prune exactly as a plan says (a Plan, its dict, a JSON file path or JSON text); see the module doc.
-
-    A recorded plan (with `groups`) is replayed; otherwise its layer values are applied (indices first, then
-    ratios with the plan's method, options and seed; calibration=/gradients= for data/gradient criteria).
-    `result.plan` is the plan with what was actually removed recorded: applying it again replays the run.
-    verify: run the mask oracle on the result and raise VerificationError if an exact group fails.
-    """
-    from onnxprune import ir
-    from onnxprune.coupling import analyze
-    from onnxprune.pruning import _emptied_axes, _finish
-
-    own = not isinstance(model, onnx.ModelProto) and not verify  # loaded here: ours to change in place
-    model = ir.load_model(model)
-    plan = Plan.load(plan)
-    actual = fingerprint(model)
-    if plan.fingerprint != actual:
-        raise InvalidRequestError(f"plan was made for another model (fingerprint {plan.fingerprint[:12]}..., this "
-                                  f"model {actual[:12]}...); make a new plan for this model")
-    analysis = analyze(model, plan.options)
-    if plan.recorded:
-        if plan.layers_digest is not None and plan.layers_digest != layers_digest(plan.layers):
-            raise InvalidRequestError("the plan's layer values were edited after its 'groups' were recorded; delete "
-                                      "'groups' and 'layers_digest' to apply the edited values, or undo the edit to "
-                                      "replay the recorded run")
-        removed = plan_removal(analysis, plan)
-        for tensor, axis in _emptied_axes(analysis, removed):
-            raise InvalidRequestError(f"this plan would empty tensor '{tensor}' (no channel left on axis {axis}); "
-                                      "keep at least one of its channels")
-        result = _finish(model, analysis, removed, verify, own, [g.id for g in plan.groups], plan.method)
-    else:
-        result = _apply_layers(model, analysis, plan, verify, own, calibration, gradients)
-    result.plan.adopt(plan)
-    return result
-
-
-def _apply_layers(model, analysis, plan: Plan, verify: bool, own: bool, calibration, gradients):
-    from onnxprune.allocation import check_ratio, lowest_scores
-    from onnxprune.criteria import CriterionContext, criterion_for
-    from onnxprune.pruning import (_checked_scores, _find_layer, _finish, _index_removal, _removal_counts,
-                                   _rescue_emptied_tensors, _targets)
-
-    indices: dict[str, list[int]] = {}
-    ratios: dict[str, float] = {}
-    seen: set[str] = set()
-    for entry in plan.layers:
-        if entry.name in seen:
-            raise InvalidRequestError(f"plan layer '{entry.name}' is listed twice")
-        seen.add(entry.name)
-        layer = _find_layer(analysis, entry.name)
-        group = analysis.groups[layer.group]
-        if not group.prunable:
-            raise UnsupportedError(f"layer '{entry.name}' ({layer.op_type}) cannot be pruned: {group.reason}")
-        if (entry.group is not None and entry.group != layer.group) or \
-                (entry.channels is not None and entry.channels != layer.out_channels):
-            raise InvalidRequestError(f"plan layer '{entry.name}' (group {entry.group}, {entry.channels} channels) does "
-                                      f"not match the model (group {layer.group}, {layer.out_channels} channels); "
-                                      "were the plan's options edited? Make a new plan")
-        if entry.indices is not None:
-            if len(entry.indices):
-                indices[entry.name] = list(entry.indices)
-        elif check_ratio(entry.ratio, f"ratio of plan layer '{entry.name}'") > 0:
-            ratios[entry.name] = entry.ratio
-    removed = _index_removal(analysis, indices) if indices else {}
-    fixed = set(removed)
-    method = plan.method or "l2"
-    if ratios:
-        targets = _targets(analysis, None, ratios)
-        for g in sorted(set(targets) & fixed):
-            raise InvalidRequestError(f"channel group {g} (layers {analysis.groups[g].layers[:5]}) gets both indices "
-                                      "and a ratio in this plan; give the layers of one group one kind of value")
-        context = CriterionContext(analysis, plan.options, sorted(targets), calibration, gradients, plan.seed)
-        scores = _checked_scores(criterion_for(method)(context), analysis, targets, method)
-        counts = _removal_counts(context, scores, targets, "uniform", None, None)
-        removed.update({g: lowest_scores(scores[g], n) for g, n in counts.items() if n > 0})
-        # channels picked by index are never given back; the rescue takes the best-scored ratio channel
-        scores.update({g: np.full(analysis.groups[g].size, -np.inf) for g in fixed})
-        _rescue_emptied_tensors(analysis, removed, scores)
-        removed = {g: p for g, p in removed.items() if len(p)}
-    else:
-        targets, method = {}, "index" if indices else method
-    return _finish(model, analysis, removed, verify, own, sorted(set(targets) | fixed), method)
-
-
-def _canonical_method(method) -> str:
-    from onnxprune.criteria import criterion_for
-    from onnxprune.criteria.registry import ALIASES
-
-    if not isinstance(method, str):
-        criterion_for(method)  # raises the usual error
-    key = ALIASES.get(method.lower(), method.lower())
-    if key != "index":
-        criterion_for(method)
-    return key

@@ -1,79 +1,37 @@
-"""`prune()` and `prune_by_index()`: analysis -> scores -> plan -> surgery -> (oracle)."""
+"""The pruning path: `prune`, `prune_by_index`, `make_plan` and `apply_plan` run the same stages,
+
+    load -> analyze -> score -> allocate -> record -> surgery -> verify -> recover
+
+(ir.load_model -> coupling.analyze -> criteria -> allocation -> plan.record_plan -> surgery.apply ->
+verify.verify_pruning -> reconstruction.compensate / reconstruct).
+"""
 from __future__ import annotations
 
 from collections.abc import Iterator
-import difflib
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import onnx
 
 from onnxprune import ir
-from onnxprune.allocation import check_ratio, kept_count, lowest_scores, normalize, pooled_counts
+from onnxprune.allocation import (check_ratio, emptied_axes, find_layer, group_targets, index_removal,
+                                  lowest_removal, normalize, removal_counts, rescue_emptied_tensors)
 from onnxprune.coupling import Analysis, analyze
 from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
+from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
 from onnxprune.options import Options
-from onnxprune.plan import Plan, apply_plan, fingerprint, record_plan
+from onnxprune.plan import Plan, fingerprint, layers_digest, plan_removal, record_plan
 from onnxprune.reconstruction.refit import DEFAULT_RIDGE
+from onnxprune.result import PruneResult, PruneSummary
 from onnxprune.surgery.prune import apply
+
+__all__ = ["PruneResult", "PruneSummary", "apply_plan", "make_plan", "prune", "prune_by_index", "prune_with_plan"]
 
 SCOPES = ("uniform", "global")
 RECOMMENDATIONS = (None, "slamp")
 
 
-@dataclass
-class PruneResult:
-    model: onnx.ModelProto
-    channels: dict[str, dict]  # tensor (original name) -> {"axes": [...], "mask": nested bools}
-    plan: Plan | None  # every prunable group -> kept unit positions; JSON with .to_json() / .save(path)
-    summary: "PruneSummary"
-    exact: bool  # every pruned group is exact (the mask oracle applies to the whole model)
-    pruned_groups: list[int] = field(default_factory=list)
-    achieved_ratio: float = 0.0  # units removed / units of the targeted groups
-    verification: Any = None
-    reference: onnx.ModelProto | None = None  # the original's inputs/outputs, for save_model(reference=...)
-    compensation: Any = None  # compensate=True: onnxprune.reconstruction.Compensation (layers, means)
-    reconstruction: Any = None  # reconstruct=True: onnxprune.reconstruction.Reconstruction (per-layer errors)
-    # read-only: constant (original name) -> {axis: kept positions} for every sliced constant (onnxprune.torch)
-    weights: dict[str, dict[int, list[int]]] = field(default_factory=dict)
-
-
-class PruneSummary:
-    """Params / MACs / size before and after; the after side is computed when first asked for."""
-
-    def __init__(self, before, model_after: onnx.ModelProto, groups: list[dict]):
-        self.before = before
-        self.groups = groups  # per pruned group: id, layers, size, kept, exact
-        self._model_after = model_after
-        self._after = None
-
-    @property
-    def after(self):
-        if self._after is None:
-            from onnxprune.stats import stats
-
-            self._after = stats(self._model_after)
-        return self._after
-
-    def as_dict(self) -> dict:
-        return {
-            "params": {"before": self.before.params, "after": self.after.params},
-            "macs": {"before": self.before.macs, "after": self.after.macs},
-            "size_bytes": {"before": self.before.size_bytes, "after": self.after.size_bytes},
-            "layers": {name: {"params_before": s.params, "macs_before": s.macs,
-                              "params_after": self.after.nodes[name].params if name in self.after.nodes else 0,
-                              "macs_after": self.after.nodes[name].macs if name in self.after.nodes else 0}
-                       for name, s in self.before.nodes.items() if s.params or s.macs},
-            "groups": self.groups,
-        }
-
-    def __str__(self) -> str:
-        from onnxprune.stats import compare
-
-        return compare(self.before, self.after)
-
+# --------------------------------------------------------------------------- the entry points
 
 def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict[str, float] | None = None,
           scope: str = "uniform", recommendation: str | None = None, options: Options | None = None,
@@ -115,24 +73,112 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     model = ir.load_model(model)
     criterion = criterion_for(method)
     analysis = analyze(model, options)
-    targets = _targets(analysis, ratio, ratios)
+    targets = group_targets(analysis, ratio, ratios)
     context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
     scores = _checked_scores(criterion(context), analysis, targets, method)
-    counts = _removal_counts(context, scores, targets, scope, recommendation, ratio)
-    removed = {g: lowest_scores(scores[g], n) for g, n in counts.items() if n > 0}
-    _rescue_emptied_tensors(analysis, removed, scores)
-    result = _finish(model, analysis, removed, verify, own, sorted(targets), str(method))
+    counts = _counts(context, scores, targets, scope, recommendation, ratio)
+    removed = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, counts), scores)
+    result = _prune_removed(model, analysis, removed, verify, own, sorted(targets), str(method))
     # the plan's layer values: the ratio asked for, or (global, SLAMP) each group's computed ratio
-    requested = targets if scope == "uniform" and not recommendation else \
-        {g: counts.get(g, 0) / analysis.groups[g].size for g in targets}
+    requested = targets if scope == "uniform" and not recommendation else _group_ratios(analysis, targets, counts)
     result.plan.describe(analysis, ratios=requested, scope=scope, recommendation=recommendation,
                          ratio=None if ratio is None else float(ratio), seed=seed)
-    return _corrected(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
+    return _recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
 
 
-# Prune exactly as a plan says: see onnxprune.plan.apply_plan (kept under its earlier name).
+def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | None = None,
+                   verify: bool = False, calibration=None, compensate: bool = False, reconstruct: bool = False,
+                   ridge: float = DEFAULT_RIDGE) -> PruneResult:
+    """Remove exactly these output channels of these layers, and every channel coupled to them.
+    compensate / reconstruct / calibration / ridge: as in prune()."""
+    own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)
+    calibration = _check_data_fixes(compensate, reconstruct, calibration)
+    model = ir.load_model(model)
+    if not isinstance(indices, dict) or not indices:
+        raise InvalidRequestError("indices must be a non-empty {layer name: [channel indices]} mapping")
+    analysis = analyze(model, options or Options())
+    removed = index_removal(analysis, indices)
+    result = _prune_removed(model, analysis, removed, verify, own, sorted(removed), "index")
+    result.plan.describe(analysis, indices={name: list(chosen) for name, chosen in indices.items()})
+    return _recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
+
+
+def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: str = "uniform",
+              recommendation: str | None = None, options: Options | None = None, calibration=None,
+              gradients: dict[str, np.ndarray] | None = None, seed: int = 0) -> Plan:
+    """A plan to edit: every prunable layer with a value slot (see the module doc).
+
+    method: a criterion (NetsPresso spellings accepted); "index"/PR_ID gives `indices: []` slots to fill.
+    ratio: None gives `ratio: 0.0` slots; with scope="uniform" every layer gets `ratio`; with scope="global"
+        or recommendation="slamp" every layer gets its group's computed ratio (as `op.prune` would allot).
+    calibration/gradients are needed only when computing the global scope with a data/gradient criterion.
+    """
+    options = options or Options()
+    model = ir.load_model(model)
+    key = _canonical_method(method)
+    analysis = analyze(model, options)
+    plan = Plan(fingerprint(model), options, [], key)
+    if key == "index":
+        if ratio is not None or recommendation or scope != "uniform":
+            raise InvalidRequestError("an index (PR_ID) plan has `indices` slots to fill by hand; ratio=, scope= and "
+                                      "recommendation= do not apply to it")
+        return plan.describe(analysis, indices={}, seed=seed)
+    criterion = criterion_for(method)
+    if ratio is None:
+        if recommendation or scope != "uniform":
+            raise InvalidRequestError(f"scope={scope!r}/recommendation={recommendation!r} allocate a ratio: give ratio=")
+        return plan.describe(analysis, ratios={}, scope=scope, seed=seed)
+    recommendation = _check_scope(scope, recommendation, ratio, None)
+    targets = group_targets(analysis, ratio, None)
+    if scope == "uniform" and not recommendation:
+        values = targets
+    else:
+        context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
+        scores = (_checked_scores(criterion(context), analysis, targets, key) if scope == "global"
+                  else {g: np.zeros(analysis.groups[g].size) for g in targets})  # SLAMP allots from lamp scores
+        values = _group_ratios(analysis, targets, _counts(context, scores, targets, scope, recommendation, ratio))
+    return plan.describe(analysis, ratios=values, scope=scope, recommendation=recommendation, ratio=float(ratio),
+                         seed=seed)
+
+
+def apply_plan(model, plan, *, verify: bool = False, calibration=None,
+               gradients: dict[str, np.ndarray] | None = None) -> PruneResult:
+    """Prune exactly as a plan says (a Plan, its dict, a JSON file path or JSON text); see the module doc.
+
+    A recorded plan (with `groups`) is replayed; otherwise its layer values are applied (indices first, then
+    ratios with the plan's method, options and seed; calibration=/gradients= for data/gradient criteria).
+    `result.plan` is the plan with what was actually removed recorded: applying it again replays the run.
+    verify: run the mask oracle on the result and raise VerificationError if an exact group fails.
+    """
+    own = not isinstance(model, onnx.ModelProto) and not verify  # loaded here: ours to change in place
+    model = ir.load_model(model)
+    plan = Plan.load(plan)
+    actual = fingerprint(model)
+    if plan.fingerprint != actual:
+        raise InvalidRequestError(f"plan was made for another model (fingerprint {plan.fingerprint[:12]}..., this "
+                                  f"model {actual[:12]}...); make a new plan for this model")
+    analysis = analyze(model, plan.options)
+    if plan.recorded:
+        if plan.layers_digest is not None and plan.layers_digest != layers_digest(plan.layers):
+            raise InvalidRequestError("the plan's layer values were edited after its 'groups' were recorded; delete "
+                                      "'groups' and 'layers_digest' to apply the edited values, or undo the edit to "
+                                      "replay the recorded run")
+        removed = plan_removal(analysis, plan)
+        for tensor, axis in emptied_axes(analysis.channels, removed):
+            raise InvalidRequestError(f"this plan would empty tensor '{tensor}' (no channel left on axis {axis}); "
+                                      "keep at least one of its channels")
+        result = _prune_removed(model, analysis, removed, verify, own, [g.id for g in plan.groups], plan.method)
+    else:
+        result = _apply_layer_values(model, analysis, plan, verify, own, calibration, gradients)
+    result.plan.adopt(plan)
+    return result
+
+
+# Prune exactly as a plan says (kept under its earlier name).
 prune_with_plan = apply_plan
 
+
+# --------------------------------------------------------------------------- request checks
 
 def _check_scope(scope: str, recommendation: str | None, ratio, ratios) -> str | None:
     if scope not in SCOPES:
@@ -151,47 +197,13 @@ def _check_scope(scope: str, recommendation: str | None, ratio, ratios) -> str |
     return recommendation
 
 
-def _checked_scores(scores, analysis: Analysis, targets: dict[int, float], method: str) -> dict[int, np.ndarray]:
-    """The criterion's scores as float arrays, one per unit of every targeted group."""
-    checked = {}
-    for g in targets:
-        value = scores.get(g) if isinstance(scores, dict) else None
-        size = analysis.groups[g].size
-        if value is None or np.shape(value) != (size,):
-            raise InvalidRequestError(f"criterion '{method}' must return {{group id: {size} scores}} for group {g} "
-                                      f"(layers {analysis.groups[g].layers[:4]}); got "
-                                      f"{None if value is None else list(np.shape(value))}")
-        checked[g] = np.asarray(value, dtype=np.float64)
-    return checked
-
-
-def _removal_counts(context: CriterionContext, scores: dict[int, np.ndarray], targets: dict[int, float],
-                    scope: str, recommendation: str | None, ratio: float | None) -> dict[int, int]:
-    """How many units leave each targeted group."""
-    options = context.options
-    if recommendation == "slamp":
-        return pooled_counts(CRITERIA["lamp"](context), ratio, options)
-    if scope == "global":
-        return pooled_counts({g: normalize(s, options.layer_norm) for g, s in scores.items()}, ratio, options)
-    sizes = {g: len(scores[g]) for g in targets}
-    return {g: sizes[g] - kept_count(sizes[g], r, options) for g, r in targets.items()}
-
-
-def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | None = None,
-                   verify: bool = False, calibration=None, compensate: bool = False, reconstruct: bool = False,
-                   ridge: float = DEFAULT_RIDGE) -> PruneResult:
-    """Remove exactly these output channels of these layers, and every channel coupled to them.
-    compensate / reconstruct / calibration / ridge: as in prune()."""
-    own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)
-    calibration = _check_data_fixes(compensate, reconstruct, calibration)
-    model = ir.load_model(model)
-    if not isinstance(indices, dict) or not indices:
-        raise InvalidRequestError("indices must be a non-empty {layer name: [channel indices]} mapping")
-    analysis = analyze(model, options or Options())
-    removed = _index_removal(analysis, indices)
-    result = _finish(model, analysis, removed, verify, own, sorted(removed), "index")
-    result.plan.describe(analysis, indices={name: list(chosen) for name, chosen in indices.items()})
-    return _corrected(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
+def _canonical_method(method) -> str:
+    if not isinstance(method, str):
+        criterion_for(method)  # raises the usual error
+    key = ALIASES.get(method.lower(), method.lower())
+    if key != "index":
+        criterion_for(method)
+    return key
 
 
 def _check_data_fixes(compensate: bool, reconstruct: bool, calibration):
@@ -205,7 +217,9 @@ def _check_data_fixes(compensate: bool, reconstruct: bool, calibration):
     return calibration
 
 
-def _corrected(model: onnx.ModelProto, result: PruneResult, compensate: bool, reconstruct: bool, calibration,
+# --------------------------------------------------------------------------- recover
+
+def _recovered(model: onnx.ModelProto, result: PruneResult, compensate: bool, reconstruct: bool, calibration,
                ridge: float, verify: bool, analysis: Analysis, removed: dict[int, np.ndarray]) -> PruneResult:
     """The result with mean compensation and/or re-fitting applied in place, after the mask oracle (which
     checks the surgery); with verify, the compensation oracle checks the compensated model (its exact groups)."""
@@ -229,108 +243,97 @@ def _corrected(model: onnx.ModelProto, result: PruneResult, compensate: bool, re
     return result
 
 
-def _index_removal(analysis: Analysis, indices: dict[str, list[int]]) -> dict[int, np.ndarray]:
-    """group id -> removed unit positions for {layer: [output channels]}, checked (no emptied group/tensor)."""
-    res = analysis.resolution
-    removed_units: dict[int, set[int]] = {}
-    for name, chosen in indices.items():
-        layer = _find_layer(analysis, name)
+
+# --------------------------------------------------------------------------- score and allocate
+
+def _checked_scores(scores, analysis: Analysis, targets: dict[int, float], method: str) -> dict[int, np.ndarray]:
+    """The criterion's scores as float arrays, one per unit of every targeted group."""
+    checked = {}
+    for g in targets:
+        value = scores.get(g) if isinstance(scores, dict) else None
+        size = analysis.groups[g].size
+        if value is None or np.shape(value) != (size,):
+            raise InvalidRequestError(f"criterion '{method}' must return {{group id: {size} scores}} for group {g} "
+                                      f"(layers {analysis.groups[g].layers[:4]}); got "
+                                      f"{None if value is None else list(np.shape(value))}")
+        checked[g] = np.asarray(value, dtype=np.float64)
+    return checked
+
+
+def _counts(context: CriterionContext, scores: dict[int, np.ndarray], targets: dict[int, float],
+            scope: str, recommendation: str | None, ratio: float | None) -> dict[int, int]:
+    """How many units leave each targeted group: the one place a request's ratios become counts."""
+    analysis, options = context.analysis, context.options
+    pool = None
+    if recommendation == "slamp":
+        pool = CRITERIA["lamp"](context)
+    elif scope == "global":
+        pool = {g: normalize(s, options.layer_norm) for g, s in scores.items()}
+    sizes = {g: analysis.groups[g].size for g in targets}
+    return removal_counts(targets, sizes, options, pool=pool, ratio=ratio)
+
+
+def _group_ratios(analysis: Analysis, targets: dict[int, float], counts: dict[int, int]) -> dict[int, float]:
+    """Each targeted group's computed ratio (removed / size): the layer values of global and SLAMP plans."""
+    return {g: counts.get(g, 0) / analysis.groups[g].size for g in targets}
+
+
+def _apply_layer_values(model: onnx.ModelProto, analysis: Analysis, plan: Plan, verify: bool, own: bool,
+                        calibration, gradients) -> PruneResult:
+    """A plan without a recording: its `indices` first (exactly those channels), then its ratios."""
+    indices: dict[str, list[int]] = {}
+    ratios: dict[str, float] = {}
+    seen: set[str] = set()
+    for entry in plan.layers:
+        if entry.name in seen:
+            raise InvalidRequestError(f"plan layer '{entry.name}' is listed twice")
+        seen.add(entry.name)
+        layer = find_layer(analysis, entry.name)
         group = analysis.groups[layer.group]
         if not group.prunable:
-            raise UnsupportedError(f"layer '{name}' ({layer.op_type}) cannot be pruned: {group.reason}")
-        ids = analysis.layer_output_ids(name)
-        chosen = list(chosen)
-        bad = [c for c in chosen if not isinstance(c, (int, np.integer)) or isinstance(c, bool) or not 0 <= c < len(ids)]
-        if bad:
-            raise InvalidRequestError(f"layer '{name}' ({layer.op_type}) has {len(ids)} output channels; "
-                                      f"indices {bad[:5]} are out of range [0, {len(ids) - 1}]")
-        positions = analysis.unit_positions(group.id)
-        removed_units.setdefault(group.id, set()).update(positions[int(u)] for u in res.unit[ids[chosen]])
-    removed = {}
-    for g, units in removed_units.items():
-        if len(units) >= analysis.groups[g].size:
-            raise InvalidRequestError(f"removing these channels would empty channel group {g} "
-                                      f"(layers {analysis.groups[g].layers[:5]}); keep at least one")
-        removed[g] = np.array(sorted(units), dtype=np.int64)
-    for tensor, axis in _emptied_axes(analysis, removed):
-        raise InvalidRequestError(f"removing these channels would empty tensor '{tensor}' (no channel left on axis "
-                                  f"{axis}); keep at least one of its channels")
-    return removed
+            raise UnsupportedError(f"layer '{entry.name}' ({layer.op_type}) cannot be pruned: {group.reason}")
+        if (entry.group is not None and entry.group != layer.group) or \
+                (entry.channels is not None and entry.channels != layer.out_channels):
+            raise InvalidRequestError(f"plan layer '{entry.name}' (group {entry.group}, {entry.channels} channels) does "
+                                      f"not match the model (group {layer.group}, {layer.out_channels} channels); "
+                                      "were the plan's options edited? Make a new plan")
+        if entry.indices is not None:
+            if len(entry.indices):
+                indices[entry.name] = list(entry.indices)
+        elif check_ratio(entry.ratio, f"ratio of plan layer '{entry.name}'") > 0:
+            ratios[entry.name] = entry.ratio
+    removed = index_removal(analysis, indices) if indices else {}
+    fixed = set(removed)
+    method = plan.method or "l2"
+    if ratios:
+        targets = group_targets(analysis, None, ratios)
+        for g in sorted(set(targets) & fixed):
+            raise InvalidRequestError(f"channel group {g} (layers {analysis.groups[g].layers[:5]}) gets both indices "
+                                      "and a ratio in this plan; give the layers of one group one kind of value")
+        context = CriterionContext(analysis, plan.options, sorted(targets), calibration, gradients, plan.seed)
+        scores = _checked_scores(criterion_for(method)(context), analysis, targets, method)
+        removed.update(lowest_removal(scores, _counts(context, scores, targets, "uniform", None, None)))
+        # channels picked by index are never given back; the rescue takes the best-scored ratio channel
+        scores.update({g: np.full(analysis.groups[g].size, -np.inf) for g in fixed})
+        removed = rescue_emptied_tensors(analysis.channels, removed, scores)
+        removed = {g: p for g, p in removed.items() if len(p)}
+    else:
+        targets, method = {}, "index" if indices else method
+    return _prune_removed(model, analysis, removed, verify, own, sorted(set(targets) | fixed), method)
 
 
-def _targets(analysis: Analysis, ratio: float | None, ratios: dict[str, float] | None) -> dict[int, float]:
-    if ratio is not None:
-        check_ratio(ratio)
-        return {g.id: float(ratio) for g in analysis.groups if g.prunable}
-    if not isinstance(ratios, dict) or not ratios:
-        raise InvalidRequestError("ratios must be a non-empty {layer name: ratio} mapping")
-    targets: dict[int, float] = {}
-    for name, value in ratios.items():
-        check_ratio(value, f"ratios['{name}']")
-        layer = _find_layer(analysis, name)
-        group = analysis.groups[layer.group]
-        if not group.prunable:
-            raise UnsupportedError(f"layer '{name}' ({layer.op_type}) cannot be pruned: {group.reason}")
-        targets[group.id] = max(targets.get(group.id, 0.0), float(value))
-    return targets
+# --------------------------------------------------------------------------- record, surgery, verify
 
-
-def _find_layer(analysis: Analysis, name: str):
-    layer = analysis.layer(name)
-    if layer is None or layer.group is None:
-        known = [layer.name for layer in analysis.layers]
-        hint = difflib.get_close_matches(str(name), known, n=3)
-        raise InvalidRequestError(f"no prunable layer named '{name}'"
-                                  + (f"; did you mean {hint}?" if hint else "")
-                                  + " (`onnxprune inspect MODEL` lists the layers)")
-    return layer
-
-
-def _emptied_axes(analysis: Analysis, removed: dict[int, np.ndarray]):
-    """(tensor, axis) pairs that would lose every channel (e.g. one half of a Split)."""
-    keep = _keep_mask(analysis, removed)
-    for tensor, axes in analysis.walker.axes.items():
-        for axis, ids in axes.items():
-            if len(ids) and not keep[ids].any():
-                yield tensor, axis
-
-
-def _rescue_emptied_tensors(analysis: Analysis, removed: dict[int, np.ndarray], scores: dict) -> None:
-    """Give back the best-scored channel of every tensor axis that would otherwise become empty."""
-    res = analysis.resolution
-    while True:
-        emptied = next(iter(_emptied_axes(analysis, removed)), None)
-        if emptied is None:
-            return
-        tensor, axis = emptied
-        ids = analysis.walker.axes[tensor][axis]
-        best = None
-        for unit, group in zip(res.unit[ids].tolist(), res.group[ids].tolist()):
-            g = analysis.group_of_internal[group]
-            position = analysis.unit_positions(g)[unit]
-            score = float(np.nan_to_num(np.asarray(scores.get(g, [0.0] * (position + 1)))[position], nan=-np.inf))
-            if best is None or score > best[0]:
-                best = (score, g, position)
-        _, g, position = best
-        removed[g] = removed[g][removed[g] != position]
-
-
-def _keep_mask(analysis: Analysis, removed: dict[int, np.ndarray]) -> np.ndarray:
-    res = analysis.resolution
-    removed_unit = np.zeros(len(res.unit), dtype=bool)
-    for g, positions in removed.items():
-        removed_unit[analysis.group_units[g][positions]] = True
-    return ~removed_unit[res.unit]
-
-
-def _finish(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.ndarray], verify: bool,
-            own: bool, targets: list[int], method: str | None) -> PruneResult:
+def _prune_removed(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.ndarray], verify: bool,
+                   own: bool, targets: list[int], method: str | None) -> PruneResult:
+    """Record the plan, cut the model (surgery), and with `verify` run the mask oracle."""
     from onnxprune.stats import stats
 
-    before = stats(model, shapes=analysis.walker.shapes)
+    channels = analysis.channels
+    before = stats(model, shapes=channels.shapes)
     reference = _signature(model)
-    plan = record_plan(analysis, removed, analysis.walker.options, method, fingerprint(model))
-    surgery = apply(analysis, _keep_mask(analysis, removed), own=own)
+    plan = record_plan(analysis, removed, channels.options, method, fingerprint(model))
+    surgery = apply(analysis, channels.keep_mask(removed), own=own)
     kept = {g: analysis.groups[g].size - len(p) for g, p in removed.items()}
     exact = all(analysis.groups[g].exact for g in removed)
     group_rows = [{"id": g, "layers": analysis.groups[g].layers, "size": analysis.groups[g].size,
@@ -363,7 +366,7 @@ def _exact_part(analysis: Analysis, removed: dict[int, np.ndarray],
     if result.exact:
         return result
     exact_only = {g: p for g, p in removed.items() if analysis.groups[g].exact}
-    surgery = apply(analysis, _keep_mask(analysis, exact_only))
+    surgery = apply(analysis, analysis.channels.keep_mask(exact_only))
     return PruneResult(surgery.model, surgery.channels, None, result.summary, True)
 
 

@@ -33,7 +33,7 @@ from typing import Any, TextIO
 import onnx
 
 from onnxprune import ir
-from onnxprune.allocation import check_ratio
+from onnxprune.allocation import check_ratio, find_layer
 from onnxprune.coupling import analyze
 from onnxprune.text import human, table
 from onnxprune.errors import InvalidRequestError, MissingExtraError
@@ -287,7 +287,7 @@ def sensitivity(model, data, *, ratios=DEFAULT_RATIOS, method: str = "l2", metri
         baseline, n = pick_value(first, key), int(first.get("n", 0))
     else:
         baseline, n = 1.0, _count(data)
-    macs = stats(model, shapes=analysis.walker.shapes).macs
+    macs = stats(model, shapes=analysis.channels.shapes).macs
     curves = []
     for number, group in enumerate(groups, 1):
         layer = group.layers[0]
@@ -339,11 +339,9 @@ def _groups(analysis, layers):
         if not prunable:
             raise InvalidRequestError("the model has no prunable channel group (`onnxprune inspect MODEL` explains)")
         return prunable
-    from onnxprune.pruning import _find_layer
-
     chosen: dict[int, Any] = {}
     for name in layers:
-        layer = _find_layer(analysis, name)
+        layer = find_layer(analysis, name)
         group = analysis.groups[layer.group]
         if not group.prunable:
             raise InvalidRequestError(f"layer '{name}' ({layer.op_type}) cannot be pruned: {group.reason}")

@@ -1,13 +1,16 @@
 """`analyze()`: channel groups and prunable layers of a model, without changing it."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import numpy as np
 import onnx
 
 from onnxprune import ir
 from onnxprune.constants import ConstantResolver
+from onnxprune.coupling.channel_map import ChannelMap, ConstantUse, frozen_axes, read_only
 from onnxprune.coupling.tracker import Resolution
 from onnxprune.coupling.walker import Walker
 from onnxprune.graph import GraphIndex, attribute
@@ -48,33 +51,37 @@ class Layer:
     group: int | None
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class Analysis:
-    """The result of analyze(): public `groups` and `layers`, plus what surgery needs."""
+    """The result of analyze(): public `groups` and `layers`, and the frozen channel map surgery reads."""
 
     model: onnx.ModelProto
     groups: list[ChannelGroup]
     layers: list[Layer]
-    walker: Walker
-    resolution: Resolution
-    group_units: list[np.ndarray]  # per group id: its unit ids (root elements), in channel order
-    group_of_internal: dict[int, int]  # internal group id -> public id
+    channels: ChannelMap
+    by_name: Mapping[str, Layer] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, Layer] = {}
+        for layer in self.layers:
+            by_name.setdefault(layer.name, layer)
+        object.__setattr__(self, "by_name", MappingProxyType(by_name))
 
     @property
     def index(self) -> GraphIndex:
-        return self.walker.index
+        return self.channels.index
 
     def layer(self, name: str) -> Layer | None:
-        return next((layer for layer in self.layers if layer.name == name), None)
+        return self.by_name.get(name)
 
     def layer_output_ids(self, name: str) -> np.ndarray | None:
         """Element ids of a layer's output channels (positions = the layer's output channel indices)."""
         i = self.index.by_name.get(name)
-        return None if i is None else self.walker.layer_out.get(i)
+        return None if i is None else self.channels.layer_out.get(i)
 
     def unit_positions(self, group: int) -> dict[int, int]:
         """unit id -> its index within the group."""
-        return {int(u): k for k, u in enumerate(self.group_units[group])}
+        return {int(u): k for k, u in enumerate(self.channels.group_units[group])}
 
     def summary(self) -> str:
         prunable = sum(g.prunable for g in self.groups)
@@ -103,33 +110,12 @@ def _default_opset(model: onnx.ModelProto) -> int:
 
 
 def _build(model: onnx.ModelProto, walker: Walker, res: Resolution) -> Analysis:
-    units = np.unique(res.unit)
-    unit_group = res.group[units] if len(units) else np.zeros(0, dtype=np.int64)
-    order = np.lexsort((units, unit_group))
-    units, unit_group = units[order], unit_group[order]
-    internal_ids, starts = np.unique(unit_group, return_index=True)
-    bounds = list(starts[1:]) + [len(units)]
-    public = {int(g): k for k, g in enumerate(internal_ids)}
-    group_units = [units[s:e] for s, e in zip(starts, bounds)]
-    members: list[list[Member]] = [[] for _ in internal_ids]
-
-    def add_members(ids: np.ndarray, make) -> None:
-        groups, counts = np.unique(res.group[ids], return_counts=True)
-        for g, c in zip(groups.tolist(), counts.tolist()):
-            members[public[g]].append(make(int(c)))
-
-    for tensor, axes in walker.axes.items():
-        for axis, ids in axes.items():
-            add_members(ids, lambda c, t=tensor, a=axis: Member(t, a, "activation", size=c))
-    for (i, slot), use in walker.const_uses.items():
-        node = walker.index.nodes[i]
-        for axis, ids in use.axes.items():
-            add_members(ids, lambda c, n=node, s=slot, a=axis, r=use.roles[axis]:
-                        Member(n.input[s], a, "weight", node=walker.index.names[i], role=r, size=c))
-    layers = _layers(walker, res, public)
+    channels, internal_ids = _channel_map(walker, res)
+    members = _members(channels, len(internal_ids))
+    layers = _layers(channels)
     groups = []
     for k, g in enumerate(internal_ids.tolist()):
-        size = len(group_units[k])
+        size = len(channels.group_units[k])
         blocked = res.blocked.get(g)
         inexact = res.inexact.get(g)
         reason = blocked or (f"only {size} channel" if size < 2 else None) or inexact
@@ -138,25 +124,68 @@ def _build(model: onnx.ModelProto, walker: Walker, res: Resolution) -> Analysis:
             prunable=blocked is None and size >= 2, reason=reason,
             layers=[layer.name for layer in layers if layer.group == k],
         ))
-    return Analysis(model=model, groups=groups, layers=layers, walker=walker, resolution=res,
-                    group_units=group_units, group_of_internal=public)
+    return Analysis(model=model, groups=groups, layers=layers, channels=channels)
 
 
-def _layers(walker: Walker, res: Resolution, public: dict[int, int]) -> list[Layer]:
+def _channel_map(walker: Walker, res: Resolution) -> tuple[ChannelMap, np.ndarray]:
+    """The walk frozen, and the internal group id of each public group (public ids follow internal order)."""
+    units = np.unique(res.unit)
+    unit_group = res.group[units] if len(units) else np.zeros(0, dtype=np.int64)
+    order = np.lexsort((units, unit_group))
+    units, unit_group = units[order], unit_group[order]
+    internal_ids, starts = np.unique(unit_group, return_index=True)
+    sizes = np.diff(np.append(starts, len(units)))
+    public = np.full(int(internal_ids.max(initial=-1)) + 1, -1, dtype=np.int64)
+    public[internal_ids] = np.arange(len(internal_ids))
+    unit_position = np.zeros(len(res.unit), dtype=np.int64)
+    unit_position[units] = np.arange(len(units)) - np.repeat(starts, sizes)
+    channels = ChannelMap(
+        index=walker.index, resolver=walker.resolver, options=walker.options,
+        shapes=MappingProxyType(walker.shapes),
+        axes=MappingProxyType({t: frozen_axes(axes) for t, axes in walker.axes.items()}),
+        const_uses=MappingProxyType({key: ConstantUse(frozen_axes(use.axes), MappingProxyType(dict(use.roles)))
+                                     for key, use in walker.const_uses.items()}),
+        layer_out=MappingProxyType({i: read_only(ids) for i, ids in walker.layer_out.items()}),
+        unit=read_only(res.unit), group=read_only(public[res.group]), position=read_only(unit_position[res.unit]),
+        group_units=tuple(read_only(units[s:s + n]) for s, n in zip(starts, sizes)))
+    return channels, internal_ids
+
+
+def _members(channels: ChannelMap, n_groups: int) -> list[list[Member]]:
+    """Per public group: the tensor axes (activations, then weights) that carry its channels."""
+    members: list[list[Member]] = [[] for _ in range(n_groups)]
+
+    def add_members(ids: np.ndarray, make) -> None:
+        groups, counts = np.unique(channels.group[ids], return_counts=True)
+        for g, c in zip(groups.tolist(), counts.tolist()):
+            members[g].append(make(int(c)))
+
+    for tensor, axes in channels.axes.items():
+        for axis, ids in axes.items():
+            add_members(ids, lambda c, t=tensor, a=axis: Member(t, a, "activation", size=c))
+    for (i, slot), use in channels.const_uses.items():
+        node = channels.index.nodes[i]
+        for axis, ids in use.axes.items():
+            add_members(ids, lambda c, n=node, s=slot, a=axis, r=use.roles[axis]:
+                        Member(n.input[s], a, "weight", node=channels.index.names[i], role=r, size=c))
+    return members
+
+
+def _layers(channels: ChannelMap) -> list[Layer]:
     layers = []
-    out_ids = walker.layer_out
-    for i, node in enumerate(walker.index.nodes):
+    out_ids = channels.layer_out
+    for i, node in enumerate(channels.index.nodes):
         if node.op_type not in LAYER_OPS or i not in out_ids:
             continue
         ids = out_ids[i]
-        group = public.get(int(res.group[ids[0]])) if len(ids) else None
-        cin, cout = _channel_counts(walker, node)
-        layers.append(Layer(walker.index.names[i], node.op_type, cin, cout, group))
+        group = int(channels.group[ids[0]]) if len(ids) else None
+        cin, cout = _channel_counts(channels, node)
+        layers.append(Layer(channels.index.names[i], node.op_type, cin, cout, group))
     return layers
 
 
-def _channel_counts(walker: Walker, node: onnx.NodeProto) -> tuple[int | None, int | None]:
-    shape = walker.shape
+def _channel_counts(channels: ChannelMap, node: onnx.NodeProto) -> tuple[int | None, int | None]:
+    shape = channels.shape
     if node.op_type == "Conv":
         w = shape(node.input[1])
         return w[1] * attribute(node, "group", 1), w[0]
@@ -167,7 +196,7 @@ def _channel_counts(walker: Walker, node: onnx.NodeProto) -> tuple[int | None, i
         b = shape(node.input[1])
         return (b[1], b[0]) if attribute(node, "transB", 0) else (b[0], b[1])
     if node.op_type == "MatMul":
-        if walker.is_const(node.input[1]):
+        if channels.is_const(node.input[1]):
             b = shape(node.input[1])
             return b[-2], b[-1]
         a = shape(node.input[0])

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 
 from onnxprune.constants import ConstantResolver
+from onnxprune.coupling.channel_map import constant_source
 from onnxprune.coupling.tracker import ChannelTracker
 from onnxprune.graph import GraphIndex
 
@@ -160,12 +161,11 @@ class Walker:
         for tensor in self.index.graph_outputs:
             self.block_tensor(tensor, f"tensor '{tensor}' is a graph output; its shape must not change")
 
-
     def _tie_shared_constants(self) -> None:
         """A weight read by several nodes (shared layers) loses the same slices everywhere: stays shared."""
         by_source: dict[str, list[ConstUse]] = {}
         for (i, slot), use in self.const_uses.items():
-            by_source.setdefault(self._constant_source(self.index.nodes[i].input[slot]), []).append(use)
+            by_source.setdefault(constant_source(self.index, self.index.nodes[i].input[slot]), []).append(use)
         for uses in by_source.values():
             if len(uses) < 2:
                 continue
@@ -174,13 +174,6 @@ class Walker:
                 if len(arrays) == len(uses) and all(len(a) == len(arrays[0]) for a in arrays):
                     for other in arrays[1:]:
                         self.union(arrays[0], other)
-
-    def _constant_source(self, tensor: str) -> str:
-        node = self.index.producer_node(tensor)
-        while node is not None and node.op_type == "Identity":
-            tensor = node.input[0]
-            node = self.index.producer_node(tensor)
-        return tensor
 
 
 _SOURCE_OPS = {"Gather", "MatMul", "Gemm", "Conv", "ConvTranspose"}  # ops that can create channels from constants

@@ -140,7 +140,7 @@ def feature_sites(analysis: Analysis, groups: list[int]) -> list[Site]:
     for name in (name for g in groups for name in analysis.groups[g].layers):
         ids = analysis.layer_output_ids(name)
         tensor = analysis.index.nodes[analysis.index.by_name[name]].output[0]
-        axis = next((a for a, tracked in analysis.walker.tracked(tensor).items() if np.array_equal(tracked, ids)),
+        axis = next((a for a, tracked in analysis.channels.tracked(tensor).items() if np.array_equal(tracked, ids)),
                     None)
         if axis is not None:
             sites.append(_after_activation(analysis, Site(tensor, axis, ids)))
@@ -148,7 +148,7 @@ def feature_sites(analysis: Analysis, groups: list[int]) -> list[Site]:
 
 
 def _after_activation(analysis: Analysis, site: Site) -> Site:
-    index, walker = analysis.index, analysis.walker
+    index, channels = analysis.index, analysis.channels
     while site.tensor not in index.graph_outputs:
         uses = index.consumers.get(site.tensor, [])
         if len(uses) != 1:
@@ -156,8 +156,8 @@ def _after_activation(analysis: Analysis, site: Site) -> Site:
         node = index.nodes[uses[0][0]]
         others = [t for t in node.input if t and t != site.tensor]
         per_channel = node.op_type in _PER_ELEMENT or (
-            node.op_type in _WITH_CONSTANT and all(walker.is_const(t) for t in others))
-        ids = walker.tracked(node.output[0]).get(site.axis)
+            node.op_type in _WITH_CONSTANT and all(channels.is_const(t) for t in others))
+        ids = channels.tracked(node.output[0]).get(site.axis)
         if not per_channel or ids is None or not np.array_equal(ids, site.ids):
             return site
         site = Site(node.output[0], site.axis, ids)
@@ -167,23 +167,23 @@ def _after_activation(analysis: Analysis, site: Site) -> Site:
 def attention_sites(analysis: Analysis) -> list[tuple[str, Site, tuple[str, ...]]]:
     """(kind, site, tensors) per attention pattern: "qk" (score MatMul operands), "v" (value MatMul output,
     dims) or "heads" (value MatMul output, head axis)."""
-    index, walker = analysis.index, analysis.walker
+    index, channels = analysis.index, analysis.channels
     found = []
     for node in index.nodes:
-        if node.op_type != "MatMul" or walker.is_const(node.input[0]) or walker.is_const(node.input[1]):
+        if node.op_type != "MatMul" or channels.is_const(node.input[0]) or channels.is_const(node.input[1]):
             continue
         a, b, out = node.input[0], node.input[1], node.output[0]
-        rank_a, rank_out = walker.rank(a), walker.rank(out)
+        rank_a, rank_out = channels.rank(a), channels.rank(out)
         if rank_a is None or rank_out is None:
             continue
         if _from_softmax(analysis, a):
-            for axis, ids in walker.tracked(out).items():
+            for axis, ids in channels.tracked(out).items():
                 if axis == rank_out - 1:
                     found.append(("v", Site(out, axis, ids), (out,)))
                 elif 0 < axis < rank_out - 2:
                     found.append(("heads", Site(out, axis, ids), (out,)))
-        elif rank_a - 1 in walker.tracked(a):
-            found.append(("qk", Site(a, rank_a - 1, walker.tracked(a)[rank_a - 1]), (a, b)))
+        elif rank_a - 1 in channels.tracked(a):
+            found.append(("qk", Site(a, rank_a - 1, channels.tracked(a)[rank_a - 1]), (a, b)))
     return found
 
 
@@ -199,14 +199,14 @@ def _from_softmax(analysis: Analysis, tensor: str) -> bool:
 def unit_scores(analysis: Analysis, site: Site, values: np.ndarray, group_policy: str) -> dict[int, np.ndarray]:
     """Per group touched by the site: per-position values (or per head and position, heads first)
     combined into units by `group_policy` (NaN where the site lacks a unit)."""
-    res = analysis.resolution
+    channels = analysis.channels
     ids = np.tile(site.ids, len(values) // len(site.ids))  # values may come per (head, position)
-    groups = np.array([analysis.group_of_internal[int(g)] for g in res.group[ids]])
+    groups = channels.group[ids]
     scores = {}
     for g in np.unique(groups).tolist():
         chosen = groups == g
-        positions = np.searchsorted(analysis.group_units[g], res.unit[ids[chosen]])
-        scores[g] = group_slices(values[chosen], positions, len(analysis.group_units[g]), group_policy)
+        scores[g] = group_slices(values[chosen], channels.position[ids[chosen]], analysis.groups[g].size,
+                                 group_policy)
     return scores
 
 
@@ -269,4 +269,4 @@ def snp(ctx: CriterionContext) -> dict[int, np.ndarray]:
 
 def _site_groups(analysis: Analysis, site: Site) -> set[int]:
     """Public ids of the groups a site's positions belong to."""
-    return {analysis.group_of_internal[int(g)] for g in np.unique(analysis.resolution.group[site.ids])}
+    return analysis.channels.groups_of(site.ids)

@@ -43,40 +43,36 @@ def layer_scores(ctx: CriterionContext, scorer: Scorer, select: Select,
 
     `per_layer` transforms each vector (e.g. LAMP) before the layers are combined.
     """
-    a = ctx.analysis
+    sizes = {g: ctx.analysis.groups[g].size for g in ctx.groups}
     per_group: dict[int, list[np.ndarray]] = {g: [] for g in ctx.groups}
     wanted = set(ctx.groups)
-    for name, value, axis, groups, units in _weight_axes(ctx, select):
+    for name, value, axis, groups, positions in _weight_axes(ctx, select):
         position_scores = scorer(value, axis, name)
         for g in sorted(wanted.intersection(groups.tolist())):
             chosen = groups == g
-            positions = np.searchsorted(a.group_units[g], units[chosen])
-            vector = group_slices(position_scores[chosen], positions, len(a.group_units[g]),
-                                  ctx.options.group_policy)
+            vector = group_slices(position_scores[chosen], positions[chosen], sizes[g], ctx.options.group_policy)
             per_group[g].append(vector if per_layer is None else per_layer(vector))
     return per_group
 
 
 def _weight_axes(ctx: CriterionContext, select: Select) -> Iterator[tuple[str, np.ndarray, int, np.ndarray, np.ndarray]]:
-    """(constant name, value, axis, public group per position, unit per position) of the selected axes."""
-    a = ctx.analysis
-    res = a.resolution
+    """(constant name, value, axis, and per position along the axis: its public group and its unit's position
+    in that group) of the selected weight axes."""
+    channels = ctx.analysis.channels
     wanted = set(ctx.groups)
-    public = np.full(max(a.group_of_internal, default=-1) + 1, -1, dtype=np.int64)
-    public[list(a.group_of_internal)] = list(a.group_of_internal.values())
-    for (i, slot), use in a.walker.const_uses.items():
-        node = a.index.nodes[i]
+    for (i, slot), use in channels.const_uses.items():
+        node = channels.index.nodes[i]
         for axis, role in use.roles.items():
             if not select(node.op_type, slot, role):
                 continue
             ids = use.axes[axis]
-            groups = public[res.group[ids]]
+            groups = channels.group[ids]
             if not wanted.intersection(groups.tolist()):
                 continue
-            value = a.walker.resolver.value(node.input[slot])
+            value = channels.resolver.value(node.input[slot])
             if value is None:
                 continue
-            yield a.walker._constant_source(node.input[slot]), value, axis, groups, res.unit[ids]
+            yield channels.constant_source(node.input[slot]), value, axis, groups, channels.position[ids]
 
 
 def group_slices(scores: np.ndarray, positions: np.ndarray, n_units: int, group_policy: str) -> np.ndarray:
@@ -122,8 +118,8 @@ def combine_layers(scores: list[np.ndarray], n: int, policy: str) -> np.ndarray:
 
 def combined(ctx: CriterionContext, per_group: dict[int, list[np.ndarray]]) -> dict[int, np.ndarray]:
     """`combine_layers` for every group, by the context's policy."""
-    a = ctx.analysis
-    return {g: combine_layers(vectors, len(a.group_units[g]), ctx.options.policy) for g, vectors in per_group.items()}
+    groups = ctx.analysis.groups
+    return {g: combine_layers(vectors, groups[g].size, ctx.options.policy) for g, vectors in per_group.items()}
 
 
 _CHUNK_ELEMENTS = 1 << 22
@@ -208,7 +204,7 @@ def _lamp_present(vector: np.ndarray) -> np.ndarray:
 @register_criterion("random")
 def random(ctx: CriterionContext) -> dict[int, np.ndarray]:
     """Uniform random scores, one stream per (seed, group): the same seed gives the same choice."""
-    return {g: np.random.default_rng([ctx.seed, g]).random(len(ctx.analysis.group_units[g])) for g in ctx.groups}
+    return {g: np.random.default_rng([ctx.seed, g]).random(ctx.analysis.groups[g].size) for g in ctx.groups}
 
 
 @register_criterion("bn_scale")

@@ -39,8 +39,8 @@ class _Surgeon:
         self.own = own
         self.keep = keep
         self.index = analysis.index
-        self.walker = analysis.walker
-        self.resolver = analysis.walker.resolver
+        self.walker = analysis.channels  # the frozen channel map (axes, const_uses, shape, dim, resolver)
+        self.resolver = analysis.channels.resolver
         self.names = NameSource(analysis.model.graph)
         self.slicer = ConstantSlicer(self.index, self.resolver, self.names)
         self.kept: dict[str, dict[int, np.ndarray]] = {}  # tensor -> axis -> kept positions (changed axes only)

@@ -66,7 +66,7 @@ def kept_indices(result_or_plan: Any, model: Any = None) -> dict[str, dict[int, 
         if model is None:
             raise InvalidRequestError("a plan says which channel units go, not which tensors shrink: pass the ONNX "
                                       "model it was made for too, apply_pruning(module, plan, model='model.onnx')")
-        from onnxprune.plan import apply_plan
+        from onnxprune.pruning import apply_plan
 
         return apply_plan(model, result_or_plan).weights
     raise InvalidRequestError(f"apply_pruning takes a PruneResult (from op.prune / op.apply_plan) or a plan, not "
