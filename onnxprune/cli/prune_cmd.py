@@ -4,9 +4,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_flags, check_report_flags,
-                                  load_gradients, make_parent, options_from_args, output_path, read_json,
-                                  report_from_args)
+from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_flags, check_paths, load_gradients,
+                                  make_parent, options_from_args, prepare_report, read_json, report_from_args,
+                                  write_text)
 from onnxprune.criteria import CRITERIA
 from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError
@@ -92,8 +92,10 @@ def _correct_plan_result(args: argparse.Namespace, result, fixes: dict) -> None:
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
-    out = output_path(args.model, args.output)
-    check_report_flags(args)
+    check_paths({"model": args.model, "plan": args.plan, "ratios file": args.ratios, "indices file": args.indices,
+                 "calibration data": args.calibration, "gradients": args.gradients, "evaluation data": args.eval_data},
+                {"-o": args.output, "--record": args.record, "--save-plan": args.save_plan, "--report": args.report})
+    eval_data = prepare_report(args)
     options = options_from_args(args)
     fixes = _correction_args(args)
     if args.plan:
@@ -109,8 +111,9 @@ def run(args: argparse.Namespace) -> int:
                           recommendation=args.recommend, options=options, calibration=args.calibration,
                           gradients=load_gradients(args.gradients), verify=args.verify, seed=args.seed,
                           **{k: v for k, v in fixes.items() if k != "calibration"})
-    make_parent(out)
-    op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
+    make_parent(args.output)
+    op.save_model(result.model, args.output, reference=result.reference,
+                  external_data=True if args.external_data else None)
     print(result.summary)
     print(f"pruned {len(result.pruned_groups)} channel groups ({result.achieved_ratio:.1%} of their channels); "
           f"{len(result.channels)} tensors shrank")
@@ -124,11 +127,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(result, "reconstruction", None) is not None:
         print(result.reconstruction)
     if args.record:
-        with open(output_path(args.model, args.record), "w", encoding="utf-8") as handle:
-            json.dump({"channels": result.channels, "plan": result.plan.as_dict()}, handle)
+        write_text(args.record, json.dumps({"channels": result.channels, "plan": result.plan.as_dict()}))
     if args.save_plan:
-        result.plan.save(output_path(args.model, args.save_plan))
+        write_text(args.save_plan, result.plan.to_json())
         print(f"wrote plan {args.save_plan}")
-    print(f"wrote {out}")
-    report_from_args(args, "prune", out, prune_result=result)
+    print(f"wrote {args.output}")
+    report_from_args(args, "prune", args.output, eval_data, prune_result=result)
     return 0
