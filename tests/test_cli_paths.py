@@ -162,6 +162,16 @@ def test_every_output_is_checked_against_every_input_and_output(files, tmp_path,
     assert unchanged(files) and not written(tmp_path)
 
 
+# --------------------------------------------------------------------------- 5. sparsify --report extension
+
+def test_sparsify_report_must_be_markdown_or_json(files, tmp_path, capsys):
+    paths, _ = files
+    report = tmp_path / "r.txt"
+    refused(capsys, ["sparsify", str(paths["model"]), "--sparsity", "0.5", "-o", str(tmp_path / "out.onnx"),
+                     "--report", str(report)], f"onnxprune sparsify: error: report '{report}' must end in .md or .json")
+    assert unchanged(files) and not written(tmp_path)
+
+
 def test_eval_data_is_checked_before_any_work(files, tmp_path, capsys):
     paths, _ = files
     missing = tmp_path / "nope.npz"

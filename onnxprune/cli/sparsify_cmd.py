@@ -47,10 +47,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
+    from onnxprune.report import check_report_path
     from onnxprune.sparsity import sparsify
 
     check_paths({"model": args.model, "calibration data": args.calibration, "gradients": args.gradients},
                 {"-o": args.output, "--report": args.report})
+    if args.report:
+        check_report_path(args.report)
     out = args.output
     result = sparsify(args.model, args.strategy, args.sparsity, compression=args.compression, n=args.n, m=args.m,
                       storage=args.storage, exclude=args.exclude, exclude_first=args.exclude_first,
