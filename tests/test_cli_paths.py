@@ -172,6 +172,30 @@ def test_sparsify_report_must_be_markdown_or_json(files, tmp_path, capsys):
     assert unchanged(files) and not written(tmp_path)
 
 
+# --------------------------------------------------------------------------- 6. prune --plan ignores no flag
+
+@pytest.mark.parametrize("extra, flags", [
+    (["--method", "gm"], "--method"), (["--scope", "global"], "--scope"), (["--recommend", "slamp"], "--recommend"),
+    (["--seed", "3"], "--seed"), (["--step-size", "4", "--score-consumers"], "--step-size, --score-consumers"),
+    (["--policy", "max", "--method", "PR_GM"], "--method, --policy"),
+])
+def test_prune_plan_refuses_the_flags_the_plan_carries(files, tmp_path, capsys, extra, flags):
+    paths, _ = files
+    refused(capsys, ["prune", str(paths["model"]), "--plan", str(paths["plan"]), "-o", str(tmp_path / "out.onnx"),
+                     *extra], f"{flags} cannot be used with --plan: the plan carries the method, scope, "
+                              "recommendation, seed and options; edit the plan, or drop --plan")
+    assert unchanged(files) and not written(tmp_path)
+
+
+def test_prune_plan_accepts_those_flags_at_their_defaults(files, tmp_path):
+    paths, _ = files
+    base = ["prune", str(paths["model"]), "--plan", str(paths["plan"])]
+    assert main(base + ["-o", str(tmp_path / "a.onnx")]) == 0
+    assert main(base + ["-o", str(tmp_path / "b.onnx"), "--method", "PR_L2", "--scope", "uniform", "--seed", "0",
+                        "--step-size", "2", "--policy", "average"]) == 0
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes() and unchanged(files)
+
+
 def test_eval_data_is_checked_before_any_work(files, tmp_path, capsys):
     paths, _ = files
     missing = tmp_path / "nope.npz"

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import tempfile
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -129,6 +130,13 @@ def options_from_args(args: argparse.Namespace) -> Options:
     return Options(policy=args.policy, layer_norm=args.layer_norm, group_policy=args.group_policy,
                    reshape_channel_axis=args.reshape_channel_axis, step_size=args.step_size, step_op=args.step_op,
                    max_ratio=args.max_ratio, score_consumers=args.score_consumers)
+
+
+def changed_option_flags(args: argparse.Namespace) -> list[str]:
+    """The flags of add_option_flags given a value other than their default."""
+    options = options_from_args(args)
+    return ["--" + f.name.replace("_", "-") for f in fields(Options)
+            if getattr(options, f.name) != getattr(_DEFAULTS, f.name)]
 
 
 def add_data_flags(p: argparse.ArgumentParser) -> None:

@@ -4,12 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_flags, check_paths, load_gradients,
-                                  make_parent, options_from_args, prepare_report, read_json, report_from_args,
-                                  write_text)
+from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_flags, changed_option_flags,
+                                  check_paths, load_gradients, make_parent, options_from_args, prepare_report,
+                                  read_json, report_from_args, write_text)
 from onnxprune.criteria import CRITERIA
 from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError
+
+# defaults of the flags a plan file carries itself (prune --plan refuses other values)
+PLAN_CARRIES = {"method": "l2", "scope": "uniform", "recommend": None, "seed": 0}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,14 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--plan", metavar="FILE.json",
                      help="apply a plan written by --save-plan or `onnxprune plan` (same as `onnxprune apply`)")
     aliases = ", ".join(f"{k.upper()}={v}" for k, v in sorted(ALIASES.items()) if v != "index")
-    p.add_argument("--method", default="l2",
+    p.add_argument("--method", default=PLAN_CARRIES["method"],
                    help=f"criterion for --ratio/--ratios: {', '.join(sorted(CRITERIA))} (default l2; "
                         f"NetsPresso spellings {aliases})")
-    p.add_argument("--scope", default="uniform", choices=["uniform", "global"],
+    p.add_argument("--scope", default=PLAN_CARRIES["scope"], choices=["uniform", "global"],
                    help="uniform: --ratio from every group (default); global: normalised scores compared across groups")
     p.add_argument("--recommend", choices=["slamp"], help="SLAMP: per-group ratios allotted from LAMP scores for --ratio")
     add_data_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of method random (default 0)")
+    p.add_argument("--seed", type=int, default=PLAN_CARRIES["seed"], help="seed of method random (default 0)")
     add_option_flags(p)
     p.add_argument("--save-plan", metavar="FILE.json",
                    help="also write the plan: layer values and the channels kept per group (replayable, editable)")
@@ -89,9 +92,21 @@ def _correct_plan_result(args: argparse.Namespace, result, fixes: dict) -> None:
         reconstruct_pruned(args.model, result, args.calibration, ridge=fixes["ridge"])
 
 
+def _refuse_flags_a_plan_carries(args: argparse.Namespace) -> None:
+    """--plan brings its own method, scope, recommendation, seed and options: refuse those flags beside it."""
+    values = {**vars(args), "method": ALIASES.get(args.method.lower(), args.method.lower())}  # PR_L2 is l2
+    given = ["--" + name for name, default in PLAN_CARRIES.items() if values[name] != default]
+    given += changed_option_flags(args)
+    if given:
+        raise InvalidRequestError(f"{', '.join(given)} cannot be used with --plan: the plan carries the method, "
+                                  "scope, recommendation, seed and options; edit the plan, or drop --plan")
+
+
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
+    if args.plan:
+        _refuse_flags_a_plan_carries(args)
     check_paths({"model": args.model, "plan": args.plan, "ratios file": args.ratios, "indices file": args.indices,
                  "calibration data": args.calibration, "gradients": args.gradients, "evaluation data": args.eval_data},
                 {"-o": args.output, "--record": args.record, "--save-plan": args.save_plan, "--report": args.report})
