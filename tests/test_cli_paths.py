@@ -3,7 +3,7 @@ work (exit 2, nothing written, inputs unchanged byte for byte), creates missing 
 it would silently ignore."""
 from __future__ import annotations
 
-import json
+import re
 
 import numpy as np
 import onnx
@@ -194,6 +194,23 @@ def test_prune_plan_accepts_those_flags_at_their_defaults(files, tmp_path):
     assert main(base + ["-o", str(tmp_path / "b.onnx"), "--method", "PR_L2", "--scope", "uniform", "--seed", "0",
                         "--step-size", "2", "--policy", "average"]) == 0
     assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes() and unchanged(files)
+
+
+# --------------------------------------------------------------------------- 7. help text
+
+def _help(capsys, command: str) -> str:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return re.sub(r"\s+", " ", capsys.readouterr().out)
+
+
+def test_help_names_what_the_files_hold_and_who_needs_them(capsys):
+    prune = _help(capsys, "prune")
+    assert "calibration data for data-based methods (nn, activation, snp), --compensate and --reconstruct" in prune
+    for command in ("prune", "decompose"):
+        assert ("class labels under 'y' (or 'labels' when there is no 'y') and the input arrays keyed by input name "
+                "(a single-input model may use 'x')") in _help(capsys, command)
+    assert "--compensate" not in _help(capsys, "apply")  # apply has no corrections: its --calibration is the plan's
 
 
 def test_eval_data_is_checked_before_any_work(files, tmp_path, capsys):

@@ -139,11 +139,13 @@ def changed_option_flags(args: argparse.Namespace) -> list[str]:
             if getattr(options, f.name) != getattr(_DEFAULTS, f.name)]
 
 
-def add_data_flags(p: argparse.ArgumentParser) -> None:
-    """--calibration and --gradients of the data-based criteria."""
+def add_data_flags(p: argparse.ArgumentParser, *, corrections: bool = False) -> None:
+    """--calibration and --gradients of the data-based criteria (`corrections`: the command also has
+    --compensate and --reconstruct, which need --calibration too)."""
+    users = "data-based methods (nn, activation, snp)" + (", --compensate and --reconstruct" if corrections else "")
     p.add_argument("--calibration", metavar="FILE.npz|.npy",
-                   help="calibration data for data-based methods (nn, activation, snp): a .npz of arrays keyed by "
-                        "input name, or a .npy array for a single-input model (one batch; split into batches of 32)")
+                   help=f"calibration data for {users}: a .npz of arrays keyed by input name, or a .npy array for "
+                        "a single-input model (one batch; split into batches of 32)")
     p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (method taylor)")
 
 
@@ -154,8 +156,9 @@ def add_report_flags(p: argparse.ArgumentParser) -> None:
                    help="also write a before/after report (per-layer params and MACs, totals, file sizes, "
                         "latency; markdown or JSON by extension)")
     p.add_argument("--eval-data", metavar="FILE.npz",
-                   help="with --report: labelled data for metric before/after: a .npz holding the input "
-                        "arrays (keyed by input name, or 'x' for a single-input model) and class labels 'y'")
+                   help="with --report: labelled data for metric before/after: a .npz holding the class labels "
+                        "under 'y' (or 'labels' when there is no 'y') and the input arrays keyed by input name "
+                        "(a single-input model may use 'x')")
 
 
 def prepare_report(args: argparse.Namespace) -> Any:

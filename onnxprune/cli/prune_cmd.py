@@ -35,7 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", default=PLAN_CARRIES["scope"], choices=["uniform", "global"],
                    help="uniform: --ratio from every group (default); global: normalised scores compared across groups")
     p.add_argument("--recommend", choices=["slamp"], help="SLAMP: per-group ratios allotted from LAMP scores for --ratio")
-    add_data_flags(p)
+    add_data_flags(p, corrections=True)
     p.add_argument("--seed", type=int, default=PLAN_CARRIES["seed"], help="seed of method random (default 0)")
     add_option_flags(p)
     p.add_argument("--save-plan", metavar="FILE.json",
