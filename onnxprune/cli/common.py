@@ -32,18 +32,18 @@ def check_paths(inputs: dict[str, str | None], outputs: dict[str, str | None]) -
         if not path:
             continue
         for what, source in given_inputs.items():
-            if same_file(source, path):
+            if _same_file(source, path):
                 raise InvalidRequestError(f"output {flag} '{path}' is the input {what}; onnxprune never overwrites "
                                           "its input (choose another file)")
         for other, taken in seen.items():
-            if same_file(taken, path):
+            if _same_file(taken, path):
                 raise InvalidRequestError(f"output {flag} '{path}' is also the output {other}; give each output "
                                           "its own file")
         _check_writable(flag, path)
         seen[flag] = path
 
 
-def same_file(a: str, b: str) -> bool:
+def _same_file(a: str, b: str) -> bool:
     """True when the two paths name one file (existing or not; links resolved)."""
     if os.path.exists(a) and os.path.exists(b):
         return os.path.samefile(a, b)
