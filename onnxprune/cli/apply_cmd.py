@@ -2,10 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 
-from onnxprune.cli.common import add_data_flags, load_gradients, make_parent, output_path
-from onnxprune.errors import InvalidRequestError
+from onnxprune.cli.common import add_data_flags, check_paths, load_gradients, make_parent, write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,15 +33,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
-    out = output_path(args.model, args.output)
-    _not_the_plan(args.plan, out)
-    if args.save_plan:
-        _not_the_plan(args.plan, output_path(args.model, args.save_plan))
+    check_paths({"model": args.model, "plan": args.plan, "calibration data": args.calibration,
+                 "gradients": args.gradients},
+                {"-o": args.output, "--save-plan": args.save_plan})
     plan = op.Plan.load(args.plan)
     result = op.apply_plan(args.model, plan, verify=args.verify, calibration=args.calibration,
                            gradients=load_gradients(args.gradients))
-    make_parent(out)
-    op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
+    make_parent(args.output)
+    op.save_model(result.model, args.output, reference=result.reference,
+                  external_data=True if args.external_data else None)
     print(result.summary)
     how = "replayed the recorded channels" if plan.recorded else "applied the layer values"
     print(f"{how}: pruned {len(result.pruned_groups)} channel groups ({result.achieved_ratio:.1%} of their "
@@ -51,13 +49,8 @@ def run(args: argparse.Namespace) -> int:
     if result.verification is not None:
         print(f"mask oracle: ok (max relative error {result.verification.max_rel_error:.2e})")
     if args.save_plan:
-        make_parent(args.save_plan)
-        result.plan.save(args.save_plan)
+        write_text(args.save_plan, result.plan.to_json())
         print(f"wrote plan {args.save_plan}")
-    print(f"wrote {out}")
+    print(f"wrote {args.output}")
     return 0
 
-
-def _not_the_plan(plan: str, output: str) -> None:
-    if os.path.exists(plan) and os.path.exists(output) and os.path.samefile(plan, output):
-        raise InvalidRequestError(f"output '{output}' is the input plan; onnxprune never overwrites its input")

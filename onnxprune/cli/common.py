@@ -1,10 +1,14 @@
-"""Helpers shared by the CLI commands: output paths, JSON and gradient files, the pruning option and data flags
-(prune, plan, apply), and the --report / --eval-data flags (prune, decompose)."""
+"""Helpers shared by the CLI commands: the input / output path check every command makes before any work, atomic
+text outputs, JSON and gradient files, the pruning option and data flags (prune, plan, apply), and the --report /
+--eval-data flags (prune, decompose)."""
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shutil
+import tempfile
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
@@ -17,17 +21,65 @@ _DEFAULTS = Options()
 
 # --------------------------------------------------------------------------- files
 
-def output_path(model_path: str, output: str) -> str:
-    """The output path, refusing the input file itself."""
-    if os.path.exists(output) and os.path.exists(model_path) and os.path.samefile(model_path, output):
-        raise InvalidRequestError(f"output '{output}' is the input model; onnxprune never overwrites its input")
-    return output
+def check_paths(inputs: dict[str, str | None], outputs: dict[str, str | None]) -> None:
+    """Refuse, before any work, an output that is one of the inputs or another output of the same command, or that
+    cannot be written (a folder, or under a file). `inputs` names each input ("model", "plan", ...), `outputs` each
+    output by its flag ("-o", "--record", ...); None entries are flags not given. Missing output folders are fine:
+    write_text and make_parent create them once the result is ready."""
+    given_inputs = {what: path for what, path in inputs.items() if path}
+    seen: dict[str, str] = {}
+    for flag, path in outputs.items():
+        if not path:
+            continue
+        for what, source in given_inputs.items():
+            if _same_file(source, path):
+                raise InvalidRequestError(f"output {flag} '{path}' is the input {what}; onnxprune never overwrites "
+                                          "its input (choose another file)")
+        for other, taken in seen.items():
+            if _same_file(taken, path):
+                raise InvalidRequestError(f"output {flag} '{path}' is also the output {other}; give each output "
+                                          "its own file")
+        _check_writable(flag, path)
+        seen[flag] = path
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True when the two paths name one file (existing or not; links resolved)."""
+    if os.path.exists(a) and os.path.exists(b):
+        return os.path.samefile(a, b)
+    return os.path.normcase(os.path.realpath(a)) == os.path.normcase(os.path.realpath(b))
+
+
+def _check_writable(flag: str, path: str) -> None:
+    if os.path.isdir(path):
+        raise InvalidRequestError(f"output {flag} '{path}' is a folder; give a file name")
+    folder = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder):
+        raise InvalidRequestError(f"output {flag} '{path}' cannot be written: '{folder}' is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise InvalidRequestError(f"output {flag} '{path}' cannot be written: no permission to write in '{folder}'")
 
 
 def make_parent(path: str) -> None:
     """Create the output's folder (called once the result is ready to be written)."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
+
+
+def write_text(path: str, text: str) -> None:
+    """Write `text` to `path` atomically (written in a temporary folder beside it, then renamed), creating the
+    folder."""
+    make_parent(path)
+    tmp = tempfile.mkdtemp(prefix=".onnxprune-", dir=os.path.dirname(os.path.abspath(path)))
+    try:
+        staged = os.path.join(tmp, os.path.basename(path))
+        with open(staged, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.replace(staged, path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_json(path: str, what: str):
@@ -80,11 +132,20 @@ def options_from_args(args: argparse.Namespace) -> Options:
                    max_ratio=args.max_ratio, score_consumers=args.score_consumers)
 
 
-def add_data_flags(p: argparse.ArgumentParser) -> None:
-    """--calibration and --gradients of the data-based criteria."""
+def changed_option_flags(args: argparse.Namespace) -> list[str]:
+    """The flags of add_option_flags given a value other than their default."""
+    options = options_from_args(args)
+    return ["--" + f.name.replace("_", "-") for f in fields(Options)
+            if getattr(options, f.name) != getattr(_DEFAULTS, f.name)]
+
+
+def add_data_flags(p: argparse.ArgumentParser, *, corrections: bool = False) -> None:
+    """--calibration and --gradients of the data-based criteria (`corrections`: the command also has
+    --compensate and --reconstruct, which need --calibration too)."""
+    users = "data-based methods (nn, activation, snp)" + (", --compensate and --reconstruct" if corrections else "")
     p.add_argument("--calibration", metavar="FILE.npz|.npy",
-                   help="calibration data for data-based methods (nn, activation, snp): a .npz of arrays keyed by "
-                        "input name, or a .npy array for a single-input model (one batch; split into batches of 32)")
+                   help=f"calibration data for {users}: a .npz of arrays keyed by input name, or a .npy array for "
+                        "a single-input model (one batch; split into batches of 32)")
     p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (method taylor)")
 
 
@@ -95,31 +156,32 @@ def add_report_flags(p: argparse.ArgumentParser) -> None:
                    help="also write a before/after report (per-layer params and MACs, totals, file sizes, "
                         "latency; markdown or JSON by extension)")
     p.add_argument("--eval-data", metavar="FILE.npz",
-                   help="with --report: labelled data for metric before/after: a .npz holding the input "
-                        "arrays (keyed by input name, or 'x' for a single-input model) and class labels 'y'")
+                   help="with --report: labelled data for metric before/after: a .npz holding the class labels "
+                        "under 'y' (or 'labels' when there is no 'y') and the input arrays keyed by input name "
+                        "(a single-input model may use 'x')")
 
 
-def check_report_flags(args: argparse.Namespace) -> None:
-    """Fail before any work when --report has a bad extension or --eval-data comes without --report."""
-    from onnxprune.report import check_report_path
+def prepare_report(args: argparse.Namespace) -> Any:
+    """Check --report and --eval-data before any work (extension, --eval-data without --report, the data file
+    itself); the evaluation data for report_from_args (None without --eval-data)."""
+    from onnxprune.report import check_report_path, load_eval_data
 
     if args.report:
         check_report_path(args.report)
     if args.eval_data and not args.report:
         raise InvalidRequestError("--eval-data is used by --report only; add --report OUT.md|OUT.json")
+    return load_eval_data(args.model, args.eval_data) if args.eval_data else None
 
 
-def report_from_args(args: argparse.Namespace, command: str, output: str, **details: Any) -> str | None:
-    """Write the report asked for by --report (None when not asked); `details`: prune_result= or decomposition=."""
+def report_from_args(args: argparse.Namespace, command: str, output: str, data: Any, **details: Any) -> str | None:
+    """Write the report asked for by --report (None when not asked); `data`: from prepare_report; `details`:
+    prune_result= or decomposition=."""
     if not args.report:
         return None
-    from onnxprune.report import build_report, load_eval_data, write_report
+    from onnxprune.report import build_report, write_report
 
-    check_report_flags(args)
-    path = output_path(args.model, args.report)
-    data = load_eval_data(args.model, args.eval_data) if args.eval_data else None
     report = build_report(args.model, output, command=command, data=data, **details)
-    make_parent(path)
-    write_report(report, path)
-    print(f"wrote report {path}")
-    return path
+    make_parent(args.report)
+    write_report(report, args.report)
+    print(f"wrote report {args.report}")
+    return args.report

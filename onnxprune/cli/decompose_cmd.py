@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import (add_report_flags, check_report_flags, make_parent, output_path, read_json,
-                                  report_from_args)
+from onnxprune.cli.common import add_report_flags, check_paths, make_parent, prepare_report, read_json, report_from_args
 from onnxprune.text import table
 
 
@@ -48,8 +47,11 @@ def run(args: argparse.Namespace) -> int:
     import onnxprune as op
     from onnxprune.decomposition import decompose
 
-    out = output_path(args.model, args.output)
-    check_report_flags(args)
+    check_paths({"model": args.model, "ranks file": args.ranks, "calibration data": args.calibration,
+                 "evaluation data": args.eval_data},
+                {"-o": args.output, "--report": args.report})
+    out = args.output
+    eval_data = prepare_report(args)
     if args.reconstruct and not args.calibration:
         raise op.InvalidRequestError("--reconstruct needs --calibration FILE.npz (inputs from the training data)")
     original = op.load_model(args.model)
@@ -71,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(result.decomposed)} of {len(result.layers)} layers decomposed by {result.method}"
           + ("; reconstruction oracle: ok" if args.verify else ""))
     print(f"wrote {out}")
-    report_from_args(args, "decompose", out, decomposition=result)
+    report_from_args(args, "decompose", out, eval_data, decomposition=result)
     return 0
 
 

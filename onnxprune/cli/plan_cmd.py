@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import (add_data_flags, add_option_flags, load_gradients, make_parent, options_from_args,
-                                  output_path)
+from onnxprune.cli.common import (add_data_flags, add_option_flags, check_paths, load_gradients, options_from_args,
+                                  write_text)
 from onnxprune.criteria import CRITERIA
 from onnxprune.errors import InvalidRequestError
 from onnxprune.text import table
@@ -45,7 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
-    out = output_path(args.model, args.output)
+    check_paths({"model": args.model, "calibration data": args.calibration, "gradients": args.gradients},
+                {"-o": args.output})
+    out = args.output
     if out.lower().endswith(".onnx"):
         raise InvalidRequestError(f"'{out}' looks like a model file; a plan is JSON (e.g. -o plan.json)")
     plan = op.make_plan(args.model, args.method, args.ratio, scope=args.scope, recommendation=args.recommend,
@@ -56,8 +58,7 @@ def run(args: argparse.Namespace) -> int:
                  layer.indices if layer.indices is not None else f"{layer.ratio:.4g}"] for layer in plan.layers]
         print(table(rows, ["layer", "op", "channels", "group", "group size",
                            "indices" if plan.method == "index" else "ratio"]))
-    make_parent(out)
-    plan.save(out)
+    write_text(out, plan.to_json())
     print(f"wrote plan {out} ({len(plan.layers)} prunable layers, method {plan.method}); edit it, then run: "
           f"onnxprune apply {out} {args.model} -o OUT.onnx")
     return 0

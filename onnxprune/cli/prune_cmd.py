@@ -4,12 +4,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_flags, check_report_flags,
-                                  load_gradients, make_parent, options_from_args, output_path, read_json,
-                                  report_from_args)
+from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_flags, changed_option_flags,
+                                  check_paths, load_gradients, make_parent, options_from_args, prepare_report,
+                                  read_json, report_from_args, write_text)
 from onnxprune.criteria import CRITERIA
 from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError
+
+# defaults of the flags a plan file carries itself (prune --plan refuses other values)
+PLAN_CARRIES = {"method": "l2", "scope": "uniform", "recommend": None, "seed": 0}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -26,14 +29,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--plan", metavar="FILE.json",
                      help="apply a plan written by --save-plan or `onnxprune plan` (same as `onnxprune apply`)")
     aliases = ", ".join(f"{k.upper()}={v}" for k, v in sorted(ALIASES.items()) if v != "index")
-    p.add_argument("--method", default="l2",
+    p.add_argument("--method", default=PLAN_CARRIES["method"],
                    help=f"criterion for --ratio/--ratios: {', '.join(sorted(CRITERIA))} (default l2; "
                         f"NetsPresso spellings {aliases})")
-    p.add_argument("--scope", default="uniform", choices=["uniform", "global"],
+    p.add_argument("--scope", default=PLAN_CARRIES["scope"], choices=["uniform", "global"],
                    help="uniform: --ratio from every group (default); global: normalised scores compared across groups")
     p.add_argument("--recommend", choices=["slamp"], help="SLAMP: per-group ratios allotted from LAMP scores for --ratio")
-    add_data_flags(p)
-    p.add_argument("--seed", type=int, default=0, help="seed of method random (default 0)")
+    add_data_flags(p, corrections=True)
+    p.add_argument("--seed", type=int, default=PLAN_CARRIES["seed"], help="seed of method random (default 0)")
     add_option_flags(p)
     p.add_argument("--save-plan", metavar="FILE.json",
                    help="also write the plan: layer values and the channels kept per group (replayable, editable)")
@@ -89,11 +92,25 @@ def _correct_plan_result(args: argparse.Namespace, result, fixes: dict) -> None:
         reconstruct_pruned(args.model, result, args.calibration, ridge=fixes["ridge"])
 
 
+def _refuse_flags_a_plan_carries(args: argparse.Namespace) -> None:
+    """--plan brings its own method, scope, recommendation, seed and options: refuse those flags beside it."""
+    values = {**vars(args), "method": ALIASES.get(args.method.lower(), args.method.lower())}  # PR_L2 is l2
+    given = ["--" + name for name, default in PLAN_CARRIES.items() if values[name] != default]
+    given += changed_option_flags(args)
+    if given:
+        raise InvalidRequestError(f"{', '.join(given)} cannot be used with --plan: the plan carries the method, "
+                                  "scope, recommendation, seed and options; edit the plan, or drop --plan")
+
+
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
-    out = output_path(args.model, args.output)
-    check_report_flags(args)
+    if args.plan:
+        _refuse_flags_a_plan_carries(args)
+    check_paths({"model": args.model, "plan": args.plan, "ratios file": args.ratios, "indices file": args.indices,
+                 "calibration data": args.calibration, "gradients": args.gradients, "evaluation data": args.eval_data},
+                {"-o": args.output, "--record": args.record, "--save-plan": args.save_plan, "--report": args.report})
+    eval_data = prepare_report(args)
     options = options_from_args(args)
     fixes = _correction_args(args)
     if args.plan:
@@ -109,8 +126,9 @@ def run(args: argparse.Namespace) -> int:
                           recommendation=args.recommend, options=options, calibration=args.calibration,
                           gradients=load_gradients(args.gradients), verify=args.verify, seed=args.seed,
                           **{k: v for k, v in fixes.items() if k != "calibration"})
-    make_parent(out)
-    op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
+    make_parent(args.output)
+    op.save_model(result.model, args.output, reference=result.reference,
+                  external_data=True if args.external_data else None)
     print(result.summary)
     print(f"pruned {len(result.pruned_groups)} channel groups ({result.achieved_ratio:.1%} of their channels); "
           f"{len(result.channels)} tensors shrank")
@@ -124,11 +142,10 @@ def run(args: argparse.Namespace) -> int:
     if getattr(result, "reconstruction", None) is not None:
         print(result.reconstruction)
     if args.record:
-        with open(output_path(args.model, args.record), "w", encoding="utf-8") as handle:
-            json.dump({"channels": result.channels, "plan": result.plan.as_dict()}, handle)
+        write_text(args.record, json.dumps({"channels": result.channels, "plan": result.plan.as_dict()}))
     if args.save_plan:
-        result.plan.save(output_path(args.model, args.save_plan))
+        write_text(args.save_plan, result.plan.to_json())
         print(f"wrote plan {args.save_plan}")
-    print(f"wrote {out}")
-    report_from_args(args, "prune", out, prune_result=result)
+    print(f"wrote {args.output}")
+    report_from_args(args, "prune", args.output, eval_data, prune_result=result)
     return 0

@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from onnxprune.cli.common import check_paths, write_text
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sensitivity", help="prune each channel group alone at several ratios; metric drop per group",
@@ -70,6 +72,8 @@ def run(args: argparse.Namespace) -> int:
 
     if not os.path.isfile(args.model):
         raise InvalidRequestError(f"model file '{args.model}' does not exist")
+    check_paths({"model": args.model, "data": args.data},
+                {"--json": args.json, "--plot": args.plot, "--save-ratios": args.save_ratios})
     if args.save_ratios and args.target_macs is None:
         raise InvalidRequestError("--save-ratios needs --target-macs")
     if args.plot:
@@ -85,7 +89,6 @@ def run(args: argparse.Namespace) -> int:
         result.plot(args.plot)
         print(f"wrote {args.plot}")
     if args.save_ratios:
-        with open(args.save_ratios, "w", encoding="utf-8") as handle:
-            json.dump(result.recommendation.ratios, handle, indent=1)
+        write_text(args.save_ratios, json.dumps(result.recommendation.ratios, indent=1))
         print(f"wrote {args.save_ratios} (use: onnxprune prune MODEL -o OUT --ratios {args.save_ratios})")
     return 0

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import load_gradients, make_parent, output_path
+from onnxprune.cli.common import check_paths, load_gradients, make_parent, write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,9 +47,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
+    from onnxprune.report import check_report_path
     from onnxprune.sparsity import sparsify
 
-    out = output_path(args.model, args.output)
+    check_paths({"model": args.model, "calibration data": args.calibration, "gradients": args.gradients},
+                {"-o": args.output, "--report": args.report})
+    if args.report:
+        check_report_path(args.report)
+    out = args.output
     result = sparsify(args.model, args.strategy, args.sparsity, compression=args.compression, n=args.n, m=args.m,
                       storage=args.storage, exclude=args.exclude, exclude_first=args.exclude_first,
                       exclude_classifier=args.exclude_classifier, calibration=args.calibration,
@@ -58,10 +63,9 @@ def run(args: argparse.Namespace) -> int:
     op.save_model(result.model, out, reference=result.reference, external_data=True if args.external_data else None)
     print(result.report)
     if args.report:
-        with open(output_path(args.model, args.report), "w", encoding="utf-8") as handle:
-            if args.report.lower().endswith(".md"):
-                handle.write(f"# onnxprune sparsify: {args.model}\n\n```\n{result.report}\n```\n")
-            else:
-                json.dump(result.report.as_dict(), handle, indent=1)
+        if args.report.lower().endswith(".md"):
+            write_text(args.report, f"# onnxprune sparsify: {args.model}\n\n```\n{result.report}\n```\n")
+        else:
+            write_text(args.report, json.dumps(result.report.as_dict(), indent=1))
     print(f"wrote {out}")
     return 0
