@@ -15,11 +15,11 @@ import onnx
 
 from . import external_data as ext
 from .errors import InvalidModelError, InvalidRequestError, VerificationError
-from .external_data import (PROTO_LIMIT, ExternalRef, base_dir, external_ref, is_external,  # noqa: F401
-                            iter_tensors, resolve_location, serialized_size, set_base_dir, tensor_array)
+from .external_data import (PROTO_LIMIT, base_dir, is_external, iter_tensors, resolve_location,  # noqa: F401
+                            serialized_size, set_base_dir, tensor_array)
 from .loading import ModelLike, check_tensor_sizes, load_model  # noqa: F401
 from .runtime import check_loads
-from .shapes import Shape, infer_shapes, infer_shapes_and_types  # noqa: F401
+from .shapes import infer_shapes, infer_shapes_and_types  # noqa: F401
 
 
 # --------------------------------------------------------------------------- save
