@@ -1,6 +1,6 @@
 """onnxruntime latency of a model, printed beside its params and MACs, and the ratios between two models.
 
-`bench(model)` times `session.run` on one fixed input (random, from verify.make_inputs, with the dynamic
+`bench(model)` times `session.run` on one fixed input (random, from runtime.make_inputs, with the dynamic
 batch dim set to `batch_size`; or the user's `inputs`) on the CPU provider with all graph optimisations:
 `warmup` uncounted runs, then `repeats` timed runs (time.perf_counter around each run). It reports the
 median and the 10th / 90th percentiles in milliseconds, and throughput = batch_size / median seconds.
@@ -24,19 +24,15 @@ from typing import Any
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 
 from onnxprune import ir
 from onnxprune.text import human, table
-from onnxprune.calibration import _feed, input_specs
+from onnxprune.calibration import input_specs, to_feed
 from onnxprune.errors import InvalidRequestError
+from onnxprune.runtime import make_inputs, optimized_session
 from onnxprune.stats import stats
-from onnxprune.verify import session
-from onnxprune.verify import make_inputs
 
 __all__ = ["BenchResult", "BenchComparison", "bench", "compare", "format_results"]
-
-_PROVIDERS = ["CPUExecutionProvider"]
 
 
 @dataclass
@@ -93,20 +89,7 @@ class BenchComparison:
         return format_results([self.a, self.b])
 
 
-# --------------------------------------------------------------------------- sessions
-
-def make_session(model: Any, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session with all graph optimisations and `threads` intra-op threads (None: onnxruntime's default)."""
-    model = ir.load_model(model)
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    if threads is not None:
-        if int(threads) < 1:
-            raise InvalidRequestError(f"threads must be >= 1, not {threads}")
-        options.intra_op_num_threads = int(threads)
-        options.inter_op_num_threads = 1
-    return session(model, options)
-
+# --------------------------------------------------------------------------- inputs
 
 def bench_inputs(model: onnx.ModelProto, batch_size: int = 1, inputs: Any = None,
                  seed: int = 0) -> dict[str, np.ndarray]:
@@ -115,7 +98,7 @@ def bench_inputs(model: onnx.ModelProto, batch_size: int = 1, inputs: Any = None
     if inputs is not None:
         if not isinstance(inputs, Mapping) and len(specs) == 1:
             inputs = {specs[0].name: inputs}
-        return _feed(inputs, specs, "bench inputs")
+        return to_feed(inputs, specs, "bench inputs")
     dims = {s.dims[0]: batch_size for s in specs if s.dims and isinstance(s.dims[0], str)}
     feed = make_inputs(model, seed=seed, dims=dims)
     for spec in specs:  # unnamed dynamic first dims
@@ -137,7 +120,7 @@ class _Timer:
         self.model = ir.load_model(model)
         self.name = name
         self.feed = bench_inputs(self.model, batch_size, inputs)
-        self.session = make_session(self.model, threads)
+        self.session = optimized_session(self.model, threads)
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.times: list[float] = []
 

@@ -28,7 +28,7 @@ from onnx import helper
 
 from onnxprune import ir
 from onnxprune.errors import InvalidRequestError
-from onnxprune.verify import session, with_outputs
+from onnxprune.runtime import session, with_outputs
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -122,7 +122,7 @@ def batches(model: onnx.ModelProto, calibration: Any,
     empty = True
     for k, raw in enumerate(_raw_batches(calibration)):
         empty = False
-        for feed in _split(_feed(raw, specs, f"calibration batch {k}"), specs, batch_size):
+        for feed in _split(to_feed(raw, specs, f"calibration batch {k}"), specs, batch_size):
             yield k, feed
     if empty:
         raise InvalidRequestError("calibration data is empty: pass at least one batch")
@@ -146,7 +146,8 @@ def _load_file(path: str) -> Any:
     return dict(data) if path.endswith(".npz") else data
 
 
-def _feed(raw: Any, specs: list[InputSpec], where: str) -> dict[str, np.ndarray]:
+def to_feed(raw: Any, specs: list[InputSpec], where: str) -> dict[str, np.ndarray]:
+    """One batch as {input name: checked array}; a bare array fits a single-input model. `where` names it in errors."""
     names = [s.name for s in specs]
     if not isinstance(raw, Mapping):
         if len(specs) != 1:

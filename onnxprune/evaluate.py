@@ -33,9 +33,9 @@ from typing import Any, TextIO
 import numpy as np
 
 from onnxprune import ir
-from onnxprune.calibration import DEFAULT_BATCH_SIZE, InputSpec, Progress, _feed, input_specs
+from onnxprune.calibration import DEFAULT_BATCH_SIZE, InputSpec, Progress, input_specs, to_feed
 from onnxprune.errors import InvalidRequestError
-from onnxprune.verify import session
+from onnxprune.runtime import session
 
 __all__ = ["evaluate", "DEFAULT_BATCH_SIZE"]
 
@@ -58,7 +58,7 @@ class _Runner:
         self._session = None
 
     def __call__(self, feed: dict[str, np.ndarray], where: str) -> np.ndarray:
-        feed = _feed(feed, self.specs, f"{where} ({self.what})" if self.what != "model" else where)
+        feed = to_feed(feed, self.specs, f"{where} ({self.what})" if self.what != "model" else where)
         if self._session is None:
             self._session = session(self.model)
         return np.asarray(self._session.run([self.output], feed)[0])

@@ -18,7 +18,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune as op
 from onnxprune import ir
-from onnxprune.verify import make_inputs, run
+from onnxprune.runtime import make_inputs, run
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 FIXTURE_NAMES = sorted(os.path.basename(p)[: -len(".onnx")] for p in glob.glob(os.path.join(FIXTURES, "*.onnx")))

@@ -11,7 +11,7 @@ import onnxprune as op
 from onnxprune import calibration
 from onnxprune.criteria import CriterionContext, criterion_for
 from onnxprune.errors import InvalidRequestError
-from onnxprune.verify import make_inputs, run
+from onnxprune.runtime import make_inputs, run
 from graphs import GraphBuilder
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -11,7 +11,7 @@ import pytest
 
 import onnxprune as op
 from onnxprune.ir import check_io
-from onnxprune.verify import make_inputs, run
+from onnxprune.runtime import make_inputs, run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIXTURES = sorted(glob.glob(os.path.join(ROOT, "fixtures", "*.onnx")))

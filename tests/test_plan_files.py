@@ -11,7 +11,7 @@ import pytest
 
 import onnxprune as op
 from onnxprune.cli import main
-from onnxprune.verify import make_inputs, run
+from onnxprune.runtime import make_inputs, run
 from graphs import GraphBuilder
 from test_criteria_weight import chain_model, lowest, weight
 

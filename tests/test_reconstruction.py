@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune as op
 from onnxprune import ir
 from onnxprune.reconstruction import FewSamplesWarning, refit
-from onnxprune.verify import make_inputs, run
+from onnxprune.runtime import make_inputs, run
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 

@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune as op
 from onnxprune.sparsity import STRATEGIES, base
-from onnxprune.verify import run
+from onnxprune.runtime import run
 
 RNG = np.random.default_rng(7)
 X_SHAPE = (2, 4, 6, 6)

@@ -10,7 +10,7 @@ import pytest
 
 import onnxprune as op
 from onnxprune.cli import main
-from onnxprune.verify import make_inputs, run
+from onnxprune.runtime import make_inputs, run
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures"
 

@@ -8,7 +8,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.verify import ChannelMask, make_inputs, run, verify, verify_pruning
+from onnxprune.runtime import make_inputs, run
+from onnxprune.verify import ChannelMask, verify, verify_pruning
 from onnxprune.errors import InvalidRequestError
 
 RNG = np.random.default_rng(1)

@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
-    from onnxprune.verify import make_inputs
+    from onnxprune.runtime import make_inputs
 
     reference = op.load_model(args.reference)
     report = op.verify(reference, op.load_model(args.candidate), make_inputs(reference, seed=args.seed), tol=args.tol)

@@ -77,7 +77,7 @@ class Walker:
         Used where symbolic dims (batch, '4*batch') hide how a Reshape maps channels.
         """
         if self._observed is None:
-            from onnxprune.verify import make_inputs, run
+            from onnxprune.runtime import make_inputs, run
 
             wanted = sorted({t for n in self.index.nodes if n.op_type in ("Reshape", "Flatten")
                              for t in (n.input[0], n.output[0])})

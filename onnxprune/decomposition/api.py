@@ -122,7 +122,7 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
         records.append(record)
         if chain is not None:
             chains[layer.node_index] = chain
-    result = DecompositionResult(_assemble(source, chains, base), records, method)
+    result = DecompositionResult(_assemble(source, chains), records, method)
     if verify:
         from onnxprune.decomposition.oracle import verify_decomposition
 
@@ -221,12 +221,11 @@ def _factors(method: str, node: onnx.NodeProto, kernel: np.ndarray, ranks, seed:
     return list(factorize.svd(kernel, ranks[0]))
 
 
-def _assemble(source: onnx.ModelProto, chains: dict[int, Chain], base: str | None) -> onnx.ModelProto:
+def _assemble(source: onnx.ModelProto, chains: dict[int, Chain]) -> onnx.ModelProto:
     """A new model: each replaced node swapped for its chain, weights no longer used removed."""
     out = onnx.ModelProto()
     out.CopyFrom(source)
     if not chains:
-        ir.set_base_dir(out, base)
         return out
     graph = out.graph
     replaced = {graph.node[i].input[1] for i in chains}
@@ -245,7 +244,6 @@ def _assemble(source: onnx.ModelProto, chains: dict[int, Chain], base: str | Non
     kept_info = [v for v in graph.value_info if v.name not in unused]
     del graph.value_info[:]
     graph.value_info.extend(kept_info)
-    ir.set_base_dir(out, base)
     return out
 
 

@@ -10,7 +10,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune import ir
-from onnxprune.verify import compare_arrays, make_inputs, run, verify
+from onnxprune.runtime import make_inputs, run
+from onnxprune.verify import compare_arrays, verify
 from onnxprune.decomposition.api import DecompositionResult, LayerDecomposition
 from onnxprune.decomposition.candidates import layer_name
 from onnxprune.decomposition.chains import encoded_kernel
@@ -121,5 +122,4 @@ def _with_kernels(source, done, nodes, kernels) -> onnx.ModelProto:
     kept = [t for t in out.graph.initializer if t.name in used]
     del out.graph.initializer[:]
     out.graph.initializer.extend(kept)
-    ir.set_base_dir(out, ir.base_dir(source))
     return out

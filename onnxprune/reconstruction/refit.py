@@ -21,7 +21,7 @@ from onnxprune.errors import InvalidRequestError
 from onnxprune.graph import GraphIndex
 from onnxprune.reconstruction import layers
 from onnxprune.reconstruction.gram import Gram
-from onnxprune.verify import session, with_outputs
+from onnxprune.runtime import session, with_outputs
 
 DEFAULT_RIDGE = 1e-3
 

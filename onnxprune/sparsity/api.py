@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from onnxprune import calibration as calib
 from onnxprune import ir
+from onnxprune.external_data import copy_fields
 from onnxprune.errors import InvalidRequestError, VerificationError
 from onnxprune.sparsity import storage as store
 from onnxprune.sparsity.base import Context, Strategy, strategy_for
@@ -95,7 +96,6 @@ def sparsify(model: ir.ModelLike, strategy: str | Strategy | type[Strategy] = "g
     if storage != "dense":
         out = onnx.ModelProto()
         out.CopyFrom(dense)
-        ir.set_base_dir(out, ir.base_dir(model))
         rewrite = store.to_sparse if storage == "sparse" else store.to_bitmask
         decisions = rewrite(out, {layer.weight: new_values[layer.weight] for layer in layers
                                   if layer.weight in new_values})
@@ -210,8 +210,8 @@ def _zeroed_biases(model: onnx.ModelProto, layers: list[WeightLayer], masks: dic
 def _with_values(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
     """Copy of the model whose initializers named in `values` hold the new arrays (others shared as they are)."""
     out = onnx.ModelProto()
-    ir._copy_fields(model, out, skip="graph")
-    ir._copy_fields(model.graph, out.graph, skip="initializer")
+    copy_fields(model, out, skip="graph")
+    copy_fields(model.graph, out.graph, skip="initializer")
     for tensor in model.graph.initializer:
         if tensor.name in values:
             new = numpy_helper.from_array(values[tensor.name], tensor.name)
@@ -219,12 +219,11 @@ def _with_values(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.
             out.graph.initializer.append(new)
         else:
             out.graph.initializer.append(tensor)
-    ir.set_base_dir(out, ir.base_dir(model))
     return out
 
 
 def _verify(dense: onnx.ModelProto, out: onnx.ModelProto) -> None:
-    from onnxprune.verify import make_inputs, run
+    from onnxprune.runtime import make_inputs, run
 
     inputs = make_inputs(dense)
     want, got = run(dense, inputs), run(out, inputs)

@@ -215,7 +215,6 @@ class _Surgeon:
         for value in graph.input:
             if value.name in dims and value.name in self.sliced_in_place:
                 _set_dims(value, dims[value.name])
-        ir.set_base_dir(model, ir.base_dir(source))
         return model
 
     def _record(self) -> dict[str, dict]:

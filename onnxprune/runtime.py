@@ -1,0 +1,235 @@
+"""onnxruntime, driven from one place: sessions, runs, extra outputs, generated inputs, shape observation."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper
+
+from . import external_data as ext
+from .errors import InvalidRequestError, UnsupportedError, VerificationError
+from .loading import ModelLike, load_model
+
+PROVIDERS = ["CPUExecutionProvider"]
+_INDEX_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
+
+
+# --------------------------------------------------------------------------- sessions
+
+def session(model: ModelLike, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
+    """CPU onnxruntime session; external data is served from memory-mapped files."""
+    model = load_model(model)
+    options = options or ort.SessionOptions()
+    external = [t for t in ext.iter_tensors(model) if ext.is_external(t)]
+    directory = ext.base_dir(model)
+    if ext.serialized_size(model, include_external=False) > ext.PROTO_LIMIT or (external and directory is None):
+        return _session_via_file(model, options)
+    files: dict[str, str] = {}
+    for tensor in external:
+        files.setdefault(ext.external_ref(tensor).location, ext.resolve_location(tensor, directory))
+    buffers = [np.memmap(path, dtype=np.uint8, mode="r") for path in files.values()]
+    if buffers:
+        options.add_external_initializers_from_files_in_memory(list(files), buffers, [b.size for b in buffers])
+    sess = ort.InferenceSession(ext.serialize(model), options, providers=PROVIDERS)
+    sess._onnxprune_buffers = buffers  # keep the mapped files alive as long as the session
+    return sess
+
+
+def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
+    """Session on a temporary copy whose tensors are in a new external data file (models over 2 GB)."""
+    tmp = tempfile.mkdtemp(prefix="onnxprune-session-")
+    try:
+        path = os.path.join(tmp, "model.onnx")
+        data_name = "model.onnx.data"
+        out = ext.build_output(model, os.path.join(tmp, data_name), data_name, ext.base_dir(model))
+        ext.write_proto(out, path)
+        del out
+        return ort.InferenceSession(path, options, providers=PROVIDERS)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def optimized_session(model: ModelLike, threads: int | None = None) -> ort.InferenceSession:
+    """A CPU session with all graph optimisations and `threads` intra-op threads (None: onnxruntime's default)."""
+    model = load_model(model)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if threads is not None:
+        if int(threads) < 1:
+            raise InvalidRequestError(f"threads must be >= 1, not {threads}")
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    return session(model, options)
+
+
+def check_loads(path: str) -> None:
+    """VerificationError unless onnxruntime loads the model file (graph optimizations off: loading is checked)."""
+    try:
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        ort.InferenceSession(path, options, providers=PROVIDERS)
+    except Exception as exc:
+        raise VerificationError(f"written model does not load in onnxruntime: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- runs
+
+def run(model: ModelLike, inputs: Mapping[str, np.ndarray],
+        outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+    """Run the model; `outputs` may name intermediate tensors, graph inputs or initializers."""
+    model = load_model(model)
+    if outputs is None:
+        outputs = [o.name for o in model.graph.output]
+    inits = {t.name: t for t in model.graph.initializer}
+    fetch = [n for n in dict.fromkeys(outputs) if n not in inputs and n not in inits]
+    feeds = {v.name: inputs[v.name] for v in model.graph.input if v.name in inputs}
+    result = dict(zip(fetch, session(with_outputs(model, fetch)).run(fetch, feeds))) if fetch else {}
+    for name in outputs:
+        if name in inputs:
+            result[name] = np.asarray(inputs[name])
+        elif name in inits and name not in result:
+            result[name] = ext.tensor_array(inits[name], ext.base_dir(model))
+    return {name: result[name] for name in outputs}
+
+
+def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """The model itself, or a copy whose graph also outputs `names` (its origin travels with it)."""
+    present = {o.name for o in model.graph.output}
+    missing = [n for n in names if n not in present]
+    if not missing:
+        return model
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    out.graph.output.extend(onnx.ValueInfoProto(name=n) for n in missing)
+    return out
+
+
+def observe(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[tuple, int]]:
+    """Shapes and element types of `names` seen in onnxruntime runs on generated inputs ({} if it can't run).
+
+    The model runs twice, the second time with every named input dim one larger: a dim that differs
+    between the runs depends on the inputs (batch, sequence) and is given as 'unk__dynamic_<axis>';
+    a dim equal in both runs is an int. Values that are not tensors are left out.
+    """
+    try:
+        first = run(model, make_inputs(model), outputs=names)
+    except Exception:  # robust: the caller keeps what it knows when the model can't run
+        return {}
+    bumped = {d.dim_param: dim_size(d, {}) + 1 for v in model.graph.input if v.type.HasField("tensor_type")
+              for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
+    second = first
+    if bumped:
+        try:
+            second = run(model, make_inputs(model, dims=bumped), outputs=names)
+        except Exception:  # some graphs only run at their export sizes: then one run decides
+            second = first
+    seen = {}
+    for name, array in first.items():
+        if not isinstance(array, np.ndarray):  # sequence / map / optional values have no tensor shape
+            continue
+        other = second.get(name)
+        other_shape = other.shape if isinstance(other, np.ndarray) and other.ndim == array.ndim else array.shape
+        shape = tuple(int(a) if a == b else f"unk__dynamic_{k}"
+                      for k, (a, b) in enumerate(zip(array.shape, other_shape)))
+        elem = TensorProto.STRING if array.dtype == object else helper.np_dtype_to_tensor_dtype(array.dtype)
+        seen[name] = (shape, elem)
+    return seen
+
+
+# --------------------------------------------------------------------------- inputs
+
+def make_inputs(model: ModelLike, *, seed: int = 0, dims: dict[str, int] | None = None) -> dict[str, np.ndarray]:
+    """Deterministic random inputs, one per real graph input.
+
+    Dynamic dims: `dims[name]`, else batch-like 2, sequence-like 8, other names 4, unnamed 2.
+    Integer inputs used as Gather indices into a constant get ids in range; other ints in [0, 4).
+    """
+    model = load_model(model)
+    rng = np.random.default_rng(seed)
+    inits = {t.name for t in model.graph.initializer}
+    bounds = _index_bounds(model)
+    result = {}
+    for value in model.graph.input:
+        if value.name in inits:
+            continue
+        if not value.type.HasField("tensor_type"):
+            raise UnsupportedError(f"graph input {value.name!r} is not a tensor; pass inputs explicitly")
+        tt = value.type.tensor_type
+        if not tt.HasField("shape"):
+            raise InvalidRequestError(f"graph input {value.name!r} has unknown rank; pass inputs explicitly")
+        shape = tuple(dim_size(d, dims or {}) for d in tt.shape.dim)
+        result[value.name] = np.asarray(_random_array(rng, tt.elem_type, shape, bounds.get(value.name, 4)))
+    return result
+
+
+def dim_size(dim: onnx.TensorShapeProto.Dimension, dims: dict[str, int]) -> int:
+    """Size given to an input dim: its value, `dims[name]`, or a default by name (batch 2, sequence 8, else 4)."""
+    if dim.HasField("dim_value"):
+        return dim.dim_value
+    if not dim.HasField("dim_param"):
+        return 2
+    name = dim.dim_param
+    if name in dims:
+        return int(dims[name])
+    low = name.lower()
+    if "batch" in low or low in ("n", "b", "bs"):
+        return 2
+    if any(k in low for k in ("seq", "len", "token", "time")):
+        return 8
+    return 4
+
+
+def _random_array(rng: np.random.Generator, elem_type: int, shape: tuple, high: int) -> np.ndarray:
+    if elem_type == TensorProto.STRING:
+        letters = np.array(list("abcdefghijklmnopqrstuvwxyz"), dtype=object)
+        return letters[rng.integers(0, len(letters), shape)]
+    dtype = helper.tensor_dtype_to_np_dtype(elem_type)
+    if elem_type == TensorProto.BOOL:
+        return rng.random(shape) < 0.5
+    if np.issubdtype(dtype, np.integer):
+        return rng.integers(0, max(high, 1), shape).astype(dtype)
+    if np.issubdtype(dtype, np.complexfloating):
+        return (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)).astype(dtype)
+    return rng.standard_normal(shape).astype(np.float32).astype(dtype)
+
+
+def _index_bounds(model: onnx.ModelProto) -> dict[str, int]:
+    """Graph inputs that reach Gather indices (through casts/reshapes) -> size of the constant data axis."""
+    g = model.graph
+    const_dims = {t.name: tuple(t.dims) for t in g.initializer}
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in g.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            const_dims[node.output[0]] = tuple(node.attribute[0].t.dims)
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    bounds = {}
+    for value in g.input:
+        bound = _gather_bound(value.name, consumers, const_dims, set())
+        if bound is not None:
+            bounds[value.name] = bound
+    return bounds
+
+
+def _gather_bound(name: str, consumers: dict, const_dims: dict, seen: set) -> int | None:
+    bound = None
+    for node in consumers.get(name, []):
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        found = None
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[1] == name \
+                and node.input[0] in const_dims:
+            axis = next((a.i for a in node.attribute if a.name == "axis"), 0)
+            data = const_dims[node.input[0]]
+            found = data[axis] if -len(data) <= axis < len(data) else None
+        elif node.op_type in _INDEX_PASS_THROUGH and node.input[0] == name:
+            found = _gather_bound(node.output[0], consumers, const_dims, seen)
+        if found is not None:
+            bound = found if bound is None else min(bound, found)
+    return bound
