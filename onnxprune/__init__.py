@@ -1,8 +1,8 @@
 """onnxprune: structured channel pruning and low-rank decomposition of ONNX models, proven with onnxruntime."""
-from onnxprune.bench import BenchComparison, BenchResult, bench
+from onnxprune.workflows.bench import BenchComparison, BenchResult, bench
 from onnxprune.coupling import Analysis, ChannelGroup, Layer, analyze
 from onnxprune.criteria import register_criterion
-from onnxprune.evaluate import evaluate
+from onnxprune.workflows.evaluate import evaluate
 from onnxprune.errors import (
     ExternalDataError,
     InvalidModelError,
@@ -12,12 +12,12 @@ from onnxprune.errors import (
     VerificationError,
 )
 from onnxprune.ir import load_model, save_model
-from onnxprune.iterative import IterativeResult, iterative_prune
+from onnxprune.workflows.iterative import IterativeResult, iterative_prune
 from onnxprune.options import Options
 from onnxprune.plan import Plan
 from onnxprune.reconstruction import Compensation, Reconstruction, verify_compensation
 from onnxprune.pruning import PruneResult, apply_plan, make_plan, prune, prune_by_index, prune_with_plan
-from onnxprune.sensitivity import Recommendation, SensitivityResult, sensitivity
+from onnxprune.workflows.sensitivity import Recommendation, SensitivityResult, sensitivity
 from onnxprune.stats import stats
 from onnxprune.verify import verify, verify_pruning
 from onnxprune.decomposition import DecompositionResult, decomposable_layers, decompose, verify_decomposition

@@ -1,4 +1,4 @@
-"""onnxprune.bench and `onnxprune bench`: sane positive numbers, ratios beside MACs; timings never asserted."""
+"""onnxprune.workflows.bench and `onnxprune bench`: sane positive numbers, ratios beside MACs; timings never asserted."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import onnxprune as op
-from onnxprune.bench import BenchComparison, BenchResult, bench, compare
+from onnxprune.workflows.bench import BenchComparison, BenchResult, bench, compare
 from onnxprune.cli import main
 from onnxprune.errors import InvalidRequestError
 

@@ -1,4 +1,4 @@
-"""onnxprune.evaluate: accuracy against numpy, top-5, user metrics, fidelity and clear data errors."""
+"""onnxprune.workflows.evaluate: accuracy against numpy, top-5, user metrics, fidelity and clear data errors."""
 from __future__ import annotations
 
 import io
@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.errors import InvalidRequestError
-from onnxprune.evaluate import evaluate
+from onnxprune.workflows.evaluate import evaluate
 
 RNG = np.random.default_rng(0)
 W = RNG.standard_normal((6, 7)).astype(np.float32)

@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune as op
 from onnxprune.cli import main
 from onnxprune.errors import InvalidRequestError, OnnxPruneError
-from onnxprune.sensitivity import MissingExtraError
+from onnxprune.workflows.sensitivity import MissingExtraError
 
 
 def cnn(seed: int = 0) -> onnx.ModelProto:

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from onnxprune.bench import bench
+    from onnxprune.workflows.bench import bench
 
     for path in (args.model, args.other):
         if path is not None and not os.path.isfile(path):

@@ -164,7 +164,7 @@ def add_report_flags(p: argparse.ArgumentParser) -> None:
 def prepare_report(args: argparse.Namespace) -> Any:
     """Check --report and --eval-data before any work (extension, --eval-data without --report, the data file
     itself); the evaluation data for report_from_args (None without --eval-data)."""
-    from onnxprune.report import check_report_path, load_eval_data
+    from onnxprune.workflows.report import check_report_path, load_eval_data
 
     if args.report:
         check_report_path(args.report)
@@ -178,7 +178,7 @@ def report_from_args(args: argparse.Namespace, command: str, output: str, data: 
     prune_result= or decomposition=."""
     if not args.report:
         return None
-    from onnxprune.report import build_report, write_report
+    from onnxprune.workflows.report import build_report, write_report
 
     report = build_report(args.model, output, command=command, data=data, **details)
     make_parent(args.report)

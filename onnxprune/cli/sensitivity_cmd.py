@@ -68,7 +68,7 @@ def _ratios(text: str) -> list[float]:
 
 def run(args: argparse.Namespace) -> int:
     from onnxprune.errors import InvalidRequestError
-    from onnxprune.sensitivity import load_pyplot, sensitivity
+    from onnxprune.workflows.sensitivity import load_pyplot, sensitivity
 
     if not os.path.isfile(args.model):
         raise InvalidRequestError(f"model file '{args.model}' does not exist")

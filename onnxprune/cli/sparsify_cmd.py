@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
-    from onnxprune.report import check_report_path
+    from onnxprune.workflows.report import check_report_path
     from onnxprune.sparsity import sparsify
 
     check_paths({"model": args.model, "calibration data": args.calibration, "gradients": args.gradients},

@@ -37,7 +37,7 @@ from onnxprune.allocation import check_ratio, find_layer
 from onnxprune.coupling import analyze
 from onnxprune.text import human, table
 from onnxprune.errors import InvalidRequestError, MissingExtraError
-from onnxprune.metric_key import QuietStream, default_key, pick_value
+from onnxprune.workflows.metric_key import QuietStream, default_key, pick_value
 from onnxprune.options import Options
 
 __all__ = ["sensitivity", "SensitivityResult", "SensitivityCurve", "Recommendation", "MissingExtraError",
@@ -258,7 +258,7 @@ def sensitivity(model, data, *, ratios=DEFAULT_RATIOS, method: str = "l2", metri
     target: also make a recommendation for this fraction of MACs removed (`result.recommendation`).
     verbose: one progress line per group on `stream` (default stderr).
     """
-    from onnxprune.evaluate import DEFAULT_BATCH_SIZE, evaluate
+    from onnxprune.workflows.evaluate import DEFAULT_BATCH_SIZE, evaluate
     from onnxprune.pruning import prune
     from onnxprune.stats import stats
 

@@ -170,8 +170,8 @@ def _counter(measure: str, options: Options) -> Callable[[onnx.ModelProto], int]
 def _metric(data, metric, key, batch_size):
     if data is None:
         return lambda m: None
-    from onnxprune.evaluate import DEFAULT_BATCH_SIZE, evaluate
-    from onnxprune.metric_key import QuietStream, default_key, pick_value
+    from onnxprune.workflows.evaluate import DEFAULT_BATCH_SIZE, evaluate
+    from onnxprune.workflows.metric_key import QuietStream, default_key, pick_value
 
     chosen = [key]
 

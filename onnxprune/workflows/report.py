@@ -104,7 +104,7 @@ def _layers(before: ModelStats, after: ModelStats) -> list[dict[str, Any]]:
 def build_report(before: str, after: str, *, command: str, prune_result: Any = None, decomposition: Any = None,
                  data: Any = None, repeats: int = REPORT_REPEATS, warmup: int = REPORT_WARMUP) -> dict[str, Any]:
     """The report dict for two model files (the original and the written result)."""
-    from onnxprune.bench import bench
+    from onnxprune.workflows.bench import bench
 
     model_before, model_after = ir.load_model(before), ir.load_model(after)
     s_before, s_after = stats(model_before), stats(model_after)
@@ -138,7 +138,7 @@ def build_report(before: str, after: str, *, command: str, prune_result: Any = N
              "macs_before": r.macs_before, "macs_after": r.macs_after,
              "result": r.skipped or "decomposed"} for r in decomposition.layers]
     if data is not None:
-        from onnxprune.evaluate import evaluate
+        from onnxprune.workflows.evaluate import evaluate
 
         report["metric"] = {"before": evaluate(model_before, data),
                             "after": evaluate(model_after, data, reference=model_before)}

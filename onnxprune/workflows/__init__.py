@@ -1,0 +1,1 @@
+"""Workflows built on the pruning stages: evaluate, bench, sensitivity analysis, iterative pruning, reports."""
