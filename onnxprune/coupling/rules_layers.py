@@ -7,6 +7,7 @@ import onnx
 from onnxprune.coupling.rules_elementwise import merge_aligned
 from onnxprune.coupling.walker import Walker, rule
 from onnxprune.graph import attribute
+from onnxprune.layout import weight_layout
 
 
 def _require_constant(w: Walker, i: int, node: onnx.NodeProto, slots: tuple[int, ...]) -> bool:
@@ -33,15 +34,15 @@ def _tie_rows(w: Walker, grid: np.ndarray) -> None:
 def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if not _require_constant(w, i, node, (1, 2)):
         return
-    x, weight = node.input[0], node.input[1]
-    cout, cin_per_group = w.shape(weight)[:2]
-    groups = attribute(node, "group", 1)
+    x, shape = node.input[0], w.shape(node.input[1])
+    lay = weight_layout(node, len(shape))
+    cout, cin_per_group, groups = shape[lay.out_axis], shape[lay.in_axis], lay.group
     axes = w.tracked(x)
-    _only_channel_axis(w, i, node, axes, {1})
-    xin = axes.get(1)
+    _only_channel_axis(w, i, node, axes, {lay.x_axis})
+    xin = axes.get(lay.x_axis)
     if groups == 1:
         if xin is not None:
-            w.use_const(i, 1, 1, xin, "in")
+            w.use_const(i, 1, lay.in_axis, xin, "in")
         out = w.new_channels(cout, i)
     elif cin_per_group == 1:  # depthwise (channel multiplier cout/groups): whole groups go
         if xin is None:
@@ -52,12 +53,12 @@ def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
         if xin is not None:
             grid = xin.reshape(groups, cin_per_group)
             _tie_rows(w, grid)
-            w.use_const(i, 1, 1, grid[0], "in")
+            w.use_const(i, 1, lay.in_axis, grid[0], "in")
         out = np.tile(w.new_channels(cout // groups, i), groups)
-    w.use_const(i, 1, 0, out, "out")
-    if len(node.input) > 2 and node.input[2]:
-        w.use_const(i, 2, 0, out, "bias")
-    w.set_axes(node.output[0], {1: out})
+    w.use_const(i, 1, lay.out_axis, out, "out")
+    if lay.bias is not None:
+        w.use_const(i, lay.bias, 0, out, "bias")
+    w.set_axes(node.output[0], {lay.y_axis: out})
     w.layer_out[i] = out
 
 
@@ -65,34 +66,34 @@ def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
 def conv_transpose(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if not _require_constant(w, i, node, (1, 2)):
         return
-    x, weight = node.input[0], node.input[1]
-    cin, cout_per_group = w.shape(weight)[:2]
-    groups = attribute(node, "group", 1)
+    x, shape = node.input[0], w.shape(node.input[1])
+    lay = weight_layout(node, len(shape))
+    cin, cout_per_group, groups = shape[lay.in_axis], shape[lay.out_axis], lay.group
     axes = w.tracked(x)
-    _only_channel_axis(w, i, node, axes, {1})
-    xin = axes.get(1)
+    _only_channel_axis(w, i, node, axes, {lay.x_axis})
+    xin = axes.get(lay.x_axis)
     if groups == 1:
         if xin is not None:
-            w.use_const(i, 1, 0, xin, "in")
+            w.use_const(i, 1, lay.in_axis, xin, "in")
         out = w.new_channels(cout_per_group, i)
-        w.use_const(i, 1, 1, out, "out")
+        w.use_const(i, 1, lay.out_axis, out, "out")
     elif cin // groups == 1:  # depthwise: whole groups go
         if xin is None:
             out = w.fixed_channels(cout_per_group * groups, i,
                                    f"{w.where(i, node)}: depthwise conv over channels that cannot change")
         else:
-            w.use_const(i, 1, 0, xin, "out")
+            w.use_const(i, 1, lay.in_axis, xin, "out")
             out = np.repeat(xin, cout_per_group)
     else:
         if xin is not None:
             _tie_rows(w, xin.reshape(groups, cin // groups))
-            w.use_const(i, 1, 0, xin, "in")
+            w.use_const(i, 1, lay.in_axis, xin, "in")
         per_group = w.new_channels(cout_per_group, i)
-        w.use_const(i, 1, 1, per_group, "out")
+        w.use_const(i, 1, lay.out_axis, per_group, "out")
         out = np.tile(per_group, groups)
-    if len(node.input) > 2 and node.input[2]:
-        w.use_const(i, 2, 0, out, "bias")
-    w.set_axes(node.output[0], {1: out})
+    if lay.bias is not None:
+        w.use_const(i, lay.bias, 0, out, "bias")
+    w.set_axes(node.output[0], {lay.y_axis: out})
     w.layer_out[i] = out
 
 
@@ -101,16 +102,15 @@ def gemm(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if not _require_constant(w, i, node, (1,)):
         return
     a, b = node.input[0], node.input[1]
-    trans_a, trans_b = attribute(node, "transA", 0), attribute(node, "transB", 0)
+    lay = weight_layout(node, 2)
     axes = w.tracked(a)
-    k_axis = 0 if trans_a else 1
+    k_axis = lay.x_axis
     _only_channel_axis(w, i, node, axes, {k_axis})
-    b_k, b_n = (1, 0) if trans_b else (0, 1)
     if k_axis in axes:
-        w.use_const(i, 1, b_k, axes[k_axis], "in")
-    out = w.new_channels(w.shape(b)[b_n], i)
-    w.use_const(i, 1, b_n, out, "out")
-    if len(node.input) > 2 and node.input[2]:
+        w.use_const(i, 1, lay.in_axis, axes[k_axis], "in")
+    out = w.new_channels(w.shape(b)[lay.out_axis], i)
+    w.use_const(i, 1, lay.out_axis, out, "out")
+    if lay.bias is not None:
         c = node.input[2]
         c_rank = w.rank(c)
         c_axes = w.tracked(c)
@@ -124,7 +124,7 @@ def gemm(w: Walker, i: int, node: onnx.NodeProto) -> None:
         for axis, ids in c_axes.items():
             if axis != c_rank - 1:
                 w.block(ids, f"{w.where(i, node)}: C input carries channels on its row axis")
-    w.set_axes(node.output[0], {1: out})
+    w.set_axes(node.output[0], {lay.y_axis: out})
     w.layer_out[i] = out
 
 
@@ -140,19 +140,21 @@ def matmul(w: Walker, i: int, node: onnx.NodeProto) -> None:
     const_a, const_b = w.is_const(a), w.is_const(b)
     result: dict[int, np.ndarray] = {}
     if const_b and not const_a:
+        lay = weight_layout(node, rb, 1)
         if ra - 1 in ta:
-            w.use_const(i, 1, rb - 2, ta[ra - 1], "in")
-        out = w.new_channels(w.shape(b)[-1], i)
-        w.use_const(i, 1, rb - 1, out, "out")
+            w.use_const(i, 1, lay.in_axis, ta[ra - 1], "in")
+        out = w.new_channels(w.shape(b)[lay.out_axis], i)
+        w.use_const(i, 1, lay.out_axis, out, "out")
         result[r - 1] = out
         w.layer_out[i] = out
         if ra - 2 in ta:
             result[r - 2] = ta[ra - 2]
     elif const_a and not const_b:
+        lay = weight_layout(node, ra, 0)
         if rb - 2 in tb:
-            w.use_const(i, 0, ra - 1, tb[rb - 2], "in")
-        out = w.new_channels(w.shape(a)[-2], i)
-        w.use_const(i, 0, ra - 2, out, "out")
+            w.use_const(i, 0, lay.in_axis, tb[rb - 2], "in")
+        out = w.new_channels(w.shape(a)[lay.out_axis], i)
+        w.use_const(i, 0, lay.out_axis, out, "out")
         result[r - 2] = out
         w.layer_out[i] = out
         if rb - 1 in tb:
@@ -183,9 +185,10 @@ def gather(w: Walker, i: int, node: onnx.NodeProto) -> None:
     axis = attribute(node, "axis", 0) % rank
     index_rank = w.rank(indices)
     if w.is_const(data) and not w.is_const(indices):
-        if axis == 0 and rank == 2 and not w.tracked(indices):  # embedding table (vocab, dim)
-            out = w.new_channels(w.shape(data)[1], i)
-            w.use_const(i, 0, 1, out, "out")
+        lay = weight_layout(node, rank, 0)
+        if lay is not None and not w.tracked(indices):  # embedding table (vocab, dim)
+            out = w.new_channels(w.shape(data)[lay.out_axis], i)
+            w.use_const(i, lay.slot, lay.out_axis, out, "out")
             w.set_axes(node.output[0], {index_rank: out})
             w.layer_out[i] = out
         else:
