@@ -52,6 +52,10 @@ class WeightLayout:
     def out_channels(self, shape: Sequence[int]) -> int:
         return self.channels(shape, self.out_axis)
 
+    def in_per_group(self, shape: Sequence[int]) -> int:
+        """Input channels each group (each filter of a Conv) reads."""
+        return shape[self.in_axis] if self.in_axis == self.per_group_axis else shape[self.in_axis] // self.group
+
 
 def weight_layout(node: onnx.NodeProto, rank: int, slot: int = 1) -> WeightLayout | None:
     """The layout of `node`'s weight of rank `rank` at input `slot` (MatMul: 1 for x @ W, 0 for W @ x); None for

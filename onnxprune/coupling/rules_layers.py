@@ -36,7 +36,7 @@ def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
         return
     x, shape = node.input[0], w.shape(node.input[1])
     lay = weight_layout(node, len(shape))
-    cout, cin_per_group, groups = shape[lay.out_axis], shape[lay.in_axis], lay.group
+    cout, cin_per_group, groups = shape[lay.out_axis], lay.in_per_group(shape), lay.group
     axes = w.tracked(x)
     _only_channel_axis(w, i, node, axes, {lay.x_axis})
     xin = axes.get(lay.x_axis)
@@ -68,7 +68,7 @@ def conv_transpose(w: Walker, i: int, node: onnx.NodeProto) -> None:
         return
     x, shape = node.input[0], w.shape(node.input[1])
     lay = weight_layout(node, len(shape))
-    cin, cout_per_group, groups = shape[lay.in_axis], shape[lay.out_axis], lay.group
+    cout_per_group, groups = shape[lay.out_axis], lay.group
     axes = w.tracked(x)
     _only_channel_axis(w, i, node, axes, {lay.x_axis})
     xin = axes.get(lay.x_axis)
@@ -77,7 +77,7 @@ def conv_transpose(w: Walker, i: int, node: onnx.NodeProto) -> None:
             w.use_const(i, 1, lay.in_axis, xin, "in")
         out = w.new_channels(cout_per_group, i)
         w.use_const(i, 1, lay.out_axis, out, "out")
-    elif cin // groups == 1:  # depthwise: whole groups go
+    elif lay.in_per_group(shape) == 1:  # depthwise: whole groups go
         if xin is None:
             out = w.fixed_channels(cout_per_group * groups, i,
                                    f"{w.where(i, node)}: depthwise conv over channels that cannot change")
@@ -86,7 +86,7 @@ def conv_transpose(w: Walker, i: int, node: onnx.NodeProto) -> None:
             out = np.repeat(xin, cout_per_group)
     else:
         if xin is not None:
-            _tie_rows(w, xin.reshape(groups, cin // groups))
+            _tie_rows(w, xin.reshape(groups, lay.in_per_group(shape)))
             w.use_const(i, 1, lay.in_axis, xin, "in")
         per_group = w.new_channels(cout_per_group, i)
         w.use_const(i, 1, lay.out_axis, per_group, "out")

@@ -124,7 +124,7 @@ def _conv(index, node, constants, shapes) -> DecomposableLayer:
     layout = weight_layout(node, len(dims))
     group = layout.group
     if not problem and group != 1:
-        c_in_group, c_out = dims[layout.in_axis], dims[layout.out_axis]
+        c_in_group, c_out = layout.in_per_group(dims), dims[layout.out_axis]
         kind = "depthwise" if c_in_group == 1 and group == c_out else "grouped"
         problem = f"{kind} convolution (group={group}): each filter already sees {c_in_group} channel(s)"
     if problem:
