@@ -63,19 +63,21 @@ def weight_layout(node: onnx.NodeProto, rank: int, slot: int = 1) -> WeightLayou
     op = node.op_type
     bias = 2 if len(node.input) > 2 and node.input[2] else None
     if op == "Conv":
-        return WeightLayout(op, 1, 0, 1, attribute(node, "group", 1), 1, bias)
+        return WeightLayout(op, 1, out_axis=0, in_axis=1, group=attribute(node, "group", 1), per_group_axis=1,
+                            bias=bias)
     if op == "ConvTranspose":
-        return WeightLayout(op, 1, 1, 0, attribute(node, "group", 1), 1, bias)
+        return WeightLayout(op, 1, out_axis=1, in_axis=0, group=attribute(node, "group", 1), per_group_axis=1,
+                            bias=bias)
     if op == "Gemm":
         trans_a, trans_b = attribute(node, "transA", 0), attribute(node, "transB", 0)
         out_axis, in_axis = (0, 1) if trans_b else (1, 0)
-        return WeightLayout(op, 1, out_axis, in_axis, bias=bias, x_axis=0 if trans_a else 1,
+        return WeightLayout(op, 1, out_axis=out_axis, in_axis=in_axis, bias=bias, x_axis=0 if trans_a else 1,
                             trans_a=trans_a, trans_b=trans_b, alpha=attribute(node, "alpha", 1.0),
                             beta=attribute(node, "beta", 1.0))
     if op == "MatMul" and slot == 1:
-        return WeightLayout(op, 1, rank - 1, rank - 2, x_axis=-1, y_axis=-1)
+        return WeightLayout(op, 1, out_axis=rank - 1, in_axis=rank - 2, x_axis=-1, y_axis=-1)
     if op == "MatMul" and slot == 0:
-        return WeightLayout(op, 0, rank - 2, rank - 1, x_axis=-2, y_axis=-2)
+        return WeightLayout(op, 0, out_axis=rank - 2, in_axis=rank - 1, x_axis=-2, y_axis=-2)
     if op == "Gather" and rank == 2 and attribute(node, "axis", 0) % rank == 0:
-        return WeightLayout(op, 0, 1, 0, x_axis=None, y_axis=-1)
+        return WeightLayout(op, 0, out_axis=1, in_axis=0, x_axis=None, y_axis=-1)
     return None
