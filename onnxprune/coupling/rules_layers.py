@@ -139,26 +139,19 @@ def matmul(w: Walker, i: int, node: onnx.NodeProto) -> None:
     ta, tb = w.tracked(a), w.tracked(b)
     const_a, const_b = w.is_const(a), w.is_const(b)
     result: dict[int, np.ndarray] = {}
-    if const_b and not const_a:
-        lay = weight_layout(node, rb, 1)
-        if ra - 1 in ta:
-            w.use_const(i, 1, lay.in_axis, ta[ra - 1], "in")
-        out = w.new_channels(w.shape(b)[lay.out_axis], i)
-        w.use_const(i, 1, lay.out_axis, out, "out")
-        result[r - 1] = out
+    if const_a != const_b:  # one constant weight: x @ W (slot 1) or W @ x (slot 0)
+        slot = 1 if const_b else 0
+        tx, rx = (ta, ra) if const_b else (tb, rb)
+        lay = weight_layout(node, rb if const_b else ra, slot)
+        if rx + lay.x_axis in tx:
+            w.use_const(i, slot, lay.in_axis, tx[rx + lay.x_axis], "in")
+        out = w.new_channels(w.shape(node.input[slot])[lay.out_axis], i)
+        w.use_const(i, slot, lay.out_axis, out, "out")
+        result[r + lay.y_axis] = out
         w.layer_out[i] = out
-        if ra - 2 in ta:
-            result[r - 2] = ta[ra - 2]
-    elif const_a and not const_b:
-        lay = weight_layout(node, ra, 0)
-        if rb - 2 in tb:
-            w.use_const(i, 0, lay.in_axis, tb[rb - 2], "in")
-        out = w.new_channels(w.shape(a)[lay.out_axis], i)
-        w.use_const(i, 0, lay.out_axis, out, "out")
-        result[r - 2] = out
-        w.layer_out[i] = out
-        if rb - 1 in tb:
-            result[r - 1] = tb[rb - 1]
+        through = -3 - lay.x_axis  # the activation's other matrix axis (rows of x @ W, columns of W @ x)
+        if rx + through in tx:
+            result[r + through] = tx[rx + through]
     else:  # two activations (attention): the contracted axis couples both operands
         ka, kb = ta.get(ra - 1), tb.get(rb - 2)
         if ka is not None and kb is not None:
