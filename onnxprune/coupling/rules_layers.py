@@ -7,7 +7,7 @@ import onnx
 from onnxprune.coupling.rules_elementwise import merge_aligned
 from onnxprune.coupling.walker import Walker, rule
 from onnxprune.graph import attribute
-from onnxprune.layout import weight_layout
+from onnxprune.layout import WeightLayout, weight_layout
 
 
 def _require_constant(w: Walker, i: int, node: onnx.NodeProto, slots: tuple[int, ...]) -> bool:
@@ -30,16 +30,31 @@ def _tie_rows(w: Walker, grid: np.ndarray) -> None:
         w.union(np.repeat(grid[:1], grid.shape[0] - 1, axis=0), grid[1:])
 
 
+def _conv_input(w: Walker, i: int, node: onnx.NodeProto) -> tuple[WeightLayout, tuple, np.ndarray | None] | None:
+    """A Conv / ConvTranspose's weight layout, weight shape and input channel ids (None: it cannot be pruned)."""
+    if not _require_constant(w, i, node, (1, 2)):
+        return None
+    shape = w.shape(node.input[1])
+    lay = weight_layout(node, len(shape))
+    axes = w.tracked(node.input[0])
+    _only_channel_axis(w, i, node, axes, {lay.x_axis})
+    return lay, shape, axes.get(lay.x_axis)
+
+
+def _conv_output(w: Walker, i: int, node: onnx.NodeProto, lay: WeightLayout, out: np.ndarray) -> None:
+    if lay.bias is not None:
+        w.use_const(i, lay.bias, 0, out, "bias")
+    w.set_axes(node.output[0], {lay.y_axis: out})
+    w.layer_out[i] = out
+
+
 @rule("Conv")
 def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
-    if not _require_constant(w, i, node, (1, 2)):
+    found = _conv_input(w, i, node)
+    if found is None:
         return
-    x, shape = node.input[0], w.shape(node.input[1])
-    lay = weight_layout(node, len(shape))
+    lay, shape, xin = found
     cout, cin_per_group, groups = shape[lay.out_axis], lay.in_per_group(shape), lay.group
-    axes = w.tracked(x)
-    _only_channel_axis(w, i, node, axes, {lay.x_axis})
-    xin = axes.get(lay.x_axis)
     if groups == 1:
         if xin is not None:
             w.use_const(i, 1, lay.in_axis, xin, "in")
@@ -56,22 +71,16 @@ def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
             w.use_const(i, 1, lay.in_axis, grid[0], "in")
         out = np.tile(w.new_channels(cout // groups, i), groups)
     w.use_const(i, 1, lay.out_axis, out, "out")
-    if lay.bias is not None:
-        w.use_const(i, lay.bias, 0, out, "bias")
-    w.set_axes(node.output[0], {lay.y_axis: out})
-    w.layer_out[i] = out
+    _conv_output(w, i, node, lay, out)
 
 
 @rule("ConvTranspose")
 def conv_transpose(w: Walker, i: int, node: onnx.NodeProto) -> None:
-    if not _require_constant(w, i, node, (1, 2)):
+    found = _conv_input(w, i, node)
+    if found is None:
         return
-    x, shape = node.input[0], w.shape(node.input[1])
-    lay = weight_layout(node, len(shape))
+    lay, shape, xin = found
     cout_per_group, groups = shape[lay.out_axis], lay.group
-    axes = w.tracked(x)
-    _only_channel_axis(w, i, node, axes, {lay.x_axis})
-    xin = axes.get(lay.x_axis)
     if groups == 1:
         if xin is not None:
             w.use_const(i, 1, lay.in_axis, xin, "in")
@@ -91,10 +100,7 @@ def conv_transpose(w: Walker, i: int, node: onnx.NodeProto) -> None:
         per_group = w.new_channels(cout_per_group, i)
         w.use_const(i, 1, lay.out_axis, per_group, "out")
         out = np.tile(per_group, groups)
-    if lay.bias is not None:
-        w.use_const(i, lay.bias, 0, out, "bias")
-    w.set_axes(node.output[0], {lay.y_axis: out})
-    w.layer_out[i] = out
+    _conv_output(w, i, node, lay, out)
 
 
 @rule("Gemm")
