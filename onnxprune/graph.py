@@ -69,6 +69,11 @@ def attribute(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def attributes(node: onnx.NodeProto) -> dict[str, object]:
+    """Every attribute of a node, name -> value."""
+    return {attr.name: onnx.helper.get_attribute_value(attr) for attr in node.attribute}
+
+
 def _outer_names_used_by_subgraphs(node: onnx.NodeProto) -> set[str]:
     """Names a node's subgraphs (If/Loop/Scan bodies) read from the enclosing scope."""
     used: set[str] = set()

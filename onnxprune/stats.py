@@ -8,6 +8,7 @@ import onnx
 from onnx import TensorProto
 
 from . import ir
+from .layout import weight_layout
 from .text import human
 
 _FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
@@ -127,9 +128,8 @@ def node_macs(node: onnx.NodeProto, shapes: dict[str, tuple]) -> int:
             return _dim(x, 0) * _size(x[2:]) * _size(weight)
     elif node.op_type == "Gemm":
         a, out = get(node.input[0]), get(node.output[0])
-        trans_a = next((attr.i for attr in node.attribute if attr.name == "transA"), 0)
         if a and out and len(a) == 2:
-            return _size(out) * _dim(a, 0 if trans_a else 1)
+            return _size(out) * _dim(a, weight_layout(node, 2).x_axis)
     elif node.op_type == "MatMul":
         a, out = get(node.input[0]), get(node.output[0])
         if a and out is not None:

@@ -13,7 +13,8 @@ from onnxprune.constants import ConstantResolver
 from onnxprune.coupling.channel_map import ChannelMap, ConstantUse, frozen_axes, read_only
 from onnxprune.coupling.tracker import Resolution
 from onnxprune.coupling.walker import Walker
-from onnxprune.graph import GraphIndex, attribute
+from onnxprune.graph import GraphIndex
+from onnxprune.layout import weight_layout
 from onnxprune.options import Options
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul", "Gather")
@@ -185,23 +186,10 @@ def _layers(channels: ChannelMap) -> list[Layer]:
 
 
 def _channel_counts(channels: ChannelMap, node: onnx.NodeProto) -> tuple[int | None, int | None]:
-    shape = channels.shape
-    if node.op_type == "Conv":
-        w = shape(node.input[1])
-        return w[1] * attribute(node, "group", 1), w[0]
-    if node.op_type == "ConvTranspose":
-        w = shape(node.input[1])
-        return w[0], w[1] * attribute(node, "group", 1)
-    if node.op_type == "Gemm":
-        b = shape(node.input[1])
-        return (b[1], b[0]) if attribute(node, "transB", 0) else (b[0], b[1])
-    if node.op_type == "MatMul":
-        if channels.is_const(node.input[1]):
-            b = shape(node.input[1])
-            return b[-2], b[-1]
-        a = shape(node.input[0])
-        return a[-1], a[-2]
-    if node.op_type == "Gather":
-        data = shape(node.input[0])
-        return data[0], data[1]
-    return None, None
+    left = node.op_type == "Gather" or (node.op_type == "MatMul" and not channels.is_const(node.input[1]))
+    slot = 0 if left else 1
+    shape = channels.shape(node.input[slot])
+    lay = weight_layout(node, len(shape), slot)
+    if lay is None:
+        return None, None
+    return lay.in_channels(shape), lay.out_channels(shape)

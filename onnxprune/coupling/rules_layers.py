@@ -7,6 +7,7 @@ import onnx
 from onnxprune.coupling.rules_elementwise import merge_aligned
 from onnxprune.coupling.walker import Walker, rule
 from onnxprune.graph import attribute
+from onnxprune.layout import WeightLayout, weight_layout
 
 
 def _require_constant(w: Walker, i: int, node: onnx.NodeProto, slots: tuple[int, ...]) -> bool:
@@ -29,19 +30,34 @@ def _tie_rows(w: Walker, grid: np.ndarray) -> None:
         w.union(np.repeat(grid[:1], grid.shape[0] - 1, axis=0), grid[1:])
 
 
+def _conv_input(w: Walker, i: int, node: onnx.NodeProto) -> tuple[WeightLayout, tuple, np.ndarray | None] | None:
+    """A Conv / ConvTranspose's weight layout, weight shape and input channel ids (None: it cannot be pruned)."""
+    if not _require_constant(w, i, node, (1, 2)):
+        return None
+    shape = w.shape(node.input[1])
+    lay = weight_layout(node, len(shape))
+    axes = w.tracked(node.input[0])
+    _only_channel_axis(w, i, node, axes, {lay.x_axis})
+    return lay, shape, axes.get(lay.x_axis)
+
+
+def _conv_output(w: Walker, i: int, node: onnx.NodeProto, lay: WeightLayout, out: np.ndarray) -> None:
+    if lay.bias is not None:
+        w.use_const(i, lay.bias, 0, out, "bias")
+    w.set_axes(node.output[0], {lay.y_axis: out})
+    w.layer_out[i] = out
+
+
 @rule("Conv")
 def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
-    if not _require_constant(w, i, node, (1, 2)):
+    found = _conv_input(w, i, node)
+    if found is None:
         return
-    x, weight = node.input[0], node.input[1]
-    cout, cin_per_group = w.shape(weight)[:2]
-    groups = attribute(node, "group", 1)
-    axes = w.tracked(x)
-    _only_channel_axis(w, i, node, axes, {1})
-    xin = axes.get(1)
+    lay, shape, xin = found
+    cout, cin_per_group, groups = shape[lay.out_axis], lay.in_per_group(shape), lay.group
     if groups == 1:
         if xin is not None:
-            w.use_const(i, 1, 1, xin, "in")
+            w.use_const(i, 1, lay.in_axis, xin, "in")
         out = w.new_channels(cout, i)
     elif cin_per_group == 1:  # depthwise (channel multiplier cout/groups): whole groups go
         if xin is None:
@@ -52,48 +68,39 @@ def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
         if xin is not None:
             grid = xin.reshape(groups, cin_per_group)
             _tie_rows(w, grid)
-            w.use_const(i, 1, 1, grid[0], "in")
+            w.use_const(i, 1, lay.in_axis, grid[0], "in")
         out = np.tile(w.new_channels(cout // groups, i), groups)
-    w.use_const(i, 1, 0, out, "out")
-    if len(node.input) > 2 and node.input[2]:
-        w.use_const(i, 2, 0, out, "bias")
-    w.set_axes(node.output[0], {1: out})
-    w.layer_out[i] = out
+    w.use_const(i, 1, lay.out_axis, out, "out")
+    _conv_output(w, i, node, lay, out)
 
 
 @rule("ConvTranspose")
 def conv_transpose(w: Walker, i: int, node: onnx.NodeProto) -> None:
-    if not _require_constant(w, i, node, (1, 2)):
+    found = _conv_input(w, i, node)
+    if found is None:
         return
-    x, weight = node.input[0], node.input[1]
-    cin, cout_per_group = w.shape(weight)[:2]
-    groups = attribute(node, "group", 1)
-    axes = w.tracked(x)
-    _only_channel_axis(w, i, node, axes, {1})
-    xin = axes.get(1)
+    lay, shape, xin = found
+    cout_per_group, groups = shape[lay.out_axis], lay.group
     if groups == 1:
         if xin is not None:
-            w.use_const(i, 1, 0, xin, "in")
+            w.use_const(i, 1, lay.in_axis, xin, "in")
         out = w.new_channels(cout_per_group, i)
-        w.use_const(i, 1, 1, out, "out")
-    elif cin // groups == 1:  # depthwise: whole groups go
+        w.use_const(i, 1, lay.out_axis, out, "out")
+    elif lay.in_per_group(shape) == 1:  # depthwise: whole groups go
         if xin is None:
             out = w.fixed_channels(cout_per_group * groups, i,
                                    f"{w.where(i, node)}: depthwise conv over channels that cannot change")
         else:
-            w.use_const(i, 1, 0, xin, "out")
+            w.use_const(i, 1, lay.in_axis, xin, "out")
             out = np.repeat(xin, cout_per_group)
     else:
         if xin is not None:
-            _tie_rows(w, xin.reshape(groups, cin // groups))
-            w.use_const(i, 1, 0, xin, "in")
+            _tie_rows(w, xin.reshape(groups, lay.in_per_group(shape)))
+            w.use_const(i, 1, lay.in_axis, xin, "in")
         per_group = w.new_channels(cout_per_group, i)
-        w.use_const(i, 1, 1, per_group, "out")
+        w.use_const(i, 1, lay.out_axis, per_group, "out")
         out = np.tile(per_group, groups)
-    if len(node.input) > 2 and node.input[2]:
-        w.use_const(i, 2, 0, out, "bias")
-    w.set_axes(node.output[0], {1: out})
-    w.layer_out[i] = out
+    _conv_output(w, i, node, lay, out)
 
 
 @rule("Gemm")
@@ -101,16 +108,15 @@ def gemm(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if not _require_constant(w, i, node, (1,)):
         return
     a, b = node.input[0], node.input[1]
-    trans_a, trans_b = attribute(node, "transA", 0), attribute(node, "transB", 0)
+    lay = weight_layout(node, 2)
     axes = w.tracked(a)
-    k_axis = 0 if trans_a else 1
+    k_axis = lay.x_axis
     _only_channel_axis(w, i, node, axes, {k_axis})
-    b_k, b_n = (1, 0) if trans_b else (0, 1)
     if k_axis in axes:
-        w.use_const(i, 1, b_k, axes[k_axis], "in")
-    out = w.new_channels(w.shape(b)[b_n], i)
-    w.use_const(i, 1, b_n, out, "out")
-    if len(node.input) > 2 and node.input[2]:
+        w.use_const(i, 1, lay.in_axis, axes[k_axis], "in")
+    out = w.new_channels(w.shape(b)[lay.out_axis], i)
+    w.use_const(i, 1, lay.out_axis, out, "out")
+    if lay.bias is not None:
         c = node.input[2]
         c_rank = w.rank(c)
         c_axes = w.tracked(c)
@@ -124,7 +130,7 @@ def gemm(w: Walker, i: int, node: onnx.NodeProto) -> None:
         for axis, ids in c_axes.items():
             if axis != c_rank - 1:
                 w.block(ids, f"{w.where(i, node)}: C input carries channels on its row axis")
-    w.set_axes(node.output[0], {1: out})
+    w.set_axes(node.output[0], {lay.y_axis: out})
     w.layer_out[i] = out
 
 
@@ -139,24 +145,19 @@ def matmul(w: Walker, i: int, node: onnx.NodeProto) -> None:
     ta, tb = w.tracked(a), w.tracked(b)
     const_a, const_b = w.is_const(a), w.is_const(b)
     result: dict[int, np.ndarray] = {}
-    if const_b and not const_a:
-        if ra - 1 in ta:
-            w.use_const(i, 1, rb - 2, ta[ra - 1], "in")
-        out = w.new_channels(w.shape(b)[-1], i)
-        w.use_const(i, 1, rb - 1, out, "out")
-        result[r - 1] = out
+    if const_a != const_b:  # one constant weight: x @ W (slot 1) or W @ x (slot 0)
+        slot = 1 if const_b else 0
+        tx, rx = (ta, ra) if const_b else (tb, rb)
+        lay = weight_layout(node, rb if const_b else ra, slot)
+        if rx + lay.x_axis in tx:
+            w.use_const(i, slot, lay.in_axis, tx[rx + lay.x_axis], "in")
+        out = w.new_channels(w.shape(node.input[slot])[lay.out_axis], i)
+        w.use_const(i, slot, lay.out_axis, out, "out")
+        result[r + lay.y_axis] = out
         w.layer_out[i] = out
-        if ra - 2 in ta:
-            result[r - 2] = ta[ra - 2]
-    elif const_a and not const_b:
-        if rb - 2 in tb:
-            w.use_const(i, 0, ra - 1, tb[rb - 2], "in")
-        out = w.new_channels(w.shape(a)[-2], i)
-        w.use_const(i, 0, ra - 2, out, "out")
-        result[r - 2] = out
-        w.layer_out[i] = out
-        if rb - 1 in tb:
-            result[r - 1] = tb[rb - 1]
+        through = -3 - lay.x_axis  # the activation's other matrix axis (rows of x @ W, columns of W @ x)
+        if rx + through in tx:
+            result[r + through] = tx[rx + through]
     else:  # two activations (attention): the contracted axis couples both operands
         ka, kb = ta.get(ra - 1), tb.get(rb - 2)
         if ka is not None and kb is not None:
@@ -183,9 +184,10 @@ def gather(w: Walker, i: int, node: onnx.NodeProto) -> None:
     axis = attribute(node, "axis", 0) % rank
     index_rank = w.rank(indices)
     if w.is_const(data) and not w.is_const(indices):
-        if axis == 0 and rank == 2 and not w.tracked(indices):  # embedding table (vocab, dim)
-            out = w.new_channels(w.shape(data)[1], i)
-            w.use_const(i, 0, 1, out, "out")
+        lay = weight_layout(node, rank, 0)
+        if lay is not None and not w.tracked(indices):  # embedding table (vocab, dim)
+            out = w.new_channels(w.shape(data)[lay.out_axis], i)
+            w.use_const(i, lay.slot, lay.out_axis, out, "out")
             w.set_axes(node.output[0], {index_rank: out})
             w.layer_out[i] = out
         else:

@@ -7,6 +7,8 @@ import numpy as np
 import onnx
 
 from onnxprune.decomposition.cost import Geometry, chain_cost, layer_cost, movable_strides
+from onnxprune.graph import attribute
+from onnxprune.layout import weight_layout
 
 METHODS = ("tucker", "cp", "svd")
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
@@ -119,17 +121,19 @@ def _conv(index, node, constants, shapes) -> DecomposableLayer:
         problem = problem or "ConvTranspose is not supported: export it as Conv or keep it whole"
     if not problem and len(dims) < 3:
         problem = f"kernel of rank {len(dims)} is not a convolution kernel"
-    group = _attr(node, "group", 1)
+    layout = weight_layout(node, len(dims))
+    group = layout.group
     if not problem and group != 1:
-        kind = "depthwise" if dims[1] == 1 and group == dims[0] else "grouped"
-        problem = f"{kind} convolution (group={group}): each filter already sees {dims[1]} channel(s)"
+        c_in_group, c_out = layout.in_per_group(dims), dims[layout.out_axis]
+        kind = "depthwise" if c_in_group == 1 and group == c_out else "grouped"
+        problem = f"{kind} convolution (group={group}): each filter already sees {c_in_group} channel(s)"
     if problem:
         return DecomposableLayer(layer_name(node), node.op_type, dims, {}, _all(problem), index, weight, None)
-    c_out, c_in, kernel = dims[0], dims[1], tuple(dims[2:])
-    strides = tuple(_attr(node, "strides", [1] * len(kernel)))
+    c_out, c_in, kernel = dims[layout.out_axis], dims[layout.in_axis], tuple(dims[2:])
+    strides = tuple(attribute(node, "strides", [1] * len(kernel)))
     in_shape, out_shape = _spatial(shapes.get(node.input[0])), _spatial(shapes.get(node.output[0]))
-    first = movable_strides(kernel, strides, _attr(node, "pads", None), _attr(node, "dilations", None),
-                            _attr(node, "auto_pad", "NOTSET"))
+    first = movable_strides(kernel, strides, attribute(node, "pads", None), attribute(node, "dilations", None),
+                            attribute(node, "auto_pad", "NOTSET"))
     geometry = Geometry.for_conv(c_in, c_out, kernel, strides, in_shape, out_shape, first)
     full: dict[str, tuple[int, ...]] = {}
     reasons: dict[str, str] = {}
@@ -151,11 +155,12 @@ def _gemm(index, node, constants, shapes) -> DecomposableLayer:
     dims = tuple(constants[weight].dims) if weight in constants else ()
     if problem:
         return DecomposableLayer(layer_name(node), node.op_type, dims, {}, _all(problem), index, weight, None)
-    k, n = (dims[1], dims[0]) if _attr(node, "transB", 0) else (dims[0], dims[1])
+    layout = weight_layout(node, len(dims))
+    k, n = dims[layout.in_axis], dims[layout.out_axis]
     a_shape = shapes.get(node.input[0])
     rows = None
     if a_shape is not None and len(a_shape) == 2:
-        rows = a_shape[1] if _attr(node, "transA", 0) else a_shape[0]
+        rows = a_shape[1] if layout.trans_a else a_shape[0]
     geometry = Geometry.for_matrix(k, n, rows if isinstance(rows, int) else None)
     return _matrix_layer(index, node, weight, dims, geometry)
 
@@ -177,7 +182,9 @@ def _matmul(index, node, constants, shapes) -> DecomposableLayer:
     rows = None
     if a_shape is not None and all(isinstance(d, int) for d in a_shape[:-1]):
         rows = int(np.prod(a_shape[:-1], dtype=np.int64))
-    return _matrix_layer(index, node, weight, dims, Geometry.for_matrix(dims[0], dims[1], rows))
+    layout = weight_layout(node, len(dims))
+    return _matrix_layer(index, node, weight, dims,
+                         Geometry.for_matrix(dims[layout.in_axis], dims[layout.out_axis], rows))
 
 
 def _matrix_layer(index, node, weight, dims, geometry) -> DecomposableLayer:
@@ -185,9 +192,3 @@ def _matrix_layer(index, node, weight, dims, geometry) -> DecomposableLayer:
     full = {"svd": (min(geometry.c_in, geometry.c_out),)}
     return _layer(index, node, weight, dims, geometry, full, {"tucker": reason, "cp": reason})
 
-
-def _attr(node: onnx.NodeProto, name: str, default):
-    for attr in node.attribute:
-        if attr.name == name:
-            return onnx.helper.get_attribute_value(attr)
-    return default

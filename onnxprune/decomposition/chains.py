@@ -20,7 +20,8 @@ import onnx
 from onnx import helper, numpy_helper
 
 from onnxprune.decomposition.cost import movable_strides
-from onnxprune.graph import NameSource
+from onnxprune.graph import NameSource, attributes
+from onnxprune.layout import weight_layout
 
 
 @dataclass(frozen=True)
@@ -35,10 +36,6 @@ class Chain:
     @property
     def factor_names(self) -> tuple[str, ...]:
         return tuple(n.input[1] for n in self.nodes)
-
-
-def attributes(node: onnx.NodeProto) -> dict[str, object]:
-    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
 def build(method: str, node: onnx.NodeProto, layer: str, factors: list[np.ndarray], dtype: np.dtype,
@@ -61,8 +58,9 @@ def build(method: str, node: onnx.NodeProto, layer: str, factors: list[np.ndarra
         else:
             steps = [("first", "Conv", factors[0], {**spatial, **ones}), ("last", "Conv", factors[1], ones)]
     elif node.op_type == "Gemm":
-        first = {"transA": attrs.get("transA", 0), "alpha": attrs.get("alpha", 1.0)}
-        steps = [("first", "Gemm", factors[0], first), ("last", "Gemm", factors[1], {"beta": attrs.get("beta", 1.0)})]
+        layout = weight_layout(node, 2)
+        first = {"transA": layout.trans_a, "alpha": layout.alpha}
+        steps = [("first", "Gemm", factors[0], first), ("last", "Gemm", factors[1], {"beta": layout.beta})]
     else:
         steps = [("first", "MatMul", factors[0], {}), ("last", "MatMul", factors[1], {})]
     return _assemble(method, node, layer, steps, dtype, namer, opset)
@@ -137,7 +135,5 @@ def encoded_kernel(method: str, node: onnx.NodeProto, factors: list[np.ndarray])
             spec = "or,ri," + ",".join(f"r{a}" for a in axes) + "->oi" + axes
             return np.einsum(spec, last, first, *taps, optimize=True)
         return (last @ first).reshape(last.shape[0], first.shape[1], *f[0].shape[2:])
-    product = f[0] @ f[1]  # (K, N)
-    if node.op_type == "Gemm" and attributes(node).get("transB", 0):
-        return product.T
-    return product
+    product = f[0] @ f[1]  # (in, out)
+    return product if weight_layout(node, 2).in_axis == 0 else product.T

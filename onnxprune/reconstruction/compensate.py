@@ -104,8 +104,8 @@ def compensate_pruned(original, result, calibration: Any, *, batch_size: int = c
     if not todo:
         result.compensation = report
         return report
-    requests = {x: calib.SampleMean((x,), _per_channel_mean(op)) for x, op in
-                dict.fromkeys((s.x, s.op_type) for _, s, _, _ in todo) if x not in tensor_means}
+    requests = {x: calib.SampleMean((x,), _per_channel_mean(axis)) for x, _, axis in
+                dict.fromkeys((s.x, s.op_type, s.layout.x_axis) for _, s, _, _ in todo) if x not in tensor_means}
     if requests:
         if callable(calibration):  # a function returning a fresh iterable, as reconstruction accepts
             calibration = calibration()
@@ -135,12 +135,12 @@ def _removed(entry: dict) -> np.ndarray:
     return ~np.asarray(entry["mask"], dtype=bool)
 
 
-def _per_channel_mean(op_type: str):
-    """Per-sample channel means: axis 1 for Conv / Gemm, the last axis for MatMul."""
+def _per_channel_mean(axis: int):
+    """Per-sample channel means along the layer's input channel axis (1 for Conv / Gemm, the last for MatMul)."""
     def per_sample(x: np.ndarray) -> np.ndarray:
         x = np.asarray(x, dtype=np.float64)
-        if op_type == "MatMul":
-            x = np.moveaxis(x, -1, 1) if x.ndim > 1 else x[None]
+        if axis != 1:
+            x = np.moveaxis(x, axis, 1) if x.ndim > 1 else x[None]
         return x.reshape(x.shape[0], x.shape[1], -1).mean(axis=2)
     return per_sample
 
@@ -182,10 +182,8 @@ def compensation_reference(original, result) -> onnx.ModelProto:
         c = layers.find_at(model, index, i, None)
         name = index.names[i]
         x = node.input[0]
-        rank = len(shapes.get(x) or ())
-        axis = 1 if c.op_type in ("Conv", "Gemm") else rank - 1
-        shape = [1] * rank
-        shape[axis] = removed.size
+        shape = [1] * len(shapes.get(x) or ())
+        shape[c.layout.x_axis] = removed.size
         dtype = helper.tensor_dtype_to_np_dtype(index.initializers[c.weight].data_type)
         new: list[onnx.NodeProto] = []
         if c.op_type == "Conv":

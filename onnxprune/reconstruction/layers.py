@@ -15,6 +15,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune import ir
 from onnxprune.graph import GraphIndex, attribute
+from onnxprune.layout import WeightLayout, weight_layout
 
 OPS = ("Conv", "Gemm", "MatMul")
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
@@ -34,10 +35,14 @@ class Consumer:
     out_keep: np.ndarray | None  # kept positions of the reference output's channel axis (None: all)
     weight: str
     bias: str | None  # initializer holding the bias (None: absent)
+    layout: WeightLayout
     bias_node: int | None = None  # MatMul: index of the Add node holding the bias
-    groups: int = 1
     fit_bias: bool = True
-    attrs: dict = field(default_factory=dict)
+    attrs: dict = field(default_factory=dict)  # Conv: kernel, strides, dilations, pads, auto_pad
+
+    @property
+    def groups(self) -> int:
+        return self.layout.group
 
     # ---- design rows / targets --------------------------------------------------------------
     def design(self, x: np.ndarray) -> np.ndarray:
@@ -48,9 +53,8 @@ class Consumer:
 
     def target(self, y: np.ndarray) -> np.ndarray:
         """(rows, groups, outputs per group), restricted to the kept output channels."""
-        axis = 1 if self.op_type == "Conv" else y.ndim - 1
         if self.out_keep is not None:
-            y = np.take(y, self.out_keep, axis=axis)
+            y = np.take(y, self.out_keep, axis=self.layout.y_axis)
         if self.op_type == "Conv":
             y = np.moveaxis(y, 1, -1)
         y = y.reshape(-1, y.shape[-1])
@@ -79,43 +83,41 @@ def find_at(model: onnx.ModelProto, index: GraphIndex, i: int, out_keep: np.ndar
         raise Skip(f"its weight has data type {onnx.TensorProto.DataType.Name(index.initializers[w].data_type)}, "
                    "not a float type")
     wdims = list(index.initializers[w].dims)
+    layout = weight_layout(node, len(wdims))
+    bias = None if layout.bias is None else node.input[layout.bias]
     if node.op_type == "Conv":
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
         if bias is not None and bias not in index.initializers:
             raise Skip("its bias is not an initializer")
-        group = attribute(node, "group", 1)
         k = wdims[2:]
         n = len(k)
         attrs = {"kernel": k, "strides": list(attribute(node, "strides", None) or [1] * n),
                  "dilations": list(attribute(node, "dilations", None) or [1] * n),
                  "pads": list(attribute(node, "pads", None) or [0] * (2 * n)),
                  "auto_pad": _text(attribute(node, "auto_pad", "NOTSET"))}
-        return Consumer(name, "Conv", i, node.input[0], node.output[0], out_keep, w, bias, groups=group, attrs=attrs)
+        return Consumer(name, "Conv", i, node.input[0], node.output[0], out_keep, w, bias, layout, attrs=attrs)
     if node.op_type == "Gemm":
-        if attribute(node, "transA", 0):
+        if layout.trans_a:
             raise Skip("Gemm with transA=1")
-        bias = node.input[2] if len(node.input) > 2 and node.input[2] else None
-        m = wdims[0] if attribute(node, "transB", 0) else wdims[1]
+        m = layout.out_channels(wdims)
         if bias is not None:
             if bias not in index.initializers:
                 raise Skip("its bias C is not an initializer")
             if math.prod(index.initializers[bias].dims) not in (1, m):
                 raise Skip(f"its bias C has shape {list(index.initializers[bias].dims)}, not per output")
-        attrs = {"transB": attribute(node, "transB", 0), "alpha": attribute(node, "alpha", 1.0),
-                 "beta": attribute(node, "beta", 1.0)}
-        return Consumer(name, "Gemm", i, node.input[0], node.output[0], out_keep, w, bias, attrs=attrs)
+        return Consumer(name, "Gemm", i, node.input[0], node.output[0], out_keep, w, bias, layout)
     if len(wdims) != 2:
         raise Skip(f"MatMul weight of rank {len(wdims)} (only a (K, M) matrix is re-fitted)")
-    y, bias, bias_node = node.output[0], None, None
+    m = layout.out_channels(wdims)
+    y, bias_node = node.output[0], None
     uses = index.consumers.get(node.output[0], [])
     if len(uses) == 1 and node.output[0] not in index.graph_outputs:
         j, slot = uses[0]
         add = index.nodes[j]
         other = add.input[1 - slot] if add.op_type == "Add" and slot in (0, 1) else None
-        if other in index.initializers and list(index.initializers[other].dims) in ([wdims[1]], [1, wdims[1]]) \
+        if other in index.initializers and list(index.initializers[other].dims) in ([m], [1, m]) \
                 and len(index.consumers.get(other, [])) == 1:
             y, bias, bias_node = add.output[0], other, j
-    return Consumer(name, "MatMul", i, node.input[0], y, out_keep, w, bias, bias_node=bias_node,
+    return Consumer(name, "MatMul", i, node.input[0], y, out_keep, w, bias, layout, bias_node=bias_node,
                     fit_bias=bias is not None)
 
 
@@ -177,9 +179,9 @@ def current(model: onnx.ModelProto, c: Consumer) -> np.ndarray:
         bias = np.zeros(cout) if b is None else np.broadcast_to(b, (cout,))
         return np.concatenate([wt, bias.reshape(g, 1, cout // g)], axis=1)
     if c.op_type == "Gemm":
-        wt = (w.T if c.attrs["transB"] else w) * c.attrs["alpha"]
+        wt = (w.T if c.layout.trans_b else w) * c.layout.alpha
         m = wt.shape[1]
-        bias = np.zeros(m) if b is None else np.broadcast_to(b * c.attrs["beta"], (m,))
+        bias = np.zeros(m) if b is None else np.broadcast_to(b * c.layout.beta, (m,))
         return np.concatenate([wt, bias[None]], axis=0)[None]
     m = w.shape[1]
     bias = np.zeros(m) if b is None else np.broadcast_to(b, (m,))
@@ -209,8 +211,8 @@ def write(model: onnx.ModelProto, c: Consumer, theta: np.ndarray) -> None:
         return
     w, bias = theta[0, :d, :], theta[0, d, :]
     if c.op_type == "Gemm":
-        w = w / c.attrs["alpha"]
-        _store(model, node, 1, (w.T if c.attrs["transB"] else w).astype(dtype), inits)
+        w = w / c.layout.alpha
+        _store(model, node, 1, (w.T if c.layout.trans_b else w).astype(dtype), inits)
         if c.bias is not None or np.any(bias):
             _set_beta_one(node)
             if c.bias is not None:
@@ -246,7 +248,7 @@ def add_to_bias(model: onnx.ModelProto, c: Consumer, delta: np.ndarray) -> None:
         _store(model, add, list(add.input).index(c.bias), (old + delta.reshape(old.shape)).astype(dtype), inits)
         return
     if c.op_type == "Gemm":
-        beta = float(c.attrs["beta"])
+        beta = float(c.layout.beta)
         new = delta if old is None else np.broadcast_to(old.reshape(-1) * beta, delta.shape) + delta
         _set_beta_one(node)
     else:

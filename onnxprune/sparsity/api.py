@@ -16,7 +16,7 @@ from onnxprune.external_data import copy_fields
 from onnxprune.errors import InvalidRequestError, VerificationError
 from onnxprune.sparsity import storage as store
 from onnxprune.sparsity.base import Context, Strategy, strategy_for
-from onnxprune.sparsity.layers import _FLOAT, WeightLayer, find_layers, load_values, select
+from onnxprune.sparsity.layers import FLOAT_TYPES, WeightLayer, find_layers, load_values, select
 from onnxprune.sparsity.report import LayerReport, SparsityReport
 from onnxprune.stats import node_macs
 
@@ -70,7 +70,7 @@ def sparsify(model: ir.ModelLike, strategy: str | Strategy | type[Strategy] = "g
     all_layers = find_layers(model)
     layers, excluded = select(all_layers, exclude, exclude_first, exclude_classifier)
     float_sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer
-                   if t.data_type in _FLOAT}
+                   if t.data_type in FLOAT_TYPES}
     _check_gradients(gradients, model, label)
     fraction = _fraction(chosen, label, sparsity, compression, sum(float_sizes.values()),
                          sum(layer.size for layer in layers))

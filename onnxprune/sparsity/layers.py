@@ -18,8 +18,9 @@ from onnx import TensorProto
 
 from onnxprune import ir
 from onnxprune.errors import InvalidRequestError
+from onnxprune.layout import weight_layout
 
-_FLOAT = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
+FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
 OP_TYPES = ("Conv", "Gemm", "MatMul")
 
 
@@ -61,10 +62,6 @@ class WeightLayer:
         return np.broadcast_to(index, shape)
 
 
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((a.i for a in node.attribute if a.name == name), default)
-
-
 def find_layers(model: onnx.ModelProto) -> list[WeightLayer]:
     """Every Conv / Gemm / MatMul weight held in a float initializer of the main graph, in graph order."""
     inits = {t.name: t for t in model.graph.initializer}
@@ -75,31 +72,20 @@ def find_layers(model: onnx.ModelProto) -> list[WeightLayer]:
             continue
         weight = node.input[1]
         tensor = inits.get(weight)
-        if tensor is None or tensor.data_type not in _FLOAT or weight in graph_inputs or node.input[0] in inits:
+        if tensor is None or tensor.data_type not in FLOAT_TYPES or weight in graph_inputs or node.input[0] in inits:
             continue
         rank = len(tensor.dims)
-        if node.op_type == "Conv":
-            if rank < 3:
-                continue
-            out_axis, red_axis, in_axis, o_axis = 0, 1, 1, 1
-        elif node.op_type == "Gemm":
-            if rank != 2:
-                continue
-            trans_b = _attr(node, "transB", 0)
-            out_axis, red_axis = (0, 1) if trans_b else (1, 0)
-            in_axis, o_axis = (0 if _attr(node, "transA", 0) else 1), 1
-        else:
-            if rank < 2:
-                continue
-            out_axis, red_axis, in_axis, o_axis = rank - 1, rank - 2, -1, -1
+        if (node.op_type == "Conv" and rank < 3) or (node.op_type == "Gemm" and rank != 2) or rank < 2:
+            continue
+        layout = weight_layout(node, rank)
         name = node.name or f"{node.op_type}_{index}"
         if weight in layers:
             layers[weight].nodes.append(name)
             continue
         layers[weight] = WeightLayer(name=name, op_type=node.op_type, weight=weight, shape=tuple(tensor.dims),
-                                     out_axis=out_axis, reduction_axis=red_axis, input=node.input[0],
-                                     output=node.output[0], input_axis=in_axis,
-                                     output_axis=o_axis, group=_attr(node, "group", 1), nodes=[name])
+                                     out_axis=layout.out_axis, reduction_axis=layout.in_axis, input=node.input[0],
+                                     output=node.output[0], input_axis=layout.x_axis,
+                                     output_axis=layout.y_axis, group=layout.group, nodes=[name])
     return list(layers.values())
 
 
