@@ -5,7 +5,8 @@ import numpy as np
 import onnx
 
 from onnxprune.coupling.rules_elementwise import merge_aligned
-from onnxprune.coupling.walker import Walker, rule
+from onnxprune.coupling.registry import RewriteContext, rule, set_attribute
+from onnxprune.coupling.walker import Walker
 from onnxprune.graph import attribute
 
 
@@ -29,7 +30,19 @@ def _tie_rows(w: Walker, grid: np.ndarray) -> None:
         w.union(np.repeat(grid[:1], grid.shape[0] - 1, axis=0), grid[1:])
 
 
-@rule("Conv")
+def rewrite_conv_group(s: RewriteContext, i: int, node: onnx.NodeProto, nodes: list) -> None:
+    """A depthwise conv keeps one group per remaining channel (other group counts stay)."""
+    groups = attribute(node, "group", 1)
+    x = node.input[0]
+    if groups == 1 or 1 not in s.kept.get(x, {}):
+        return
+    weight_shape = s.shape(s.original(i).input[1])  # the original name: the copy may read a sliced one
+    cin_per_group = weight_shape[1] if node.op_type == "Conv" else weight_shape[0] // groups
+    if cin_per_group == 1:  # depthwise: one group per remaining channel
+        set_attribute(node, onnx.helper.make_attribute("group", int(s.new_dim(x, 1))))
+
+
+@rule("Conv", rewrite=rewrite_conv_group)
 def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if not _require_constant(w, i, node, (1, 2)):
         return
@@ -61,7 +74,7 @@ def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
     w.layer_out[i] = out
 
 
-@rule("ConvTranspose")
+@rule("ConvTranspose", rewrite=rewrite_conv_group)
 def conv_transpose(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if not _require_constant(w, i, node, (1, 2)):
         return
