@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from onnxprune.coupling.walker import Walker, rule
+from onnxprune.coupling.registry import rule
+from onnxprune.coupling.walker import Walker
 from onnxprune.graph import attribute
 
 UNARY = (

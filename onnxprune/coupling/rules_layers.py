@@ -5,7 +5,8 @@ import numpy as np
 import onnx
 
 from onnxprune.coupling.rules_elementwise import merge_aligned
-from onnxprune.coupling.walker import Walker, rule
+from onnxprune.coupling.registry import RewriteContext, rule, set_attribute
+from onnxprune.coupling.walker import Walker
 from onnxprune.graph import attribute
 from onnxprune.layout import WeightLayout, weight_layout
 
@@ -48,7 +49,19 @@ def _conv_output(w: Walker, i: int, node: onnx.NodeProto, lay: WeightLayout, out
     w.layer_out[i] = out
 
 
-@rule("Conv")
+
+def rewrite_conv_group(s: RewriteContext, i: int, node: onnx.NodeProto, nodes: list) -> None:
+    """A depthwise conv keeps one group per remaining channel (other group counts stay)."""
+    x = node.input[0]
+    weight_shape = s.shape(s.original(i).input[1])  # the original name: the copy may read a sliced one
+    lay = weight_layout(node, len(weight_shape))
+    if lay.group == 1 or 1 not in s.kept.get(x, {}):
+        return
+    if lay.in_per_group(weight_shape) == 1:  # depthwise: one group per remaining channel
+        set_attribute(node, onnx.helper.make_attribute("group", int(s.new_dim(x, 1))))
+
+
+@rule("Conv", rewrite=rewrite_conv_group)
 def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
     found = _conv_input(w, i, node)
     if found is None:
@@ -74,7 +87,7 @@ def conv(w: Walker, i: int, node: onnx.NodeProto) -> None:
     _conv_output(w, i, node, lay, out)
 
 
-@rule("ConvTranspose")
+@rule("ConvTranspose", rewrite=rewrite_conv_group)
 def conv_transpose(w: Walker, i: int, node: onnx.NodeProto) -> None:
     found = _conv_input(w, i, node)
     if found is None:

@@ -1,11 +1,11 @@
-"""Rules for ops that move, cut, join or re-shape channel axes (index maps)."""
+"""Rules for ops that move or re-shape channel axes (index maps), with their rewrites."""
 from __future__ import annotations
 
 import numpy as np
 import onnx
 
-from onnxprune.coupling.rules_elementwise import merge_aligned
-from onnxprune.coupling.walker import Walker, rule
+from onnxprune.coupling.registry import RewriteContext, rule
+from onnxprune.coupling.walker import Walker
 from onnxprune.graph import attribute
 
 
@@ -49,113 +49,6 @@ def squeeze(w: Walker, i: int, node: onnx.NodeProto) -> None:
         else:
             result[a - sum(1 for g in gone if g < a)] = ids
     w.set_axes(node.output[0], result)
-
-
-@rule("Concat")
-def concat(w: Walker, i: int, node: onnx.NodeProto) -> None:
-    out = node.output[0]
-    rank = w.rank(out)
-    axis = attribute(node, "axis") % rank
-    inputs = [(slot, t) for slot, t in enumerate(node.input) if t]
-    result: dict[int, np.ndarray] = {}
-    pieces = []
-    any_tracked = False
-    for slot, tensor in inputs:
-        ids = w.tracked(tensor).get(axis)
-        size = w.dim(tensor, axis)
-        if ids is None:
-            if not isinstance(size, int):
-                w.block_inputs(i, node, f"input '{tensor}' has an unknown size on the concat axis")
-                return
-            pieces.append((slot, tensor, size))
-        else:
-            any_tracked = True
-            pieces.append((slot, tensor, ids))
-    if any_tracked:
-        joined = []
-        for slot, tensor, piece in pieces:
-            if isinstance(piece, int):
-                piece = w.fixed_channels(piece, i, f"{w.where(i, node)}: input '{tensor}' joins fixed channels")
-            joined.append(piece)
-        result[axis] = np.concatenate(joined)
-    for k in range(rank):
-        if k != axis:
-            ids = merge_aligned(w, i, node, inputs, rank, k, w.dim(out, k))
-            if ids is not None:
-                result[k] = ids
-    w.set_axes(out, result)
-
-
-def split_sizes(w: Walker, node: onnx.NodeProto, total: int) -> list[int] | None:
-    """Sizes of the pieces of a Split, from the attribute, the input, or an even split."""
-    sizes = attribute(node, "split")
-    if sizes is None and len(node.input) > 1 and node.input[1]:
-        sizes = w.ints(node.input[1])
-        if sizes is None:
-            return None
-    if sizes is None:
-        parts = attribute(node, "num_outputs") or len(node.output)
-        chunk = -(-total // parts)
-        sizes = [min(chunk, total - k * chunk) for k in range(parts)]
-    return list(sizes)
-
-
-@rule("Split")
-def split(w: Walker, i: int, node: onnx.NodeProto) -> None:
-    x = node.input[0]
-    rank = w.rank(x)
-    axis = attribute(node, "axis", 0) % rank
-    axes = w.tracked(x)
-    ids = axes.get(axis)
-    sizes = split_sizes(w, node, w.dim(x, axis)) if ids is not None else None
-    if ids is not None and (sizes is None or sum(sizes) != len(ids)):
-        w.block_inputs(i, node, "split sizes are unknown")
-        return
-    offset = 0
-    for k, out in enumerate(node.output):
-        result = {a: v for a, v in axes.items() if a != axis}
-        if ids is not None:
-            result[axis] = ids[offset : offset + sizes[k]]
-            offset += sizes[k]
-        w.set_axes(out, result)
-
-
-def slice_params(w: Walker, node: onnx.NodeProto, rank: int) -> list[tuple[int, int, int, int]] | None:
-    """(axis, start, end, step) per sliced axis, or None when they are not constant."""
-    if len(node.input) == 1:  # opset < 10: attributes
-        starts, ends = attribute(node, "starts"), attribute(node, "ends")
-        axes = attribute(node, "axes") or list(range(len(starts)))
-        steps = [1] * len(starts)
-    else:
-        starts, ends = w.ints(node.input[1]), w.ints(node.input[2])
-        if starts is None or ends is None:
-            return None
-        axes = w.ints(node.input[3]) if len(node.input) > 3 and node.input[3] else list(range(len(starts)))
-        steps = w.ints(node.input[4]) if len(node.input) > 4 and node.input[4] else [1] * len(starts)
-        if axes is None or steps is None:
-            return None
-    return [(a % rank, s, e, st) for a, s, e, st in zip(axes, starts, ends, steps)]
-
-
-@rule("Slice")
-def slice_(w: Walker, i: int, node: onnx.NodeProto) -> None:
-    x = node.input[0]
-    rank = w.rank(x)
-    axes = dict(w.tracked(x))
-    params = slice_params(w, node, rank)
-    if params is None:
-        w.block_inputs(i, node, "slice bounds are not constant")
-        return
-    for axis, start, end, step in params:
-        if axis not in axes:
-            continue
-        if step != 1 and len(params) > 1:
-            w.block(axes[axis], f"{w.where(i, node)} slices the channel axis with step {step} together with "
-                                "other axes")
-            del axes[axis]
-            continue
-        axes[axis] = axes[axis][slice(start, end, step)]
-    w.set_axes(node.output[0], axes)
 
 
 def _align_blocks(ins: tuple, outs: tuple) -> list[tuple[list[int], list[int]]] | None:
@@ -260,7 +153,22 @@ def _single_axis(grid: np.ndarray) -> int | None:
     return None
 
 
-@rule("Reshape", "Flatten")
+def rewrite_reshape(s: RewriteContext, i: int, node: onnx.NodeProto, nodes: list) -> None:
+    """The target shape follows the new channel counts (a -1 entry stays -1)."""
+    out = node.output[0]
+    if out not in s.kept or node.op_type == "Flatten":
+        return
+    new_shape = s.new_shape(out)
+    current = s.ints(node.input[1])
+    positions = {}
+    for axis in s.kept[out]:
+        if current is not None and current[axis] == -1:
+            continue
+        positions[axis] = int(new_shape[axis])
+    s.set_int_input(node, 1, positions, nodes)
+
+
+@rule("Reshape", "Flatten", rewrite=rewrite_reshape)
 def reshape(w: Walker, i: int, node: onnx.NodeProto) -> None:
     in_shape, out_shape = w.shape(node.input[0]), w.shape(node.output[0])
     if in_shape is None or out_shape is None:
@@ -269,7 +177,23 @@ def reshape(w: Walker, i: int, node: onnx.NodeProto) -> None:
     map_reshape(w, i, node, in_shape, out_shape)
 
 
-@rule("Expand")
+def rewrite_expand(s: RewriteContext, i: int, node: onnx.NodeProto, nodes: list) -> None:
+    """The target shape follows the new channel counts where it is not a broadcast 1."""
+    out = node.output[0]
+    if out not in s.kept:
+        return
+    current = s.ints(node.input[1])
+    length = len(current) if current is not None else s.shape(node.input[1])[0]
+    shift = len(s.shape(out)) - length
+    positions = {}
+    for axis in s.kept[out]:
+        k = axis - shift
+        if k >= 0 and (current is None or current[k] != 1):
+            positions[k] = s.new_dim(out, axis)
+    s.set_int_input(node, 1, positions, nodes)
+
+
+@rule("Expand", rewrite=rewrite_expand)
 def expand(w: Walker, i: int, node: onnx.NodeProto) -> None:
     x, out = node.input[0], node.output[0]
     in_rank, out_rank = w.rank(x), w.rank(out)
@@ -297,40 +221,37 @@ def tile(w: Walker, i: int, node: onnx.NodeProto) -> None:
     w.set_axes(node.output[0], {a: ids for a, ids in axes.items() if repeats[a] == 1})
 
 
-@rule("Pad")
-def pad(w: Walker, i: int, node: onnx.NodeProto) -> None:
+def freeze_shape(s: RewriteContext, i: int, node: onnx.NodeProto, nodes: list) -> None:
+    """Shape of a shrunk tensor reports its ORIGINAL channel counts.
+
+    Values computed from shapes (attention's 1/sqrt(head_dim), a view's C // heads) keep the
+    original's meaning; every shape input that must follow the new sizes (Reshape, Expand,
+    Split, Slice, Resize) is rewritten explicitly.
+    """
     x = node.input[0]
-    rank = w.rank(x)
-    pads = attribute(node, "pads") if len(node.input) < 2 else w.ints(node.input[1])
-    pad_axes = list(range(rank))
-    if len(node.input) > 3 and node.input[3]:
-        pad_axes = [a % rank for a in (w.ints(node.input[3]) or [])]
-    if pads is None:
-        w.block_inputs(i, node, "pads are not constant")
+    changed = s.kept.get(x) or s.sliced_in_place.get(x)
+    if not changed:
         return
-    axes = dict(w.tracked(x))
-    n = len(pad_axes)
-    for k, a in enumerate(pad_axes):
-        if a in axes and (pads[k] != 0 or pads[k + n] != 0):
-            w.block(axes.pop(a), f"{w.where(i, node)} pads the channel axis")
-    w.set_axes(node.output[0], axes)
-
-
-@rule("Resize", "Upsample")
-def resize(w: Walker, i: int, node: onnx.NodeProto) -> None:
-    x, out = node.input[0], node.output[0]
-    in_shape, out_shape = w.shape(x), w.shape(out)
-    axes = dict(w.tracked(x))
-    if node.op_type == "Resize" and attribute(node, "axes") is not None:
-        w.block_inputs(i, node, "Resize with an `axes` attribute is not supported")
+    shape = s.shape(x)
+    axes = list(range(len(shape)))[attribute(node, "start", 0):attribute(node, "end")]  # clipped as Shape does
+    positions = {k: int(shape[a]) for k, a in enumerate(axes) if a in changed}
+    if not positions:
         return
-    for a in list(axes):
-        if in_shape is None or out_shape is None or in_shape[a] != out_shape[a]:
-            w.block(axes.pop(a), f"{w.where(i, node)} resizes the channel axis")
-    w.set_axes(out, axes)
+    raw = s.fresh(f"{node.output[0]}_pruned")
+    frozen = node.output[0]
+    node.output[0] = raw
+    mask = np.zeros(len(axes), dtype=bool)
+    values = np.zeros(len(axes), dtype=np.int64)
+    for k, v in positions.items():
+        mask[k], values[k] = True, v
+    mask_name = s.add_initializer(f"{frozen}_mask", mask)
+    values_name = s.add_initializer(f"{frozen}_original", values)
+    s.place_after(i, [onnx.helper.make_node("Where", [mask_name, values_name, raw], [frozen],
+                                            name=s.fresh(f"{node.name or 'Shape'}_original_dims"))])
 
 
-@rule("Shape", "Size")
+@rule("Size")
+@rule("Shape", rewrite=freeze_shape)
 def shape_of(w: Walker, i: int, node: onnx.NodeProto) -> None:
     """Reads dims only; values that depend on them are rewritten where they feed a shape input.
 

@@ -6,29 +6,15 @@ every tracked (tensor, axis), and which constant inputs get sliced along which a
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import onnx
 
 from onnxprune.constants import ConstantResolver
 from onnxprune.coupling.channel_map import constant_source
+from onnxprune.coupling.registry import RULES
 from onnxprune.coupling.tracker import ChannelTracker
 from onnxprune.graph import GraphIndex
-
-Rule = Callable[["Walker", int, onnx.NodeProto], None]
-RULES: dict[str, Rule] = {}
-
-
-def rule(*op_types: str) -> Callable[[Rule], Rule]:
-    """Register a channel rule for these op types (default domain)."""
-
-    def register(fn: Rule) -> Rule:
-        for op in op_types:
-            RULES[op] = fn
-        return fn
-
-    return register
 
 
 @dataclass
@@ -144,13 +130,13 @@ class Walker:
         for i, node in enumerate(self.index.nodes):
             if not any(self.tracked(t) for t in node.input) and node.op_type not in _SOURCE_OPS:
                 continue  # nothing carries channels into this node: no rule needed
-            fn = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
-            if fn is None:
+            entry = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            if entry is None:
                 self.block_inputs(i, node, "no channel rule for this op; channels flowing into it cannot be pruned "
                                   "(prune other layers, or ask for a rule)")
                 continue
             try:
-                fn(self, i, node)
+                entry.couple(self, i, node)
             except (KeyError, IndexError, ValueError, TypeError, AttributeError, ZeroDivisionError) as exc:
                 self.block_inputs(i, node, f"channel rule could not map this node ({type(exc).__name__}: {exc})")
                 for tensor in node.output:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -13,52 +13,16 @@ from onnxprune import ir
 from onnxprune.decomposition import factorize
 from onnxprune.decomposition.candidates import DecomposableLayer, constant_tensors, find_candidates
 from onnxprune.decomposition.chains import Chain, build, encoded_kernel
-from onnxprune.graph import NameSource
 from onnxprune.decomposition.cost import chain_cost, layer_cost
+from onnxprune.decomposition.oracle import verify_decomposition
 from onnxprune.decomposition.ranks import RankPolicy
+from onnxprune.decomposition.results import DecompositionResult, LayerDecomposition
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
+from onnxprune.graph import NameSource
+from onnxprune.layout import weight_layout
+from onnxprune.rebuild import rebuild
 
 _ALIASES = {"tucker": "tucker", "fd_tk": "tucker", "cp": "cp", "fd_cp": "cp", "svd": "svd", "fd_svd": "svd"}
-
-
-@dataclass(frozen=True)
-class LayerDecomposition:
-    """What happened to one layer. `skipped` is None when the layer was replaced by a chain.
-
-    `ranks` / `full_ranks`: (input rank, output rank) for Tucker, (rank,) for CP and SVD.
-    `rel_error`: ||K - K_chain|| / ||K|| of the kernel. Params count weights; MACs use inferred
-    shapes (unknown batch counted as 1). `nodes` / `factors`: the chain's node and weight names.
-    """
-
-    name: str
-    op_type: str
-    method: str
-    ranks: tuple[int, ...] | None
-    full_ranks: tuple[int, ...] | None
-    rel_error: float | None
-    params_before: int | None
-    params_after: int | None
-    macs_before: int | None
-    macs_after: int | None
-    skipped: str | None = None
-    nodes: tuple[str, ...] = ()
-    factors: tuple[str, ...] = ()
-
-    @property
-    def decomposed(self) -> bool:
-        return self.skipped is None
-
-
-@dataclass(frozen=True)
-class DecompositionResult:
-    model: onnx.ModelProto
-    layers: list[LayerDecomposition]
-    method: str
-    reconstruction: object = None  # reconstruct=True: onnxprune.reconstruction.Reconstruction (last factors)
-
-    @property
-    def decomposed(self) -> list[LayerDecomposition]:
-        return [layer for layer in self.layers if layer.decomposed]
 
 
 def normalise_method(method: str) -> str:
@@ -88,7 +52,8 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
     (onnxruntime's NCHWc channel block on AVX-512) for computed ranks and no rounding for explicit `ranks`;
     1 turns it off. A chain costing more MACs than its layer is skipped unless `force` (fewer MACs do not
     guarantee lower latency: see benchmarks/README.md). `verify` runs the reconstruction oracle and raises
-    VerificationError on failure. The input model is never changed.
+    VerificationError on failure. The input model is never changed (a model loaded here from a path, without
+    verify or reconstruct, becomes the result in place: no second copy of the weights).
     reconstruct: re-fit the last factor of every chain (and its bias) on `calibration` so the chain's output
     matches the original layer's on that data (ridge least squares, chains in topological order; `ridge`
     relative to the mean diagonal of X^T X, default onnxprune.reconstruction.DEFAULT_RIDGE). `verify` checks
@@ -99,6 +64,7 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
         raise InvalidRequestError("reconstruct=True needs calibration data: pass calibration=... (a dict of input "
                                   "arrays, an array for a single-input model, an iterable of either, or a path)")
     source = ir.load_model(model)
+    own = not isinstance(model, onnx.ModelProto) and not (verify or reconstruct)  # ours to change
     method = normalise_method(method)
     policy = RankPolicy(ranks, rank_ratio, recommendation, calibration_ratio, energy, rank_step)
     candidates = decomposable_layers(source)
@@ -122,16 +88,12 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
         records.append(record)
         if chain is not None:
             chains[layer.node_index] = chain
-    result = DecompositionResult(_assemble(source, chains), records, method)
+    result = DecompositionResult(_assemble(source, chains, own), records, method)
     if verify:
-        from onnxprune.decomposition.oracle import verify_decomposition
-
         report = verify_decomposition(source, result)
         if not report.ok:
             raise VerificationError(f"decomposition failed the reconstruction oracle:\n{report}")
     if reconstruct:
-        from dataclasses import replace
-
         from onnxprune.reconstruction import DEFAULT_RIDGE, reconstruct_chains
 
         last = [record.nodes[-1] for record in records if record.decomposed and record.nodes]
@@ -216,43 +178,15 @@ def _factors(method: str, node: onnx.NodeProto, kernel: np.ndarray, ranks, seed:
         a, b = factorize.svd(kernel.reshape(kernel.shape[:2]).T, ranks[0])
         ones = (1,) * (kernel.ndim - 2)
         return [a.T.reshape(*a.T.shape, *ones), b.T.reshape(*b.T.shape, *ones)]
-    if node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute):
+    if weight_layout(node, 2).in_axis == 1:  # Gemm with transB: B is (out, in)
         kernel = kernel.T
     return list(factorize.svd(kernel, ranks[0]))
 
 
-def _assemble(source: onnx.ModelProto, chains: dict[int, Chain]) -> onnx.ModelProto:
-    """A new model: each replaced node swapped for its chain, weights no longer used removed."""
-    out = onnx.ModelProto()
-    out.CopyFrom(source)
-    if not chains:
-        return out
-    graph = out.graph
-    replaced = {graph.node[i].input[1] for i in chains}
+def _assemble(source: onnx.ModelProto, chains: dict[int, Chain], own: bool) -> onnx.ModelProto:
+    """The result model: each replaced node swapped for its chain, weights no longer read dropped."""
     nodes = []
     for index, node in enumerate(source.graph.node):
         nodes.extend(chains[index].nodes if index in chains else [node])
-    used = _used_names(nodes) | {o.name for o in graph.output}
-    unused = replaced - used
-    del graph.node[:]
-    graph.node.extend(n for n in nodes if not (n.op_type == "Constant" and n.output[0] in unused))
-    kept = [t for t in graph.initializer if t.name not in unused]
-    del graph.initializer[:]
-    graph.initializer.extend(kept)
-    for index in sorted(chains):
-        graph.initializer.extend(chains[index].initializers)
-    kept_info = [v for v in graph.value_info if v.name not in unused]
-    del graph.value_info[:]
-    graph.value_info.extend(kept_info)
-    return out
-
-
-def _used_names(nodes: Iterable[onnx.NodeProto]) -> set[str]:
-    """Every tensor name read by these nodes, including outer-scope names read inside subgraphs."""
-    used = set()
-    for node in nodes:
-        used.update(node.input)
-        for attr in node.attribute:
-            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)):
-                used |= _used_names(sub.node)
-    return used
+    added = {t.name: t for index in sorted(chains) for t in chains[index].initializers}
+    return rebuild(source, nodes, added=added, own=own, keep_value_info=True)

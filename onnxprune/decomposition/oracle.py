@@ -12,10 +12,11 @@ from onnx import helper, numpy_helper
 from onnxprune import ir
 from onnxprune.runtime import make_inputs, run
 from onnxprune.verify import compare_arrays, verify
-from onnxprune.decomposition.api import DecompositionResult, LayerDecomposition
 from onnxprune.decomposition.candidates import layer_name
 from onnxprune.decomposition.chains import encoded_kernel
+from onnxprune.decomposition.results import DecompositionResult, LayerDecomposition
 from onnxprune.graph import NameSource
+from onnxprune.rebuild import rebuild
 
 
 @dataclass
@@ -109,17 +110,17 @@ def _mini_model(source, nodes, extra_inits, owner, captured) -> onnx.ModelProto:
 
 
 def _with_kernels(source, done, nodes, kernels) -> onnx.ModelProto:
-    """A copy of the original whose decomposed layers read the encoded kernels."""
-    out = onnx.ModelProto()
-    out.CopyFrom(source)
-    namer = NameSource(out.graph)
-    index = {layer_name(n): i for i, n in enumerate(out.graph.node)}
+    """The original whose decomposed layers read the encoded kernels (the original is left as it was)."""
+    namer = NameSource(source.graph)
+    index = {layer_name(n): i for i, n in enumerate(source.graph.node)}
+    swapped: dict[int, onnx.NodeProto] = {}
+    added = {}
     for layer in done:
         name = namer(f"{layer.name}/oracle_kernel")
-        out.graph.initializer.append(numpy_helper.from_array(kernels[layer.name], name))
-        out.graph.node[index[layer.name]].input[1] = name
-    used = {t for n in out.graph.node for t in n.input}
-    kept = [t for t in out.graph.initializer if t.name in used]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(kept)
-    return out
+        added[name] = numpy_helper.from_array(kernels[layer.name], name)
+        node = onnx.NodeProto()
+        node.CopyFrom(source.graph.node[index[layer.name]])
+        node.input[1] = name
+        swapped[index[layer.name]] = node
+    graph_nodes = [swapped.get(i, n) for i, n in enumerate(source.graph.node)]
+    return rebuild(source, graph_nodes, added=added, keep_value_info=True)

@@ -30,6 +30,7 @@ from onnx import helper, numpy_helper
 
 from onnxprune import ir
 from onnxprune.graph import NameSource
+from onnxprune.rebuild import rebuild
 
 INDEX_BYTES = 8
 MIN_OPSET = 11
@@ -73,12 +74,7 @@ def to_sparse(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> dict[str
     names = NameSource(model.graph)
     constants = [helper.make_node("Constant", [], [name], name=names.fresh(f"{name}__sparse"),
                                   sparse_value=sparse_tensor(name, values[name])) for name in chosen]
-    kept = [t for t in model.graph.initializer if t.name not in set(chosen)]
-    model.graph.ClearField("initializer")
-    model.graph.initializer.extend(kept)
-    nodes = list(model.graph.node)
-    model.graph.ClearField("node")
-    model.graph.node.extend(constants + nodes)
+    rebuild(model, constants + list(model.graph.node), own=True, keep_value_info=True)  # the Constants replace them
     return decisions
 
 
@@ -134,13 +130,8 @@ def to_bitmask(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> dict[st
                   node("Mul", [t["cum"], t["mask"]], t["index"]),
                   node("Gather", [t["values"], t["index"]], t["dense"]),
                   node("Reshape", [t["dense"], t["shape"]], name)]
-    chosen_set = set(chosen)
-    kept = [t for t in model.graph.initializer if t.name not in chosen_set]
-    model.graph.ClearField("initializer")
-    model.graph.initializer.extend(kept + new_inits)
-    old = list(model.graph.node)
-    model.graph.ClearField("node")
-    model.graph.node.extend(nodes + old)
+    rebuild(model, nodes + list(model.graph.node), added={t.name: t for t in new_inits}, own=True,
+            keep_value_info=True)  # each decoding chain's last node replaces its weight
     return decisions
 
 
