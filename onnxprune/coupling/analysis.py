@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 
 from onnxprune import ir
-from onnxprune.constants import ConstantResolver
+from onnxprune.folding import ConstantResolver
 from onnxprune.coupling.channel_map import ChannelMap, ConstantUse, frozen_axes, read_only
 from onnxprune.coupling.tracker import Resolution
 from onnxprune.coupling.walker import Walker

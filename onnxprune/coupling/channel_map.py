@@ -11,7 +11,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from onnxprune.constants import ConstantResolver
+from onnxprune.folding import ConstantResolver
 from onnxprune.graph import GraphIndex
 from onnxprune.options import Options
 

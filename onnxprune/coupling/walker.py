@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from onnxprune.constants import ConstantResolver
+from onnxprune.folding import ConstantResolver
 from onnxprune.coupling.channel_map import constant_source
 from onnxprune.coupling.registry import RULES
 from onnxprune.coupling.tracker import ChannelTracker

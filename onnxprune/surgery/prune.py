@@ -15,7 +15,7 @@ from onnxprune.coupling.analysis import Analysis
 from onnxprune.coupling.registry import RULES
 from onnxprune.graph import NameSource
 from onnxprune.rebuild import rebuild
-from onnxprune.surgery.constants import ConstantSlicer
+from onnxprune.surgery.slicing import ConstantSlicer
 
 
 @dataclass

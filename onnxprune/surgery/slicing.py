@@ -5,7 +5,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.constants import ConstantResolver
+from onnxprune.folding import ConstantResolver
 from onnxprune.graph import GraphIndex, NameSource, attribute
 
 Selection = dict[int, np.ndarray]  # axis -> kept positions
