@@ -18,6 +18,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ExternalDataError, VerificationError
+from .graph import copy_field, copy_fields_except
 
 PROTO_LIMIT = 2**31 - 2**26  # serialized size above which external data is required (2 GB minus margin)
 EXTERNAL_MIN_BYTES = 1024  # only tensors at least this large go to the external data file
@@ -203,22 +204,6 @@ def read_bytes(tensor: TensorProto, directory: str) -> bytes:
 
 # --------------------------------------------------------------------------- copies and sizes
 
-def copy_fields(src, dst, skip: str) -> None:
-    """Copy every set field of message `src` into `dst`, except the field named `skip`."""
-    for field, value in src.ListFields():
-        if field.name != skip:
-            _set_field(dst, field, value)
-
-
-def _set_field(target, field, value) -> None:
-    if field.is_repeated:
-        getattr(target, field.name).extend(value)
-    elif field.message_type is not None:
-        getattr(target, field.name).CopyFrom(value)
-    else:
-        setattr(target, field.name, value)
-
-
 def is_heavy(tensor: TensorProto) -> bool:
     """External, or large enough to go to an external data file."""
     return is_external(tensor) or tensor_nbytes(tensor) >= EXTERNAL_MIN_BYTES
@@ -227,8 +212,8 @@ def is_heavy(tensor: TensorProto) -> bool:
 def light_copy(model: onnx.ModelProto, *, empty: bool = False) -> onnx.ModelProto:
     """Copy without the data of external or large tensors (their dims too when `empty`)."""
     out = onnx.ModelProto()
-    copy_fields(model, out, skip="graph")
-    copy_fields(model.graph, out.graph, skip="initializer")
+    copy_fields_except(model, out, {"graph"})
+    copy_fields_except(model.graph, out.graph, {"initializer"})
     for tensor in model.graph.initializer:
         out.graph.initializer.append(_stripped(tensor, empty) if is_heavy(tensor) else tensor)
     for tensor in list(non_initializer_tensors(out.graph)):
@@ -264,7 +249,7 @@ def serialize(model: onnx.ModelProto) -> bytes:
             if field.name == "metadata_props":
                 target.metadata_props.extend(p for p in value if p.key != ORIGIN_KEY)
             else:
-                _set_field(target, field, value)
+                copy_field(target, field, value)
         graph = model.graph.SerializeToString() if model.HasField("graph") else None
     except ValueError as exc:
         raise VerificationError(f"cannot serialize the model ({exc}); save it with external_data=True") from exc
@@ -299,8 +284,8 @@ def build_output(model: onnx.ModelProto, data_path: str | None, data_name: str,
     if data_path is None and not any(is_external(t) for t in iter_tensors(model)):
         return model
     out = onnx.ModelProto()
-    copy_fields(model, out, skip="graph")
-    copy_fields(model.graph, out.graph, skip="initializer")
+    copy_fields_except(model, out, {"graph"})
+    copy_fields_except(model.graph, out.graph, {"initializer"})
     with _DataWriter(data_path, data_name) as writer:
         for tensor in model.graph.initializer:
             out.graph.initializer.append(_emit_tensor(tensor, writer, source))

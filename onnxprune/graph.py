@@ -113,3 +113,20 @@ class NameSource:
         return name
 
     __call__ = fresh
+
+
+def copy_fields_except(src, dst, skip: set[str]) -> None:
+    """Copy every set field of protobuf message `src` into `dst`, except the fields named in `skip`."""
+    for descriptor, value in src.ListFields():
+        if descriptor.name not in skip:
+            copy_field(dst, descriptor, value)
+
+
+def copy_field(dst, descriptor, value) -> None:
+    """Set field `descriptor` of protobuf message `dst` to `value` (as `ListFields()` gives them)."""
+    if descriptor.is_repeated:
+        getattr(dst, descriptor.name).extend(value)
+    elif descriptor.message_type is not None:
+        getattr(dst, descriptor.name).CopyFrom(value)
+    else:
+        setattr(dst, descriptor.name, value)

@@ -15,6 +15,7 @@ import onnx
 
 from . import external_data as ext
 from .errors import InvalidModelError, InvalidRequestError, VerificationError
+from .graph import copy_fields_except
 from .external_data import (PROTO_LIMIT, base_dir, is_external, iter_tensors, resolve_location,  # noqa: F401
                             serialized_size, set_base_dir, tensor_array)
 from .loading import ModelLike, check_tensor_sizes, load_model  # noqa: F401
@@ -86,8 +87,8 @@ def _structure_copy(model: onnx.ModelProto, folder: str) -> str:
     os.makedirs(folder, exist_ok=True)
     open(os.path.join(folder, "stub.bin"), "wb").close()
     light = onnx.ModelProto()
-    ext.copy_fields(model, light, skip="graph")
-    ext.copy_fields(model.graph, light.graph, skip="initializer")
+    copy_fields_except(model, light, {"graph"})
+    copy_fields_except(model.graph, light.graph, {"initializer"})
     for tensor in model.graph.initializer:
         if ext.is_heavy(tensor):
             stub = light.graph.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type,

@@ -20,6 +20,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune import ir
+from onnxprune.graph import copy_fields_except
 
 
 def rebuild(source: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], *,
@@ -126,19 +127,6 @@ def topological(nodes: Sequence[onnx.NodeProto], graph: onnx.GraphProto) -> list
     if len(order) != len(nodes):
         raise ValueError("rewritten graph has a cycle")
     return order
-
-
-def copy_fields_except(src, dst, skip: set[str]) -> None:
-    """Copy every set field of protobuf message `src` into `dst`, except the fields named in `skip`."""
-    for descriptor, value in src.ListFields():
-        if descriptor.name in skip:
-            continue
-        if descriptor.is_repeated:
-            getattr(dst, descriptor.name).extend(value)
-        elif descriptor.message_type is not None:
-            getattr(dst, descriptor.name).CopyFrom(value)
-        else:
-            setattr(dst, descriptor.name, value)
 
 
 def _replace_repeated(field, items: list) -> None:

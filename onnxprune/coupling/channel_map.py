@@ -26,8 +26,35 @@ class ConstantUse:
     roles: Mapping[int, str]  # axis -> "out" (a layer's output channels), "in", "bias" or "param"
 
 
+class ShapeQueries:
+    """Shape and constant queries answered by `self.resolver` (a ConstantResolver): the walker asks them while
+    it walks, readers of the frozen map afterwards."""
+
+    __slots__ = ()
+    resolver: ConstantResolver
+
+    def shape(self, tensor: str) -> tuple | None:
+        return self.resolver.shape_of(tensor)
+
+    def rank(self, tensor: str) -> int | None:
+        shape = self.shape(tensor)
+        return None if shape is None else len(shape)
+
+    def dim(self, tensor: str, axis: int):
+        shape = self.shape(tensor)
+        if shape is None or axis >= len(shape):
+            return None
+        return shape[axis]
+
+    def is_const(self, tensor: str) -> bool:
+        return self.resolver.is_constant(tensor)
+
+    def ints(self, tensor: str) -> list[int] | None:
+        return self.resolver.int_list(tensor)
+
+
 @dataclass(frozen=True, slots=True)
-class ChannelMap:
+class ChannelMap(ShapeQueries):
     """Per tensor axis its element ids; per element its unit, public group and the unit's position in the group.
 
     A *unit* is what one pruning decision removes; its *position* is its index within its group
@@ -50,25 +77,6 @@ class ChannelMap:
     def tracked(self, tensor: str) -> Mapping[int, np.ndarray]:
         """axis -> element ids of a channel-carrying tensor ({} for any other)."""
         return self.axes.get(tensor, _NO_AXES) if tensor else _NO_AXES
-
-    def shape(self, tensor: str) -> tuple | None:
-        return self.resolver.shape_of(tensor)
-
-    def rank(self, tensor: str) -> int | None:
-        shape = self.shape(tensor)
-        return None if shape is None else len(shape)
-
-    def dim(self, tensor: str, axis: int):
-        shape = self.shape(tensor)
-        if shape is None or axis >= len(shape):
-            return None
-        return shape[axis]
-
-    def is_const(self, tensor: str) -> bool:
-        return self.resolver.is_constant(tensor)
-
-    def ints(self, tensor: str) -> list[int] | None:
-        return self.resolver.int_list(tensor)
 
     def constant_source(self, tensor: str) -> str:
         """The tensor a constant input really is (through Identity nodes)."""

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxprune.folding import ConstantResolver
-from onnxprune.coupling.channel_map import constant_source
+from onnxprune.coupling.channel_map import ShapeQueries, constant_source
 from onnxprune.coupling.registry import RULES
 from onnxprune.coupling.tracker import ChannelTracker
 from onnxprune.graph import GraphIndex
@@ -25,7 +25,7 @@ class ConstUse:
     roles: dict[int, str] = field(default_factory=dict)  # "out" (a layer's output channels), "in", "param"
 
 
-class Walker:
+class Walker(ShapeQueries):
     def __init__(self, model: onnx.ModelProto, index: GraphIndex, resolver: ConstantResolver,
                  shapes: dict[str, tuple], options) -> None:
         self.model = model
@@ -43,19 +43,6 @@ class Walker:
     # ---- queries -------------------------------------------------------------------
     def tracked(self, tensor: str) -> dict[int, np.ndarray]:
         return self.axes.get(tensor, {}) if tensor else {}
-
-    def shape(self, tensor: str) -> tuple | None:
-        return self.resolver.shape_of(tensor)
-
-    def rank(self, tensor: str) -> int | None:
-        shape = self.shape(tensor)
-        return None if shape is None else len(shape)
-
-    def dim(self, tensor: str, axis: int):
-        shape = self.shape(tensor)
-        if shape is None or axis >= len(shape):
-            return None
-        return shape[axis]
 
     def observed_shape(self, tensor: str) -> tuple | None:
         """Concrete shape seen when onnxruntime runs the model on generated inputs (one run, lazily).
@@ -78,12 +65,6 @@ class Walker:
     def used(self, tensor: str) -> bool:
         """True when a node (or subgraph) reads the tensor or it is a graph output."""
         return bool(tensor) and (tensor in self.index.consumers or tensor in self._graph_outputs)
-
-    def is_const(self, tensor: str) -> bool:
-        return self.resolver.is_constant(tensor)
-
-    def ints(self, tensor: str) -> list[int] | None:
-        return self.resolver.int_list(tensor)
 
     def where(self, i: int, node: onnx.NodeProto) -> str:
         return f"node '{self.index.names[i]}' ({node.op_type})"

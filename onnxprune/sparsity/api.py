@@ -12,7 +12,7 @@ from onnx import numpy_helper
 
 from onnxprune import calibration as calib
 from onnxprune import ir
-from onnxprune.external_data import copy_fields
+from onnxprune.graph import copy_fields_except
 from onnxprune.errors import InvalidRequestError, VerificationError
 from onnxprune.sparsity import storage as store
 from onnxprune.sparsity.base import Context, Strategy, strategy_for
@@ -210,8 +210,8 @@ def _zeroed_biases(model: onnx.ModelProto, layers: list[WeightLayer], masks: dic
 def _with_values(model: onnx.ModelProto, values: dict[str, np.ndarray]) -> onnx.ModelProto:
     """Copy of the model whose initializers named in `values` hold the new arrays (others shared as they are)."""
     out = onnx.ModelProto()
-    copy_fields(model, out, skip="graph")
-    copy_fields(model.graph, out.graph, skip="initializer")
+    copy_fields_except(model, out, {"graph"})
+    copy_fields_except(model.graph, out.graph, {"initializer"})
     for tensor in model.graph.initializer:
         if tensor.name in values:
             new = numpy_helper.from_array(values[tensor.name], tensor.name)
