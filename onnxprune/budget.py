@@ -92,13 +92,12 @@ def budget_cost(budget: Budget, analysis) -> CostModel:
         return analytic_cost(analysis, budget.kind)
     cost = budget.cost
     if cost is None:
-        import onnxprune
-
-        profile = getattr(onnxprune, "profile", None)
-        if profile is None:
+        try:
+            from onnxprune.profile import profile
+        except ImportError:
             raise UnsupportedError("target_latency= needs a measured cost model and this onnxprune has no "
                                    "`onnxprune.profile` yet: pass cost=..., or budget in target_macs= / "
-                                   "target_params=")
+                                   "target_params=") from None
         cost = profile(analysis.model, threads=budget.threads)
     unknown = [name for name in cost.layers if name not in analysis.index.by_name]
     if unknown:
