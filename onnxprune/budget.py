@@ -17,7 +17,8 @@ layer with the stepped group get their next step recomputed (a heap with lazy in
 (groups x steps x layers per group) cost evaluations, never a rescan of the model. Greedy rather than a DP: costs
 are not additive over groups (a layer's cost depends on the kept counts of its input and output groups together),
 which a DP over groups cannot express without fixing neighbours; the greedy handles that coupling exactly and
-stops within one step of the target. Afterwards, with a stepped model, each group takes back the units it can
+stops within one step of the target. It then gives back the steps that still fit under the target, the most
+importance per cost added first (the knapsack's fill of its remaining capacity). Afterwards, with a stepped model, each group takes back the units it can
 keep for free (the cheapest point of its step: the most channels at the same predicted cost).
 
 Constraints: only the groups given (prunable, in scope) lose units; at most `allocation.removable` of a group
