@@ -15,6 +15,8 @@ import onnx
 from onnxprune import ir
 from onnxprune.allocation import (check_ratio, emptied_axes, find_layer, group_targets, index_removal,
                                   lowest_removal, normalize, removal_counts, rescue_emptied_tensors)
+from onnxprune.budget import Budget, allocate_budget, budget_cost, budget_request, budget_summary
+from onnxprune.cost import CostModel
 from onnxprune.coupling import Analysis, analyze
 from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.criteria.registry import ALIASES
@@ -37,7 +39,9 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
           scope: str = "uniform", recommendation: str | None = None, options: Options | None = None,
           calibration=None, gradients: dict[str, np.ndarray] | None = None, verify: bool = False,
           seed: int = 0, compensate: bool = False, reconstruct: bool = False,
-          ridge: float = DEFAULT_RIDGE) -> PruneResult:
+          ridge: float = DEFAULT_RIDGE, target_macs: float | None = None, target_params: float | None = None,
+          target_latency: float | None = None, cost: CostModel | None = None,
+          threads: int | None = None) -> PruneResult:
     """Prune channels by a criterion (`method`: a registered criterion or its NetsPresso spelling).
 
     ratio: fraction of channels to remove.
@@ -51,8 +55,15 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
             go inside each group.
     ratios: {layer name: fraction} for chosen layers only (a layer's whole channel group is pruned;
         when two layers of one group get different ratios the larger wins).
-    Kept counts are rounded per group by `options.step_size`/`step_op`; `result.achieved_ratio` reports
-    the fraction actually removed from the targeted groups.
+    target_macs / target_params / target_latency (instead of ratio= / ratios=): a budget, the fraction in (0, 1] of
+        the original's MACs / params (onnxprune.stats counts) / measured latency to keep at most. Every prunable
+        group's count is chosen together (onnxprune.budget: a greedy knapsack over the cost model taking the
+        step that loses the least normalised importance (`options.layer_norm`) per unit of cost saved; at most
+        `options.max_ratio` of a group, never all of it). Latency is counted in `cost=` (a CostModel, e.g.
+        `op.profile(model)`), or in a fresh `op.profile(model, threads=threads)`. `result.summary.budget` gives
+        the cost model's prediction for the pruned model.
+    Kept counts are rounded per group by `options.step_size`/`step_op` (with a budget: to where a stepped cost
+    model's staircase drops); `result.achieved_ratio` reports the fraction actually removed from the targeted groups.
     gradients: {initializer name: gradient} for method="taylor". seed: for method="random".
     verify: run the mask oracle on the result and raise VerificationError if an exact group fails.
     compensate: after surgery, fold each removed channel's mean over `calibration` into the bias of every
@@ -66,22 +77,27 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
         mask oracle checks the surgery BEFORE reconstruction (the fit changes values on purpose);
         `result.reconstruction` reports each layer's calibration error before and after its fit.
     """
-    recommendation = _check_scope(scope, recommendation, ratio, ratios)
+    budget = budget_request(target_macs, target_params, target_latency, cost, threads)
+    recommendation = _check_scope(scope, recommendation, ratio, ratios, budget)
     options = options or Options()
     own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)  # ours to change
     calibration = _check_data_fixes(compensate, reconstruct, calibration)
     model = ir.load_model(model)
     criterion = criterion_for(method)
     analysis = analyze(model, options)
-    targets = group_targets(analysis, ratio, ratios)
+    targets = group_targets(analysis, 0.0 if budget else ratio, ratios)
+    cost_model = budget_cost(budget, analysis) if budget else None
     context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
     scores = _checked_scores(criterion(context), analysis, targets, method)
-    counts = _counts(context, scores, targets, scope, recommendation, ratio)
+    counts = _counts(context, scores, targets, scope, recommendation, ratio, budget, cost_model)
     removed = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, counts), scores)
     result = _prune_removed(model, analysis, removed, verify, own, sorted(targets), str(method))
-    # the plan's layer values: the ratio asked for, or (global, SLAMP) each group's computed ratio
-    requested = targets if scope == "uniform" and not recommendation else _group_ratios(analysis, targets, counts)
-    result.plan.describe(analysis, ratios=requested, scope=scope, recommendation=recommendation,
+    if budget is not None:
+        result.summary.budget = budget_summary(budget, cost_model, analysis, removed)
+    # the plan's layer values: the ratio asked for, or (global, SLAMP, budget) each group's computed ratio
+    allotted = scope != "uniform" or recommendation or budget is not None
+    requested = _group_ratios(analysis, targets, counts) if allotted else targets
+    result.plan.describe(analysis, ratios=requested, scope=_plan_scope(scope, budget), recommendation=recommendation,
                          ratio=None if ratio is None else float(ratio), seed=seed)
     return _recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
 
@@ -105,25 +121,39 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
 
 def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: str = "uniform",
               recommendation: str | None = None, options: Options | None = None, calibration=None,
-              gradients: dict[str, np.ndarray] | None = None, seed: int = 0) -> Plan:
+              gradients: dict[str, np.ndarray] | None = None, seed: int = 0, target_macs: float | None = None,
+              target_params: float | None = None, target_latency: float | None = None,
+              cost: CostModel | None = None, threads: int | None = None) -> Plan:
     """A plan to edit: every prunable layer with a value slot (see the module doc).
 
     method: a criterion (NetsPresso spellings accepted); "index"/PR_ID gives `indices: []` slots to fill.
     ratio: None gives `ratio: 0.0` slots; with scope="uniform" every layer gets `ratio`; with scope="global"
         or recommendation="slamp" every layer gets its group's computed ratio (as `op.prune` would allot).
-    calibration/gradients are needed only when computing the global scope with a data/gradient criterion.
+    target_macs / target_params / target_latency (+ cost, threads): every layer gets the ratio the budget allots
+        its group (as `op.prune` with that budget, before its rescue of emptied tensors).
+    calibration/gradients are needed only when computing the global scope or a budget with a data/gradient
+    criterion.
     """
     options = options or Options()
     model = ir.load_model(model)
     key = _canonical_method(method)
+    budget = budget_request(target_macs, target_params, target_latency, cost, threads)
     analysis = analyze(model, options)
     plan = Plan(fingerprint(model), options, [], key)
     if key == "index":
-        if ratio is not None or recommendation or scope != "uniform":
-            raise InvalidRequestError("an index (PR_ID) plan has `indices` slots to fill by hand; ratio=, scope= and "
-                                      "recommendation= do not apply to it")
+        if ratio is not None or recommendation or scope != "uniform" or budget is not None:
+            raise InvalidRequestError("an index (PR_ID) plan has `indices` slots to fill by hand; ratio=, scope=, "
+                                      "recommendation= and target_*= do not apply to it")
         return plan.describe(analysis, indices={}, seed=seed)
     criterion = criterion_for(method)
+    if budget is not None:
+        _check_scope(scope, recommendation, ratio, None, budget)
+        targets = group_targets(analysis, 0.0, None)
+        context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
+        scores = _checked_scores(criterion(context), analysis, targets, key)
+        counts = _counts(context, scores, targets, scope, None, None, budget, budget_cost(budget, analysis))
+        return plan.describe(analysis, ratios=_group_ratios(analysis, targets, counts),
+                             scope=_plan_scope(scope, budget), seed=seed)
     if ratio is None:
         if recommendation or scope != "uniform":
             raise InvalidRequestError(f"scope={scope!r}/recommendation={recommendation!r} allocate a ratio: give ratio=")
@@ -180,15 +210,23 @@ prune_with_plan = apply_plan
 
 # --------------------------------------------------------------------------- request checks
 
-def _check_scope(scope: str, recommendation: str | None, ratio, ratios) -> str | None:
+def _check_scope(scope: str, recommendation: str | None, ratio, ratios, budget: Budget | None = None) -> str | None:
     if scope not in SCOPES:
         raise InvalidRequestError(f"scope={scope!r} is not one of {list(SCOPES)}")
     if isinstance(recommendation, str):
         recommendation = recommendation.lower()
     if recommendation not in RECOMMENDATIONS:
         raise InvalidRequestError(f"recommendation={recommendation!r} is not one of {list(RECOMMENDATIONS)}")
+    if budget is not None:
+        if ratio is not None or ratios is not None:
+            raise InvalidRequestError(f"give exactly one of ratio=, ratios= or a budget ({budget.keyword}=), not both")
+        if scope != "uniform" or recommendation:
+            raise InvalidRequestError(f"{budget.keyword}= allots every group's count itself (a knapsack over the cost "
+                                      "model); scope= and recommendation= do not apply to it")
+        return None
     if (ratio is None) == (ratios is None):
-        raise InvalidRequestError("give exactly one of ratio= (every group) or ratios= ({layer: ratio})")
+        raise InvalidRequestError("give exactly one of ratio= (every group) or ratios= ({layer: ratio}), or a budget: "
+                                  "target_macs=, target_params= or target_latency=")
     if scope == "global" and recommendation:
         raise InvalidRequestError("scope='global' and recommendation='slamp' both allocate a global ratio; pick one")
     if (scope == "global" or recommendation) and ratios is not None:
@@ -261,9 +299,12 @@ def _checked_scores(scores, analysis: Analysis, targets: dict[int, float], metho
 
 
 def _counts(context: CriterionContext, scores: dict[int, np.ndarray], targets: dict[int, float],
-            scope: str, recommendation: str | None, ratio: float | None) -> dict[int, int]:
-    """How many units leave each targeted group: the one place a request's ratios become counts."""
+            scope: str, recommendation: str | None, ratio: float | None, budget: Budget | None = None,
+            cost: CostModel | None = None) -> dict[int, int]:
+    """How many units leave each targeted group: the one place a request's ratios (or budget) become counts."""
     analysis, options = context.analysis, context.options
+    if budget is not None:
+        return allocate_budget(analysis, scores, cost, budget.fraction, options).counts
     pool = None
     if recommendation == "slamp":
         pool = CRITERIA["lamp"](context)
@@ -271,6 +312,11 @@ def _counts(context: CriterionContext, scores: dict[int, np.ndarray], targets: d
         pool = {g: normalize(s, options.layer_norm) for g, s in scores.items()}
     sizes = {g: analysis.groups[g].size for g in targets}
     return removal_counts(targets, sizes, options, pool=pool, ratio=ratio)
+
+
+def _plan_scope(scope: str, budget: Budget | None) -> str:
+    """The plan header's `scope`: the scope, or the budget that allotted the ratios ("target_macs=0.5")."""
+    return scope if budget is None else f"{budget.keyword}={budget.fraction:g}"
 
 
 def _group_ratios(analysis: Analysis, targets: dict[int, float], counts: dict[int, int]) -> dict[int, float]:

@@ -32,6 +32,7 @@ class PruneSummary:
     def __init__(self, before, model_after: onnx.ModelProto, groups: list[dict]):
         self.before = before
         self.groups = groups  # per pruned group: id, layers, size, kept, exact
+        self.budget: dict | None = None  # target_*= runs: kind, target, total, predicted, predicted_fraction
         self._model_after = model_after
         self._after = None
 
@@ -53,9 +54,15 @@ class PruneSummary:
                               "macs_after": self.after.nodes[name].macs if name in self.after.nodes else 0}
                        for name, s in self.before.nodes.items() if s.params or s.macs},
             "groups": self.groups,
+            **({"budget": self.budget} if self.budget is not None else {}),
         }
 
     def __str__(self) -> str:
         from onnxprune.stats import compare
 
-        return compare(self.before, self.after)
+        text = compare(self.before, self.after)
+        if self.budget is not None:
+            b = self.budget
+            text += (f"\nbudget: {b['kind']} <= {b['target']:g} x the original; predicted "
+                     f"{b['predicted_fraction']:.3f} x")
+        return text

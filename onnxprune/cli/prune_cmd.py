@@ -1,4 +1,5 @@
-"""`onnxprune prune MODEL -o OUT (--ratio R | --ratios FILE | --indices FILE | --plan FILE) [options]`."""
+"""`onnxprune prune MODEL -o OUT (--ratio R | --ratios FILE | --indices FILE | --plan FILE | --target-macs T |
+--target-params T | --target-latency T [--cost COST.json] [--threads N]) [options]`."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_f
                                   read_json, report_from_args, write_text)
 from onnxprune.criteria import CRITERIA
 from onnxprune.criteria.registry import ALIASES
-from onnxprune.errors import InvalidRequestError
+from onnxprune.errors import InvalidRequestError, UnsupportedError
 
 # defaults of the flags a plan file carries itself (prune --plan refuses other values)
 PLAN_CARRIES = {"method": "l2", "scope": "uniform", "recommend": None, "seed": 0}
@@ -28,6 +29,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--indices", metavar="FILE.json", help='channels to remove (PR_ID): {"conv1": [0, 5, 7], ...}')
     how.add_argument("--plan", metavar="FILE.json",
                      help="apply a plan written by --save-plan or `onnxprune plan` (same as `onnxprune apply`)")
+    how.add_argument("--target-macs", type=float, metavar="T",
+                     help="budget: keep at most T (in (0, 1]) of the model's MACs; every group's count is chosen "
+                          "together, losing the least importance (--method scores, normalised by --layer-norm) per "
+                          "MAC saved; at most --max-ratio of a group; kept counts are multiples of --step-size")
+    how.add_argument("--target-params", type=float, metavar="T",
+                     help="budget: keep at most T (in (0, 1]) of the model's parameters (as --target-macs)")
+    how.add_argument("--target-latency", type=float, metavar="T",
+                     help="budget: keep at most T (in (0, 1]) of the model's measured onnxruntime latency, from "
+                          "--cost or a fresh profile (needs `onnxprune profile`); kept counts follow the runtime's "
+                          "latency steps")
     aliases = ", ".join(f"{k.upper()}={v}" for k, v in sorted(ALIASES.items()) if v != "index")
     p.add_argument("--method", default=PLAN_CARRIES["method"],
                    help=f"criterion for --ratio/--ratios: {', '.join(sorted(CRITERIA))} (default l2; "
@@ -35,6 +46,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scope", default=PLAN_CARRIES["scope"], choices=["uniform", "global"],
                    help="uniform: --ratio from every group (default); global: normalised scores compared across groups")
     p.add_argument("--recommend", choices=["slamp"], help="SLAMP: per-group ratios allotted from LAMP scores for --ratio")
+    p.add_argument("--cost", metavar="COST.json",
+                   help="--target-latency: the cost model written by `onnxprune profile MODEL -o COST.json` "
+                        "(default: profile the model now)")
+    p.add_argument("--threads", type=int, help="--target-latency without --cost: onnxruntime threads to profile "
+                                                "with (default: onnxruntime's default, like a user's session)")
     add_data_flags(p, corrections=True)
     p.add_argument("--seed", type=int, default=PLAN_CARRIES["seed"], help="seed of method random (default 0)")
     add_option_flags(p)
@@ -92,6 +108,29 @@ def _correct_plan_result(args: argparse.Namespace, result, fixes: dict) -> None:
         reconstruct_pruned(args.model, result, args.calibration, ridge=fixes["ridge"])
 
 
+def _budget_args(args: argparse.Namespace) -> dict:
+    """prune() keywords for --target-macs / --target-params / --target-latency (+ --cost, --threads)."""
+    if (args.cost or args.threads is not None) and args.target_latency is None:
+        raise InvalidRequestError("--cost and --threads go with --target-latency")
+    if args.target_macs is not None:
+        return {"target_macs": args.target_macs}
+    if args.target_params is not None:
+        return {"target_params": args.target_params}
+    if args.target_latency is None:
+        return {}
+    try:
+        from onnxprune.profile import load_cost
+    except ImportError:
+        raise UnsupportedError("--target-latency needs `onnxprune profile` (the measured latency cost model), which "
+                               "this onnxprune does not have yet; budget with --target-macs or --target-params") from None
+    budget = {"target_latency": args.target_latency, "threads": args.threads}
+    if args.cost:
+        budget.update(cost=load_cost(args.cost, args.model), threads=None)
+        if args.threads is not None:
+            raise InvalidRequestError("--threads is for profiling now; a --cost file was measured already")
+    return budget
+
+
 def _refuse_flags_a_plan_carries(args: argparse.Namespace) -> None:
     """--plan brings its own method, scope, recommendation, seed and options: refuse those flags beside it."""
     values = {**vars(args), "method": ALIASES.get(args.method.lower(), args.method.lower())}  # PR_L2 is l2
@@ -108,11 +147,13 @@ def run(args: argparse.Namespace) -> int:
     if args.plan:
         _refuse_flags_a_plan_carries(args)
     check_paths({"model": args.model, "plan": args.plan, "ratios file": args.ratios, "indices file": args.indices,
-                 "calibration data": args.calibration, "gradients": args.gradients, "evaluation data": args.eval_data},
+                 "calibration data": args.calibration, "gradients": args.gradients, "evaluation data": args.eval_data,
+                 "cost file": args.cost},
                 {"-o": args.output, "--record": args.record, "--save-plan": args.save_plan, "--report": args.report})
     eval_data = prepare_report(args)
     options = options_from_args(args)
     fixes = _correction_args(args)
+    budget = _budget_args(args)
     if args.plan:
         result = op.apply_plan(args.model, args.plan, verify=args.verify, calibration=args.calibration,
                                gradients=load_gradients(args.gradients))
@@ -125,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
         result = op.prune(args.model, args.method, ratio, ratios=ratios, scope=args.scope,
                           recommendation=args.recommend, options=options, calibration=args.calibration,
                           gradients=load_gradients(args.gradients), verify=args.verify, seed=args.seed,
-                          **{k: v for k, v in fixes.items() if k != "calibration"})
+                          **{k: v for k, v in fixes.items() if k != "calibration"}, **budget)
     make_parent(args.output)
     op.save_model(result.model, args.output, reference=result.reference,
                   external_data=True if args.external_data else None)

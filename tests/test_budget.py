@@ -1,0 +1,238 @@
+"""Budgets (target_macs= / target_params= / target_latency=): the analytic cost models, the knapsack allocator on
+fake staircase cost models, prune() and the command line."""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+import onnxprune as op
+from onnxprune.allocation import emptied_axes, lowest_removal, removable
+from onnxprune.budget import allocate_budget, layer_kept
+from onnxprune.cli import main
+from onnxprune.cost import CostModel, analytic_cost, predicted_cost
+from onnxprune.criteria import CriterionContext, criterion_for
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FINE = op.Options(step_size=1)
+
+
+def fixture(name: str) -> str:
+    return os.path.join(ROOT, "fixtures", f"{name}.onnx")
+
+
+def l2_scores(analysis, options):
+    groups = [g.id for g in analysis.groups if g.prunable]
+    scores = criterion_for("l2")(CriterionContext(analysis, options, groups, None, None, 0))
+    return {g: np.asarray(scores[g], dtype=np.float64) for g in groups}
+
+
+@dataclass
+class StairCost:
+    """A fake latency model: each layer's cost is a staircase in its kept channels (blocks of `block_in` input and
+    `block_out` output channels), plus a part no pruning touches."""
+
+    layers: dict
+    base: dict
+    total: float
+    block_in: int = 2
+    block_out: int = 4
+    stepped: bool = True
+
+    def layer_cost(self, node: str, kept_in: int, kept_out: int) -> float:
+        cin, cout = self.layers[node]
+        fin = math.ceil(kept_in / self.block_in) * self.block_in / cin
+        fout = math.ceil(kept_out / self.block_out) * self.block_out / cout
+        return self.base[node] * min(fin, 1.0) * min(fout, 1.0)
+
+
+def stair_cost(analysis, stepped: bool = True) -> StairCost:
+    macs = analytic_cost(analysis, "macs")
+    base = {name: macs.layer_cost(name, *size) for name, size in macs.layers.items()}
+    return StairCost(dict(macs.layers), base, 1.1 * sum(base.values()), stepped=stepped)
+
+
+# --------------------------------------------------------------------------- the analytic cost models
+
+def test_analytic_cost_is_a_cost_model_and_matches_stats():
+    model = op.load_model(fixture("resnet_legacy"))
+    for kind in ("macs", "params"):
+        cost = analytic_cost(model, kind)
+        assert isinstance(cost, CostModel)
+        assert cost.total == getattr(op.stats(model), kind)
+        assert predicted_cost(cost, dict(cost.layers)) == cost.total
+
+
+def test_depthwise_cost_scales_once_and_dense_twice():
+    analysis = op.analyze(fixture("mobilenetv2_legacy"))
+    cost = analytic_cost(analysis, "macs")
+    depthwise = [n for n in analysis.index.nodes if n.op_type == "Conv" and
+                 next((a.i for a in n.attribute if a.name == "group"), 1) > 1]
+    assert depthwise
+    for node in depthwise:
+        name = node.name
+        cin, cout = cost.layers[name]
+        assert math.isclose(cost.layer_cost(name, cin // 2, cout // 2), cost.layer_cost(name, cin, cout) / 2)
+    dense = next(name for name, (cin, cout) in cost.layers.items() if name not in {n.name for n in depthwise}
+                 and cin > 3)
+    cin, cout = cost.layers[dense]
+    assert math.isclose(cost.layer_cost(dense, cin // 2, cout // 2), cost.layer_cost(dense, cin, cout) / 4)
+
+
+def test_analytic_prediction_equals_stats_after_pruning():
+    model = op.load_model(fixture("densenet_legacy"))
+    result = op.prune(model, ratio=0.4, options=FINE)
+    analysis = op.analyze(model, FINE)
+    cost = analytic_cost(analysis, "macs")
+    removed = {g.id: sorted(set(range(g.size)) - set(g.kept)) for g in result.plan.groups}
+    removed = {g: np.array(p, dtype=np.int64) for g, p in removed.items() if p}
+    assert predicted_cost(cost, layer_kept(analysis, cost, removed)) == op.stats(result.model).macs
+
+
+# --------------------------------------------------------------------------- the allocator on staircases
+
+@pytest.mark.parametrize("name", ["resnet_legacy", "densenet_legacy", "mobilenetv2_legacy"])
+@pytest.mark.parametrize("fraction", [0.45, 0.6, 0.85])
+def test_allocator_reaches_a_stepped_target_exactly(name, fraction):
+    options = op.Options()
+    analysis = op.analyze(fixture(name), options)
+    scores = l2_scores(analysis, options)
+    cost = stair_cost(analysis)
+    done = allocate_budget(analysis, scores, cost, fraction, options)
+    goal = fraction * cost.total
+    removed = lowest_removal(scores, done.counts)
+    assert done.predicted <= goal * (1 + 1e-12)
+    assert goal - done.predicted < done.last_saving  # within one step of the target
+    assert math.isclose(predicted_cost(cost, layer_kept(analysis, cost, removed)), done.predicted)
+    for g, k in done.counts.items():
+        assert k <= removable(analysis.groups[g].size, options) < analysis.groups[g].size
+    assert not emptied_axes(analysis.channels, removed)
+    # snapped: giving any group one unit back would cost more (each kept count is the cheapest point of its step)
+    for g, k in done.counts.items():
+        if k:
+            back = lowest_removal(scores, {**done.counts, g: k - 1})
+            assert predicted_cost(cost, layer_kept(analysis, cost, back)) > done.predicted
+    again = allocate_budget(analysis, scores, cost, fraction, options)
+    assert again.counts == done.counts
+
+
+def test_allocator_steps_by_step_size_without_a_staircase():
+    options = op.Options(step_size=4)
+    analysis = op.analyze(fixture("resnet_legacy"), options)
+    scores = l2_scores(analysis, options)
+    done = allocate_budget(analysis, scores, stair_cost(analysis, stepped=False), 0.5, options)
+    assert any(done.counts.values())
+    for g, k in done.counts.items():
+        assert k == 0 or (analysis.groups[g].size - k) % 4 == 0
+
+
+def test_allocator_respects_max_ratio_and_refuses_the_unreachable():
+    options = op.Options(step_size=1, max_ratio=0.5)
+    analysis = op.analyze(fixture("resnet_legacy"), options)
+    scores = l2_scores(analysis, options)
+    cost = analytic_cost(analysis, "macs")
+    done = allocate_budget(analysis, scores, cost, 0.6, options)
+    assert all(k <= analysis.groups[g].size // 2 for g, k in done.counts.items())
+    with pytest.raises(op.InvalidRequestError, match="cannot be reached"):
+        allocate_budget(analysis, scores, cost, 0.05, options)
+
+
+def test_cheap_units_go_first():
+    """With equal scores everywhere, the budget is met by the layers with the most MACs per channel."""
+    options = op.Options(step_size=1)
+    analysis = op.analyze(fixture("resnet_legacy"), options)
+    flat = {g: np.ones(analysis.groups[g].size) for g in l2_scores(analysis, options)}
+    cost = analytic_cost(analysis, "macs")
+    done = allocate_budget(analysis, flat, cost, 0.9, options)
+    assert 0 < sum(done.counts.values()) and done.predicted <= 0.9 * cost.total
+
+
+# --------------------------------------------------------------------------- prune(target_*=)
+
+@pytest.mark.parametrize("name", ["resnet_legacy", "mobilenetv2_legacy", "densenet_legacy", "vit_mha_legacy",
+                                  "shufflenetv2_legacy", "resnext_legacy", "yolo_c2f_dynamo"])
+@pytest.mark.parametrize("kind", ["macs", "params"])
+def test_prune_to_a_budget(name, kind):
+    model = op.load_model(fixture(name))
+    result = op.prune(model, **{f"target_{kind}": 0.5}, options=FINE, verify=True)
+    achieved = getattr(op.stats(result.model), kind) / getattr(op.stats(model), kind)
+    budget = result.summary.budget
+    assert budget["kind"] == kind and budget["target"] == 0.5
+    assert achieved <= budget["predicted_fraction"] + 1e-12 <= 0.5 + 1e-12
+    assert achieved > 0.45
+    assert result.plan.scope == f"target_{kind}=0.5"
+    assert "budget" in result.summary.as_dict()
+
+
+def test_budget_plan_replays_and_make_plan_agrees():
+    model = op.load_model(fixture("resnet_legacy"))
+    result = op.prune(model, target_macs=0.6)
+    replay = op.apply_plan(model, result.plan)
+    assert replay.model.SerializeToString() == result.model.SerializeToString()
+    plan = op.make_plan(model, target_macs=0.6)
+    assert [(layer.name, layer.ratio) for layer in plan.layers] == \
+        [(layer.name, layer.ratio) for layer in result.plan.layers]
+    assert any(layer.ratio for layer in plan.layers)
+
+
+def test_target_latency_with_a_given_cost_model():
+    model = op.load_model(fixture("resnet_legacy"))
+    cost = stair_cost(op.analyze(model))
+    result = op.prune(model, target_latency=0.6, cost=cost, verify=True)
+    assert result.summary.budget["kind"] == "latency"
+    assert result.summary.budget["predicted_fraction"] <= 0.6
+    assert op.prune(model, target_macs=1.0).achieved_ratio == 0.0
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"target_macs": 0.0}, r"\(0, 1\]"), ({"target_params": 1.5}, r"\(0, 1\]"), ({"target_macs": True}, r"\(0, 1\]"),
+    ({"target_macs": 0.5, "target_params": 0.5}, "one budget"),
+    ({"target_macs": 0.5, "ratio": 0.3}, "exactly one"),
+    ({"target_macs": 0.5, "scope": "global"}, "do not apply"),
+    ({"target_macs": 0.5, "cost": object()}, "go with target_latency"),
+    ({"target_latency": 0.5, "cost": object()}, "cost model"),
+    ({"target_latency": 0.5, "threads": 0}, "positive integer"),
+    ({"ratio": 0.3, "threads": 2}, "go with target_latency"),
+])
+def test_bad_budgets_are_refused(kwargs, match):
+    with pytest.raises(op.InvalidRequestError, match=match):
+        op.prune(fixture("resnet_legacy"), **kwargs)
+
+
+def test_foreign_cost_model_is_refused():
+    cost = stair_cost(op.analyze(fixture("densenet_legacy")))
+    with pytest.raises(op.InvalidRequestError, match="another model"):
+        op.prune(fixture("resnet_legacy"), target_latency=0.5, cost=cost)
+
+
+def test_target_latency_without_a_profiler_says_so():
+    pytest.importorskip("onnxprune")
+    try:
+        import onnxprune.profile  # noqa: F401
+    except ImportError:
+        with pytest.raises(op.UnsupportedError, match="profile"):
+            op.prune(fixture("resnet_legacy"), target_latency=0.5)
+    else:
+        pytest.skip("onnxprune.profile exists")
+
+
+# --------------------------------------------------------------------------- command line
+
+def test_cli_target_macs(tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    assert main(["prune", fixture("resnet_legacy"), "-o", str(out), "--target-macs", "0.5", "--step-size", "1",
+                 "--verify"]) == 0
+    assert "predicted" in capsys.readouterr().out
+    assert op.stats(str(out)).macs <= 0.5 * op.stats(fixture("resnet_legacy")).macs
+
+
+@pytest.mark.parametrize("flags", [["--target-macs", "0"], ["--target-params", "1.2"], ["--target-macs", "0.01"],
+                                   ["--target-macs", "0.5", "--cost", "c.json"], ["--target-macs", "0.5", "--threads", "2"],
+                                   ["--target-macs", "0.5", "--scope", "global"]])
+def test_cli_bad_budget_exits_2_and_writes_nothing(tmp_path, flags):
+    out = tmp_path / "small.onnx"
+    assert main(["prune", fixture("resnet_legacy"), "-o", str(out), *flags]) == 2
+    assert not out.exists()
