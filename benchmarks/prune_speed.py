@@ -152,8 +152,8 @@ _PATCHES = [
     ("onnxprune.ir", "infer_shapes_and_types", "shapes"),
     ("onnxprune.pruning", "apply", "surgery"),
     ("onnxprune.stats", "stats", "stats"),
-    ("onnxprune.ir", "_build_output", "save:build"),
-    ("onnxprune.ir", "_write_proto", "save:write"),
+    ("onnxprune.external_data", "build_output", "save:build"),
+    ("onnxprune.external_data", "write_proto", "save:write"),
     ("onnxprune.ir", "validate_file", "validate"),
 ]
 
