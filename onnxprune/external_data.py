@@ -233,14 +233,20 @@ def serialized_size(model: onnx.ModelProto, *, include_external: bool = True) ->
 
 
 def serialize(model: onnx.ModelProto) -> bytes:
-    """The model's protobuf bytes without the origin record; the graph is serialized in place, never copied.
+    """The model's protobuf bytes without the origin record (one copy of the graph's bytes)."""
+    parts = serialized_parts(model)
+    return parts[0] if len(parts) == 1 else b"".join(parts)
 
-    Fields are written in field-number order, as protobuf does, so the bytes are those of the model
-    without the record.
+
+def serialized_parts(model: onnx.ModelProto) -> list[bytes]:
+    """The model's protobuf bytes without the origin record, in pieces to concatenate or write in turn.
+
+    Fields are written in field-number order, as protobuf does, so the pieces joined are the bytes of the
+    model without the record; the graph is serialized where it is, never copied into another message.
     """
     try:
         if not any(p.key == ORIGIN_KEY for p in model.metadata_props):
-            return model.SerializeToString()
+            return [model.SerializeToString()]
         head, tail = onnx.ModelProto(), onnx.ModelProto()
         for field, value in model.ListFields():
             if field.name == "graph":
@@ -253,8 +259,8 @@ def serialize(model: onnx.ModelProto) -> bytes:
         graph = model.graph.SerializeToString() if model.HasField("graph") else None
     except ValueError as exc:
         raise VerificationError(f"cannot serialize the model ({exc}); save it with external_data=True") from exc
-    middle = b"" if graph is None else _varint(_GRAPH_FIELD << 3 | 2) + _varint(len(graph)) + graph
-    return head.SerializeToString() + middle + tail.SerializeToString()
+    middle = [] if graph is None else [_varint(_GRAPH_FIELD << 3 | 2) + _varint(len(graph)), graph]
+    return [head.SerializeToString(), *middle, tail.SerializeToString()]
 
 
 def _varint(n: int) -> bytes:
@@ -268,9 +274,10 @@ def _varint(n: int) -> bytes:
 
 def write_proto(model: onnx.ModelProto, path: str) -> None:
     """Write the model's bytes (without the origin record) to `path`."""
-    data = serialize(model)
+    parts = serialized_parts(model)
     with open(path, "wb") as f:
-        f.write(data)
+        for part in parts:
+            f.write(part)
 
 
 # --------------------------------------------------------------------------- writing a data file
