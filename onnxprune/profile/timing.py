@@ -1,11 +1,12 @@
 """Measuring latency: micro-graphs of one layer at several kept counts, and the whole model.
 
-How a layer's points are timed (Timer.points): sessions for up to CHUNK points are created, each runs WARMUP
-uncounted times, then all are run round-robin (interleaved, so a drift in machine load hits every point alike)
-`repeats` times, where repeats is chosen from the warm-up time (at least MIN_REPEATS, more for tiny layers, up
-to MAX_REPEATS, aiming at TARGET_MS per point). A point's latency is the median of its runs minus the median
-cost of running a trivial graph (the fixed Python + onnxruntime call overhead, which the layer does not add
-inside a model). The whole model is timed the same way in one session with its own inputs.
+How a layer's points are timed (Timer.points): sessions for up to CHUNK points and the layer at full counts
+(the reference) are created, each runs WARMUP uncounted times, then all are run round-robin (interleaved, so a
+drift in machine load hits every point alike) `repeats` times, chosen from the warm-up time (at least
+MIN_REPEATS, more for tiny layers, up to MAX_REPEATS, aiming at TARGET_MS per point). A point's latency is
+the median of its runs minus the median cost of running a trivial graph (the fixed Python + onnxruntime call
+overhead, which the layer does not add inside a model), scaled by the reference so that chunks timed under
+different load agree (see points). The whole model is timed the same way in one session with its own inputs.
 """
 from __future__ import annotations
 
@@ -131,19 +132,30 @@ class Timer:
         return self._overhead
 
     def points(self, spec: LayerSpec, counts: Sequence[tuple[int, int]]) -> list[float]:
-        """Latency in ms of the layer's micro-graph at each (kept_in, kept_out)."""
+        """Latency in ms of the layer's micro-graph at each (kept_in, kept_out).
+
+        Every chunk of points is timed interleaved with the layer at full counts (the reference, one session
+        kept for all chunks); a point's value is its ratio to the reference in its own chunk times the
+        reference's median over all chunks, so a change of machine load between chunks cancels out."""
         overhead = self.overhead()
-        result: list[float] = []
         rng = np.random.default_rng(0)
+
+        def runner(kept_in: int, kept_out: int) -> _Runner:
+            model, x_shape = micro_graph(spec, kept_in, kept_out, self.pool)
+            x = rng.standard_normal(x_shape, dtype=np.float32).astype(helper.tensor_dtype_to_np_dtype(spec.dtype))
+            return _Runner(make_session(model, self.provider, self.threads), {"x": x})
+
+        reference = runner(spec.in_channels, spec.out_channels)
+        ratios: list[float] = []
+        references: list[float] = []
         for start in range(0, len(counts), CHUNK):
-            runners = []
-            for kept_in, kept_out in counts[start:start + CHUNK]:
-                model, x_shape = micro_graph(spec, kept_in, kept_out, self.pool)
-                x = rng.standard_normal(x_shape, dtype=np.float32).astype(helper.tensor_dtype_to_np_dtype(spec.dtype))
-                runners.append(_Runner(make_session(model, self.provider, self.threads), {"x": x}))
-            medians = _interleaved(runners, WARMUP, MIN_REPEATS, TARGET_MS)
-            result.extend(max(m - overhead, 1e-6) for m in medians)
-        return result
+            runners = [reference] + [runner(*c) for c in counts[start:start + CHUNK]]
+            medians = [max(m - overhead, 1e-6) for m in _interleaved(runners, WARMUP, MIN_REPEATS, TARGET_MS)]
+            references.append(medians[0])
+            ratios.extend(m / medians[0] for m in medians[1:])
+            reference.times.clear()
+        full = float(np.median(references))
+        return [r * full for r in ratios]
 
     def model(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> float:
         """Median ms of the whole model on `feed`."""
