@@ -38,7 +38,8 @@ def axis_grid(full: int, unit: int = 1) -> list[int]:
     """Measured counts along one axis of `full` channels kept in multiples of `unit`."""
     units = full // unit
     step = SMALL_STEP if units <= SMALL_AXIS else STEP
-    step = max(step, STEP * math.ceil(units / (MAX_POINTS * STEP)))
+    if units > MAX_POINTS * step:
+        step = STEP * math.ceil(units / (MAX_POINTS * STEP))
     return [u * unit for u in sorted({1, *range(step, units, step), units})]
 
 
@@ -91,7 +92,8 @@ class LayerCurve:
         if abs(denominator) < 1e-12:
             return 0.0
         fixed = (lc * f - ai * ao) / denominator
-        return float(min(max(fixed, 0.0), 0.999 * min(ai, ao, f)))
+        lowest = min(float(self.in_axis[1].min()), float(self.out_axis[1].min()), f)
+        return float(min(max(fixed, 0.0), 0.999 * lowest))  # below every axis value: costs stay positive
 
     def cost(self, kept_in: float, kept_out: float) -> float:
         """Latency in ms with kept_in / kept_out channels (any counts in [1, full])."""
@@ -102,7 +104,7 @@ class LayerCurve:
         f, fixed = self.full_ms, self.fixed
         if f - fixed <= 1e-12:
             return max(a_in + a_out - f, 0.0)
-        return fixed + (a_in - fixed) * (a_out - fixed) / (f - fixed)
+        return a_in - (a_in - fixed) * (1.0 - (a_out - fixed) / (f - fixed))  # written so that o = O gives a_in
 
     def check_errors(self) -> list[float]:
         """Relative error of the model at the measured points it was not built on (the diagonal checks)."""

@@ -229,7 +229,7 @@ def micro_graph(spec: LayerSpec, kept_in: int, kept_out: int, pool: WeightPool) 
         nodes.append(helper.make_node(step, [last] + extra, [f"y{k}"]))
         last = f"y{k}"
     graph = helper.make_graph(nodes, "onnxprune_profile", [helper.make_tensor_value_info("x", spec.dtype, x_shape)],
-                              [helper.make_tensor_value_info(last, spec.dtype, None)], inits)
+                              [helper.make_tensor_value_info(last, spec.dtype, [None] * len(x_shape))], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="onnxprune")
     model.ir_version = 8
     return model, tuple(x_shape)
