@@ -14,7 +14,7 @@ import math
 import os
 import platform
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -161,9 +161,6 @@ class Timer:
         """Median ms of the whole model on `feed`."""
         runner = _Runner(make_session(model, self.provider, self.threads), feed)
         return _interleaved([runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)[0]
-
-
-MeasurePoints = Callable[[LayerSpec, Sequence[tuple[int, int]]], list[float]]
 
 
 def model_source(model: Any, proto: onnx.ModelProto) -> onnx.ModelProto | str:
