@@ -33,6 +33,9 @@ def write_json(path: str, data: Any) -> None:
     try:
         with os.fdopen(handle, "w", encoding="utf-8") as out:
             json.dump(data, out, indent=1, sort_keys=True)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staged, 0o666 & ~umask)  # mkstemp made it private; a saved file gets the usual permissions
         os.replace(staged, path)
     except BaseException:
         if os.path.exists(staged):
