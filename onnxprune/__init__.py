@@ -15,6 +15,7 @@ from onnxprune.ir import load_model, save_model
 from onnxprune.workflows.iterative import IterativeResult, iterative_prune
 from onnxprune.options import Options
 from onnxprune.plan import Plan
+from onnxprune.profile import CostModel, LatencyCostModel, load_cost, profile
 from onnxprune.reconstruction import Compensation, Reconstruction, verify_compensation
 from onnxprune.pruning import PruneResult, apply_plan, make_plan, prune, prune_by_index, prune_with_plan
 from onnxprune.workflows.sensitivity import Recommendation, SensitivityResult, sensitivity
@@ -44,4 +45,5 @@ __all__ = [
     "OnnxPruneError", "InvalidModelError", "InvalidRequestError", "ExternalDataError", "UnsupportedError",
     "VerificationError",
     "IterativeResult", "Recommendation", "SensitivityResult", "iterative_prune", "sensitivity",
+    "CostModel", "LatencyCostModel", "load_cost", "profile",
 ]

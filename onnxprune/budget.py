@@ -35,7 +35,7 @@ import numpy as np
 
 from onnxprune.allocation import normalize, removable
 from onnxprune.cost import CostModel, analytic_cost, is_stepped, layer_axes, predicted_cost
-from onnxprune.errors import InvalidRequestError, UnsupportedError
+from onnxprune.errors import InvalidRequestError
 from onnxprune.options import Options
 
 KINDS = ("macs", "params", "latency")
@@ -93,12 +93,8 @@ def budget_cost(budget: Budget, analysis) -> CostModel:
         return analytic_cost(analysis, budget.kind)
     cost = budget.cost
     if cost is None:
-        try:
-            from onnxprune.profile import profile
-        except ImportError:
-            raise UnsupportedError("target_latency= needs a measured cost model and this onnxprune has no "
-                                   "`onnxprune.profile` yet: pass cost=..., or budget in target_macs= / "
-                                   "target_params=") from None
+        from onnxprune.profile import profile  # measuring is the costly path: imported only when taken
+
         cost = profile(analysis.model, threads=budget.threads)
     unknown = [name for name in cost.layers if name not in analysis.index.by_name]
     if unknown:

@@ -16,31 +16,39 @@ from .errors import InvalidRequestError, UnsupportedError, VerificationError
 from .loading import ModelLike, load_model
 
 PROVIDERS = ["CPUExecutionProvider"]
+VERSION = ort.__version__
+
+
+def available_providers() -> list[str]:
+    """The execution providers this onnxruntime build offers."""
+    return ort.get_available_providers()
 _INDEX_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
 
 
 # --------------------------------------------------------------------------- sessions
 
-def session(model: ModelLike, options: ort.SessionOptions | None = None) -> ort.InferenceSession:
-    """CPU onnxruntime session; external data is served from memory-mapped files."""
+def session(model: ModelLike, options: ort.SessionOptions | None = None, *,
+            provider: str = PROVIDERS[0]) -> ort.InferenceSession:
+    """onnxruntime session (CPU unless `provider` says otherwise); external data is served from memory-mapped
+    files."""
     model = load_model(model)
     options = options or ort.SessionOptions()
     external = [t for t in ext.iter_tensors(model) if ext.is_external(t)]
     directory = ext.base_dir(model)
     if ext.serialized_size(model, include_external=False) > ext.PROTO_LIMIT or (external and directory is None):
-        return _session_via_file(model, options)
+        return _session_via_file(model, options, provider)
     files: dict[str, str] = {}
     for tensor in external:
         files.setdefault(ext.external_ref(tensor).location, ext.resolve_location(tensor, directory))
     buffers = [np.memmap(path, dtype=np.uint8, mode="r") for path in files.values()]
     if buffers:
         options.add_external_initializers_from_files_in_memory(list(files), buffers, [b.size for b in buffers])
-    sess = ort.InferenceSession(ext.serialize(model), options, providers=PROVIDERS)
+    sess = ort.InferenceSession(ext.serialize(model), options, providers=[provider])
     sess._onnxprune_buffers = buffers  # keep the mapped files alive as long as the session
     return sess
 
 
-def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions) -> ort.InferenceSession:
+def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
     """Session on a temporary copy whose tensors are in a new external data file (models over 2 GB)."""
     tmp = tempfile.mkdtemp(prefix="onnxprune-session-")
     try:
@@ -49,13 +57,15 @@ def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions) -> or
         out = ext.build_output(model, os.path.join(tmp, data_name), data_name, ext.base_dir(model))
         ext.write_proto(out, path)
         del out
-        return ort.InferenceSession(path, options, providers=PROVIDERS)
+        return ort.InferenceSession(path, options, providers=[provider])
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def optimized_session(model: ModelLike, threads: int | None = None) -> ort.InferenceSession:
-    """A CPU session with all graph optimisations and `threads` intra-op threads (None: onnxruntime's default)."""
+def optimized_session(model: ModelLike, threads: int | None = None, *,
+                      provider: str = PROVIDERS[0]) -> ort.InferenceSession:
+    """A session as a user's: all graph optimisations, `threads` intra-op threads (None: onnxruntime's default),
+    on `provider` (CPU by default)."""
     model = load_model(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -64,7 +74,7 @@ def optimized_session(model: ModelLike, threads: int | None = None) -> ort.Infer
             raise InvalidRequestError(f"threads must be >= 1, not {threads}")
         options.intra_op_num_threads = int(threads)
         options.inter_op_num_threads = 1
-    return session(model, options)
+    return session(model, options, provider=provider)
 
 
 def check_loads(path: str) -> None:

@@ -208,15 +208,24 @@ def test_foreign_cost_model_is_refused():
         op.prune(fixture("resnet_legacy"), target_latency=0.5, cost=cost)
 
 
-def test_target_latency_without_a_profiler_says_so():
-    pytest.importorskip("onnxprune")
-    try:
-        import onnxprune.profile  # noqa: F401
-    except ImportError:
-        with pytest.raises(op.UnsupportedError, match="profile"):
-            op.prune(fixture("resnet_legacy"), target_latency=0.5)
-    else:
-        pytest.skip("onnxprune.profile exists")
+class ProportionalTimer:
+    """Fake profiler timings (the seam of op.profile): a layer costs in * out * 5e-3 ms (resnet_legacy's layers:
+    7.3 ms at full counts), the whole model 10 ms."""
+
+    def points(self, spec, counts):
+        return [5e-3 * i * o for i, o in counts]
+
+    def model(self, source, feed):
+        return 10.0
+
+
+def test_target_latency_runs_through_a_profile():
+    cost = op.profile(fixture("resnet_legacy"), cache=False, timer=ProportionalTimer())
+    r = op.prune(fixture("resnet_legacy"), "l2", target_latency=0.6, cost=cost, verify=True)
+    budget = r.summary.budget
+    assert budget["kind"] == "latency" and budget["total"] == pytest.approx(10.0)
+    assert budget["predicted"] <= 0.6 * budget["total"] + 1e-9
+    assert r.pruned_groups
 
 
 # --------------------------------------------------------------------------- command line

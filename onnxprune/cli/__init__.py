@@ -7,7 +7,8 @@ import sys
 
 from onnxprune.errors import OnnxPruneError
 
-COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench", "sensitivity")
+COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench", "sensitivity",
+                   "profile")
 
 
 def build_parser() -> argparse.ArgumentParser:

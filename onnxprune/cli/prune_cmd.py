@@ -10,7 +10,7 @@ from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_f
                                   read_json, report_from_args, write_text)
 from onnxprune.criteria import CRITERIA
 from onnxprune.criteria.registry import ALIASES
-from onnxprune.errors import InvalidRequestError, UnsupportedError
+from onnxprune.errors import InvalidRequestError
 
 # defaults of the flags a plan file carries itself (prune --plan refuses other values)
 PLAN_CARRIES = {"method": "l2", "scope": "uniform", "recommend": None, "seed": 0}
@@ -118,11 +118,8 @@ def _budget_args(args: argparse.Namespace) -> dict:
         return {"target_params": args.target_params}
     if args.target_latency is None:
         return {}
-    try:
-        from onnxprune.profile import load_cost
-    except ImportError:
-        raise UnsupportedError("--target-latency needs `onnxprune profile` (the measured latency cost model), which "
-                               "this onnxprune does not have yet; budget with --target-macs or --target-params") from None
+    from onnxprune.profile import load_cost
+
     budget = {"target_latency": args.target_latency, "threads": args.threads}
     if args.cost:
         budget.update(cost=load_cost(args.cost, args.model), threads=None)

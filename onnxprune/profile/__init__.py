@@ -1,0 +1,78 @@
+"""The cost model: measured onnxruntime latency of every prunable layer as a function of its kept channels.
+
+`op.profile(model)` analyses the model, describes each Conv / ConvTranspose / Gemm / MatMul-with-constant-weight
+layer by what sets its cost (layers.LayerSpec: identical signatures are measured once), measures each new
+signature's micro-graph on a grid of kept counts (curves.grid_points, timed by timing.Timer) unless the on-disk
+cache has it (cache.LatencyCache), measures the whole model once (cached by graph fingerprint), and returns a
+LatencyCostModel (costmodel).
+"""
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from typing import Any, TextIO
+
+from onnxprune.calibration import Progress
+from onnxprune.coupling import analyze
+from onnxprune.ir import load_model
+from onnxprune.plan import fingerprint
+from onnxprune.profile.cache import LatencyCache
+from onnxprune.cost import CostModel
+from onnxprune.profile.costmodel import LatencyCostModel, LayerInfo, load_cost
+from onnxprune.profile.curves import LayerCurve, grid_points
+from onnxprune.profile.layers import LayerSpec, layer_specs
+from onnxprune.profile.timing import Timer, check_request, environment, model_source
+
+__all__ = ["CostModel", "LatencyCostModel", "LayerSpec", "load_cost", "profile"]
+
+
+def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int | None = None, batch: int = 1,
+            cache: Any = None, timer: Any = None, stream: TextIO | None = None) -> LatencyCostModel:
+    """Measured latency cost model of `model` (a ModelProto or a path) on `provider` with `threads` intra-op
+    threads (None: onnxruntime's default, like a user's session) at batch size `batch` (symbolic dims).
+
+    cache: None (default folder, $XDG_CACHE_HOME/onnxprune), False (measure everything) or a folder.
+    timer: what measures (default timing.Timer; tests pass a fake with `points(spec, counts)` and
+    `model(source, feed)`). stream: where the progress bar goes (default stderr, shown on a terminal only).
+    """
+    check_request(provider, threads, batch)
+    proto = load_model(model)
+    env = environment(provider, threads, batch)
+    store = LatencyCache.open(cache, env)
+    timer = timer or Timer(provider, threads)
+    specs, skipped = layer_specs(analyze(proto), batch)
+    unique: dict[str, LayerSpec] = {}
+    for spec in specs:
+        unique.setdefault(spec.signature(), spec)
+    todo = [s for s in unique if s not in store.layers]
+    try:
+        for signature in _progress(todo, stream or sys.stderr):
+            spec = unique[signature]
+            counts = grid_points(spec)
+            times = timer.points(spec, counts)
+            store.put_layer(signature, [[i, o, ms] for (i, o), ms in zip(counts, times)])
+        key = fingerprint(proto)
+        if key not in store.totals:
+            from onnxprune.workflows.bench import bench_inputs
+
+            store.put_total(key, timer.model(model_source(model, proto), bench_inputs(proto, batch)))
+    finally:
+        store.save()
+    curves = {s: LayerCurve(spec.in_channels, spec.out_channels, spec.tied,
+                            {(int(i), int(o)): ms for i, o, ms in store.layers[s]}) for s, spec in unique.items()}
+    return LatencyCostModel(
+        total=store.totals[key], layers={s.name: (s.in_channels, s.out_channels) for s in specs},
+        info={s.name: LayerInfo(s.op_type, s.tied, s.signature()) for s in specs}, curves=curves,
+        fingerprint=key, environment=env, skipped=skipped)
+
+
+def _progress(items: list[str], stream: TextIO) -> Iterator[str]:
+    """`items`, with a progress bar on `stream` when it is a terminal (calibration's bar)."""
+    bar = Progress(len(items), stream, label="profiling layers")
+    try:
+        for done, item in enumerate(items):
+            bar.update(done)
+            yield item
+        bar.update(len(items))
+    finally:
+        bar.close()

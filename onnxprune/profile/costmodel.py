@@ -1,0 +1,141 @@
+"""LatencyCostModel, the measured-latency implementation of onnxprune.cost.CostModel; cost files (save / load).
+
+A cost file (`cost.save(path)`, `onnxprune profile MODEL -o cost.json`) is JSON:
+
+    {"format": "onnxprune-cost/1", "fingerprint": "<onnxprune.plan.fingerprint of the model>",
+     "environment": {"provider": ..., "threads": ..., "batch": ..., "onnxruntime": ..., "cpu": ...},
+     "total_ms": 12.3, "skipped": {layer: reason},
+     "layers": {name: {"op_type": "Conv", "in": 64, "out": 128, "tied": false, "signature": "<key>"}},
+     "curves": {"<signature>": [[kept_in, kept_out, ms], ...]}}
+
+load_cost refuses a file made for another model, provider, thread count, batch, onnxruntime version or CPU.
+"""
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from onnxprune.errors import InvalidRequestError
+from onnxprune.profile.curves import LayerCurve, check_counts
+
+FORMAT = "onnxprune-cost/1"
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """A modelled layer in a cost model: its op, whether in/out are tied (depthwise), its signature key."""
+
+    op_type: str
+    tied: bool
+    signature: str
+
+
+class LatencyCostModel:
+    """Measured onnxruntime latency (ms): `total` of the whole model, `layer_cost` per layer and kept counts.
+
+    Predicted latency of a pruned model = total - sum(layer_cost(n, *layers[n])) + sum(layer_cost(n, kin, kout)),
+    which `predict` computes. Layers listed in `skipped` are not modelled (their cost counts as unchanged).
+    """
+
+    def __init__(self, *, total: float, layers: Mapping[str, tuple[int, int]], info: Mapping[str, LayerInfo],
+                 curves: Mapping[str, LayerCurve], fingerprint: str, environment: Mapping[str, Any],
+                 skipped: Mapping[str, str] | None = None) -> None:
+        self.total = float(total)
+        self.layers = dict(layers)
+        self.info = dict(info)
+        self.curves = dict(curves)
+        self.fingerprint = fingerprint
+        self.environment = dict(environment)
+        self.skipped = dict(skipped or {})
+
+    def layer_cost(self, node: str, kept_in: float, kept_out: float) -> float:
+        """Latency in ms of layer `node` with kept_in input and kept_out output channels (depthwise: pass the
+        same count twice; the kept input count decides)."""
+        if node not in self.layers:
+            raise InvalidRequestError(f"layer '{node}' is not in the cost model"
+                                      + (f" ({self.skipped[node]})" if node in self.skipped else ""))
+        check_counts(node, self.layers[node], kept_in, kept_out)
+        return self.curves[self.info[node].signature].cost(kept_in, kept_out)
+
+    def predict(self, kept: Mapping[str, tuple[int, int]]) -> float:
+        """Predicted latency (ms) of the model with these layers at these (kept_in, kept_out) counts."""
+        return self.total + sum(self.layer_cost(n, *k) - self.layer_cost(n, *self.layers[n]) for n, k in kept.items())
+
+    def layer_latencies(self) -> dict[str, float]:
+        """{layer: latency ms at full channels} (divide by `total` for its share of the model)."""
+        return {name: self.layer_cost(name, *counts) for name, counts in self.layers.items()}
+
+    def check_errors(self) -> dict[str, list[float]]:
+        """{layer: relative errors of the 2-D model at its held-out diagonal points} (measured, never fitted)."""
+        return {name: self.curves[i.signature].check_errors() for name, i in self.info.items()}
+
+    # ------------------------------------------------------------------ files
+
+    def as_dict(self) -> dict[str, Any]:
+        layers = {name: {"op_type": self.info[name].op_type, "in": c[0], "out": c[1], "tied": self.info[name].tied,
+                         "signature": self.info[name].signature} for name, c in self.layers.items()}
+        used = {i.signature for i in self.info.values()}
+        return {"format": FORMAT, "fingerprint": self.fingerprint, "environment": self.environment,
+                "total_ms": self.total, "skipped": self.skipped, "layers": layers,
+                "curves": {s: self.curves[s].as_list() for s in sorted(used)}}
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the cost file (atomically)."""
+        from onnxprune.profile.cache import write_json
+
+        write_json(os.fspath(path), self.as_dict())
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyCostModel:
+        layers, info = {}, {}
+        for name, entry in data["layers"].items():
+            layers[name] = (int(entry["in"]), int(entry["out"]))
+            info[name] = LayerInfo(entry["op_type"], bool(entry["tied"]), entry["signature"])
+        curves = {}
+        for name, entry in info.items():
+            if entry.signature not in curves:
+                points = {(int(i), int(o)): float(ms) for i, o, ms in data["curves"][entry.signature]}
+                curves[entry.signature] = LayerCurve(*layers[name], entry.tied, points)
+        return cls(total=data["total_ms"], layers=layers, info=info, curves=curves,
+                   fingerprint=data["fingerprint"], environment=data["environment"], skipped=data.get("skipped"))
+
+    def __repr__(self) -> str:
+        return (f"LatencyCostModel(total={self.total:.3f} ms, {len(self.layers)} layers, "
+                f"{self.environment.get('provider')}, threads={self.environment.get('threads')})")
+
+
+def load_cost(path: str | os.PathLike, model: Any, *, provider: str = "CPUExecutionProvider",
+              threads: int | None = None, batch: int = 1) -> LatencyCostModel:
+    """The cost model in a cost file, refused (InvalidRequestError with the reason) when it was made for another
+    model, provider, thread count, batch, onnxruntime version or CPU than `model` and these settings here."""
+    from onnxprune.ir import load_model
+    from onnxprune.plan import fingerprint
+    from onnxprune.profile.timing import environment
+
+    path = os.fspath(path)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = json.load(handle)
+    except FileNotFoundError:
+        raise InvalidRequestError(f"cost file '{path}' does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(f"cost file '{path}' is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise InvalidRequestError(f"cost file '{path}' is not an onnxprune cost file (format {FORMAT}); "
+                                  "make one with `onnxprune profile MODEL -o cost.json`")
+    if data.get("fingerprint") != fingerprint(load_model(model)):
+        raise InvalidRequestError(f"cost file '{path}' was made for another model (graph fingerprint differs); "
+                                  "profile this model again")
+    here = environment(provider, threads, batch)
+    for key, value in here.items():
+        recorded = data.get("environment", {}).get(key)
+        if recorded != value:
+            raise InvalidRequestError(f"cost file '{path}' was measured with {key} {recorded!r}, not {value!r} "
+                                      "as here; profile again with these settings")
+    try:
+        return LatencyCostModel.from_dict(data)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InvalidRequestError(f"cost file '{path}' is damaged: {exc!r}") from None

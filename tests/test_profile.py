@@ -1,0 +1,243 @@
+"""op.profile: grid, interpolation on synthetic staircases (fake timings), signature dedup, cache, cost files,
+bad requests, the CLI, and one real small profile (structure only; no timing is asserted)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune as op
+from onnxprune.cli import main
+from onnxprune.coupling import analyze
+from onnxprune.errors import InvalidRequestError
+from onnxprune.profile.curves import axis_grid, grid_points
+from onnxprune.profile.layers import WeightPool, layer_specs, micro_graph
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
+RESNET = os.path.join(FIXTURES, "resnet_legacy.onnx")
+
+
+def staircase(i: int, o: int) -> float:
+    """A separable latency staircase with a fixed part: blocks of 8 channels on both axes."""
+    return 0.05 + 0.002 * math.ceil(i / 8) * math.ceil(o / 8)
+
+
+class FakeTimer:
+    """Fake timings through the profiler's seam; counts what it was asked to measure."""
+
+    def __init__(self, latency=staircase, total: float = 10.0) -> None:
+        self.latency = latency
+        self.total = total
+        self.layers: list[str] = []
+        self.models = 0
+
+    def points(self, spec, counts):
+        self.layers.append(spec.name)
+        return [self.latency(i, o) for i, o in counts]
+
+    def model(self, source, feed):
+        self.models += 1
+        return self.total
+
+
+def conv_chain(channels=(3, 64, 64, 96), *, twin: bool = True) -> onnx.ModelProto:
+    """x -> Conv 3x3 (+Relu) ... ; with `twin` the two middle convs are identical (one signature)."""
+    rng = np.random.default_rng(0)
+    nodes, inits, last = [], [], "x"
+    for k, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
+        w = f"w{k}"
+        inits.append(numpy_helper.from_array(rng.standard_normal((cout, cin, 3, 3)).astype(np.float32), w))
+        nodes.append(helper.make_node("Conv", [last, w], [f"c{k}"], name=f"conv{k}", kernel_shape=[3, 3],
+                                      pads=[1, 1, 1, 1]))
+        nodes.append(helper.make_node("Relu", [f"c{k}"], [f"r{k}"], name=f"relu{k}"))
+        last = f"r{k}"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT,
+                                                                             ["N", channels[0], 16, 16])],
+                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+# --------------------------------------------------------------------------- grid and interpolation
+
+def test_axis_grid_small_wide_and_grouped():
+    assert axis_grid(10) == [1, 4, 8, 10]
+    assert axis_grid(64) == [1] + list(range(8, 65, 8))
+    wide = axis_grid(2048)
+    assert wide[0] == 1 and wide[-1] == 2048 and len(wide) <= 34 and all(c % 8 == 0 for c in wide[1:])
+    assert axis_grid(32, unit=4) == [4, 16, 32]  # 8 units per group-position: 1, 4, 8 units
+
+
+def test_interpolation_on_a_staircase_is_exact_at_grid_points_and_linear_between(tmp_path):
+    timer = FakeTimer()
+    cost = op.profile(conv_chain(), cache=False, timer=timer)
+    assert cost.layers["conv2"] == (64, 96)
+    for i in axis_grid(64):
+        for o in (96, 48, 8):
+            assert cost.layer_cost("conv2", i, o) == pytest.approx(staircase(i, o), rel=1e-9)
+    # between grid points 8 and 16 along the input axis: linear on the staircase
+    low, high = staircase(8, 96), staircase(16, 96)
+    assert cost.layer_cost("conv2", 12, 96) == pytest.approx((low + high) / 2)
+    assert cost.layer_cost("conv2", 13.5, 96) == pytest.approx(low + (high - low) * 5.5 / 8)
+    # the separable model with a fixed part is exact for a separable staircase, also off the axes
+    assert cost.layer_cost("conv2", 32, 48) == pytest.approx(staircase(32, 48))
+    assert all(abs(e) < 1e-9 for errors in cost.check_errors().values() for e in errors)
+    assert cost.layer_cost("conv2", 64, 96) == pytest.approx(staircase(64, 96))
+    assert cost.total == 10.0
+    kept = {"conv2": (32, 48)}
+    assert cost.predict(kept) == pytest.approx(10.0 - staircase(64, 96) + staircase(32, 48))
+
+
+def test_layer_cost_refuses_counts_outside_the_layer():
+    cost = op.profile(conv_chain(), cache=False, timer=FakeTimer())
+    with pytest.raises(InvalidRequestError, match="outside 1..96"):
+        cost.layer_cost("conv2", 64, 97)
+    with pytest.raises(InvalidRequestError, match="outside"):
+        cost.layer_cost("conv2", 0, 96)
+    with pytest.raises(InvalidRequestError, match="not in the cost model"):
+        cost.layer_cost("relu1", 1, 1)
+
+
+def test_identical_layer_signatures_are_measured_once():
+    timer = FakeTimer()
+    cost = op.profile(conv_chain((3, 64, 64, 64, 96)), cache=False, timer=timer)
+    assert set(cost.layers) == {"conv0", "conv1", "conv2", "conv3"}
+    assert cost.info["conv1"].signature == cost.info["conv2"].signature
+    assert sorted(timer.layers) == ["conv0", "conv1", "conv3"]
+    assert cost.layer_cost("conv2", 8, 16) == cost.layer_cost("conv1", 8, 16)
+
+
+def test_depthwise_is_one_axis_with_group_rewritten():
+    analysis = analyze(os.path.join(FIXTURES, "mobilenetv2_dynamo.onnx"))
+    specs, skipped = layer_specs(analysis, 1)
+    assert not skipped
+    depthwise = [s for s in specs if s.tied]
+    assert depthwise and all(not s.tied for s in specs if s.groups == 1)
+    spec = depthwise[0]
+    assert all(i == o for i, o in grid_points(spec))
+    model, _ = micro_graph(spec, 24, 24, WeightPool())
+    conv = model.graph.node[0]
+    assert {a.name: helper.get_attribute_value(a) for a in conv.attribute}["group"] == 24
+    onnx.checker.check_model(model)
+
+
+@pytest.mark.parametrize("fixture", ["resnext_legacy.onnx", "mobilenetv2_dynamo.onnx", "vit_mha_legacy.onnx",
+                                     "resnet_bn_legacy.onnx"])
+def test_micro_graphs_are_valid_and_run_at_reduced_counts(fixture):
+    specs, _ = layer_specs(analyze(os.path.join(FIXTURES, fixture)), 2)
+    assert specs
+    pool = WeightPool()
+    for spec in specs:
+        kept_in, kept_out = grid_points(spec)[0]
+        model, x_shape = micro_graph(spec, kept_in, kept_out, pool)
+        onnx.checker.check_model(model)
+        session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+        (y,) = session.run(None, {"x": np.zeros(x_shape, np.float32)})
+        assert np.all(np.isfinite(y))
+
+
+# --------------------------------------------------------------------------- cache and cost files
+
+def test_cache_hit_miss_and_environment_key(tmp_path):
+    model = conv_chain()
+    first = FakeTimer()
+    a = op.profile(model, cache=str(tmp_path), timer=first)
+    assert first.layers and first.models == 1
+    assert os.path.isfile(tmp_path / "latency-cache.json")
+    again = FakeTimer(latency=lambda i, o: 99.0, total=99.0)
+    b = op.profile(model, cache=str(tmp_path), timer=again)
+    assert again.layers == [] and again.models == 0  # hit: nothing measured
+    assert b.total == a.total and b.layer_cost("conv2", 8, 8) == a.layer_cost("conv2", 8, 8)
+    other = FakeTimer()
+    op.profile(model, cache=str(tmp_path), threads=1, timer=other)  # another environment: miss
+    assert other.layers and other.models == 1
+    off = FakeTimer()
+    op.profile(model, cache=False, timer=off)
+    assert off.layers and off.models == 1
+
+
+def test_default_cache_folder_follows_xdg(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    op.profile(conv_chain(), timer=FakeTimer())
+    assert os.path.isfile(tmp_path / "onnxprune" / "latency-cache.json")
+
+
+def test_cost_file_round_trip_and_refusals(tmp_path):
+    model = conv_chain()
+    cost = op.profile(model, cache=False, timer=FakeTimer())
+    path = str(tmp_path / "cost.json")
+    cost.save(path)
+    loaded = op.load_cost(path, model)
+    assert loaded.layers == cost.layers and loaded.total == cost.total
+    assert loaded.layer_cost("conv2", 20, 30) == pytest.approx(cost.layer_cost("conv2", 20, 30))
+    with pytest.raises(InvalidRequestError, match="another model"):
+        op.load_cost(path, conv_chain((3, 32, 32, 96)))
+    with pytest.raises(InvalidRequestError, match="threads"):
+        op.load_cost(path, model, threads=1)
+    with pytest.raises(InvalidRequestError, match="batch"):
+        op.load_cost(path, model, batch=4)
+    data = json.loads(open(path).read())
+    data["environment"]["onnxruntime"] = "0.0.1"
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    with pytest.raises(InvalidRequestError, match="onnxruntime '0.0.1'"):
+        op.load_cost(str(tmp_path / "old.json"), model)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(InvalidRequestError, match="not an onnxprune cost file"):
+        op.load_cost(str(tmp_path / "bad.json"), model)
+
+
+# --------------------------------------------------------------------------- bad requests and the CLI
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"provider": "NoSuchExecutionProvider"}, "available: .*CPUExecutionProvider"),
+    ({"threads": 0}, "threads"),
+    ({"threads": 1.5}, "threads"),
+    ({"batch": 0}, "batch"),
+    ({"cache": 3}, "cache"),
+])
+def test_bad_requests_are_typed_errors(kwargs, message):
+    with pytest.raises(InvalidRequestError, match=message):
+        op.profile(conv_chain(), timer=FakeTimer(), **kwargs)
+
+
+@pytest.mark.parametrize("args", [["--provider", "NoSuchExecutionProvider"], ["--threads", "0"], ["--batch", "0"]])
+def test_cli_bad_input_exits_2_and_writes_nothing(tmp_path, args, capsys):
+    out = tmp_path / "cost.json"
+    assert main(["profile", RESNET, "-o", str(out), *args]) == 2
+    assert not out.exists()
+    assert "error" in capsys.readouterr().err
+
+
+def test_cli_missing_model_and_output_onto_input(tmp_path):
+    assert main(["profile", str(tmp_path / "missing.onnx"), "-o", str(tmp_path / "c.json")]) == 2
+    assert not (tmp_path / "c.json").exists()
+    assert main(["profile", RESNET, "-o", RESNET]) == 2
+
+
+# --------------------------------------------------------------------------- a real (small) profile
+
+def test_real_profile_of_a_fixture(tmp_path, capsys):
+    cost = op.profile(RESNET, cache=str(tmp_path))
+    model = onnx.load(RESNET)
+    expected = {n.name for n in model.graph.node if n.op_type in ("Conv", "Gemm")}
+    assert set(cost.layers) == expected and not cost.skipped
+    assert math.isfinite(cost.total) and cost.total > 0
+    latencies = cost.layer_latencies()
+    for name, (cin, cout) in cost.layers.items():
+        curve = cost.curves[cost.info[name].signature]
+        assert latencies[name] == pytest.approx(curve.points[(cin, cout)], rel=1e-12)  # full counts give the measured full point
+        assert all(math.isfinite(ms) and ms > 0 for ms in curve.points.values())
+        value = cost.layer_cost(name, max(1, cin - 1.5), max(1, cout // 2))
+        assert math.isfinite(value) and value > 0
+    out = tmp_path / "cost.json"
+    assert main(["profile", RESNET, "-o", str(out), "--no-cache"]) == 0
+    printed = capsys.readouterr().out
+    assert "share %" in printed and "total" in printed
+    assert set(op.load_cost(str(out), RESNET).layers) == expected
