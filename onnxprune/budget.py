@@ -302,8 +302,7 @@ class _Knapsack:
     def run(self, fraction: float) -> Allocation:
         total = float(self.cost.total)
         goal = fraction * total
-        predicted = total + sum(self.layer_costs.values()) - sum(
-            float(self.cost.layer_cost(name, *self.cost.layers[name])) for name in self.names)
+        predicted = predicted_cost(self.cost, self.kept)
         heap: list = []
         version = {g: 0 for g in self.groups}
         for g in self.groups:
@@ -326,8 +325,7 @@ class _Knapsack:
         predicted = self._refill(goal, predicted)
         if self.stepped:
             self._snap()
-        predicted = total + sum(self.layer_costs.values()) - sum(
-            float(self.cost.layer_cost(name, *self.cost.layers[name])) for name in self.names)
+        predicted = predicted_cost(self.cost, self.kept)
         return Allocation(dict(self.counts), total, goal, predicted, steps, last, dict(self.kept))
 
     def _refill(self, goal: float, predicted: float) -> float:
