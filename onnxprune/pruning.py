@@ -21,6 +21,7 @@ from onnxprune.coupling import Analysis, analyze
 from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
+from onnxprune.latency_target import measured_removal
 from onnxprune.options import Options
 from onnxprune.plan import Plan, fingerprint, layers_digest, plan_removal, record_plan
 from onnxprune.reconstruction.refit import DEFAULT_RIDGE
@@ -60,8 +61,11 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
         group's count is chosen together (onnxprune.budget: a greedy knapsack over the cost model taking the
         step that loses the least normalised importance (`options.layer_norm`) per unit of cost saved; at most
         `options.max_ratio` of a group, never all of it). Latency is counted in `cost=` (a CostModel, e.g.
-        `op.profile(model)`), or in a fresh `op.profile(model, threads=threads)`. `result.summary.budget` gives
-        the cost model's prediction for the pruned model.
+        `op.profile(model)`), or in a fresh `op.profile(model, threads=threads)`. A latency budget is closed on
+        measurement (onnxprune.latency_target): the cut model is measured against the original and, when more
+        than 3% off the target, allocated again for a corrected prediction (at most 4 measured attempts).
+        `result.summary.budget` gives the cost model's prediction for the pruned model, and for latency the
+        measured fraction and milliseconds beside it.
     Kept counts are rounded per group by `options.step_size`/`step_op` (with a budget: to where a stepped cost
     model's staircase drops); `result.achieved_ratio` reports the fraction actually removed from the targeted groups.
     gradients: {initializer name: gradient} for method="taylor". seed: for method="random".
@@ -89,11 +93,15 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     cost_model = budget_cost(budget, analysis) if budget else None
     context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
     scores = _checked_scores(criterion(context), analysis, targets, method)
-    counts = _counts(context, scores, targets, scope, recommendation, ratio, budget, cost_model)
-    removed = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, counts), scores)
+    if budget is not None and budget.kind == "latency":
+        removed, measurement = _measured_latency(context, scores, budget, cost_model)
+        counts = {g: len(p) for g, p in removed.items()}
+    else:
+        counts = _counts(context, scores, targets, scope, recommendation, ratio, budget, cost_model)
+        removed, measurement = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, counts), scores), None
     result = _prune_removed(model, analysis, removed, verify, own, sorted(targets), str(method))
     if budget is not None:
-        result.summary.budget = budget_summary(budget, cost_model, analysis, removed)
+        result.summary.budget = {**budget_summary(budget, cost_model, analysis, removed), **(measurement or {})}
     # the plan's layer values: the ratio asked for, or (global, SLAMP, budget) each group's computed ratio
     allotted = scope != "uniform" or recommendation or budget is not None
     requested = _group_ratios(analysis, targets, counts) if allotted else targets
@@ -130,7 +138,8 @@ def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: s
     ratio: None gives `ratio: 0.0` slots; with scope="uniform" every layer gets `ratio`; with scope="global"
         or recommendation="slamp" every layer gets its group's computed ratio (as `op.prune` would allot).
     target_macs / target_params / target_latency (+ cost, threads): every layer gets the ratio the budget allots
-        its group (as `op.prune` with that budget, before its rescue of emptied tensors).
+        its group (as `op.prune` with that budget; MACs / params before its rescue of emptied tensors, latency
+        after it, as measured).
     calibration/gradients are needed only when computing the global scope or a budget with a data/gradient
     criterion.
     """
@@ -151,7 +160,11 @@ def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: s
         targets = group_targets(analysis, 0.0, None)
         context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
         scores = _checked_scores(criterion(context), analysis, targets, key)
-        counts = _counts(context, scores, targets, scope, None, None, budget, budget_cost(budget, analysis))
+        if budget.kind == "latency":
+            counts = {g: len(p) for g, p in _measured_latency(context, scores, budget,
+                                                              budget_cost(budget, analysis))[0].items()}
+        else:
+            counts = _counts(context, scores, targets, scope, None, None, budget, budget_cost(budget, analysis))
         return plan.describe(analysis, ratios=_group_ratios(analysis, targets, counts),
                              scope=_plan_scope(scope, budget), seed=seed)
     if ratio is None:
@@ -312,6 +325,13 @@ def _counts(context: CriterionContext, scores: dict[int, np.ndarray], targets: d
         pool = {g: normalize(s, options.layer_norm) for g, s in scores.items()}
     sizes = {g: analysis.groups[g].size for g in targets}
     return removal_counts(targets, sizes, options, pool=pool, ratio=ratio)
+
+
+def _measured_latency(context: CriterionContext, scores: dict[int, np.ndarray], budget: Budget,
+                      cost: CostModel) -> tuple[dict[int, np.ndarray], dict]:
+    """A latency budget's removal, closed on measurement (onnxprune.latency_target), and its measurement."""
+    analysis = context.analysis
+    return measured_removal(analysis.model, analysis, scores, cost, budget.fraction, context.options, budget.threads)
 
 
 def _plan_scope(scope: str, budget: Budget | None) -> str:

@@ -32,7 +32,9 @@ class PruneSummary:
     def __init__(self, before, model_after: onnx.ModelProto, groups: list[dict]):
         self.before = before
         self.groups = groups  # per pruned group: id, layers, size, kept, exact
-        self.budget: dict | None = None  # target_*= runs: kind, target, total, predicted, predicted_fraction
+        # target_*= runs: kind, target, total, predicted, predicted_fraction; latency also measured_fraction,
+        # measured_ms, original_ms and attempts (onnxprune.latency_target)
+        self.budget: dict | None = None
         self._model_after = model_after
         self._after = None
 
@@ -65,4 +67,7 @@ class PruneSummary:
             b = self.budget
             text += (f"\nbudget: {b['kind']} <= {b['target']:g} x the original; predicted "
                      f"{b['predicted_fraction']:.3f} x")
+            if "measured_fraction" in b:
+                text += (f", measured {b['measured_fraction']:.3f} x ({b['measured_ms']:.3g} ms vs "
+                         f"{b['original_ms']:.3g} ms, {len(b['attempts'])} measured attempt(s))")
         return text

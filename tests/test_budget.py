@@ -15,6 +15,7 @@ from onnxprune.budget import allocate_budget, layer_kept
 from onnxprune.cli import main
 from onnxprune.cost import CostModel, analytic_cost, predicted_cost
 from onnxprune.criteria import CriterionContext, criterion_for
+from onnxprune.latency_target import ATTEMPTS, TOLERANCE, Attempt, close_on_measurement, next_request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINE = op.Options(step_size=1)
@@ -53,6 +54,33 @@ def stair_cost(analysis, stepped: bool = True) -> StairCost:
     macs = analytic_cost(analysis, "macs")
     base = {name: macs.layer_cost(name, *size) for name, size in macs.layers.items()}
     return StairCost(dict(macs.layers), base, 1.1 * sum(base.values()), stepped=stepped)
+
+
+class MacsMeter:
+    """A deterministic stand-in for measuring a pruned model against the original: 'latency' is the model's
+    counted MACs (scaled by `ms_per_mac`)."""
+
+    def __init__(self, model, ms_per_mac: float = 1e-6) -> None:
+        self.original = op.stats(model).macs * ms_per_mac
+        self.ms_per_mac = ms_per_mac
+        self.measured = 0
+
+    def measure(self, candidate):
+        self.measured += 1
+        return self.original, op.stats(candidate).macs * self.ms_per_mac
+
+
+@pytest.fixture(autouse=True)
+def macs_meter(monkeypatch):
+    """Every latency budget in these tests is 'measured' in MACs (deterministic; no timing in tests)."""
+    meters = []
+
+    def make(model, environment):
+        meters.append(MacsMeter(model))
+        return meters[-1]
+
+    monkeypatch.setattr("onnxprune.latency_target.model_meter", make)
+    return meters
 
 
 # --------------------------------------------------------------------------- the analytic cost models
@@ -178,13 +206,67 @@ def test_budget_plan_replays_and_make_plan_agrees():
     assert any(layer.ratio for layer in plan.layers)
 
 
-def test_target_latency_with_a_given_cost_model():
+def test_target_latency_with_a_given_cost_model_is_closed_on_measurement(macs_meter):
     model = op.load_model(fixture("resnet_legacy"))
     cost = stair_cost(op.analyze(model))
     result = op.prune(model, target_latency=0.6, cost=cost, verify=True)
-    assert result.summary.budget["kind"] == "latency"
-    assert result.summary.budget["predicted_fraction"] <= 0.6
+    budget = result.summary.budget
+    assert budget["kind"] == "latency" and macs_meter[0].measured == len(budget["attempts"]) <= ATTEMPTS
+    # the first attempt asks the cost model for the target itself; the kept one is the closest measured
+    assert budget["attempts"][0]["asked"] == 0.6 and budget["attempts"][0]["predicted"] <= 0.6
+    measured = [a["measured"] for a in budget["attempts"]]
+    assert budget["measured_fraction"] == min(measured, key=lambda m: abs(m - 0.6))
+    # what is reported measured is the written model's (here: its MACs)
+    assert budget["measured_fraction"] == pytest.approx(op.stats(result.model).macs / op.stats(model).macs)
+    assert abs(budget["measured_fraction"] / 0.6 - 1) <= TOLERANCE or len(budget["attempts"]) == ATTEMPTS
+    assert "measured" in str(result.summary)
     assert op.prune(model, target_macs=1.0).achieved_ratio == 0.0
+
+
+def fake_attempts(curve):
+    """An attempt function whose 'measurement' is curve(prediction) (the allocator predicts what it is asked)."""
+    asked = []
+
+    def attempt(fraction):
+        asked.append(fraction)
+        return Attempt(fraction, fraction, curve(fraction), 10.0, 10.0 * curve(fraction)), len(asked)
+    return attempt, asked
+
+
+def test_the_measurement_loop_converges_on_a_biased_prediction():
+    attempt, asked = fake_attempts(lambda p: 1 - 0.7 * (1 - p) ** 1.2)  # measured savings smaller than predicted
+    best, payload, attempts = close_on_measurement(0.5, attempt)
+    assert abs(best.measured / 0.5 - 1) <= TOLERANCE and payload == len(asked) == len(attempts) <= ATTEMPTS
+    assert attempts[0].asked == 0.5 and asked[1] < 0.5
+
+
+def test_the_measurement_loop_stops_at_once_within_tolerance_and_keeps_the_closest():
+    attempt, asked = fake_attempts(lambda p: p * 1.01)
+    best, _, attempts = close_on_measurement(0.6, attempt)
+    assert len(attempts) == 1 and best.measured == pytest.approx(0.606)
+    attempt, asked = fake_attempts(lambda p: 0.3 + 0.1 * math.sin(40 * p))  # no usable direction: bounded
+    best, _, attempts = close_on_measurement(0.6, attempt)
+    assert len(attempts) <= ATTEMPTS and best.measured == min((a.measured for a in attempts),
+                                                               key=lambda m: abs(m - 0.6))
+
+
+def test_next_request_gives_up_without_a_measured_saving():
+    assert next_request(0.5, [Attempt(0.5, 0.5, 1.02, 10.0, 10.2)]) is None
+    # a measured saving of 0.4 for a predicted 0.5: ask the cost model for 0.5 x 0.5 / 0.4 saved
+    assert next_request(0.5, [Attempt(0.5, 0.5, 0.6, 10.0, 6.0)]) == pytest.approx(1 - 0.5 * 0.5 / 0.4)
+
+
+def test_an_unreachable_correction_ends_the_search():
+    calls = []
+
+    def attempt(fraction):
+        calls.append(fraction)
+        if len(calls) > 1:
+            raise op.InvalidRequestError("cannot be reached")
+        return Attempt(fraction, fraction, 0.8, 10.0, 8.0), None
+
+    best, _, attempts = close_on_measurement(0.5, attempt)
+    assert len(calls) == 2 and len(attempts) == 1 and best.measured == 0.8
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -224,7 +306,7 @@ def test_target_latency_runs_through_a_profile():
     r = op.prune(fixture("resnet_legacy"), "l2", target_latency=0.6, cost=cost, verify=True)
     budget = r.summary.budget
     assert budget["kind"] == "latency" and budget["total"] == pytest.approx(10.0)
-    assert budget["predicted"] <= 0.6 * budget["total"] + 1e-9
+    assert budget["attempts"][0]["predicted"] <= 0.6 + 1e-9 and "measured_fraction" in budget
     assert r.pruned_groups
 
 
@@ -245,3 +327,14 @@ def test_cli_bad_budget_exits_2_and_writes_nothing(tmp_path, flags):
     out = tmp_path / "small.onnx"
     assert main(["prune", fixture("resnet_legacy"), "-o", str(out), *flags]) == 2
     assert not out.exists()
+
+
+def test_cli_target_latency_prints_and_reports_prediction_beside_measurement(tmp_path, capsys):
+    cost_file, out, report = tmp_path / "cost.json", tmp_path / "small.onnx", tmp_path / "report.md"
+    op.profile(fixture("resnet_legacy"), cache=False, timer=ProportionalTimer()).save(cost_file)
+    assert main(["prune", fixture("resnet_legacy"), "-o", str(out), "--target-latency", "0.6", "--cost",
+                 str(cost_file), "--report", str(report)]) == 0
+    printed = capsys.readouterr().out
+    assert "predicted" in printed and "measured" in printed
+    text = report.read_text()
+    assert "## Budget: latency <= 0.6 x the original" in text and "measured after pruning" in text

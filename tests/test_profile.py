@@ -16,7 +16,7 @@ import onnxprune as op
 from onnxprune.cli import main
 from onnxprune.coupling import analyze
 from onnxprune.errors import InvalidRequestError
-from onnxprune.profile.curves import axis_grid, grid_points
+from onnxprune.profile.curves import axis_curve, axis_grid, grid_points, isotonic, stair_value
 from onnxprune.profile.layers import WeightPool, layer_specs, micro_graph
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
@@ -75,17 +75,17 @@ def test_axis_grid_small_wide_and_grouped():
     assert axis_grid(32, unit=4) == [4, 16, 32]  # 8 units per group-position: 1, 4, 8 units
 
 
-def test_interpolation_on_a_staircase_is_exact_at_grid_points_and_linear_between(tmp_path):
+def test_interpolation_on_a_staircase_is_exact_at_grid_points_and_steps_between(tmp_path):
     timer = FakeTimer()
     cost = op.profile(conv_chain(), cache=False, timer=timer)
     assert cost.layers["conv2"] == (64, 96)
     for i in axis_grid(64):
         for o in (96, 48, 8):
             assert cost.layer_cost("conv2", i, o) == pytest.approx(staircase(i, o), rel=1e-9)
-    # between grid points 8 and 16 along the input axis: linear on the staircase
-    low, high = staircase(8, 96), staircase(16, 96)
-    assert cost.layer_cost("conv2", 12, 96) == pytest.approx((low + high) / 2)
-    assert cost.layer_cost("conv2", 13.5, 96) == pytest.approx(low + (high - low) * 5.5 / 8)
+    # between grid points 8 and 16 along the input axis: the next point's stair (a count is padded up to it)
+    assert cost.layer_cost("conv2", 12, 96) == pytest.approx(staircase(16, 96))
+    assert cost.layer_cost("conv2", 9, 96) == pytest.approx(staircase(16, 96))
+    assert cost.stepped
     # the separable model with a fixed part is exact for a separable staircase, also off the axes
     assert cost.layer_cost("conv2", 32, 48) == pytest.approx(staircase(32, 48))
     assert all(abs(e) < 1e-9 for errors in cost.check_errors().values() for e in errors)
@@ -93,6 +93,29 @@ def test_interpolation_on_a_staircase_is_exact_at_grid_points_and_linear_between
     assert cost.total == 10.0
     kept = {"conv2": (32, 48)}
     assert cost.predict(kept) == pytest.approx(10.0 - staircase(64, 96) + staircase(32, 48))
+
+
+def test_axis_curve_pools_dips_and_flattens_noise_within_a_stair():
+    # 8 measured slower than 16 (off the runtime's block): pooled; 40 vs 48 differ by noise: one stair
+    points = [(1, 0.20), (8, 0.35), (16, 0.26), (24, 0.34), (32, 0.341), (40, 0.412), (48, 0.410), (56, 0.48),
+              (64, 0.50)]
+    counts, values = axis_curve(points)
+    assert list(counts) == [c for c, _ in points]
+    assert all(b >= a for a, b in zip(values, values[1:]))
+    assert values[1] == values[2] == pytest.approx((0.35 + 0.26) / 2)
+    assert values[3] == values[4] and values[5] == values[6]
+    assert values[5] > values[4] and values[7] < values[8]
+    # a count between grid points costs its stair's (the next point's): the stair's top is the cheapest point
+    assert stair_value((counts, values), 41) == stair_value((counts, values), 48) == values[6]
+    assert stair_value((counts, values), 33) == values[5]
+    # on gaps wider than BLOCK_GAP (wide axes) the curve is linear between points
+    wide = (np.array([1.0, 64.0, 128.0]), np.array([1.0, 2.0, 4.0]))
+    assert stair_value(wide, 96) == pytest.approx(3.0)
+
+
+def test_isotonic_is_the_least_squares_non_decreasing_fit():
+    assert list(isotonic([1, 3, 2, 4])) == [1, 2.5, 2.5, 4]
+    assert list(isotonic([3, 2, 1])) == [2, 2, 2]
 
 
 def test_layer_cost_refuses_counts_outside_the_layer():

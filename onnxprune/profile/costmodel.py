@@ -38,7 +38,10 @@ class LatencyCostModel:
 
     Predicted latency of a pruned model = total - sum(layer_cost(n, *layers[n])) + sum(layer_cost(n, kin, kout)),
     which `predict` computes. Layers listed in `skipped` are not modelled (their cost counts as unchanged).
+    Its curves are staircases (`stepped`): the budget allocator snaps kept counts to the top of their stair.
     """
+
+    stepped = True
 
     def __init__(self, *, total: float, layers: Mapping[str, tuple[int, int]], info: Mapping[str, LayerInfo],
                  curves: Mapping[str, LayerCurve], fingerprint: str, environment: Mapping[str, Any],

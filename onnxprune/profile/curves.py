@@ -7,9 +7,16 @@ the corner (1 unit, 1 unit) and CHECKS diagonal points (i/I = o/O = 1/4, 1/2, 3/
 used to measure the model's error. Depthwise (tied) layers have one axis: the kept input count, the output and
 `group` following it.
 
-Between grid points the axis curves A_in(i) = L(i, O), A_out(o) = L(I, o) are piecewise linear (so the
-runtime's staircase is followed exactly at measured points). The 2-D cost is the separable model with a fixed
-part
+The axis curves A_in(i) = L(i, O), A_out(o) = L(I, o) are staircases, as the runtime's blocked layouts make
+them (a count off the block size runs as slowly as the next block, or slower). From the measured points
+(axis_curve): latency never falls as channels are added (a measured dip, e.g. 8 channels slower than 16
+because 8 is off the runtime's block, is pooled with its neighbours: isotonic regression), and neighbouring
+points within STAIR_TOL of the layer's full latency of the top of their stair are one stair (measurement noise is
+no step). Between grid points at most BLOCK_GAP apart a count costs what the next grid point costs (the stair
+it is padded up to); on wider gaps (wide axes measured every 16 or more channels) it is linear. So the cheapest
+point of a stair is its top, the largest count at that latency, where the allocator snaps kept counts.
+
+The 2-D cost is the separable model with a fixed part
 
     L(i, o) = L0 + (A_in(i) - L0) * (A_out(o) - L0) / (F - L0),      F = L(I, O)
 
@@ -32,6 +39,8 @@ SMALL_STEP = 4
 SMALL_AXIS = 32
 MAX_POINTS = 32
 CHECKS = (0.25, 0.5, 0.75)
+STAIR_TOL = 0.02
+BLOCK_GAP = 16
 
 
 def axis_grid(full: int, unit: int = 1) -> list[int]:
@@ -68,18 +77,24 @@ class LayerCurve:
         self.points = {(int(i), int(o)): float(ms) for (i, o), ms in points.items()}
         full_in, full_out = self.full
         if tied:
-            axis = sorted((i, ms) for (i, _), ms in self.points.items())
-            self.in_axis = np.array([a for a, _ in axis], float), np.array([m for _, m in axis], float)
+            self.in_axis = axis_curve([(i, ms) for (i, _), ms in self.points.items()])
             self.out_axis = self.in_axis
             self.fixed = 0.0
             return
-        self.in_axis = _axis([(i, ms) for (i, o), ms in self.points.items() if o == full_out])
-        self.out_axis = _axis([(o, ms) for (i, o), ms in self.points.items() if i == full_in])
+        self.in_axis = self._through_full(axis_curve([(i, ms) for (i, o), ms in self.points.items() if o == full_out]))
+        self.out_axis = self._through_full(axis_curve([(o, ms) for (i, o), ms in self.points.items() if i == full_in]))
         self.fixed = self._fit_fixed()
 
     @property
     def full_ms(self) -> float:
-        return self.points[self.full] if not self.tied else float(self.in_axis[1][-1])
+        """The modelled latency at full counts (the top of both axis curves)."""
+        return float(self.in_axis[1][-1])
+
+    def _through_full(self, axis: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        """The axis curve scaled so that its top is the measured full point (both axes then agree there)."""
+        counts, values = axis
+        measured = self.points[self.full]
+        return counts, values * (measured / values[-1]) if values[-1] > 0 else values
 
     def _fit_fixed(self) -> float:
         ins, outs = self.in_axis[0], self.out_axis[0]
@@ -97,10 +112,10 @@ class LayerCurve:
 
     def cost(self, kept_in: float, kept_out: float) -> float:
         """Latency in ms with kept_in / kept_out channels (any counts in [1, full])."""
-        a_in = float(np.interp(kept_in, *self.in_axis))
+        a_in = stair_value(self.in_axis, kept_in)
         if self.tied:
             return a_in
-        a_out = float(np.interp(kept_out, *self.out_axis))
+        a_out = stair_value(self.out_axis, kept_out)
         f, fixed = self.full_ms, self.fixed
         if f - fixed <= 1e-12:
             return max(a_in + a_out - f, 0.0)
@@ -119,9 +134,45 @@ class LayerCurve:
         return [[i, o, ms] for (i, o), ms in sorted(self.points.items())]
 
 
-def _axis(pairs: Iterable[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+def axis_curve(pairs: Iterable[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
+    """(counts, latencies) of one axis from its measured (count, ms) points: non-decreasing, noise-level
+    differences within a stair flattened (see the module doc)."""
     ordered = sorted(pairs)
-    return np.array([c for c, _ in ordered], float), np.array([m for _, m in ordered], float)
+    counts = np.array([c for c, _ in ordered], float)
+    values = isotonic([m for _, m in ordered])
+    if len(values):
+        tolerance = STAIR_TOL * values[-1]
+        top = len(values) - 1
+        for k in range(len(values) - 2, -1, -1):  # from the full count down: join the stair above or start one
+            if values[top] - values[k] <= tolerance:
+                continue
+            values[k + 1:top + 1] = values[k + 1:top + 1].mean()
+            top = k
+        values[:top + 1] = values[:top + 1].mean()
+    return counts, values
+
+
+def isotonic(values: Iterable[float]) -> np.ndarray:
+    """The closest non-decreasing sequence (least squares; pool adjacent violators)."""
+    blocks: list[list[float]] = []  # [mean, weight]
+    for v in values:
+        blocks.append([float(v), 1.0])
+        while len(blocks) > 1 and blocks[-2][0] > blocks[-1][0]:
+            (m2, w2), (m1, w1) = blocks.pop(), blocks.pop()
+            blocks.append([(m1 * w1 + m2 * w2) / (w1 + w2), w1 + w2])
+    return np.array([m for m, w in blocks for _ in range(int(w))], float)
+
+
+def stair_value(axis: tuple[np.ndarray, np.ndarray], kept: float) -> float:
+    """The axis curve's latency at `kept`: a grid value, the next grid point's on a gap up to BLOCK_GAP, linear on
+    a wider gap."""
+    counts, values = axis
+    j = int(np.searchsorted(counts, kept, side="left"))
+    if j >= len(counts):
+        return float(values[-1])
+    if j == 0 or counts[j] == kept or counts[j] - counts[j - 1] <= BLOCK_GAP:
+        return float(values[j])
+    return float(np.interp(kept, counts, values))
 
 
 def check_counts(node: str, full: tuple[int, int], kept_in: float, kept_out: float) -> None:

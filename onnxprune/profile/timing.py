@@ -160,6 +160,24 @@ class Timer:
         return _interleaved([runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)[0]
 
 
+class ModelMeter:
+    """Measures models against one reference model (the original), interleaved, on one provider / thread count:
+    `fraction(candidate)` = the candidate's median latency / the reference's, both timed in the same rounds."""
+
+    def __init__(self, reference: onnx.ModelProto | str, feed: dict[str, np.ndarray], provider: str,
+                 threads: int | None) -> None:
+        self.feed = feed
+        self.provider, self.threads = provider, threads
+        self.reference = _Runner(make_session(reference, provider, threads), feed)
+
+    def measure(self, candidate: onnx.ModelProto | str) -> tuple[float, float]:
+        """(reference ms, candidate ms): medians of interleaved runs after a warm-up."""
+        runner = _Runner(make_session(candidate, self.provider, self.threads), self.feed)
+        self.reference.times.clear()
+        reference, measured = _interleaved([self.reference, runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)
+        return reference, measured
+
+
 def model_source(model: Any, proto: onnx.ModelProto) -> onnx.ModelProto | str:
     """What to open a session on: the user's file when given a path (external data resolves beside it)."""
     return os.fspath(model) if isinstance(model, (str, os.PathLike)) else proto

@@ -128,6 +128,8 @@ def build_report(before: str, after: str, *, command: str, prune_result: Any = N
         report["groups"] = [{"id": g["id"], "layers": list(g["layers"]), "size": g["size"], "kept": g["kept"],
                              "exact": g.get("exact")} for g in prune_result.summary.groups]
         report["achieved_ratio"] = prune_result.achieved_ratio
+        if prune_result.summary.budget is not None:
+            report["budget"] = prune_result.summary.budget
     if decomposition is not None:
         report["method"] = decomposition.method
         report["decomposition"] = [
@@ -195,6 +197,18 @@ def to_markdown(report: dict[str, Any]) -> str:
         keys = list(dict.fromkeys([*before, *after]))
         out += ["", "## Metric", "",
                 _md_table(["metric", "before", "after"], [[k, before.get(k), after.get(k)] for k in keys])]
+    if "budget" in report:
+        b = report["budget"]
+        rows = [["predicted (cost model)", b["predicted_fraction"]]]
+        if "measured_fraction" in b:
+            rows.append(["measured after pruning", b["measured_fraction"]])
+        out += ["", f"## Budget: {b['kind']} <= {b['target']:g} x the original", "",
+                _md_table(["", "fraction of the original"], rows)]
+        if b.get("attempts"):
+            out += ["", "Allocations measured (the closest to the target was kept):", "",
+                    _md_table(["asked", "predicted", "measured", "original ms", "pruned ms"],
+                              [[a["asked"], a["predicted"], a["measured"], a["original_ms"], a["measured_ms"]]
+                               for a in b["attempts"]])]
     if "groups" in report:
         out += ["", "## Pruned groups", "",
                 f"Achieved ratio {report.get('achieved_ratio', 0):.1%} of the targeted channels.", "",
