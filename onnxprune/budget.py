@@ -34,7 +34,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from onnxprune.allocation import normalize, removable
-from onnxprune.cost import CostModel, analytic_cost, is_stepped, layer_axes, predicted_cost
+from onnxprune.cost import (TENSOR_TERM, CostModel, analytic_cost, is_stepped, layer_axes, predicted_cost, term_cost,
+                             term_sizes)
 from onnxprune.errors import InvalidRequestError
 from onnxprune.options import Options
 
@@ -117,18 +118,45 @@ class LayerSide:
         return sum(int(np.searchsorted(r, counts.get(g, 0))) for g, r in self.ranks.items())
 
 
+def term_axes(analysis, cost: CostModel) -> dict[str, tuple[tuple[str | None, int | None, int], ...]]:
+    """term -> ((tensor, axis, size) of its input side, (tensor, axis, size) of its output side) for every term of
+    the cost model: a layer's data input and output channel axes; a tensor term's last two pruned axes (one
+    axis: the input side is untouched, (None, None, its size))."""
+    channels = analysis.channels
+    out = {}
+    for name, sizes in term_sizes(cost).items():
+        if name in cost.layers:
+            node = channels.index.nodes[analysis.index.by_name[name]]
+            axis_in, axis_out = layer_axes(channels, node)
+            out[name] = ((node.input[0], axis_in, sizes[0]), (node.output[0], axis_out, sizes[1]))
+            continue
+        tensor = name[len(TENSOR_TERM):]
+        axes = ([None, None] + sorted(channels.tracked(tensor)))[-2:]
+        out[name] = tuple((None if axis is None else tensor, axis, size) for axis, size in zip(axes, sizes))
+    return out
+
+
+@dataclass(frozen=True)
+class LayerSide:
+    """One channel axis of a cost term: its unpruned count and, per group, the sorted removal ranks of its
+    elements (an element goes once its unit's rank < the group's removed count)."""
+
+    size: int
+    ranks: Mapping[int, np.ndarray]
+
+    def removed(self, counts: Mapping[int, int]) -> int:
+        return sum(int(np.searchsorted(r, counts.get(g, 0))) for g, r in self.ranks.items())
+
+
 def layer_sides(analysis, cost: CostModel, element_rank: np.ndarray, groups) -> dict[str, tuple[LayerSide, LayerSide]]:
-    """node name -> (input side, output side) for every layer of the cost model (ranks of `groups` only)."""
+    """term -> (input side, output side) for every term of the cost model (ranks of `groups` only)."""
     channels = analysis.channels
     wanted = np.zeros(len(channels.group_units), dtype=bool)
     wanted[list(groups)] = True
     out = {}
-    for name in sorted(cost.layers):
-        node = channels.index.nodes[analysis.index.by_name[name]]
-        axis_in, axis_out = layer_axes(channels, node)
+    for name, axes in term_axes(analysis, cost).items():
         sides = []
-        for tensor, axis, size in ((node.input[0], axis_in, cost.layers[name][0]),
-                                   (node.output[0], axis_out, cost.layers[name][1])):
+        for tensor, axis, size in axes:
             ids = channels.tracked(tensor).get(axis) if axis is not None else None
             ranks = {}
             if ids is not None and len(ids):
@@ -141,15 +169,14 @@ def layer_sides(analysis, cost: CostModel, element_rank: np.ndarray, groups) -> 
 
 
 def layer_kept(analysis, cost: CostModel, removed: Mapping[int, np.ndarray]) -> dict[str, tuple[int, int]]:
-    """node name -> (kept input channels, kept output channels) of every layer of the cost model after `removed`
-    (group id -> removed unit positions), counted on the channel map."""
+    """term -> (kept input count, kept output count) of every term of the cost model (layers by node name, tensor
+    terms) after `removed` (group id -> removed unit positions), counted on the channel map."""
     channels = analysis.channels
     keep = channels.keep_mask(removed)
     out = {}
-    for name in sorted(cost.layers):
-        node = channels.index.nodes[analysis.index.by_name[name]]
+    for name, axes in term_axes(analysis, cost).items():
         kept = []
-        for tensor, axis, size in zip((node.input[0], node.output[0]), layer_axes(channels, node), cost.layers[name]):
+        for tensor, axis, size in axes:
             ids = channels.tracked(tensor).get(axis) if axis is not None else None
             gone = 0 if ids is None else int(len(ids) - np.count_nonzero(keep[ids]))
             kept.append(int(size) - gone)
@@ -170,6 +197,7 @@ class Allocation:
     steps: int = 0
     last_saving: float = 0.0  # cost saved by the last step taken (the prediction is within it of the goal)
     kept: dict[str, tuple[int, int]] = field(default_factory=dict)  # node -> (kept in, kept out)
+    exhausted: bool = False  # the goal was out of reach: all that the constraints allow is removed
 
     @property
     def fraction(self) -> float:
@@ -182,11 +210,12 @@ def removal_order(scores: np.ndarray) -> np.ndarray:
 
 
 def allocate_budget(analysis, scores: Mapping[int, np.ndarray], cost: CostModel, fraction: float,
-                    options: Options) -> Allocation:
+                    options: Options, *, exhaust: bool = False) -> Allocation:
     """Units to remove per group (the groups of `scores`) so that the predicted cost is at most fraction x
     cost.total, losing the least normalised importance per unit of cost saved (see the module doc).
-    Raises InvalidRequestError when the groups cannot reach the target within max_ratio."""
-    return _Knapsack(analysis, scores, cost, options).run(fraction)
+    Raises InvalidRequestError when the groups cannot reach the target within max_ratio, unless `exhaust`: then
+    all that is allowed is removed and the allocation says `exhausted`."""
+    return _Knapsack(analysis, scores, cost, options).run(fraction, exhaust)
 
 
 class _Knapsack:
@@ -220,8 +249,9 @@ class _Knapsack:
         self.neighbours = {g: sorted({h for name in self.links[g] for side in self.sides[name] for h in side.ranks})
                            for g in self.groups}
         self.counts = {g: 0 for g in self.groups}
-        self.kept = {name: cost.layers[name] for name in self.names}
-        self.layer_costs = {name: float(cost.layer_cost(name, *self.kept[name])) for name in self.names}
+        sizes = term_sizes(cost)
+        self.kept = {name: sizes[name] for name in self.names}
+        self.layer_costs = {name: float(term_cost(cost, name, *self.kept[name])) for name in self.names}
 
     def _cap_single_group_axes(self, channels, element_rank: np.ndarray) -> None:
         """Hold each group below emptying any tensor axis that carries its units only."""
@@ -248,17 +278,21 @@ class _Knapsack:
             out[name] = (kept[0], kept[1])
         return out
 
-    def _saving(self, kept: Mapping[str, tuple[int, int]]) -> float:
-        return sum(self.layer_costs[name] - float(self.cost.layer_cost(name, *kept[name])) for name in kept)
+    def _saving(self, kept: Mapping[str, tuple[int, int]], stairs_only: bool = False) -> float:
+        """Cost saved by moving these terms to these counts; `stairs_only`: by the layers alone (a stepped
+        model's stairs are the layers'; tensor terms are smooth and would stop a group anywhere on a stair)."""
+        return sum(self.layer_costs[name] - float(term_cost(self.cost, name, *kept[name])) for name in kept
+                   if not stairs_only or name in self.cost.layers)
 
     def _next_step(self, g: int) -> tuple[int, float] | None:
         """(removed count after g's next step, cost it saves), or None when g can take no further step."""
         k, cap, size = self.counts[g], self.cap[g], self.size[g]
         if self.stepped:
             for after in range(k + 1, cap + 1):
-                saving = self._saving(self._kept_after(g, after))
-                if saving > self.eps:
-                    return after, saving
+                kept = self._kept_after(g, after)
+                if self._saving(kept, stairs_only=True) > self.eps:
+                    saving = self._saving(kept)
+                    return (after, saving) if saving > self.eps else None
             return None
         step = self.options.step_size if self.options.step_op != "none" else 1
         kept = (size - k - 1) // step * step
@@ -270,12 +304,15 @@ class _Knapsack:
 
     def _step_back(self, g: int) -> tuple[int, float] | None:
         """(removed count after giving back g's last step, cost that adds), or None when g has nothing to give
-        back. With a stepped model one unit (the snap then takes the rest of its stair for free)."""
+        back. With a stepped model the whole next stair up: to its top, the most units at its layer cost."""
         k, size = self.counts[g], self.size[g]
         if k == 0:
             return None
         if self.stepped:
             after = k - 1
+            stair = self._saving(self._kept_after(g, after), stairs_only=True)
+            while after > 0 and abs(self._saving(self._kept_after(g, after - 1), stairs_only=True) - stair) <= self.eps:
+                after -= 1
         else:
             step = self.options.step_size if self.options.step_op != "none" else 1
             after = max(0, size - min(size, ((size - k) // step + 1) * step))
@@ -295,11 +332,11 @@ class _Knapsack:
     def _apply(self, g: int, after: int) -> None:
         for name, kept in self._kept_after(g, after).items():
             self.kept[name] = kept
-            self.layer_costs[name] = float(self.cost.layer_cost(name, *kept))
+            self.layer_costs[name] = float(term_cost(self.cost, name, *kept))
         self.counts[g] = after
 
     # ---- the whole allocation ----------------------------------------------------------------------------
-    def run(self, fraction: float) -> Allocation:
+    def run(self, fraction: float, exhaust: bool = False) -> Allocation:
         total = float(self.cost.total)
         goal = fraction * total
         predicted = predicted_cost(self.cost, self.kept)
@@ -307,8 +344,11 @@ class _Knapsack:
         version = {g: 0 for g in self.groups}
         for g in self.groups:
             self._push(heap, version, g)
-        steps, last = 0, 0.0
+        steps, last, exhausted = 0, 0.0, False
         while predicted > goal + self.eps:
+            if not heap and exhaust:
+                exhausted = True
+                break
             if not heap:
                 raise InvalidRequestError(
                     f"the budget of {fraction:g} x the original cannot be reached: removing all that Options."
@@ -324,9 +364,9 @@ class _Knapsack:
                 self._push(heap, version, h)
         predicted = self._refill(goal, predicted)
         if self.stepped:
-            self._snap()
+            self._snap(goal, predicted)
         predicted = predicted_cost(self.cost, self.kept)
-        return Allocation(dict(self.counts), total, goal, predicted, steps, last, dict(self.kept))
+        return Allocation(dict(self.counts), total, goal, predicted, steps, last, dict(self.kept), exhausted)
 
     def _refill(self, goal: float, predicted: float) -> float:
         """Give back the steps that still fit under the goal after the last step overshot it, the most importance
@@ -345,13 +385,16 @@ class _Knapsack:
                 self._push(heap, version, h, back=True)
         return predicted
 
-    def _snap(self) -> None:
-        """Give each group back the units it keeps at no predicted cost (the cheapest point of its step)."""
+    def _snap(self, goal: float, predicted: float) -> None:
+        """Give each group back the units its layers keep at no cost (up to the top of their stairs) while the
+        prediction stays within the goal (tensor terms are not free)."""
         for g in self.groups:
             while self.counts[g] > 0:
                 back = self._kept_after(g, self.counts[g] - 1)
-                if -self._saving(back) > self.eps:
+                added = -self._saving(back)
+                if -self._saving(back, stairs_only=True) > self.eps or predicted + added > goal + self.eps:
                     break
+                predicted += added
                 self._apply(g, self.counts[g] - 1)
 
 

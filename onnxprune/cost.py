@@ -3,10 +3,17 @@
 `CostModel` is the protocol the budget allocator (onnxprune.budget) reads; the measured latency profile
 (`op.profile`) and the analytic counts here (`analytic_cost`) implement it. The predicted cost of a pruned model is
 
-    total - sum(layer_cost(n, *layers[n])) + sum(layer_cost(n, kept_in[n], kept_out[n]))   (`predicted_cost`)
+    total - sum(layer_cost(n, *layers[n])) + sum(layer_cost(n, kept_in[n], kept_out[n]))   (`predicted_cost`,
+                                                                       with the tensor terms below if any)
 
 "input channels" are those of a layer's data input (Conv / ConvTranspose: X's channel axis; Gemm / MatMul: the
 reduction axis), "output channels" those of its output (Conv: weight axis 0; Gemm: N; MatMul: the last axis).
+
+A cost model may also have `tensors`: {tensor name: (size_in, size_out, cost at full size)}, the cost of the
+work outside the layers that reads or writes that activation tensor (a measured profile's elementwise ops,
+pooling, ...), scaling with its kept elements: tensor_cost = cost x kept_in / size_in x kept_out / size_out over
+the tensor's pruned axes (size_in = 1 for a tensor pruned along one axis). The allocator and predicted_cost
+treat such a tensor as one more term, keyed TENSOR_TERM + name (`term_sizes`, `term_cost`).
 
 A cost model may also say `stepped = True`: its curves are staircases (a measured runtime's blocked layouts), so
 the allocator steps to where the cost really drops instead of by `Options.step_size`. Without the attribute the
@@ -43,10 +50,31 @@ def is_stepped(cost: CostModel) -> bool:
     return bool(getattr(cost, "stepped", False))
 
 
+TENSOR_TERM = "tensor:"
+
+
+def term_sizes(cost: CostModel) -> dict[str, tuple[int, int]]:
+    """{term: (input size, output size)} of every cost term: the layers (by node name), then the tensor terms."""
+    sizes = dict(cost.layers)
+    for name, (size_in, size_out, _) in sorted(getattr(cost, "tensors", {}).items()):
+        sizes[TENSOR_TERM + name] = (size_in, size_out)
+    return sizes
+
+
+def term_cost(cost: CostModel, term: str, kept_in: int, kept_out: int) -> float:
+    """The cost of one term (a layer, or a tensor term: see the module doc) at these kept counts."""
+    if term in cost.layers:
+        return cost.layer_cost(term, kept_in, kept_out)
+    size_in, size_out, full = cost.tensors[term[len(TENSOR_TERM):]]
+    return full * kept_in / size_in * kept_out / size_out
+
+
 def predicted_cost(cost: CostModel, kept: Mapping[str, tuple[int, int]]) -> float:
-    """The model's cost when the layers in `kept` (node -> (kept_in, kept_out)) keep those channels."""
-    change = sum(cost.layer_cost(name, *kept[name]) - cost.layer_cost(name, *cost.layers[name])
-                 for name in sorted(kept) if name in cost.layers)
+    """The model's cost when the terms in `kept` (layer node or tensor term -> (kept_in, kept_out)) keep those
+    counts."""
+    sizes = term_sizes(cost)
+    change = sum(term_cost(cost, name, *kept[name]) - term_cost(cost, name, *sizes[name])
+                 for name in sorted(kept) if name in sizes)
     return float(cost.total) + change
 
 

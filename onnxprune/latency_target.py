@@ -11,7 +11,9 @@ TOLERANCE (relative) off t, the allocation is asked again for a corrected predic
   * after two or more: the secant through the last two (prediction, measurement) points.
 
 At most ATTEMPTS allocations are measured; the result is the one measured closest to t, and the summary
-reports its prediction beside its measurement (and every attempt).
+reports its prediction beside its measurement (and every attempt). A target the cost model predicts out of reach
+is still tried: all that the constraints allow is cut and measured, and only when that measures more than
+TOLERANCE above t is the budget refused.
 """
 from __future__ import annotations
 
@@ -46,12 +48,15 @@ class Attempt:
     measured: float
     original_ms: float
     measured_ms: float
+    exhausted: bool = False  # the allocator removed all that the constraints allow (its prediction is its floor)
 
 
 def next_request(target: float, attempts: list[Attempt]) -> float | None:
     """The prediction to ask for next so that the measurement lands on `target`; None when the measurements
     give no usable direction (nothing saved, or latency rising as more is cut)."""
     last = attempts[-1]
+    if last.exhausted and last.measured > target:
+        return None  # nothing more can be cut
     if len(attempts) >= 2:
         before = attempts[-2]
         if last.predicted != before.predicted:
@@ -108,12 +113,18 @@ def measured_removal(model: onnx.ModelProto, analysis, scores: Mapping[int, np.n
     meter = model_meter(model, environment)
 
     def attempt(fraction: float) -> tuple[Attempt, dict[int, np.ndarray]]:
-        counts = allocate_budget(analysis, scores, cost, fraction, options).counts
-        removed = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, counts), scores)
+        allocation = allocate_budget(analysis, scores, cost, fraction, options, exhaust=True)
+        removed = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, allocation.counts), scores)
         predicted = predicted_cost(cost, layer_kept(analysis, cost, removed)) / float(cost.total)
         original_ms, measured_ms = meter.measure(apply(analysis, analysis.channels.keep_mask(removed)).model)
-        return Attempt(fraction, predicted, measured_ms / original_ms, original_ms, measured_ms), removed
+        return Attempt(fraction, predicted, measured_ms / original_ms, original_ms, measured_ms,
+                       allocation.exhausted), removed
 
     best, removed, attempts = close_on_measurement(target, attempt)
+    if best.exhausted and best.measured > target * (1.0 + TOLERANCE):
+        raise InvalidRequestError(
+            f"the latency budget of {target:g} x the original cannot be reached: removing all that Options.max_ratio"
+            f"={options.max_ratio:g} allows from the prunable groups measures {best.measured:.3f} x (predicted "
+            f"{best.predicted:.3f} x); ask for more, or raise max_ratio")
     return removed, {"measured_fraction": best.measured, "measured_ms": best.measured_ms,
                      "original_ms": best.original_ms, "attempts": [asdict(a) for a in attempts]}

@@ -62,13 +62,17 @@ def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions, provi
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def optimized_session(model: ModelLike, threads: int | None = None, *,
-                      provider: str = PROVIDERS[0]) -> ort.InferenceSession:
+def optimized_session(model: ModelLike, threads: int | None = None, *, provider: str = PROVIDERS[0],
+                      profile_prefix: str | None = None) -> ort.InferenceSession:
     """A session as a user's: all graph optimisations, `threads` intra-op threads (None: onnxruntime's default),
-    on `provider` (CPU by default)."""
+    on `provider` (CPU by default). profile_prefix: record onnxruntime's per-node profile into files starting
+    with it (`session.end_profiling()` returns the file)."""
     model = load_model(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     if threads is not None:
         if int(threads) < 1:
             raise InvalidRequestError(f"threads must be >= 1, not {threads}")

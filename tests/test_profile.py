@@ -13,9 +13,13 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune as op
+from onnxprune import cost as op_cost
+from onnxprune.budget import allocate_budget
 from onnxprune.cli import main
+from onnxprune.criteria import CriterionContext, criterion_for
 from onnxprune.coupling import analyze
 from onnxprune.errors import InvalidRequestError
+from onnxprune.profile.costmodel import LatencyCostModel
 from onnxprune.profile.curves import axis_curve, axis_grid, grid_points, isotonic, stair_value
 from onnxprune.profile.layers import WeightPool, layer_specs, micro_graph
 
@@ -264,3 +268,46 @@ def test_real_profile_of_a_fixture(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "share %" in printed and "total" in printed
     assert set(op.load_cost(str(out), RESNET).layers) == expected
+
+
+# --------------------------------------------------------------------------- the part outside the layers
+
+SE = os.path.join(FIXTURES, "se_sigmoid_legacy.onnx")
+
+
+def test_latency_outside_the_layers_is_spread_over_prunable_activation_tensors():
+    timer = FakeTimer(latency=lambda i, o: 1e-3 * i * o, total=100.0)
+    cost = op.profile(SE, cache=False, timer=timer)
+    layers = sum(cost.layer_latencies().values())
+    assert cost.tensors and sum(ms for _, _, ms in cost.tensors.values()) <= cost.total - layers + 1e-9
+    analysis = analyze(SE)
+    producers = {out: node for node in analysis.model.graph.node for out in node.output}
+    for tensor, (size_in, size_out, ms) in cost.tensors.items():
+        node = producers[tensor]
+        assert node.name not in cost.layers and ms > 0 and analysis.channels.tracked(tensor)
+        # what onnxruntime fuses into a layer (its BatchNormalization, its activation) carries no term
+        source = producers.get(node.input[0])
+        assert not (node.op_type in ("BatchNormalization", "Relu") and source is not None and
+                    source.name in cost.layers)
+    # the tensor terms scale with kept elements and take part in the prediction
+    name, (size_in, size_out, ms) = next(iter(cost.tensors.items()))
+    half = {op_cost.TENSOR_TERM + name: (size_in, max(1, size_out // 2))}
+    assert cost.predict(half) == pytest.approx(cost.total - ms * (1 - max(1, size_out // 2) / size_out))
+    # and survive a cost file
+    assert LatencyCostModel.from_dict(json.loads(json.dumps(cost.as_dict()))).tensors == cost.tensors
+
+
+def test_tensor_terms_do_not_stop_a_group_off_its_layers_stairs():
+    # layers cost in blocks of 8 channels; the outside part is smooth: kept counts still land on stair tops
+    timer = FakeTimer(latency=lambda i, o: 1e-3 * math.ceil(i / 8) * math.ceil(o / 8) * 64, total=200.0)
+    cost = op.profile(SE, cache=False, timer=timer)
+    assert cost.tensors
+    analysis = analyze(SE)
+    groups = [g.id for g in analysis.groups if g.prunable]
+    scores = criterion_for("l2")(CriterionContext(analysis, op.Options(), groups, None, None, 0))
+    scores = {g: np.asarray(scores[g], float) for g in groups}
+    allocation = allocate_budget(analysis, scores, cost, 0.8, op.Options())
+    assert any(allocation.counts.values())
+    for name in cost.layers:
+        for kept, full in zip(allocation.kept[name], cost.layers[name]):
+            assert kept == full or kept % 8 == 0, (name, kept, full)

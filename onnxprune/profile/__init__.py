@@ -3,8 +3,8 @@
 `op.profile(model)` analyses the model, describes each Conv / ConvTranspose / Gemm / MatMul-with-constant-weight
 layer by what sets its cost (layers.LayerSpec: identical signatures are measured once), measures each new
 signature's micro-graph on a grid of kept counts (curves.grid_points, timed by timing.Timer) unless the on-disk
-cache has it (cache.LatencyCache), measures the whole model once (cached by graph fingerprint), and returns a
-LatencyCostModel (costmodel).
+cache has it (cache.LatencyCache), measures the whole model once (cached by graph fingerprint), spreads the latency outside the layers over the
+activation tensors (activations), and returns a LatencyCostModel (costmodel).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from onnxprune.calibration import Progress
 from onnxprune.coupling import analyze
 from onnxprune.ir import load_model
 from onnxprune.plan import fingerprint
+from onnxprune.profile.activations import activation_terms
 from onnxprune.profile.cache import LatencyCache
 from onnxprune.cost import CostModel
 from onnxprune.profile.costmodel import LatencyCostModel, LayerInfo, load_cost
@@ -40,7 +41,8 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
     env = environment(provider, threads, batch)
     store = LatencyCache.open(cache, env)
     timer = timer or Timer(provider, threads)
-    specs, skipped = layer_specs(analyze(proto), batch)
+    analysis = analyze(proto)
+    specs, skipped = layer_specs(analysis, batch)
     unique: dict[str, LayerSpec] = {}
     for spec in specs:
         unique.setdefault(spec.signature(), spec)
@@ -60,10 +62,13 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
         store.save()
     curves = {s: LayerCurve(spec.in_channels, spec.out_channels, spec.tied,
                             {(int(i), int(o)): ms for i, o, ms in store.layers[s]}) for s, spec in unique.items()}
-    return LatencyCostModel(
+    cost = LatencyCostModel(
         total=store.totals[key], layers={s.name: (s.in_channels, s.out_channels) for s in specs},
         info={s.name: LayerInfo(s.op_type, s.tied, s.signature()) for s in specs}, curves=curves,
         fingerprint=key, environment=env, skipped=skipped)
+    rest = cost.total - sum(cost.layer_latencies().values())
+    cost.tensors = activation_terms(analysis, [*cost.layers, *skipped], rest, batch)
+    return cost
 
 
 def _progress(items: list[str], stream: TextIO) -> Iterator[str]:

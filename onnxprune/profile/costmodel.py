@@ -6,7 +6,8 @@ A cost file (`cost.save(path)`, `onnxprune profile MODEL -o cost.json`) is JSON:
      "environment": {"provider": ..., "threads": ..., "batch": ..., "onnxruntime": ..., "cpu": ...},
      "total_ms": 12.3, "skipped": {layer: reason},
      "layers": {name: {"op_type": "Conv", "in": 64, "out": 128, "tied": false, "signature": "<key>"}},
-     "curves": {"<signature>": [[kept_in, kept_out, ms], ...]}}
+     "curves": {"<signature>": [[kept_in, kept_out, ms], ...]},
+     "tensors": {tensor: [size_in, size_out, ms]}}
 
 load_cost refuses a file made for another model, provider, thread count, batch, onnxruntime version or CPU.
 """
@@ -18,6 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from onnxprune.cost import TENSOR_TERM, predicted_cost
 from onnxprune.errors import InvalidRequestError
 from onnxprune.profile.curves import LayerCurve, check_counts
 
@@ -36,8 +38,10 @@ class LayerInfo:
 class LatencyCostModel:
     """Measured onnxruntime latency (ms): `total` of the whole model, `layer_cost` per layer and kept counts.
 
-    Predicted latency of a pruned model = total - sum(layer_cost(n, *layers[n])) + sum(layer_cost(n, kin, kout)),
-    which `predict` computes. Layers listed in `skipped` are not modelled (their cost counts as unchanged).
+    Predicted latency of a pruned model = total - sum(layer_cost(n, *layers[n])) + sum(layer_cost(n, kin, kout))
+    plus the change of the `tensors` terms (the latency outside the layers spread over the activation tensors,
+    profile.activations): `predict` and onnxprune.cost.predicted_cost compute it. Layers listed in `skipped` are
+    not modelled (their cost is in the part outside the layers).
     Its curves are staircases (`stepped`): the budget allocator snaps kept counts to the top of their stair.
     """
 
@@ -45,7 +49,8 @@ class LatencyCostModel:
 
     def __init__(self, *, total: float, layers: Mapping[str, tuple[int, int]], info: Mapping[str, LayerInfo],
                  curves: Mapping[str, LayerCurve], fingerprint: str, environment: Mapping[str, Any],
-                 skipped: Mapping[str, str] | None = None) -> None:
+                 skipped: Mapping[str, str] | None = None,
+                 tensors: Mapping[str, tuple[int, int, float]] | None = None) -> None:
         self.total = float(total)
         self.layers = dict(layers)
         self.info = dict(info)
@@ -53,6 +58,7 @@ class LatencyCostModel:
         self.fingerprint = fingerprint
         self.environment = dict(environment)
         self.skipped = dict(skipped or {})
+        self.tensors = dict(tensors or {})
 
     def layer_cost(self, node: str, kept_in: float, kept_out: float) -> float:
         """Latency in ms of layer `node` with kept_in input and kept_out output channels (depthwise: pass the
@@ -64,8 +70,12 @@ class LatencyCostModel:
         return self.curves[self.info[node].signature].cost(kept_in, kept_out)
 
     def predict(self, kept: Mapping[str, tuple[int, int]]) -> float:
-        """Predicted latency (ms) of the model with these layers at these (kept_in, kept_out) counts."""
-        return self.total + sum(self.layer_cost(n, *k) - self.layer_cost(n, *self.layers[n]) for n, k in kept.items())
+        """Predicted latency (ms) of the model with these terms (layers by node name, tensor terms by
+        onnxprune.cost.TENSOR_TERM + tensor name) at these (kept_in, kept_out) counts; a layer not given stays."""
+        unknown = [name for name in kept if name not in self.layers and not name.startswith(TENSOR_TERM)]
+        for name in unknown:
+            self.layer_cost(name, 1, 1)  # raises the usual error
+        return predicted_cost(self, kept)
 
     def layer_latencies(self) -> dict[str, float]:
         """{layer: latency ms at full channels} (divide by `total` for its share of the model)."""
@@ -83,7 +93,8 @@ class LatencyCostModel:
         used = {i.signature for i in self.info.values()}
         return {"format": FORMAT, "fingerprint": self.fingerprint, "environment": self.environment,
                 "total_ms": self.total, "skipped": self.skipped, "layers": layers,
-                "curves": {s: self.curves[s].as_list() for s in sorted(used)}}
+                "curves": {s: self.curves[s].as_list() for s in sorted(used)},
+                "tensors": {name: list(term) for name, term in sorted(self.tensors.items())}}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the cost file (atomically)."""
@@ -103,7 +114,8 @@ class LatencyCostModel:
                 points = {(int(i), int(o)): float(ms) for i, o, ms in data["curves"][entry.signature]}
                 curves[entry.signature] = LayerCurve(*layers[name], entry.tied, points)
         return cls(total=data["total_ms"], layers=layers, info=info, curves=curves,
-                   fingerprint=data["fingerprint"], environment=data["environment"], skipped=data.get("skipped"))
+                   fingerprint=data["fingerprint"], environment=data["environment"], skipped=data.get("skipped"),
+                   tensors={name: (int(i), int(o), float(ms)) for name, (i, o, ms) in data.get("tensors", {}).items()})
 
     def __repr__(self) -> str:
         return (f"LatencyCostModel(total={self.total:.3f} ms, {len(self.layers)} layers, "

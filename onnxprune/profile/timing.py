@@ -4,22 +4,26 @@ How a layer's points are timed (Timer.points): sessions for up to CHUNK points a
 (the reference) are created, each runs WARMUP uncounted times, then all are run round-robin (interleaved, so a
 drift in machine load hits every point alike) `repeats` times, chosen from the warm-up time (at least
 MIN_REPEATS, more for tiny layers, up to MAX_REPEATS, aiming at TARGET_MS per point). A point's latency is
-the median of its runs minus the median cost of running a trivial graph (the fixed Python + onnxruntime call
-overhead, which the layer does not add inside a model), scaled by the reference so that chunks timed under
-different load agree (see points). The whole model is timed the same way in one session with its own inputs.
+the median over its runs of the time onnxruntime's profile gives its kernels, without the layout conversions
+(ReorderInput / ReorderOutput) at the micro-graph's edges, which a layer between two blocked neighbours does
+not pay in a model (and without the Python call overhead, which a layer inside a model does not add either),
+scaled by the reference so that chunks timed under different load agree (see points). The whole model is
+timed by the wall clock, the same way, in one session with its own inputs.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 import platform
+import tempfile
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import helper
 
 from onnxprune import runtime
 from onnxprune.errors import InvalidRequestError
@@ -79,21 +83,55 @@ def cpu_model() -> str:
 # --------------------------------------------------------------------------- timing
 
 class _Runner:
-    """One session and its feed; collects run times in ms."""
+    """One session and its feed; collects run times in ms (wall clock, or with `profiled` the kernel times from
+    onnxruntime's profile, see kernel_medians)."""
 
     def __init__(self, session: InferenceSession, feed: dict[str, np.ndarray]) -> None:
         self.session = session
         self.feed = feed
         self.outputs = [o.name for o in session.get_outputs()]
         self.times: list[float] = []
+        self.runs = 0
 
     def run(self, record: bool = True) -> float:
         start = time.perf_counter()
         self.session.run(self.outputs, self.feed)
         elapsed = (time.perf_counter() - start) * 1e3
+        self.runs += 1
         if record:
             self.times.append(elapsed)
         return elapsed
+
+    def kernel_median(self) -> float:
+        """Median ms per recorded run spent in the session's kernels other than layout conversions, from its
+        onnxruntime profile (ends the profile)."""
+        path = self.session.end_profiling()
+        try:
+            with open(path, encoding="utf-8") as handle:
+                events = json.load(handle)
+        finally:
+            os.remove(path)
+        per_run = kernel_ms_per_run(events)
+        return float(np.median(per_run[-len(self.times):])) if self.times and per_run else 0.0
+
+
+def kernel_ms_per_run(events: list[dict[str, Any]]) -> list[float]:
+    """Per model run of an onnxruntime profile (its chrome-trace events): ms spent in node kernels, not counting
+    the layout conversions (ReorderInput / ReorderOutput) that a micro-graph pays at its edges and a layer between
+    two blocked neighbours does not."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    starts = np.array([start for start, _ in runs])
+    totals = [0.0] * len(runs)
+    for event in events:
+        if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
+            continue
+        if str(event.get("args", {}).get("op_name", "")).startswith("Reorder"):
+            continue
+        k = int(np.searchsorted(starts, event["ts"], side="right")) - 1
+        if k >= 0 and event["ts"] <= runs[k][1]:
+            totals[k] += event["dur"] / 1e3
+    return totals
 
 
 def _interleaved(runners: Sequence[_Runner], warmup: int, min_repeats: int, target_ms: float) -> list[float]:
@@ -114,48 +152,39 @@ class Timer:
         self.provider = provider
         self.threads = threads
         self.pool = WeightPool()
-        self._overhead: float | None = None
-
-    def overhead(self) -> float:
-        """Median ms of running a trivial graph: the call overhead subtracted from every micro-graph time."""
-        if self._overhead is None:
-            node = helper.make_node("Identity", ["x"], ["y"])
-            graph = helper.make_graph([node], "overhead", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                                      [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
-            model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-            model.ir_version = 8
-            runner = _Runner(make_session(model, self.provider, self.threads), {"x": np.zeros(1, np.float32)})
-            self._overhead = _interleaved([runner], 20, 100, 0.0)[0]
-        return self._overhead
 
     def points(self, spec: LayerSpec, counts: Sequence[tuple[int, int]]) -> list[float]:
-        """Latency in ms of the layer's micro-graph at each (kept_in, kept_out).
+        """Latency in ms of the layer's micro-graph at each (kept_in, kept_out): its kernels' time, without the
+        layout conversions at the micro-graph's edges (kernel_ms_per_run).
 
-        Every chunk of points is timed interleaved with the layer at full counts (the reference, one session
-        kept for all chunks); a point's value is its ratio to the reference in its own chunk times the
-        reference's median over all chunks, so a change of machine load between chunks cancels out."""
-        overhead = self.overhead()
+        Every chunk of points is timed interleaved with the layer at full counts (the reference); a point's value
+        is its ratio to the reference in its own chunk times the reference's median over all chunks, so a change
+        of machine load between chunks cancels out."""
         rng = np.random.default_rng(0)
+        with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as folder:
+            made = iter(range(1 << 30))
 
-        def runner(kept_in: int, kept_out: int) -> _Runner:
-            model, x_shape = micro_graph(spec, kept_in, kept_out, self.pool)
-            x = rng.standard_normal(x_shape, dtype=np.float32).astype(helper.tensor_dtype_to_np_dtype(spec.dtype))
-            return _Runner(make_session(model, self.provider, self.threads), {"x": x})
+            def runner(kept_in: int, kept_out: int) -> _Runner:
+                model, x_shape = micro_graph(spec, kept_in, kept_out, self.pool)
+                x = rng.standard_normal(x_shape, dtype=np.float32).astype(helper.tensor_dtype_to_np_dtype(spec.dtype))
+                prefix = os.path.join(folder, f"session{next(made)}")  # one profile file per session
+                return _Runner(runtime.optimized_session(model, self.threads, provider=self.provider,
+                                                         profile_prefix=prefix), {"x": x})
 
-        reference = runner(spec.in_channels, spec.out_channels)
-        ratios: list[float] = []
-        references: list[float] = []
-        for start in range(0, len(counts), CHUNK):
-            runners = [reference] + [runner(*c) for c in counts[start:start + CHUNK]]
-            medians = [max(m - overhead, 1e-6) for m in _interleaved(runners, WARMUP, MIN_REPEATS, TARGET_MS)]
-            references.append(medians[0])
-            ratios.extend(m / medians[0] for m in medians[1:])
-            reference.times.clear()
+            ratios: list[float] = []
+            references: list[float] = []
+            for start in range(0, len(counts), CHUNK):
+                runners = [runner(spec.in_channels, spec.out_channels)] + [runner(*c)
+                                                                           for c in counts[start:start + CHUNK]]
+                _interleaved(runners, WARMUP, MIN_REPEATS, TARGET_MS)
+                medians = [max(r.kernel_median(), 1e-6) for r in runners]
+                references.append(medians[0])
+                ratios.extend(m / medians[0] for m in medians[1:])
         full = float(np.median(references))
         return [r * full for r in ratios]
 
     def model(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> float:
-        """Median ms of the whole model on `feed`."""
+        """Median ms of the whole model on `feed` (wall clock)."""
         runner = _Runner(make_session(model, self.provider, self.threads), feed)
         return _interleaved([runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)[0]
 
