@@ -8,7 +8,8 @@ rounds, medians, on the cost model's provider and thread count), and when the me
 TOLERANCE (relative) off t, the allocation is asked again for a corrected prediction:
 
   * after one measurement: measured savings per predicted saving, 1 - m = s (1 - p), solved for m = t;
-  * after two or more: the secant through the last two (prediction, measurement) points.
+  * after two or more: the secant through the last two (prediction, measurement) points, its slope bounded to
+    [1/MAX_SLOPE, MAX_SLOPE] (two close attempts under machine noise can give any slope).
 
 At most ATTEMPTS allocations are measured; the result is the one measured closest to t, and the summary
 reports its prediction beside its measurement (and every attempt). A target the cost model predicts out of reach
@@ -34,6 +35,7 @@ from onnxprune.surgery.prune import apply
 TOLERANCE = 0.03
 ATTEMPTS = 4
 LOWEST_REQUEST = 0.01
+MAX_SLOPE = 2.0
 
 T = TypeVar("T")
 
@@ -61,7 +63,8 @@ def next_request(target: float, attempts: list[Attempt]) -> float | None:
         before = attempts[-2]
         if last.predicted != before.predicted:
             slope = (last.measured - before.measured) / (last.predicted - before.predicted)
-            if slope > 0:
+            if slope > 0:  # bounded: two close attempts under noise can give any slope
+                slope = min(MAX_SLOPE, max(1.0 / MAX_SLOPE, slope))
                 return _clamped(last.predicted + (target - last.measured) / slope)
     measured_saving, predicted_saving = 1.0 - last.measured, 1.0 - last.predicted
     if measured_saving <= 0 or predicted_saving <= 0:
@@ -88,6 +91,8 @@ def close_on_measurement(target: float, attempt: Callable[[float], tuple[Attempt
             tried.append(attempt(request))
         except InvalidRequestError:
             break
+        if any(abs(tried[-1][0].predicted - a.predicted) < 1e-9 for a, _ in tried[:-1]):
+            break  # the allocator's steps are coarser than the correction: the same cut again
     best, chosen = min(tried, key=lambda pair: abs(pair[0].measured - target))
     return best, chosen, [a for a, _ in tried]
 
