@@ -256,6 +256,12 @@ def test_next_request_gives_up_without_a_measured_saving():
     assert next_request(0.5, [Attempt(0.5, 0.5, 0.6, 10.0, 6.0)]) == pytest.approx(1 - 0.5 * 0.5 / 0.4)
 
 
+def test_the_secant_slope_is_bounded_against_noise():
+    # two close attempts measured nearly alike: the raw secant (slope 0.09) would ask for 0.12
+    attempts = [Attempt(0.7, 0.693, 0.752, 10.0, 7.52), Attempt(0.748, 0.748, 0.757, 10.0, 7.57)]
+    assert next_request(0.7, attempts) == pytest.approx(0.748 + (0.7 - 0.757) / 0.5)
+
+
 def test_an_unreachable_correction_ends_the_search():
     calls = []
 
