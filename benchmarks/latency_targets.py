@@ -92,8 +92,19 @@ class Point:
     result: object
 
 
+@dataclass
+class Search:
+    """What bisect_ratio evaluated, in order, and the point it chose."""
+
+    points: list[Point]
+    best: Point
+
+    def trace(self) -> str:
+        return " ".join(f"{p.ratio:.3f}:{p.value:.3f}" for p in self.points)
+
+
 def bisect_ratio(evaluate: Callable[[float], tuple[float, object]], goal: float, steps: int,
-                 hi: float = MAX_RATIO) -> Point:
+                 hi: float = MAX_RATIO) -> Search:
     """The evaluated ratio whose value is closest to `goal` (ties: the one at or below it), by bisection on
     [0, hi]; `evaluate(ratio)` -> (value, result), the value falling as the ratio grows (it is 1 at ratio 0)."""
     lo_ratio, hi_ratio = 0.0, hi
@@ -109,7 +120,7 @@ def bisect_ratio(evaluate: Callable[[float], tuple[float, object]], goal: float,
         if value > goal and ratio >= hi - 1e-9:
             break  # even the largest ratio does not reach the goal
         ratio = 0.5 * (lo_ratio + hi_ratio)
-    return min(points, key=lambda p: (abs(p.value - goal), p.value > goal))
+    return Search(points, min(points, key=lambda p: (abs(p.value - goal), p.value > goal)))
 
 
 def macs_fraction(result, macs: int) -> float:
@@ -180,7 +191,7 @@ def run_latency(name: str, threads: int, args) -> tuple[dict, list[TargetRow], d
             result = op.prune(model, "l2", ratio)
             return macs_fraction(result, macs), result
 
-        point = bisect_ratio(uniform_at, aware_macs, args.steps)
+        point = bisect_ratio(uniform_at, aware_macs, args.steps).best
         rows.append(TargetRow(name, threads, target, aware.summary.budget["predicted_fraction"], seconds,
                               Variant(f"t={target:g}", aware.model, aware_macs),
                               Variant(f"uniform r={point.ratio:.3f}", point.result.model, point.value), point.ratio))
@@ -298,7 +309,11 @@ def run_accuracy(name: str, data, args) -> list[AccuracyRow]:
         shutil.rmtree(folder, ignore_errors=True)
     rows = []
     for target in args.targets:
-        aware = op.prune(model, "l2", target_latency=target, cost=cost, calibration=calibration, reconstruct=True)
+        try:
+            aware = op.prune(model, "l2", target_latency=target, cost=cost, calibration=calibration, reconstruct=True)
+        except OnnxPruneError as exc:
+            print(f"  target {target:g}: {type(exc).__name__}: {exc}", flush=True)
+            continue
 
         def uniform_at(ratio: float) -> tuple[float, object]:
             # the uniform model's latency over the latency-aware model's, timed in the same rounds
@@ -306,15 +321,17 @@ def run_accuracy(name: str, data, args) -> list[AccuracyRow]:
             a, u = measure([aware.model, result.model], 1, args.acc_repeats, batch=args.acc_batch)
             return u / a, result
 
-        point = bisect_ratio(uniform_at, 1.0, args.steps)
-        uniform = op.prune(model, "l2", point.ratio, calibration=calibration, reconstruct=True)
+        search = bisect_ratio(uniform_at, 1.0, args.steps)
+        ratio = search.best.ratio
+        uniform = op.prune(model, "l2", ratio, calibration=calibration, reconstruct=True)
         base_ms, a_ms, u_ms = measure([model, aware.model, uniform.model], 1, args.acc_repeats, batch=args.acc_batch)
         rows.append(AccuracyRow(name, base, target, aware.summary.budget["predicted_fraction"], a_ms / base_ms,
-                                u_ms / base_ms, point.ratio, macs_fraction(aware, macs), macs_fraction(uniform, macs),
+                                u_ms / base_ms, ratio, macs_fraction(aware, macs), macs_fraction(uniform, macs),
                                 accuracy(aware.model), accuracy(uniform.model)))
         r = rows[-1]
         print(f"  target {target:g}: aware latency {r.aware_latency:.3f} acc {r.aware_acc:.3f}; uniform r="
-              f"{r.uniform_ratio:.3f} latency {r.uniform_latency:.3f} acc {r.uniform_acc:.3f}", flush=True)
+              f"{r.uniform_ratio:.3f} latency {r.uniform_latency:.3f} acc {r.uniform_acc:.3f}\n"
+              f"    bisection (ratio:uniform/aware latency) {search.trace()}", flush=True)
     return rows
 
 
