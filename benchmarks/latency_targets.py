@@ -89,7 +89,6 @@ def measure(models: Sequence, threads: int | None, repeats: int, warmup: int = 3
 class Point:
     ratio: float
     value: float
-    result: object
 
 
 @dataclass
@@ -103,16 +102,16 @@ class Search:
         return " ".join(f"{p.ratio:.3f}:{p.value:.3f}" for p in self.points)
 
 
-def bisect_ratio(evaluate: Callable[[float], tuple[float, object]], goal: float, steps: int,
+def bisect_ratio(evaluate: Callable[[float], float], goal: float, steps: int,
                  hi: float = MAX_RATIO) -> Search:
     """The evaluated ratio whose value is closest to `goal` (ties: the one at or below it), by bisection on
-    [0, hi]; `evaluate(ratio)` -> (value, result), the value falling as the ratio grows (it is 1 at ratio 0)."""
+    [0, hi]; `evaluate(ratio)` -> value, falling as the ratio grows (it is 1 at ratio 0)."""
     lo_ratio, hi_ratio = 0.0, hi
     points: list[Point] = []
     ratio = hi_ratio
     for _ in range(steps):
-        value, result = evaluate(ratio)
-        points.append(Point(ratio, value, result))
+        value = evaluate(ratio)
+        points.append(Point(ratio, value))
         if value > goal:
             lo_ratio = ratio
         else:
@@ -131,9 +130,8 @@ def macs_fraction(result, macs: int) -> float:
 
 @dataclass
 class Variant:
-    """A pruned model timed with the original: label, model, MACs fraction, and (filled by timing) latency."""
+    """A pruned model timed with the original: the model, its MACs fraction, and (filled by timing) its latency."""
 
-    label: str
     model: object
     macs: float
     latency: float = float("nan")  # fraction of the original's measured latency
@@ -157,8 +155,22 @@ class TargetRow:
     error: str = ""
 
 
-def run_latency(name: str, threads: int, args) -> tuple[dict, list[TargetRow], dict[float, Variant]]:
-    model, _ = BUILDERS[name]()
+def uniform_macs_of(model) -> Callable[[float], float]:
+    """ratio -> MACs fraction of uniform l2 pruning at that ratio, remembered (bisections revisit ratios; the
+    pruned models are not kept, they can be large)."""
+    macs = op.stats(model).macs
+    seen: dict[float, float] = {}
+
+    def fraction(ratio: float) -> float:
+        if ratio not in seen:
+            seen[ratio] = macs_fraction(op.prune(model, "l2", ratio), macs)
+        return seen[ratio]
+
+    return fraction
+
+
+def run_latency(name: str, threads: int, model, uniform_macs: Callable[[float], float],
+                args) -> tuple[dict, list[TargetRow], dict[float, Variant]]:
     macs = op.stats(model).macs
     folder = tempfile.mkdtemp(prefix="onnxprune-lat-")
     try:
@@ -187,22 +199,18 @@ def run_latency(name: str, threads: int, args) -> tuple[dict, list[TargetRow], d
         seconds = time.perf_counter() - t0
         aware_macs = macs_fraction(aware, macs)
 
-        def uniform_at(ratio: float) -> tuple[float, object]:
-            result = op.prune(model, "l2", ratio)
-            return macs_fraction(result, macs), result
-
-        point = bisect_ratio(uniform_at, aware_macs, args.steps).best
+        point = bisect_ratio(uniform_macs, aware_macs, args.steps).best
+        uniform = op.prune(model, "l2", point.ratio)
         rows.append(TargetRow(name, threads, target, aware.summary.budget["predicted_fraction"], seconds,
-                              Variant(f"t={target:g}", aware.model, aware_macs),
-                              Variant(f"uniform r={point.ratio:.3f}", point.result.model, point.value), point.ratio))
+                              Variant(aware.model, aware_macs),
+                              Variant(uniform.model, point.value), point.ratio))
         print(f"  target {target:g}: predicted {rows[-1].predicted:.3f}, MACs {aware_macs:.3f} "
               f"(uniform r={point.ratio:.3f}: MACs {point.value:.3f}); pruning {seconds:.1f} s", flush=True)
     references: dict[float, Variant] = {}
     if threads == 1:
         for ratio in REFERENCE_RATIOS:
             result = op.prune(model, "l2", ratio, options=Options(step_size=REFERENCE_STEP))
-            references[ratio] = Variant(f"uniform r={ratio:g} step {REFERENCE_STEP}", result.model,
-                                        macs_fraction(result, macs))
+            references[ratio] = Variant(result.model, macs_fraction(result, macs))
     variants = [v for r in rows if r.aware for v in (r.aware, r.uniform)] + list(references.values())
     t0 = time.perf_counter()
     base, *others = measure([model] + [v.model for v in variants], threads, args.repeats)
@@ -315,11 +323,11 @@ def run_accuracy(name: str, data, args) -> list[AccuracyRow]:
             print(f"  target {target:g}: {type(exc).__name__}: {exc}", flush=True)
             continue
 
-        def uniform_at(ratio: float) -> tuple[float, object]:
-            # the uniform model's latency over the latency-aware model's, timed in the same rounds
-            result = op.prune(model, "l2", ratio)
-            a, u = measure([aware.model, result.model], 1, args.acc_repeats, batch=args.acc_batch)
-            return u / a, result
+        def uniform_at(ratio: float) -> float:
+            """The uniform model's latency over the latency-aware model's, timed in the same rounds."""
+            pruned = op.prune(model, "l2", ratio).model
+            a, u = measure([aware.model, pruned], 1, args.acc_repeats, batch=args.acc_batch)
+            return u / a
 
         search = bisect_ratio(uniform_at, 1.0, args.steps)
         ratio = search.best.ratio
@@ -403,8 +411,10 @@ def main(argv=None) -> int:
     else:
         infos, rows, references = [], [], {}
         for name in models:
+            model, _ = BUILDERS[name]()
+            uniform_macs = uniform_macs_of(model)
             for threads in args.threads:
-                info, more, refs = run_latency(name, threads, args)
+                info, more, refs = run_latency(name, threads, model, uniform_macs, args)
                 infos.append(info)
                 rows += more
                 if refs:
