@@ -362,8 +362,13 @@ def print_setting(args) -> None:
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"machine: {cpu_model()}, {os.cpu_count()} cores, this process on cores {cores}; "
           f"load average {', '.join(f'{x:.2f}' for x in load) if load else '?'}")
-    print(f"onnxruntime {runtime.VERSION}, python {platform.python_version()}; threads {args.threads}, "
-          f"targets {args.targets}, repeats {args.repeats}, bisection steps {args.steps}")
+    if args.accuracy:
+        args.threads = [1]
+        timing = f"1 thread, batch {args.acc_batch}, {args.acc_repeats} rounds per comparison"
+    else:
+        timing = f"threads {args.threads}, {args.repeats} rounds"
+    print(f"onnxruntime {runtime.VERSION}, python {platform.python_version()}; {timing}, targets {args.targets}, "
+          f"bisection steps {args.steps}")
     if cores is not None and max(args.threads, default=1) > len(cores):
         print(f"note: {max(args.threads)} threads on {len(cores)} core(s): the multi-thread rows measure contention")
     print("Measurements on a loaded machine are not meaningful; compare ratios from one run on a quiet one.\n")
