@@ -219,3 +219,125 @@ def write_big_mlp(path: str, min_bytes: int, dim: int = 8192, chunk_rows: int = 
     with open(path, "wb") as f:
         f.write(model.SerializeToString())
     return n * per_layer, n * dim * dim
+
+
+# =========================================================================================================
+# Mobile / dense CNNs for benchmarks/latency_targets.py (224x224, batch 1, random weights, deterministic)
+#
+# - mobilenet_v2_like: MobileNetV2 1.0 (stem 3x3/2 to 32, 17 inverted residuals (expand 1x1, depthwise 3x3,
+#   project 1x1; residual Add when stride 1 and cin == cout), 1x1 to 1280, head), BN after every Conv,
+#   ReLU6 as Clip(0, 6); about 3.5M params.
+# - densenet121_like: DenseNet-121 (stem 7x7/2 + MaxPool, dense blocks [6, 12, 24, 16] of BN-ReLU-Conv1x1(128)
+#   -BN-ReLU-Conv3x3(32) whose output is Concat-ed to the block's features, transitions BN-ReLU-Conv1x1(half)
+#   -AveragePool 2/2, final BN-ReLU, head); about 8.0M params.
+# - efficientnet_b0_like: EfficientNet-B0 (stem 3x3/2 to 32, 16 MBConv blocks: expand 1x1 (ratio 6, none in
+#   the first stage), depthwise 3x3 / 5x5, squeeze-excitation GlobalAveragePool -> Conv(+bias) -> Swish ->
+#   Conv(+bias) -> Sigmoid -> Mul with squeeze = block input channels / 4, project 1x1, residual Add; 1x1 to
+#   1280, head), BN after every Conv, Swish as x * Sigmoid(x); about 5.3M params.
+# =========================================================================================================
+
+class _MobileBuilder(_Builder):
+    """_Builder plus grouped convs, ReLU6 / Swish activations and pre-activation BN (the pieces above unchanged)."""
+
+    def bn(self, x: str, channels: int) -> str:
+        scale = self.const("bn_scale", self.rng.uniform(0.5, 1.5, channels).astype(np.float32))
+        bias = self.const("bn_bias", self.rng.uniform(-0.1, 0.1, channels).astype(np.float32))
+        mean = self.const("bn_mean", self.rng.uniform(-0.1, 0.1, channels).astype(np.float32))
+        var = self.const("bn_var", self.rng.uniform(0.5, 1.5, channels).astype(np.float32))
+        return self.node("BatchNormalization", [x, scale, bias, mean, var], epsilon=1e-5)
+
+    def act(self, x: str, kind: str | None) -> str:
+        if kind == "relu":
+            return self.node("Relu", [x])
+        if kind == "relu6":
+            lo = self.const("clip_min", np.array(0.0, np.float32), count=False)
+            hi = self.const("clip_max", np.array(6.0, np.float32), count=False)
+            return self.node("Clip", [x, lo, hi])
+        if kind == "swish":
+            return self.node("Mul", [x, self.node("Sigmoid", [x])])
+        return x
+
+    def conv(self, x: str, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
+             bias: bool = False) -> str:
+        w = self.weight("conv_w", (cout, cin // groups, k, k), cin // groups * k * k)
+        inputs = [x, w] + ([self.const("conv_b", np.zeros(cout, np.float32))] if bias else [])
+        return self.node("Conv", inputs, kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4,
+                         group=groups)
+
+    def conv_bn_act(self, x: str, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1,
+                    act: str | None = "relu") -> str:
+        return self.act(self.bn(self.conv(x, cin, cout, k, stride, groups), cout), act)
+
+    def squeeze_excite(self, x: str, channels: int, squeeze: int) -> str:
+        s = self.node("GlobalAveragePool", [x])
+        s = self.act(self.conv(s, channels, squeeze, 1, bias=True), "swish")
+        s = self.node("Sigmoid", [self.conv(s, squeeze, channels, 1, bias=True)])
+        return self.node("Mul", [x, s])
+
+
+def _image_model(b: _MobileBuilder, name: str, y: str, x: str) -> onnx.ModelProto:
+    inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 3, 224, 224])]
+    return b.model(name, inputs, y, [1, 1000])
+
+
+def mobilenet_v2_like(seed: int = 0) -> tuple[onnx.ModelProto, int]:
+    """MobileNetV2 1.0 topology with random weights; returns (model, params)."""
+    b = _MobileBuilder(seed)
+    x = "input"
+    y = b.conv_bn_act(x, 3, 32, 3, 2, act="relu6")
+    cin = 32
+    for expand, cout, repeats, stride in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                                          (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+        for k in range(repeats):
+            s = stride if k == 0 else 1
+            hidden = cin * expand
+            h = b.conv_bn_act(y, cin, hidden, 1, act="relu6") if expand != 1 else y
+            h = b.conv_bn_act(h, hidden, hidden, 3, s, groups=hidden, act="relu6")
+            h = b.conv_bn_act(h, hidden, cout, 1, act=None)
+            y = b.node("Add", [y, h]) if s == 1 and cin == cout else h
+            cin = cout
+    y = b.conv_bn_act(y, cin, 1280, 1, act="relu6")
+    return _image_model(b, "mobilenet_v2_like", b.head(y, 1280, 1000), x), b.params
+
+
+def densenet121_like(seed: int = 0, growth: int = 32, bottleneck: int = 4) -> tuple[onnx.ModelProto, int]:
+    """DenseNet-121 topology with random weights; returns (model, params)."""
+    b = _MobileBuilder(seed)
+    x = "input"
+    y = b.conv_bn_act(x, 3, 64, 7, 2)
+    y = b.node("MaxPool", [y], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 1, 1, 1])
+    channels = 64
+    blocks = (6, 12, 24, 16)
+    for i, layers in enumerate(blocks):
+        for _ in range(layers):
+            h = b.conv(b.act(b.bn(y, channels), "relu"), channels, bottleneck * growth, 1)
+            h = b.conv(b.act(b.bn(h, bottleneck * growth), "relu"), bottleneck * growth, growth, 3)
+            y = b.node("Concat", [y, h], axis=1)
+            channels += growth
+        if i < len(blocks) - 1:
+            y = b.conv(b.act(b.bn(y, channels), "relu"), channels, channels // 2, 1)
+            y = b.node("AveragePool", [y], kernel_shape=[2, 2], strides=[2, 2])
+            channels //= 2
+    y = b.act(b.bn(y, channels), "relu")
+    return _image_model(b, "densenet121_like", b.head(y, channels, 1000), x), b.params
+
+
+def efficientnet_b0_like(seed: int = 0) -> tuple[onnx.ModelProto, int]:
+    """EfficientNet-B0 topology with random weights; returns (model, params)."""
+    b = _MobileBuilder(seed)
+    x = "input"
+    y = b.conv_bn_act(x, 3, 32, 3, 2, act="swish")
+    cin = 32
+    for expand, k, stride, cout, repeats in ((1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2, 80, 3),
+                                             (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)):
+        for r in range(repeats):
+            s = stride if r == 0 else 1
+            hidden = cin * expand
+            h = b.conv_bn_act(y, cin, hidden, 1, act="swish") if expand != 1 else y
+            h = b.conv_bn_act(h, hidden, hidden, k, s, groups=hidden, act="swish")
+            h = b.squeeze_excite(h, hidden, max(1, cin // 4))
+            h = b.conv_bn_act(h, hidden, cout, 1, act=None)
+            y = b.node("Add", [y, h]) if s == 1 and cin == cout else h
+            cin = cout
+    y = b.conv_bn_act(y, cin, 1280, 1, act="swish")
+    return _image_model(b, "efficientnet_b0_like", b.head(y, 1280, 1000), x), b.params
