@@ -176,11 +176,12 @@ def _layers(channels: ChannelMap) -> list[Layer]:
     layers = []
     out_ids = channels.layer_out
     for i, node in enumerate(channels.index.nodes):
-        if node.op_type not in LAYER_OPS or i not in out_ids:
+        contrib = node.domain not in ("", "ai.onnx")  # fused ops whose rule makes channels (Attention, FusedConv)
+        if (node.op_type not in LAYER_OPS and not contrib) or i not in out_ids:
             continue
         ids = out_ids[i]
         group = int(channels.group[ids[0]]) if len(ids) else None
-        cin, cout = _channel_counts(channels, node)
+        cin, cout = (None, len(ids)) if contrib else _channel_counts(channels, node)
         layers.append(Layer(channels.index.names[i], node.op_type, cin, cout, group))
     return layers
 
