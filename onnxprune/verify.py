@@ -11,6 +11,7 @@ from onnx import TensorProto, helper
 
 from . import ir
 from .errors import InvalidRequestError
+from .graph import GraphIndex
 from .runtime import make_inputs, run
 from .shapes import infer_shapes_and_types
 
@@ -102,6 +103,33 @@ def verify_pruning(model: ir.ModelLike, result: Any, inputs: Mapping[str, np.nda
     outputs = {n: compare_arrays(ref[n], cand.get(n)) for n in graph_outputs if n not in masks}
     tensors = {t: compare_arrays(m.kept(ref[masked_names[t]]), cand.get(t)) for t, m in masks.items()}
     return _report(outputs, tensors, tol)
+
+
+def verify_blocks(model: ir.ModelLike, result: Any, inputs: Mapping[str, np.ndarray] | None = None,
+                  *, tol: float = 1e-4) -> VerifyReport:
+    """Zero-branch oracle for depth pruning: the pruned model (`result.model`, blocks `result.removed` of
+    `result.blocks`) equals the original with each removed block's branch output replaced by zeros."""
+    model = ir.load_model(model)
+    removed = {b.name: b for b in result.blocks if b.name in set(result.removed)}
+    _, types = infer_shapes_and_types(model)
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(model)
+    g = zeroed.graph
+    names = GraphIndex.build(model.graph).names
+    nodes = []
+    for name, node in zip(names, g.node):
+        block = removed.get(name) if node.op_type == "Add" else None
+        if block is not None:
+            zero = f"{block.branch_output}/zeroed"
+            value = helper.make_tensor("value", types.get(block.branch_output, TensorProto.FLOAT), [1], [0])
+            nodes += [helper.make_node("Shape", [block.branch_output], [f"{zero}_shape"], name=f"{zero}/shape"),
+                      helper.make_node("ConstantOfShape", [f"{zero}_shape"], [zero], name=f"{zero}/fill", value=value)]
+            node = helper.make_node("Add", [block.stream if t == block.stream else zero for t in node.input],
+                                    list(node.output), name=node.name)
+        nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return verify(zeroed, result.model, inputs, tol=tol)
 
 
 def _result_parts(result: Any) -> tuple[onnx.ModelProto, Mapping]:

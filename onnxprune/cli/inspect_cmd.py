@@ -44,7 +44,17 @@ def run(args: argparse.Namespace) -> int:
                 where = f" (read by {m.node}, {m.role})" if m.kind == "weight" else ""
                 print(f"  {m.kind:10s} {m.tensor} axis {m.axis}: {m.size} positions{where}")
     _print_decomposable(args.model)
+    _print_blocks(analysis.model)
     return 0
+
+
+def _print_blocks(model) -> None:
+    from onnxprune.blocks import find_blocks
+
+    rows = [[b.name, len(b.nodes), "x".join(str(d) for d in b.shape), b.stream] for b in find_blocks(model)]
+    if rows:
+        print()
+        print(table(rows, ["residual block", "nodes", "shape", "stream input"]))
 
 
 def _print_decomposable(model: str) -> None:
