@@ -111,7 +111,7 @@ class Walker(ShapeQueries):
         for i, node in enumerate(self.index.nodes):
             entry = rule_for(node)
             default = node.domain in ("", "ai.onnx")
-            source = node.op_type in _SOURCE_OPS if default else entry is not None and entry.source
+            source = (default and node.op_type in _SOURCE_OPS) or (entry is not None and entry.source)
             if not any(self.tracked(t) for t in node.input) and not source:
                 continue  # nothing carries channels into this node: no rule needed
             if entry is None:
