@@ -161,3 +161,97 @@ def qlinear_pool(w: Walker, i: int, node: onnx.NodeProto) -> None:
         w.block_inputs(i, node, "channels_last quantized pooling is not supported")
         return
     pool(w, i, node)
+
+
+# --------------------------------------------------------------------------- MatMulNBits (weight-only, 2-8 bits)
+
+def _nbits_layout(node: onnx.NodeProto) -> tuple[int, int, int, int]:
+    """(K, N, bits, block_size) of a MatMulNBits node."""
+    return (int(attribute(node, "K")), int(attribute(node, "N")), int(attribute(node, "bits", 4)),
+            int(attribute(node, "block_size")))
+
+
+def _packed_zero_points(w_or_s, node: onnx.NodeProto) -> bool:
+    """Zero points stored packed (uint8, several blocks per byte), which only a rewrite can slice along K."""
+    if len(node.input) <= 3 or not node.input[3]:
+        return False
+    k, _, bits, block = _nbits_layout(node)
+    blocks = -(-k // block)
+    shape = w_or_s.shape(node.input[3])
+    return shape is not None and shape[-1] != blocks
+
+
+def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    per_byte = 8 // bits
+    values = [(packed >> (bits * k)) & ((1 << bits) - 1) for k in range(per_byte)]
+    return np.stack(values, axis=-1).reshape(packed.shape[0], -1)[:, :count]
+
+
+def _pack(values: np.ndarray, bits: int) -> np.ndarray:
+    per_byte = 8 // bits
+    pad = -values.shape[1] % per_byte
+    values = np.pad(values, ((0, 0), (0, pad))).reshape(values.shape[0], -1, per_byte).astype(np.uint8)
+    return np.bitwise_or.reduce([values[..., k] << (bits * k) for k in range(per_byte)], axis=0).astype(np.uint8)
+
+
+def rewrite_matmul_nbits(s: RewriteContext, i: int, node: onnx.NodeProto, nodes: list) -> None:
+    """K and N follow the new sizes; packed zero points are unpacked, sliced (rows and blocks) and packed again."""
+    original = s.original(i)
+    k, n, bits, block = _nbits_layout(original)
+    x = original.input[0]
+    new_k, new_n = int(s.new_dim(x, len(s.shape(x)) - 1)), int(s.new_dim(original.output[0],
+                                                                          len(s.shape(original.output[0])) - 1))
+    set_attribute(node, onnx.helper.make_attribute("K", new_k))
+    set_attribute(node, onnx.helper.make_attribute("N", new_n))
+    if not _packed_zero_points(s, original):
+        return
+    kept = s.const_kept(i, 1)
+    rows = kept.get(0, np.arange(n))
+    blocks = kept.get(1, np.arange(-(-k // block)))
+    values = _unpack(s.value(original.input[3]).reshape(n, -1), bits, -(-k // block))
+    node.input[3] = s.add_initializer(f"{original.input[3]}_pruned", _pack(values[rows][:, blocks], bits))
+
+
+@rule("MatMulNBits", domain=MS, rewrite=rewrite_matmul_nbits, source=True)
+def matmul_nbits(w: Walker, i: int, node: onnx.NodeProto) -> None:
+    """A [..., K] @ dequantize(B [N, K/block, bytes per block], scales [N, K/block], zero points): N channels go
+    freely (with their scale and zero point rows); K channels only in whole quantisation blocks."""
+    names = list(node.input) + [""] * 6
+    if names[4]:
+        w.block_inputs(i, node, "g_idx (act-order) blocks are not supported")
+        return
+    if not _weight(w, i, node, (1, 2, 3, 5)):
+        return
+    k, n, bits, block = _nbits_layout(node)
+    a = names[0]
+    rank = w.rank(a)
+    result: dict[int, np.ndarray] = {}
+    scales_2d = w.rank(names[2]) == 2
+    for axis, ids in w.tracked(a).items():
+        if axis != rank - 1:
+            result[axis] = ids
+            continue
+        if k % block or not scales_2d:
+            w.block(ids, f"{w.where(i, node)}: K={k} is not whole blocks of {block} or scales are not [N, blocks]")
+            continue
+        grid = ids.reshape(k // block, block)
+        if block > 1:
+            w.union(np.repeat(grid[:, :1], block - 1, axis=1), grid[:, 1:])
+        w.use_const(i, 1, 1, grid[:, 0], "in")
+        w.use_const(i, 2, 1, grid[:, 0], "in")
+        if names[3] and not _packed_zero_points(w, node):
+            w.use_const(i, 3, 1, grid[:, 0], "in")
+    out = w.new_channels(n, i)
+    w.use_const(i, 1, 0, out, "param")  # packed bytes: the scales carry each row's magnitude for criteria
+    if scales_2d:
+        w.use_const(i, 2, 0, out, "out")
+    else:
+        w.use_const(i, 2, 0, np.repeat(out, w.dim(names[2], 0) // n), "out")
+    if names[3] and not _packed_zero_points(w, node):
+        zp_rank = w.rank(names[3])
+        w.use_const(i, 3, 0, out if zp_rank == 2 else np.repeat(out, w.dim(names[3], 0) // n), "param")
+    if names[5]:
+        w.use_const(i, 5, 0, out, "bias")
+    result[w.rank(node.output[0]) - 1] = out
+    w.set_axes(node.output[0], result)
+    w.layer_out[i] = out
