@@ -5,7 +5,8 @@ the branch output and the sum all of one shape: transformer attention and MLP su
 downsampling. The branch is every node that descends from x and leads to the branch output; it must feed nothing
 but itself and that Add. Removing the block deletes the branch and lets x through (the Add is gone).
 
-Importance is ShortGPT's block influence, 1 - cos(x, x + branch(x)) per sample, averaged over calibration data; with
+Importance is ShortGPT's block influence, 1 - cos(x_t, x_t + branch(x)_t) per token t (a feature vector: last axis
+of a sequence, channel axis of a feature map), averaged over tokens and calibration samples; with
 no data, ||branch(x)|| / ||x|| on generated inputs (with a warning). The zero-branch oracle (DESIGN.md §4,
 onnxprune.verify.verify_blocks) checks a result: it equals the original with each removed branch's output zeroed.
 """
@@ -21,33 +22,43 @@ from onnxprune import ir
 from onnxprune.calibration import SampleMean, collect
 from onnxprune.errors import InvalidRequestError, VerificationError
 from onnxprune.graph import GraphIndex
+from onnxprune.rebuild import live_nodes
 from onnxprune.runtime import make_inputs, run
 
 
 @dataclass(frozen=True)
 class Block:
-    """One residual block: its joining Add (`name`, the node name), stream input, branch output, branch nodes."""
+    """A residual block (named by its joining Add), or a transformer layer: an attention block and the block that
+    follows it on the same stream (named "<attention Add>+<next Add>", its `parts`)."""
 
     name: str
-    stream: str  # x: the stream tensor the branch leaves and rejoins
-    branch_output: str  # branch(x): the Add's other input
-    output: str  # the Add's output (x + branch(x))
-    nodes: tuple[int, ...]  # node indices of the branch, in graph order
+    kind: str  # "attention" (its branch multiplies two activations), "branch" (any other) or "layer"
+    stream: str  # x: the stream tensor the branch leaves (a layer: its first part's)
+    output: str  # the stream after the block (the joining Add's output; a layer: its last part's)
+    branch_output: str  # branch(x): the Add's other input ("" for a layer)
+    nodes: tuple[int, ...]  # node indices of the branch(es), in graph order
     shape: tuple
+    parts: tuple[str, ...]  # the residual blocks it removes (itself, or a layer's two)
 
 
 @dataclass
 class BlockResult:
     model: onnx.ModelProto
-    removed: list[str]  # block names, in graph order
-    blocks: list[Block]  # every block found in the original
-    scores: dict[str, float] = field(default_factory=dict)  # block name -> importance (lower goes first)
+    removed: list[str]  # names of the removed blocks / layers, in graph order
+    blocks: list[Block]  # every block and layer found in the original
+    scores: dict[str, float] = field(default_factory=dict)  # candidate name -> importance (lower goes first)
     score_kind: str = ""  # "influence" (calibration data) or "relative branch norm" (generated inputs)
     verification: object | None = None
 
+    @property
+    def removed_parts(self) -> list[str]:
+        """The residual blocks removed (a removed layer's parts), in graph order."""
+        by_name = {b.name: b for b in self.blocks}
+        return [p for name in self.removed for p in by_name[name].parts]
+
 
 def find_blocks(model) -> list[Block]:
-    """Every residual block of the model's main graph, in graph order."""
+    """Every residual block of the model's main graph, then every transformer layer, each in graph order."""
     model = ir.load_model(model)
     index = GraphIndex.build(model.graph)
     shapes, _ = ir.infer_shapes_and_types(model)
@@ -62,9 +73,39 @@ def find_blocks(model) -> list[Block]:
         for stream, branch_out in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
             nodes = _branch(index, i, stream, branch_out, outputs)
             if nodes:
-                found.append(Block(index.names[i], stream, branch_out, node.output[0], nodes, tuple(shape)))
+                kind = "attention" if _mixes_activations(index, nodes) else "branch"
+                found.append(Block(index.names[i], kind, stream, node.output[0], branch_out, nodes, tuple(shape),
+                                   (index.names[i],)))
                 break
-    return found
+    return found + _layers(found)
+
+
+def candidates(blocks: list[Block]) -> list[Block]:
+    """What n= chooses from: transformer layers, and the blocks that are part of no layer (ResNet blocks)."""
+    in_layers = {p for b in blocks if b.kind == "layer" for p in b.parts}
+    return [b for b in blocks if b.kind == "layer" or b.name not in in_layers]
+
+
+def _layers(blocks: list[Block]) -> list[Block]:
+    """An attention block directly followed by a non-attention block on its output stream: one transformer layer."""
+    layers = []
+    for first, second in zip(blocks, blocks[1:]):
+        if first.kind == "attention" and second.kind != "attention" and second.stream == first.output:
+            layers.append(Block(f"{first.name}+{second.name}", "layer", first.stream, second.output, "",
+                                tuple(sorted(first.nodes + second.nodes)), first.shape, (first.name, second.name)))
+    return layers
+
+
+def _mixes_activations(index: GraphIndex, nodes: tuple[int, ...]) -> bool:
+    """True when a branch node multiplies two tensors the branch computes (attention scores and mixing)."""
+    inside = set(nodes)
+    for k in nodes:
+        node = index.nodes[k]
+        if node.op_type in ("MatMul", "FusedMatMul", "Attention", "MultiHeadAttention", "GroupQueryAttention"):
+            made = [t for t in node.input[:2] if t in index.producer and index.producer[t][0] in inside]
+            if len(made) == 2 or node.op_type not in ("MatMul", "FusedMatMul"):
+                return True
+    return False
 
 
 def _branch(index: GraphIndex, add: int, stream: str, branch_out: str, outputs: set[str]) -> tuple[int, ...] | None:
@@ -105,7 +146,7 @@ def _branch(index: GraphIndex, add: int, stream: str, branch_out: str, outputs: 
 # --------------------------------------------------------------------------- scores
 
 def block_scores(model, blocks: list[Block], calibration=None) -> tuple[dict[str, float], str]:
-    """Importance per block: influence 1 - cos(x, x + f(x)) over calibration data, else ||f(x)|| / ||x||."""
+    """Importance per block: influence 1 - cos(x, block(x)) over calibration data, else ||block(x) - x|| / ||x||."""
     if calibration is not None:
         requests = {b.name: SampleMean((b.stream, b.output), _influence) for b in blocks}
         results = collect(model, calibration, requests)
@@ -114,25 +155,33 @@ def block_scores(model, blocks: list[Block], calibration=None) -> tuple[dict[str
                   "to the stream's on generated inputs; pass calibration= for block influence on real data",
                   stacklevel=3)
     model = ir.load_model(model)
-    wanted = list(dict.fromkeys(t for b in blocks for t in (b.stream, b.branch_output)))
+    wanted = list(dict.fromkeys(t for b in blocks for t in (b.stream, b.output)))
     values = run(model, make_inputs(model), outputs=wanted)
-    return {b.name: float(np.linalg.norm(values[b.branch_output]) / (np.linalg.norm(values[b.stream]) + 1e-12))
-            for b in blocks}, "relative branch norm"
+    return {b.name: float(np.linalg.norm(values[b.output] - values[b.stream])
+                          / (np.linalg.norm(values[b.stream]) + 1e-12)) for b in blocks}, "relative branch norm"
 
 
 def _influence(x: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """Per sample: 1 - cos(x, y) over all of a sample's values (first axis: samples)."""
-    a = np.asarray(x, dtype=np.float64).reshape(len(x), -1)
-    b = np.asarray(y, dtype=np.float64).reshape(len(y), -1)
-    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return (1.0 - cos)[:, None]
+    """Per sample: 1 - cos(x_t, y_t) averaged over its tokens t, as ShortGPT (first axis: samples). A token is a
+    feature vector: the last axis of a [batch, tokens, features] sequence, the channel axis of an NCHW map, the
+    whole sample otherwise."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if a.ndim >= 4:  # [N, C, spatial...]: channels are the features of each position
+        a, b = np.moveaxis(a, 1, -1), np.moveaxis(b, 1, -1)
+    if a.ndim >= 3:
+        a, b = a.reshape(len(a), -1, a.shape[-1]), b.reshape(len(b), -1, b.shape[-1])
+    else:
+        a, b = a.reshape(len(a), 1, -1), b.reshape(len(b), 1, -1)
+    cos = (a * b).sum(-1) / (np.linalg.norm(a, axis=-1) * np.linalg.norm(b, axis=-1) + 1e-12)
+    return (1.0 - cos).mean(axis=1)[:, None]
 
 
 # --------------------------------------------------------------------------- removal
 
 def prune_blocks(model, n: int | None = None, blocks: list[str] | None = None, calibration=None,
                  verify: bool = False) -> BlockResult:
-    """Remove residual blocks: the named `blocks`, or the `n` least important (see the module doc).
+    """Remove residual blocks: the named `blocks` (blocks or layers, as find_blocks names them), or the `n` least
+    important of the transformer layers and the residual blocks outside them (see the module doc).
 
     verify: run the zero-branch oracle (onnxprune.verify.verify_blocks) and raise VerificationError if it fails.
     """
@@ -149,14 +198,19 @@ def prune_blocks(model, n: int | None = None, blocks: list[str] | None = None, c
                                       f"{sorted(by_name) or 'this model has none'}")
         chosen = list(dict.fromkeys(blocks))
     else:
-        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(found):
-            raise InvalidRequestError(f"n={n!r}: this model has {len(found)} residual blocks; give 1..{len(found)}")
-        scores, kind = block_scores(model, found, calibration)
+        pool = candidates(found)
+        if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(pool):
+            raise InvalidRequestError(f"n={n!r}: this model has {len(pool)} removable blocks (transformer layers "
+                                      f"and residual blocks outside them); give 1..{len(pool)}")
+        scores, kind = block_scores(model, pool, calibration)
         chosen = sorted(scores, key=lambda name: (scores[name], name))[:n]
     order = [b.name for b in found]
     chosen.sort(key=order.index)
-    pruned = remove_blocks(model, [by_name[name] for name in chosen])
-    result = BlockResult(pruned, chosen, found, scores, kind)
+    result = BlockResult(model, chosen, found, scores, kind)
+    parts = list(dict.fromkeys(result.removed_parts))
+    if len(parts) < len(result.removed_parts):
+        raise InvalidRequestError(f"blocks {chosen} overlap (a layer and one of its parts); name each block once")
+    result.model = remove_blocks(model, [by_name[name] for name in parts])
     if verify:
         from onnxprune.verify import verify_blocks
 
@@ -199,9 +253,9 @@ def remove_blocks(model: onnx.ModelProto, chosen: list[Block]) -> onnx.ModelProt
         for slot, name in enumerate(copy.input):
             copy.input[slot] = _resolve(rename, name)
         nodes.append(copy)
+    nodes, used = live_nodes(nodes, [o.name for o in g.output])  # constants only the branches read go too
     del g.node[:]
     g.node.extend(nodes)
-    used = {t for n in g.node for t in n.input} | {o.name for o in g.output}
     live = {t for n in g.node for t in n.output} | {v.name for v in g.input}
     kept_inits = [t for t in g.initializer if t.name in used]
     del g.initializer[:]

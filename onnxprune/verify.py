@@ -107,10 +107,11 @@ def verify_pruning(model: ir.ModelLike, result: Any, inputs: Mapping[str, np.nda
 
 def verify_blocks(model: ir.ModelLike, result: Any, inputs: Mapping[str, np.ndarray] | None = None,
                   *, tol: float = 1e-4) -> VerifyReport:
-    """Zero-branch oracle for depth pruning: the pruned model (`result.model`, blocks `result.removed` of
-    `result.blocks`) equals the original with each removed block's branch output replaced by zeros."""
+    """Zero-branch oracle for depth pruning: the pruned model (`result.model`, residual blocks
+    `result.removed_parts` of `result.blocks`) equals the original with each removed branch's output zeroed."""
     model = ir.load_model(model)
-    removed = {b.name: b for b in result.blocks if b.name in set(result.removed)}
+    parts = set(result.removed_parts)
+    removed = {b.name: b for b in result.blocks if b.name in parts and b.kind != "layer"}
     _, types = infer_shapes_and_types(model)
     zeroed = onnx.ModelProto()
     zeroed.CopyFrom(model)

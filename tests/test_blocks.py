@@ -15,10 +15,14 @@ LLAMA = os.path.join(ROOT, "fixtures", "deploy", "llama_decoder.onnx")
 RESNET = os.path.join(ROOT, "fixtures", "resnet_legacy.onnx")
 
 
-def test_llama_blocks_are_attention_and_mlp_sub_blocks():
-    blocks = op.find_blocks(LLAMA)
-    assert len(blocks) == 4  # 2 layers x (attention, MLP)
+def test_llama_blocks_are_attention_and_mlp_sub_blocks_and_layers():
+    found = op.find_blocks(LLAMA)
+    blocks = [b for b in found if b.kind != "layer"]
+    assert [b.kind for b in blocks] == ["attention", "branch"] * 2  # 2 layers x (attention, MLP)
     assert [b.stream for b in blocks[1:]] == [b.output for b in blocks[:-1]]  # one residual stream
+    layers = [b for b in found if b.kind == "layer"]
+    assert [b.parts for b in layers] == [(blocks[0].name, blocks[1].name), (blocks[2].name, blocks[3].name)]
+    assert layers[0].stream == blocks[0].stream and layers[0].output == blocks[1].output
 
 
 def test_resnet_blocks_skip_the_downsampling_one():
@@ -26,14 +30,15 @@ def test_resnet_blocks_skip_the_downsampling_one():
     adds = [n for n in model.graph.node if n.op_type == "Add"]
     blocks = op.find_blocks(model)
     assert 0 < len(blocks) < len(adds)
-    assert all(b.shape[1:] in ((8, 16, 16), (16, 8, 8)) for b in blocks)
+    assert all(b.kind == "branch" and b.shape[1:] in ((8, 16, 16), (16, 8, 8)) for b in blocks)
 
 
 @pytest.mark.parametrize("path", [LLAMA, RESNET], ids=["llama", "resnet"])
 def test_zero_branch_oracle_on_every_single_block_and_all(path, tmp_path):
     original = op.load_model(path)
-    names = [b.name for b in op.find_blocks(original)]
-    for chosen in [[name] for name in names] + [names]:
+    found = op.find_blocks(original)
+    names = [b.name for b in found]
+    for chosen in [[name] for name in names] + [[b.name for b in found if b.kind != "layer"]]:
         result = op.prune_blocks(original, blocks=chosen, verify=True)
         assert result.verification.ok and result.removed == chosen
         assert op.verify(original, result.model).max_rel_error > 1e-3  # the blocks did something
@@ -46,8 +51,9 @@ def test_n_least_important_by_influence_with_calibration():
     data = [make_inputs(model, seed=s) for s in range(3)]
     result = op.prune_blocks(model, n=1, calibration=data, verify=True)
     assert result.score_kind == "influence"
-    assert set(result.scores) == {b.name for b in result.blocks}
+    assert set(result.scores) == {b.name for b in result.blocks if b.kind == "layer"}  # n= removes whole layers
     assert result.removed == [min(result.scores, key=result.scores.get)]
+    assert len(result.removed_parts) == 2
     assert all(0.0 <= s <= 2.0 for s in result.scores.values())
 
 
@@ -63,12 +69,18 @@ def test_bad_requests(kwargs):
         op.prune_blocks(RESNET, **kwargs)
 
 
+def test_a_layer_and_its_part_overlap():
+    layer = next(b for b in op.find_blocks(LLAMA) if b.kind == "layer")
+    with pytest.raises(op.InvalidRequestError, match="overlap"):
+        op.prune_blocks(LLAMA, blocks=[layer.name, layer.parts[0]])
+
+
 def test_cli_prune_blocks_and_inspect(tmp_path, capsys):
     out = tmp_path / "out.onnx"
     name = op.find_blocks(LLAMA)[0].name
     assert main(["prune-blocks", LLAMA, "-o", str(out), "--blocks", name, "--verify"]) == 0
     printed = capsys.readouterr().out
-    assert "1 of 4 blocks removed" in printed and "zero-branch oracle: ok" in printed
+    assert "1 removed (1 residual block of 4)" in printed and "zero-branch oracle: ok" in printed
     assert os.path.exists(out)
     assert main(["inspect", LLAMA]) == 0
     assert "residual block" in capsys.readouterr().out

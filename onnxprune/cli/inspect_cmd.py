@@ -51,10 +51,10 @@ def run(args: argparse.Namespace) -> int:
 def _print_blocks(model) -> None:
     from onnxprune.blocks import find_blocks
 
-    rows = [[b.name, len(b.nodes), "x".join(str(d) for d in b.shape), b.stream] for b in find_blocks(model)]
+    rows = [[b.name, b.kind, len(b.nodes), "x".join(str(d) for d in b.shape), b.stream] for b in find_blocks(model)]
     if rows:
         print()
-        print(table(rows, ["residual block", "nodes", "shape", "stream input"]))
+        print(table(rows, ["residual block", "kind", "nodes", "shape", "stream input"]))
 
 
 def _print_decomposable(model: str) -> None:

@@ -16,8 +16,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("model", help="ONNX model file")
     p.add_argument("-o", "--output", required=True, help="where to write the model without the removed blocks")
     how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--n", type=int, help="remove this many blocks, the least important first")
-    how.add_argument("--blocks", nargs="+", metavar="NAME", help="remove these blocks (names of their joining Add)")
+    how.add_argument("--n", type=int, help="remove this many transformer layers / residual blocks outside layers, "
+                                         "the least important first")
+    how.add_argument("--blocks", nargs="+", metavar="NAME",
+                     help="remove these blocks (names of their joining Add) or layers (\"<attention Add>+<next Add>\")")
     p.add_argument("--calibration", metavar="FILE.npz|.npy",
                    help="inputs for block influence (without: the branch norm relative to the stream's on generated "
                         "inputs, with a warning)")
@@ -36,11 +38,14 @@ def run(args: argparse.Namespace) -> int:
     make_parent(args.output)
     op.save_model(result.model, args.output, reference=original)
     removed = set(result.removed)
-    rows = [[b.name, len(b.nodes), "x".join(str(d) for d in b.shape),
+    rows = [[b.name, b.kind, len(b.nodes), "x".join(str(d) for d in b.shape),
              f"{result.scores[b.name]:.4g}" if b.name in result.scores else "",
-             "removed" if b.name in removed else "kept"] for b in result.blocks]
-    print(table(rows, ["block", "nodes", "shape", result.score_kind or "score", "result"]))
-    print(f"{len(removed)} of {len(result.blocks)} blocks removed"
+             "removed" if b.name in removed else "part of a removed layer" if b.name in result.removed_parts else "kept"]
+            for b in result.blocks]
+    print(table(rows, ["block", "kind", "nodes", "shape", result.score_kind or "score", "result"]))
+    parts = len(result.removed_parts)
+    print(f"{len(removed)} removed ({parts} residual block{'s' if parts != 1 else ''} of "
+          f"{sum(b.kind != 'layer' for b in result.blocks)})"
           + (f"; zero-branch oracle: ok (max rel error {result.verification.max_rel_error:.2g})" if args.verify else ""))
     print(f"wrote {args.output}")
     return 0
