@@ -5,12 +5,12 @@
 
 The digits ViT of benchmarks/recovery.py (4x4 patches, pre-norm encoder blocks, 4 heads, class token; trained on
 scikit-learn's load_digits, benchmarks/_digits.py) and its residual CNN are exported; `op.find_blocks` lists their
-residual blocks (each attention and MLP sub-block of the ViT, the CNN's blocks without downsampling). Each block is
-removed alone (`op.prune_blocks(blocks=[name], verify=True)`: the zero-branch oracle checks every result), and so is
-each transformer layer (an attention block and the MLP block after it), and the test accuracy is measured with
-onnxruntime; `op.prune_blocks(n=1, calibration=...)` picks the candidate (layers, and blocks outside layers) of least
-influence (1 - cos(input, output) per token on --calibration training images) and the table marks it. Baseline in the same run: the
-unpruned model's test accuracy. The ranking without data (branch norm on generated inputs) is shown too.
+residual blocks (each attention and MLP sub-block of the ViT, the CNN's blocks without downsampling) and transformer
+layers (an attention block and the MLP block after it). Each is removed alone (`op.prune_blocks(blocks=[name],
+verify=True)`: the zero-branch oracle checks every result) and the test accuracy is measured with onnxruntime;
+`op.prune_blocks(n=1, calibration=...)` picks the candidate (layers, and blocks outside layers) of least influence
+(1 - cos(input, output) per token on --calibration training images) and the table marks it. Baseline in the same
+run: the unpruned model's test accuracy. The pick without data (branch norm on generated inputs) is shown too.
 """
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ from onnxprune.sparsity import (
 
 
 __all__ = [
-    "Analysis", "Block", "BlockResult", "find_blocks", "prune_blocks", "verify_blocks", "BenchComparison", "BenchResult", "ChannelGroup", "DecompositionResult", "Layer", "Options", "Plan",
+    "Block", "BlockResult", "find_blocks", "prune_blocks", "verify_blocks",
+    "Analysis", "BenchComparison", "BenchResult", "ChannelGroup", "DecompositionResult", "Layer", "Options", "Plan",
     "PruneResult", "Compensation", "Reconstruction", "analyze", "bench", "evaluate", "apply_plan", "decomposable_layers", "decompose", "load_model", "make_plan", "prune",
     "prune_by_index", "prune_with_plan", "register_criterion", "save_model", "stats", "verify", "verify_compensation",
     "verify_decomposition", "verify_pruning",

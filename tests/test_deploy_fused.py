@@ -75,7 +75,8 @@ def test_unknown_contrib_op_blocks_with_node_op_and_domain():
              helper.make_node("MysteryMix", ["h"], ["y"], name="mystery", domain="com.microsoft")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 6])], [w])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    model = helper.make_model(graph, opset_imports=opsets)
     group = op.analyze(model).groups[0]
     assert not group.prunable
     assert "'mystery'" in group.reason and "MysteryMix" in group.reason and "com.microsoft" in group.reason

@@ -37,15 +37,15 @@ def run(args: argparse.Namespace) -> int:
                              verify=args.verify)
     make_parent(args.output)
     op.save_model(result.model, args.output, reference=original)
-    removed = set(result.removed)
+    removed, parts = set(result.removed), set(result.removed_parts)
     rows = [[b.name, b.kind, len(b.nodes), "x".join(str(d) for d in b.shape),
              f"{result.scores[b.name]:.4g}" if b.name in result.scores else "",
-             "removed" if b.name in removed else "part of a removed layer" if b.name in result.removed_parts else "kept"]
+             "removed" if b.name in removed else "part of a removed layer" if b.name in parts else "kept"]
             for b in result.blocks]
     print(table(rows, ["block", "kind", "nodes", "shape", result.score_kind or "score", "result"]))
-    parts = len(result.removed_parts)
-    print(f"{len(removed)} removed ({parts} residual block{'s' if parts != 1 else ''} of "
-          f"{sum(b.kind != 'layer' for b in result.blocks)})"
-          + (f"; zero-branch oracle: ok (max rel error {result.verification.max_rel_error:.2g})" if args.verify else ""))
+    count = len(result.removed_parts)
+    oracle = f"; zero-branch oracle: ok (max rel error {result.verification.max_rel_error:.2g})" if args.verify else ""
+    print(f"{len(removed)} removed ({count} residual block{'s' if count != 1 else ''} of "
+          f"{sum(b.kind != 'layer' for b in result.blocks)}){oracle}")
     print(f"wrote {args.output}")
     return 0
