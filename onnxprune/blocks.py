@@ -3,7 +3,9 @@
 A *residual block* is a branch that leaves the residual stream x and rejoins it through `Add(x, branch(x))` with x,
 the branch output and the sum all of one shape: transformer attention and MLP sub-blocks, ResNet blocks without
 downsampling. The branch is every node that descends from x and leads to the branch output; it must feed nothing
-but itself and that Add. Removing the block deletes the branch and lets x through (the Add is gone).
+but itself and that Add. Removing the block deletes the branch and lets x through (the Add is gone). onnxruntime's
+fused SkipLayerNormalization / SkipSimplifiedLayerNormalization join a branch (input 0 or 1) and the stream too;
+there the join stays and reads zeros for the branch (its bias and normalisation still apply, as the oracle's).
 
 Importance is ShortGPT's block influence, 1 - cos(x_t, x_t + branch(x)_t) per token t (a feature vector: last axis
 of a sequence, channel axis of a feature map), averaged over tokens and calibration samples; with
@@ -39,6 +41,8 @@ class Block:
     nodes: tuple[int, ...]  # node indices of the branch(es), in graph order
     shape: tuple
     parts: tuple[str, ...]  # the residual blocks it removes (itself, or a layer's two)
+    join_slot: int = 1  # the joining node's input that reads the branch output
+    fused_join: bool = False  # joined by a Skip*LayerNormalization (kept, fed zeros) instead of an Add (removed)
 
 
 @dataclass
@@ -65,19 +69,36 @@ def find_blocks(model) -> list[Block]:
     outputs = set(index.graph_outputs)
     found = []
     for i, node in enumerate(index.nodes):
-        if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.input) != 2:
+        fused = node.domain == "com.microsoft" and node.op_type in _FUSED_JOINS
+        if not fused and (node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.input) != 2):
             continue
-        shape = shapes.get(node.output[0])
-        if shape is None or any(shapes.get(t) != shape for t in node.input) or node.input[0] == node.input[1]:
+        shape = shapes.get(node.input[0])
+        if node.input[0] == node.input[1] or not _same_shape(shape, shapes.get(node.input[1])) or \
+                (not fused and not _same_shape(shape, shapes.get(node.output[0]))):
             continue
-        for stream, branch_out in ((node.input[0], node.input[1]), (node.input[1], node.input[0])):
+        # the stream after a fused join: its input+skip(+bias) output 3 (pre-norm), else the normalised output
+        after = node.output[3] if fused and len(node.output) > 3 and node.output[3] else node.output[0]
+        for slot in (1, 0):
+            stream, branch_out = node.input[1 - slot], node.input[slot]
             nodes = _branch(index, i, stream, branch_out, outputs)
             if nodes:
                 kind = "attention" if _mixes_activations(index, nodes) else "branch"
-                found.append(Block(index.names[i], kind, stream, node.output[0], branch_out, nodes, tuple(shape),
-                                   (index.names[i],)))
+                found.append(Block(index.names[i], kind, stream, after, branch_out, nodes, tuple(shape),
+                                   (index.names[i],), slot, fused))
                 break
     return found + _layers(found)
+
+
+_FUSED_JOINS = ("SkipLayerNormalization", "SkipSimplifiedLayerNormalization")
+
+
+def _same_shape(a: tuple | None, b: tuple | None) -> bool:
+    """Equal ranks, equal static dims; a symbolic dim ('batch', or one onnxruntime observed) matches any dim but 1
+    (which could broadcast)."""
+    if a is None or b is None or len(a) != len(b):
+        return False
+    return all(x == y if isinstance(x, int) and isinstance(y, int) else
+               (x != 1 and y != 1) for x, y in zip(a, b))
 
 
 def candidates(blocks: list[Block]) -> list[Block]:
@@ -125,7 +146,11 @@ def _branch(index: GraphIndex, add: int, stream: str, branch_out: str, outputs: 
             found = index.producer.get(t)
             if found is not None and found[0] > start:
                 stack.append(found[0])
-    descend, stack = set(), [k for k, _ in index.consumers.get(stream, []) if k in ancestors]
+    roots = [stream]
+    producer = index.producer_node(stream)
+    if producer is not None and producer.op_type in _FUSED_JOINS and list(producer.output).index(stream) == 3:
+        roots.append(producer.output[0])  # a fused pre-norm join: the next branch reads its normalised output
+    descend, stack = set(), [k for r in roots for k, _ in index.consumers.get(r, []) if k in ancestors]
     while stack:
         k = stack.pop()
         if k in descend:
@@ -228,10 +253,15 @@ def remove_blocks(model: onnx.ModelProto, chosen: list[Block]) -> onnx.ModelProt
     drop: set[int] = set()
     rename: dict[str, str] = {}
     keep_output: dict[int, onnx.NodeProto] = {}
+    zeroed: dict[int, list[onnx.NodeProto]] = {}  # fused joins: the zeros they read instead of the branch
     graph_outputs = set(index.graph_outputs)
+    types = ir.infer_shapes_and_types(model)[1] if any(b.fused_join for b in chosen) else {}
     for block in chosen:
         add = index.by_name[block.name]
         drop.update(block.nodes)
+        if block.fused_join:
+            zeroed[add] = zeros_like(block.stream, f"{block.branch_output}/removed", types)
+            continue
         drop.add(add)
         if block.output in graph_outputs:
             keep_output[add] = onnx.helper.make_node("Identity", [block.stream], [block.output], name=block.name)
@@ -252,6 +282,10 @@ def remove_blocks(model: onnx.ModelProto, chosen: list[Block]) -> onnx.ModelProt
         copy.CopyFrom(node)
         for slot, name in enumerate(copy.input):
             copy.input[slot] = _resolve(rename, name)
+        if i in zeroed:
+            block = next(b for b in chosen if index.by_name[b.name] == i)
+            nodes.extend(_renamed(zeroed[i], rename))
+            copy.input[block.join_slot] = zeroed[i][-1].output[0]
         nodes.append(copy)
     nodes, used = live_nodes(nodes, [o.name for o in g.output])  # constants only the branches read go too
     del g.node[:]
@@ -264,6 +298,20 @@ def remove_blocks(model: onnx.ModelProto, chosen: list[Block]) -> onnx.ModelProt
     del g.value_info[:]
     g.value_info.extend(kept_info)
     return out
+
+
+def zeros_like(tensor: str, name: str, types: dict[str, int]) -> list[onnx.NodeProto]:
+    """Nodes making `name`: zeros of `tensor`'s shape and element type (Shape + ConstantOfShape)."""
+    value = onnx.helper.make_tensor("value", types.get(tensor, onnx.TensorProto.FLOAT), [1], [0])
+    return [onnx.helper.make_node("Shape", [tensor], [f"{name}_shape"], name=f"{name}/shape"),
+            onnx.helper.make_node("ConstantOfShape", [f"{name}_shape"], [name], name=f"{name}/fill", value=value)]
+
+
+def _renamed(nodes: list[onnx.NodeProto], rename: dict[str, str]) -> list[onnx.NodeProto]:
+    for node in nodes:
+        for slot, name in enumerate(node.input):
+            node.input[slot] = _resolve(rename, name)
+    return nodes
 
 
 def _resolve(rename: dict[str, str], name: str) -> str:

@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import ir
+from .blocks import zeros_like
 from .errors import InvalidRequestError
 from .graph import GraphIndex
 from .runtime import make_inputs, run
@@ -119,14 +120,11 @@ def verify_blocks(model: ir.ModelLike, result: Any, inputs: Mapping[str, np.ndar
     names = GraphIndex.build(model.graph).names
     nodes = []
     for name, node in zip(names, g.node):
-        block = removed.get(name) if node.op_type == "Add" else None
+        block = removed.get(name)
         if block is not None:
-            zero = f"{block.branch_output}/zeroed"
-            value = helper.make_tensor("value", types.get(block.branch_output, TensorProto.FLOAT), [1], [0])
-            nodes += [helper.make_node("Shape", [block.branch_output], [f"{zero}_shape"], name=f"{zero}/shape"),
-                      helper.make_node("ConstantOfShape", [f"{zero}_shape"], [zero], name=f"{zero}/fill", value=value)]
-            node = helper.make_node("Add", [block.stream if t == block.stream else zero for t in node.input],
-                                    list(node.output), name=node.name)
+            zeros = zeros_like(block.branch_output, f"{block.branch_output}/zeroed", types)
+            nodes += zeros
+            node.input[block.join_slot] = zeros[-1].output[0]
         nodes.append(node)
     del g.node[:]
     g.node.extend(nodes)

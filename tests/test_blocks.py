@@ -86,3 +86,19 @@ def test_cli_prune_blocks_and_inspect(tmp_path, capsys):
     assert "residual block" in capsys.readouterr().out
     inputs = make_inputs(op.load_model(LLAMA))
     assert np.isfinite(op.verify(LLAMA, str(out), inputs).max_rel_error)
+
+
+@pytest.mark.parametrize("name", ["bert_fused", "gpt2_fused", "vit_fused", "llama_fused"])
+def test_blocks_joined_by_fused_skip_layer_norm(name, tmp_path):
+    """onnxruntime's optimizer folds the residual Add into Skip(Simplified)LayerNormalization: still 2 x 2 blocks
+    and 2 layers; a removed branch's join reads zeros (the oracle's model), the branch itself is gone."""
+    path = os.path.join(ROOT, "fixtures", "deploy", f"{name}.onnx")
+    original = op.load_model(path)
+    found = op.find_blocks(original)
+    assert [b.kind for b in found] == ["attention", "branch"] * 2 + ["layer"] * 2
+    assert all(b.fused_join for b in found if b.kind != "layer")
+    for block in found[-2:]:
+        result = op.prune_blocks(original, blocks=[block.name], verify=True)
+        assert result.verification.ok
+        assert len(result.model.graph.node) < len(original.graph.node)
+    op.save_model(result.model, tmp_path / "shallow.onnx", reference=original)
