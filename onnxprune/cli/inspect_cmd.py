@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
         status = "prunable" if group and group.prunable else "fixed"
         if group and group.prunable and not group.exact:
             status = "prunable (inexact)"
-        rows.append([layer.name, layer.op_type, layer.in_channels, layer.out_channels,
+        rows.append([layer.name, layer.op_type, "-" if layer.in_channels is None else layer.in_channels,
+                     layer.out_channels,
                      layer.group if layer.group is not None else "-", group.size if group else "-", status])
     print(f"{args.model}: {analysis.summary()}\n")
     print(table(rows, ["layer", "op", "in", "out", "group", "channels", "status"]))
