@@ -202,7 +202,8 @@ def group_query_attention(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if not key or not value:
         w.block_inputs(i, node, "packed QKV input is not supported")
         return
-    if not _unused_or_block(w, i, node, (3, 4, 10), (1, 2), "past key/value, attention bias or present outputs"):
+    held = "past key/value, attention bias, head sinks or present outputs"
+    if not _unused_or_block(w, i, node, (3, 4, 10, 11), (1, 2), held):
         return
     kv_heads = int(attribute(node, "kv_num_heads"))
     ids = [_only_last_axis(w, i, node, t) for t in (query, key, value)]
