@@ -224,6 +224,9 @@ def prune_blocks(model, n: int | None = None, blocks: list[str] | None = None, c
         chosen = list(dict.fromkeys(blocks))
     else:
         pool = candidates(found)
+        if not pool:
+            raise InvalidRequestError("this model has no residual block (a branch rejoining its input through an Add "
+                                      "or a fused Skip*LayerNormalization of the same shape); nothing to remove")
         if isinstance(n, bool) or not isinstance(n, int) or not 0 < n <= len(pool):
             raise InvalidRequestError(f"n={n!r}: this model has {len(pool)} removable blocks (transformer layers "
                                       f"and residual blocks outside them); give 1..{len(pool)}")
