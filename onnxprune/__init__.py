@@ -1,5 +1,6 @@
 """onnxprune: structured channel pruning and low-rank decomposition of ONNX models, proven with onnxruntime."""
 from onnxprune.workflows.bench import BenchComparison, BenchResult, bench
+from onnxprune.blocks import Block, BlockResult, find_blocks, prune_blocks
 from onnxprune.coupling import Analysis, ChannelGroup, Layer, analyze
 from onnxprune.criteria import register_criterion
 from onnxprune.workflows.evaluate import evaluate
@@ -20,7 +21,7 @@ from onnxprune.reconstruction import Compensation, Reconstruction, verify_compen
 from onnxprune.pruning import PruneResult, apply_plan, make_plan, prune, prune_by_index, prune_with_plan
 from onnxprune.workflows.sensitivity import Recommendation, SensitivityResult, sensitivity
 from onnxprune.stats import stats
-from onnxprune.verify import verify, verify_pruning
+from onnxprune.verify import verify, verify_blocks, verify_pruning
 from onnxprune.decomposition import DecompositionResult, decomposable_layers, decompose, verify_decomposition
 from onnxprune.sparsity import (
     GlobalImportance,
@@ -36,6 +37,7 @@ from onnxprune.sparsity import (
 
 
 __all__ = [
+    "Block", "BlockResult", "find_blocks", "prune_blocks", "verify_blocks",
     "Analysis", "BenchComparison", "BenchResult", "ChannelGroup", "DecompositionResult", "Layer", "Options", "Plan",
     "PruneResult", "Compensation", "Reconstruction", "analyze", "bench", "evaluate", "apply_plan", "decomposable_layers", "decompose", "load_model", "make_plan", "prune",
     "prune_by_index", "prune_with_plan", "register_criterion", "save_model", "stats", "verify", "verify_compensation",

@@ -145,9 +145,10 @@ def _overwrite(tensor: onnx.TensorProto, array: np.ndarray) -> None:
     tensor.name = name
     if doc:
         tensor.doc_string = doc
-    tensor.data_type = onnx.helper.np_dtype_to_tensor_dtype(array.dtype)
+    packed = numpy_helper.from_array(np.ascontiguousarray(array))  # 4-bit types: two values per byte
+    tensor.data_type = packed.data_type
     tensor.dims.extend(array.shape)
-    tensor.raw_data = np.ascontiguousarray(array).tobytes()
+    tensor.raw_data = packed.raw_data
 
 
 def _set_dims(value: onnx.ValueInfoProto, dims: list[int]) -> None:

@@ -10,7 +10,9 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import ir
+from .blocks import zeros_like
 from .errors import InvalidRequestError
+from .graph import GraphIndex
 from .runtime import make_inputs, run
 from .shapes import infer_shapes_and_types
 
@@ -104,6 +106,31 @@ def verify_pruning(model: ir.ModelLike, result: Any, inputs: Mapping[str, np.nda
     return _report(outputs, tensors, tol)
 
 
+def verify_blocks(model: ir.ModelLike, result: Any, inputs: Mapping[str, np.ndarray] | None = None,
+                  *, tol: float = 1e-4) -> VerifyReport:
+    """Zero-branch oracle for depth pruning: the pruned model (`result.model`, residual blocks
+    `result.removed_parts` of `result.blocks`) equals the original with each removed branch's output zeroed."""
+    model = ir.load_model(model)
+    parts = set(result.removed_parts)
+    removed = {b.name: b for b in result.blocks if b.name in parts and b.kind != "layer"}
+    _, types = infer_shapes_and_types(model)
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(model)
+    g = zeroed.graph
+    names = GraphIndex.build(model.graph).names
+    nodes = []
+    for name, node in zip(names, g.node):
+        block = removed.get(name)
+        if block is not None:
+            zeros = zeros_like(block.branch_output, f"{block.branch_output}/zeroed", types)
+            nodes += zeros
+            node.input[block.join_slot] = zeros[-1].output[0]
+        nodes.append(node)
+    del g.node[:]
+    g.node.extend(nodes)
+    return verify(zeroed, result.model, inputs, tol=tol)
+
+
 def _result_parts(result: Any) -> tuple[onnx.ModelProto, Mapping]:
     if isinstance(result, Mapping):
         return ir.load_model(result["model"]), result["channels"]
@@ -181,14 +208,17 @@ def masked_original(model: onnx.ModelProto, masks: dict[str, ChannelMask]) -> tu
     names: dict[str, str] = {}
     inserts: dict[int, list[onnx.NodeProto]] = {}
     select = ir.opset_version(model, default=0) >= 9  # Where: zeros even where the value is inf or nan
+    initializers = {t.name: t for t in g.initializer}
     for t, m in masks.items():
         const = _mask_tensor(f"{t}/mask", m, select)
         g.initializer.append(const)
         zero = None
         if select and m.elem_type != TensorProto.BOOL:
-            zero = f"{t}/zero"
-            g.initializer.append(onnx.numpy_helper.from_array(
-                np.zeros((), helper.tensor_dtype_to_np_dtype(m.elem_type)), zero))
+            zero = _zero_point(g, g.node[producer[t]], t, m, initializers) if t in producer else None
+            if zero is None:
+                zero = f"{t}/zero"
+                g.initializer.append(onnx.numpy_helper.from_array(
+                    np.zeros((), helper.tensor_dtype_to_np_dtype(m.elem_type)), zero))
         if t in graph_inputs:
             names[t] = f"{t}/masked"
             _rename_inputs(g, t, names[t])
@@ -207,6 +237,36 @@ def masked_original(model: onnx.ModelProto, masks: dict[str, ChannelMask]) -> tu
     del g.node[:]
     g.node.extend(nodes)
     return out, names
+
+
+# Where a quantizing op keeps the zero point of its output 0: ("input", slot) or ("output", index).
+_ZERO_POINTS = {("", "QuantizeLinear"): ("input", 2), ("", "QLinearConv"): ("input", 7),
+                ("", "QLinearMatMul"): ("input", 7), ("", "DynamicQuantizeLinear"): ("output", 2),
+                ("com.microsoft", "QLinearAdd"): ("input", 7), ("com.microsoft", "QGemm"): ("input", 8),
+                ("com.microsoft", "QLinearGlobalAveragePool"): ("input", 4)}
+
+
+def _zero_point(g: onnx.GraphProto, node: onnx.NodeProto, t: str, m: ChannelMask,
+                initializers: dict[str, TensorProto]) -> str | None:
+    """The tensor a removed element of quantized tensor `t` holds (its zero point: the quantized 0), or None
+    when `t` is not a quantized output. A per-channel zero point is reshaped to broadcast along its axis."""
+    where = _ZERO_POINTS.get(("" if node.domain == "ai.onnx" else node.domain, node.op_type))
+    if where is None or list(node.output).index(t) != 0:
+        return None
+    kind, k = where
+    names = node.input if kind == "input" else node.output
+    if len(names) <= k or not names[k]:
+        return None
+    zp = names[k]
+    if zp in initializers and int(np.prod(initializers[zp].dims)) > 1:
+        value = onnx.numpy_helper.to_array(initializers[zp])
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1) % m.rank
+        shape = [1] * m.rank
+        shape[axis] = value.size
+        reshaped = f"{t}/zero_point"
+        g.initializer.append(onnx.numpy_helper.from_array(value.reshape(shape), reshaped))
+        return reshaped
+    return zp
 
 
 def _mask_tensor(name: str, m: ChannelMask, select: bool = False) -> TensorProto:

@@ -8,7 +8,7 @@ import sys
 from onnxprune.errors import OnnxPruneError
 
 COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench", "sensitivity",
-                   "profile")
+                   "profile", "prune_blocks")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -28,7 +28,8 @@ def run(args: argparse.Namespace) -> int:
         status = "prunable" if group and group.prunable else "fixed"
         if group and group.prunable and not group.exact:
             status = "prunable (inexact)"
-        rows.append([layer.name, layer.op_type, layer.in_channels, layer.out_channels,
+        rows.append([layer.name, layer.op_type, "-" if layer.in_channels is None else layer.in_channels,
+                     layer.out_channels,
                      layer.group if layer.group is not None else "-", group.size if group else "-", status])
     print(f"{args.model}: {analysis.summary()}\n")
     print(table(rows, ["layer", "op", "in", "out", "group", "channels", "status"]))
@@ -44,7 +45,17 @@ def run(args: argparse.Namespace) -> int:
                 where = f" (read by {m.node}, {m.role})" if m.kind == "weight" else ""
                 print(f"  {m.kind:10s} {m.tensor} axis {m.axis}: {m.size} positions{where}")
     _print_decomposable(args.model)
+    _print_blocks(analysis.model)
     return 0
+
+
+def _print_blocks(model) -> None:
+    from onnxprune.blocks import find_blocks
+
+    rows = [[b.name, b.kind, len(b.nodes), "x".join(str(d) for d in b.shape), b.stream] for b in find_blocks(model)]
+    if rows:
+        print()
+        print(table(rows, ["residual block", "kind", "nodes", "shape", "stream input"]))
 
 
 def _print_decomposable(model: str) -> None:

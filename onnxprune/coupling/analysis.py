@@ -176,11 +176,12 @@ def _layers(channels: ChannelMap) -> list[Layer]:
     layers = []
     out_ids = channels.layer_out
     for i, node in enumerate(channels.index.nodes):
-        if node.op_type not in LAYER_OPS or i not in out_ids:
+        if i not in out_ids:  # rules record the output channels of layers only
             continue
         ids = out_ids[i]
         group = int(channels.group[ids[0]]) if len(ids) else None
-        cin, cout = _channel_counts(channels, node)
+        plain = node.op_type in LAYER_OPS and node.domain in ("", "ai.onnx")  # else fused / quantized layers
+        cin, cout = _channel_counts(channels, node) if plain else (None, len(ids))
         layers.append(Layer(channels.index.names[i], node.op_type, cin, cout, group))
     return layers
 

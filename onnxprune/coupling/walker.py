@@ -12,7 +12,7 @@ import onnx
 
 from onnxprune.folding import ConstantResolver
 from onnxprune.coupling.channel_map import ShapeQueries, constant_source
-from onnxprune.coupling.registry import RULES
+from onnxprune.coupling.registry import rule_for
 from onnxprune.coupling.tracker import ChannelTracker
 from onnxprune.graph import GraphIndex
 
@@ -109,12 +109,15 @@ class Walker(ShapeQueries):
     def run(self) -> None:
         outer_captures = _subgraph_captures(self.index)
         for i, node in enumerate(self.index.nodes):
-            if not any(self.tracked(t) for t in node.input) and node.op_type not in _SOURCE_OPS:
+            entry = rule_for(node)
+            default = node.domain in ("", "ai.onnx")
+            source = (default and node.op_type in _SOURCE_OPS) or (entry is not None and entry.source)
+            if not any(self.tracked(t) for t in node.input) and not source:
                 continue  # nothing carries channels into this node: no rule needed
-            entry = RULES.get(node.op_type) if node.domain in ("", "ai.onnx") else None
             if entry is None:
-                self.block_inputs(i, node, "no channel rule for this op; channels flowing into it cannot be pruned "
-                                  "(prune other layers, or ask for a rule)")
+                domain = "" if default else f" of domain '{node.domain}'"
+                self.block_inputs(i, node, f"no channel rule for this op{domain}; channels flowing into it cannot be "
+                                  "pruned (prune other layers, or ask for a rule)")
                 continue
             try:
                 entry.couple(self, i, node)

@@ -12,7 +12,7 @@ import onnx
 from onnx import numpy_helper
 
 from onnxprune.coupling.analysis import Analysis
-from onnxprune.coupling.registry import RULES
+from onnxprune.coupling.registry import rule_for
 from onnxprune.graph import NameSource
 from onnxprune.rebuild import rebuild
 from onnxprune.surgery.slicing import ConstantSlicer
@@ -69,6 +69,16 @@ class _Surgeon:
 
     def place_after(self, i: int, nodes: list[onnx.NodeProto]) -> None:
         self.after[i] = nodes
+
+    def value(self, tensor: str) -> np.ndarray | None:
+        return self.resolver.value(tensor)
+
+    def const_kept(self, i: int, slot: int) -> dict[int, np.ndarray]:
+        use = self.channels.const_uses.get((i, slot))
+        if use is None:
+            return {}
+        kept = {axis: np.flatnonzero(self.keep[ids]) for axis, ids in use.axes.items()}
+        return {axis: positions for axis, positions in kept.items() if len(positions) < len(use.axes[axis])}
 
     # ---- new shapes ----------------------------------------------------------------
     def _changed_axes(self) -> None:
@@ -157,7 +167,7 @@ class _Surgeon:
         for slot, name in new_inputs.items():
             node_copy.input[slot] = name
         if touched:
-            entry = RULES.get(node.op_type)
+            entry = rule_for(node)
             if entry is not None and entry.rewrite is not None:
                 entry.rewrite(self, i, node_copy, nodes)
         return node_copy

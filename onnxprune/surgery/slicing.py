@@ -47,6 +47,8 @@ class ConstantSlicer:
             self.initializers[new_name] = numpy_helper.from_array(array, new_name)
             return
         node = self.index.producer_node(name)
+        if node is not None and node.op_type == "DequantizeLinear" and self._dequantize_copy(node, selection, new_name):
+            return
         if node is not None and node.op_type == "ConstantOfShape":
             shape = self.resolver.int_list(node.input[0])
             if shape is not None:
@@ -77,6 +79,30 @@ class ConstantSlicer:
         if value is None:
             raise ValueError(f"constant '{name}' cannot be evaluated for slicing")
         self.initializers[new_name] = numpy_helper.from_array(take(value, selection), new_name)
+
+    def _dequantize_copy(self, node: onnx.NodeProto, selection: Selection, new_name: str) -> bool:
+        """A quantized weight stays quantized: slice the integer tensor and its per-channel scale / zero point, and
+        dequantize the slices (instead of folding the float weight)."""
+        x_shape = self.resolver.shape_of(node.input[0])
+        if x_shape is None or attribute(node, "block_size", 0):
+            return False
+        axis = attribute(node, "axis", 1) % max(len(x_shape), 1)
+        inputs = [self.sliced_copy(node.input[0], selection)]
+        for param in node.input[1:]:
+            shape = self.resolver.shape_of(param) if param else None
+            if shape and len(shape) == 1 and shape[0] > 1 and axis in selection:
+                inputs.append(self.sliced_copy(param, {0: selection[axis]}))
+            else:
+                inputs.append(param)
+        copy = onnx.NodeProto()
+        copy.CopyFrom(node)
+        del copy.input[:]
+        copy.input.extend(inputs)
+        del copy.output[:]
+        copy.output.append(new_name)
+        copy.name = self.names.fresh(f"{new_name}_dequantize")
+        self.nodes.append(copy)
+        return True
 
     def _expand_copy(self, node: onnx.NodeProto, selection: Selection, new_name: str) -> bool:
         """Expand(small, shape): slice `small` where it is full-size, and shrink `shape`."""
