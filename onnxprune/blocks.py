@@ -23,7 +23,7 @@ import onnx
 from onnxprune import ir
 from onnxprune.calibration import SampleMean, collect
 from onnxprune.errors import InvalidRequestError, VerificationError
-from onnxprune.graph import GraphIndex
+from onnxprune.graph import GraphIndex, zeros_like
 from onnxprune.rebuild import live_nodes
 from onnxprune.runtime import make_inputs, run
 
@@ -301,13 +301,6 @@ def remove_blocks(model: onnx.ModelProto, chosen: list[Block]) -> onnx.ModelProt
     del g.value_info[:]
     g.value_info.extend(kept_info)
     return out
-
-
-def zeros_like(tensor: str, name: str, types: dict[str, int]) -> list[onnx.NodeProto]:
-    """Nodes making `name`: zeros of `tensor`'s shape and element type (Shape + ConstantOfShape)."""
-    value = onnx.helper.make_tensor("value", types.get(tensor, onnx.TensorProto.FLOAT), [1], [0])
-    return [onnx.helper.make_node("Shape", [tensor], [f"{name}_shape"], name=f"{name}/shape"),
-            onnx.helper.make_node("ConstantOfShape", [f"{name}_shape"], [name], name=f"{name}/fill", value=value)]
 
 
 def _renamed(nodes: list[onnx.NodeProto], rename: dict[str, str]) -> list[onnx.NodeProto]:

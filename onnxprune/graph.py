@@ -130,3 +130,10 @@ def copy_field(dst, descriptor, value) -> None:
         getattr(dst, descriptor.name).CopyFrom(value)
     else:
         setattr(dst, descriptor.name, value)
+
+
+def zeros_like(tensor: str, name: str, types: dict[str, int]) -> list[onnx.NodeProto]:
+    """Nodes making `name`: zeros of `tensor`'s shape and element type (Shape + ConstantOfShape)."""
+    value = onnx.helper.make_tensor("value", types.get(tensor, onnx.TensorProto.FLOAT), [1], [0])
+    return [onnx.helper.make_node("Shape", [tensor], [f"{name}_shape"], name=f"{name}/shape"),
+            onnx.helper.make_node("ConstantOfShape", [f"{name}_shape"], [name], name=f"{name}/fill", value=value)]

@@ -10,9 +10,8 @@ import onnx
 from onnx import TensorProto, helper
 
 from . import ir
-from .blocks import zeros_like
 from .errors import InvalidRequestError
-from .graph import GraphIndex
+from .graph import GraphIndex, zeros_like
 from .runtime import make_inputs, run
 from .shapes import infer_shapes_and_types
 
