@@ -1,18 +1,20 @@
 """Loading a model file: parse, validate (external references, tensor sizes, onnx.checker), record its origin."""
 from __future__ import annotations
 
-import math
+import collections
 import os
 from typing import Union
 
 import onnx
 from google.protobuf.message import DecodeError
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from . import external_data as ext
 from .errors import InvalidModelError, InvalidRequestError
+from .validation import check_model_structure
 
 ModelLike = Union[onnx.ModelProto, str, os.PathLike]
+_CHECKED: collections.deque = collections.deque(maxlen=8)  # keys of ModelProtos checked already (_check_given)
 
 
 def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.ModelProto:
@@ -22,22 +24,50 @@ def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.Mo
     The loaded model carries its origin (external data folder, files read): see external_data.base_dir.
     """
     if isinstance(model, onnx.ModelProto):
+        _check_given(model)
         return model
     path = os.path.abspath(os.fspath(model))
     proto = _parse(path)
     directory = os.path.dirname(path)
+    check_model_structure(proto, path)
     ext.check_external_data(proto, directory)
     check_tensor_sizes(proto, path)
-    try:  # heavy tensors are replaced by empty ones: their sizes were checked above
-        onnx.checker.check_model(ext.light_copy(proto, empty=True))
-    except Exception as exc:  # checker raises ValidationError and assorted C++ errors
-        raise InvalidModelError(f"{path}: fails onnx.checker: {exc}") from exc
+    _check_light(proto, path)
     files = [os.path.realpath(path)]
     files += [ext.resolve_location(t, directory) for t in ext.iter_tensors(proto) if ext.is_external(t)]
     if load_external_data:
         _load_external(proto, directory)
     ext.record_origin(proto, directory, list(dict.fromkeys(files)))
     return proto
+
+
+def as_model(model: ModelLike) -> onnx.ModelProto:
+    """A ModelProto as it is (the library's own, made from a checked one), or the model file loaded and checked."""
+    return model if isinstance(model, onnx.ModelProto) else load_model(model)
+
+
+def _check_light(model: onnx.ModelProto, where: str) -> None:
+    try:  # heavy tensors are replaced by empty ones: their sizes are checked separately
+        onnx.checker.check_model(ext.light_copy(model, empty=True))
+    except Exception as exc:  # checker raises ValidationError and assorted C++ errors
+        raise InvalidModelError(f"{where}: fails onnx.checker: {exc}") from exc
+
+
+def _check_given(model: onnx.ModelProto) -> None:
+    """The checks a loaded file gets, made once for a ModelProto handed over (the last few are remembered by
+    identity and size: every call of the API loads its argument again)."""
+    key = (id(model), len(model.graph.node), len(model.graph.initializer), len(model.graph.output),
+           model.graph.name)
+    if key in _CHECKED:
+        return
+    where = f"model {model.graph.name!r}" if model.graph.name else "model"
+    check_model_structure(model, where)
+    directory = ext.base_dir(model)
+    if directory is not None:
+        ext.check_external_data(model, directory)
+    check_tensor_sizes(model, where)
+    _check_light(model, where)
+    _CHECKED.append(key)
 
 
 def _parse(path: str) -> onnx.ModelProto:
@@ -63,7 +93,7 @@ def _parse(path: str) -> onnx.ModelProto:
 def check_tensor_sizes(model: onnx.ModelProto, path: str) -> None:
     """Raw and external tensors hold exactly the bytes their shape and type need."""
     for tensor in ext.iter_tensors(model):
-        if not ext.is_plain_dtype(tensor.data_type):
+        if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
             continue
         if ext.is_external(tensor):
             held = ext.tensor_nbytes(tensor)
@@ -71,7 +101,7 @@ def check_tensor_sizes(model: onnx.ModelProto, path: str) -> None:
             held = len(tensor.raw_data)
         else:
             continue
-        need = math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        need = ext.tensor_nbytes(TensorProto(dims=tensor.dims, data_type=tensor.data_type))
         if held != need:
             raise InvalidModelError(f"{path}: tensor {tensor.name!r} holds {held} bytes but its shape "
                                     f"{list(tensor.dims)} needs {need}; the file is corrupt or truncated")

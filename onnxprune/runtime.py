@@ -14,7 +14,7 @@ from onnx import TensorProto, helper
 
 from . import external_data as ext
 from .errors import InvalidRequestError, UnsupportedError, VerificationError
-from .loading import ModelLike, load_model
+from .loading import ModelLike, as_model
 from .ort_errors import is_onnxruntime_error, translate
 
 PROVIDERS = ["CPUExecutionProvider"]
@@ -57,7 +57,7 @@ def session(model: ModelLike, options: ort.SessionOptions | None = None, *,
             provider: str = PROVIDERS[0]) -> Session:
     """onnxruntime session (CPU unless `provider` says otherwise); external data is served from memory-mapped
     files. onnxruntime's errors (here and in runs) are raised as OnnxRuntimeError."""
-    model = load_model(model)
+    model = as_model(model)
     options = options or ort.SessionOptions()
     external = [t for t in ext.iter_tensors(model) if ext.is_external(t)]
     directory = ext.base_dir(model)
@@ -100,7 +100,7 @@ def optimized_session(model: ModelLike, threads: int | None = None, *,
                       provider: str = PROVIDERS[0]) -> Session:
     """A session as a user's: all graph optimisations, `threads` intra-op threads (None: onnxruntime's default),
     on `provider` (CPU by default)."""
-    model = load_model(model)
+    model = as_model(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if threads is not None:
@@ -128,7 +128,7 @@ def check_loads(path: str) -> None:
 def run(model: ModelLike, inputs: Mapping[str, np.ndarray],
         outputs: list[str] | None = None) -> dict[str, np.ndarray]:
     """Run the model; `outputs` may name intermediate tensors, graph inputs or initializers."""
-    model = load_model(model)
+    model = as_model(model)
     if outputs is None:
         outputs = [o.name for o in model.graph.output]
     inits = {t.name: t for t in model.graph.initializer}
@@ -195,7 +195,7 @@ def make_inputs(model: ModelLike, *, seed: int = 0, dims: dict[str, int] | None 
     Dynamic dims: `dims[name]`, else batch-like 2, sequence-like 8, other names 4, unnamed 2.
     Integer inputs used as Gather indices into a constant get ids in range; other ints in [0, 4).
     """
-    model = load_model(model)
+    model = as_model(model)
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
     bounds = _index_bounds(model)

@@ -15,6 +15,7 @@ from onnxprune.coupling.channel_map import ShapeQueries, constant_source
 from onnxprune.coupling.registry import RULES
 from onnxprune.coupling.tracker import ChannelTracker
 from onnxprune.graph import GraphIndex
+from onnxprune.layout import layer_problem
 
 
 @dataclass
@@ -69,6 +70,16 @@ class Walker(ShapeQueries):
     def where(self, i: int, node: onnx.NodeProto) -> str:
         return f"node '{self.index.names[i]}' ({node.op_type})"
 
+    def layer_problem(self, node: onnx.NodeProto) -> str | None:
+        """Why a layer's attributes do not fit its constant weight (layout.layer_problem), None when they do."""
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
+            return None
+        weight = self.shape(node.input[1])
+        if weight is None or not self.is_const(node.input[1]):
+            return None
+        data = self.shape(node.input[0])
+        return layer_problem(node, weight, None if data is None else len(data))
+
     # ---- updates -------------------------------------------------------------------
     def set_axes(self, tensor: str, axes: dict[int, np.ndarray]) -> None:
         if tensor and axes:
@@ -115,6 +126,10 @@ class Walker(ShapeQueries):
             if entry is None:
                 self.block_inputs(i, node, "no channel rule for this op; channels flowing into it cannot be pruned "
                                   "(prune other layers, or ask for a rule)")
+                continue
+            problem = self.layer_problem(node)
+            if problem is not None:
+                self.block_inputs(i, node, f"{problem}; fix the node's attributes to prune through it")
                 continue
             try:
                 entry.couple(self, i, node)

@@ -1,0 +1,72 @@
+"""Checks of a model's tensors and graph made before anything is allocated from them.
+
+Every tensor (initializers, Constant values, attributes, subgraphs) must have a known element type,
+non-negative dims, exactly one place holding its data, and that place must hold exactly the elements its dims
+claim: a tensor whose float_data claims 10**12 elements is refused here, not when numpy is asked for them.
+Only the fields' lengths are read (no data is copied).
+"""
+from __future__ import annotations
+
+import math
+
+import onnx
+from onnx import TensorProto
+
+from . import external_data as ext
+from .errors import InvalidModelError
+
+MAX_ELEMENTS = 2**48  # more elements than any real tensor: refused before a size is computed from them
+_KNOWN_TYPES = frozenset(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
+_TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
+_PAIRS = {TensorProto.COMPLEX64, TensorProto.COMPLEX128}  # two values per element
+
+
+def check_model_structure(model: onnx.ModelProto, where: str) -> None:
+    """InvalidModelError for a graph no call can use (no outputs) or a tensor the checks below refuse."""
+    if not model.HasField("graph") or not model.graph.output:
+        raise InvalidModelError(f"{where}: the graph has no outputs, so there is nothing to compute or prune; "
+                                "give the model at least one graph output")
+    for tensor in ext.iter_tensors(model):
+        check_tensor(tensor, where)
+
+
+def check_tensor(tensor: TensorProto, where: str) -> None:
+    """InvalidModelError unless the tensor's type, dims and data fields agree (see the module docstring)."""
+    name = f"{where}: tensor {tensor.name!r}"
+    if tensor.data_type not in _KNOWN_TYPES:
+        raise InvalidModelError(f"{name} has element type {tensor.data_type}, which is not an ONNX type; the file is "
+                                "corrupt or made for a newer onnx")
+    dims = list(tensor.dims)
+    if any(d < 0 for d in dims):
+        raise InvalidModelError(f"{name} has a negative dim {dims}; the file is corrupt")
+    numel = math.prod(dims)
+    if numel > MAX_ELEMENTS:
+        raise InvalidModelError(f"{name} claims {numel} elements (dims {dims}); the file is corrupt")
+    places = [f for f in _TYPED_FIELDS if len(getattr(tensor, f))]
+    if tensor.HasField("raw_data"):
+        places.append("raw_data")
+    if ext.is_external(tensor):
+        places.append("external_data")
+    if len(places) > 1:
+        raise InvalidModelError(f"{name} holds its values in {' and '.join(places)}; a tensor keeps them in one "
+                                "field only: re-export or rewrite it with one of them")
+    if not places or places[0] in ("raw_data", "external_data"):
+        if not places and numel:
+            raise InvalidModelError(f"{name} claims {numel} elements (dims {dims}) but holds no data; the file is "
+                                    "corrupt or truncated")
+        return  # raw and external byte counts: loading.check_tensor_sizes
+    held = len(getattr(tensor, places[0]))
+    need = _field_count(tensor.data_type, numel)
+    if held != need:
+        raise InvalidModelError(f"{name} holds {held} values in {places[0]} but its dims {dims} need {need}; the file "
+                                "is corrupt or truncated")
+
+
+def _field_count(data_type: int, numel: int) -> int:
+    """How many entries of its typed field a tensor of `numel` elements has."""
+    if data_type in _PAIRS:
+        return 2 * numel
+    if not ext.is_plain_dtype(data_type) and data_type != TensorProto.STRING:
+        per_word = 8 // max(ext.packed_bits(data_type), 1)  # packed types: whole bytes, one per int32 entry
+        return -(-numel // per_word)
+    return numel
