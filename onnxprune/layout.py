@@ -83,10 +83,11 @@ def weight_layout(node: onnx.NodeProto, rank: int, slot: int = 1) -> WeightLayou
     return None
 
 
-def layer_problem(node: onnx.NodeProto, weight_shape: Sequence, input_rank: int | None = None) -> str | None:
+def layer_problem(node: onnx.NodeProto, weight_shape: Sequence, input_shape: Sequence | None = None) -> str | None:
     """Why a Conv / ConvTranspose / Gemm node's attributes do not fit its weight (None when they do or for other
     ops): a group below 1 or not dividing the channels, a kernel_shape other than the weight's, strides /
-    dilations / pads of another rank or out of range, a weight rank that is not the input's."""
+    dilations / pads of another rank or out of range, a weight rank or input channel count that is not the
+    input's (`input_shape`, when known)."""
     op = node.op_type
     rank = len(weight_shape)
     if op == "Gemm":
@@ -101,8 +102,8 @@ def layer_problem(node: onnx.NodeProto, weight_shape: Sequence, input_rank: int 
         return f"group={group} (must be at least 1)"
     if rank < 3:
         return f"{op} weight of rank {rank} (a {op} weight has at least 3 dims)"
-    if input_rank is not None and input_rank != rank:
-        return f"input of rank {input_rank} for a weight of rank {rank} (they must be equal)"
+    if input_shape is not None and len(input_shape) != rank:
+        return f"input of rank {len(input_shape)} for a weight of rank {rank} (they must be equal)"
     spatial = rank - 2
     kernel = attribute(node, "kernel_shape", None)
     if kernel is not None and list(kernel) != list(weight_shape[2:]):
@@ -115,4 +116,8 @@ def layer_problem(node: onnx.NodeProto, weight_shape: Sequence, input_rank: int 
     channels = weight_shape[0]
     if isinstance(channels, int) and channels % group:
         return f"group={group} does not divide the weight's {channels} channels on axis 0"
+    if input_shape is not None and isinstance(input_shape[1], int) and isinstance(channels, int):
+        reads = weight_shape[1] * group if op == "Conv" else channels
+        if input_shape[1] != reads:
+            return f"input of {input_shape[1]} channels for a weight that reads {reads}"
     return None

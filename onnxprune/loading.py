@@ -6,6 +6,7 @@ import os
 from typing import Union
 
 import onnx
+import onnx.inliner
 from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
@@ -25,7 +26,7 @@ def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.Mo
     """
     if isinstance(model, onnx.ModelProto):
         _check_given(model)
-        return model
+        return inline_functions(model) if model.functions else model
     path = os.path.abspath(os.fspath(model))
     proto = _parse(path)
     directory = os.path.dirname(path)
@@ -35,10 +36,23 @@ def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.Mo
     _check_light(proto, path)
     files = [os.path.realpath(path)]
     files += [ext.resolve_location(t, directory) for t in ext.iter_tensors(proto) if ext.is_external(t)]
+    if proto.functions:
+        proto = inline_functions(proto)
     if load_external_data:
         _load_external(proto, directory)
     ext.record_origin(proto, directory, list(dict.fromkeys(files)))
     return proto
+
+
+def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose model-local functions are inlined (onnx.inliner) and dropped, so every node is in the graph
+    where analysis and surgery see it; `model` is not changed."""
+    try:
+        out = onnx.inliner.inline_local_functions(model)
+    except Exception as exc:  # the inliner raises C++ errors on malformed functions
+        raise InvalidModelError(f"model-local functions cannot be inlined ({exc}); inline or remove them") from exc
+    del out.functions[:]
+    return out
 
 
 def as_model(model: ModelLike) -> onnx.ModelProto:

@@ -61,7 +61,7 @@ def _node_of(text: str, model: onnx.ModelProto | None) -> tuple[str | None, str 
         if found:
             groups = found.groupdict()
             name = groups.get("name")
-            op_type = groups.get("op") or _op_in_model(name, model)
+            op_type = _op_in_model(name, model) or groups.get("op")  # the model's op, not a fused one
             return name, op_type
     return None, None
 

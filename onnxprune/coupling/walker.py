@@ -16,6 +16,7 @@ from onnxprune.coupling.registry import RULES
 from onnxprune.coupling.tracker import ChannelTracker
 from onnxprune.graph import GraphIndex
 from onnxprune.layout import layer_problem
+from onnxprune.surgery.slicing import can_slice
 
 
 @dataclass
@@ -77,8 +78,7 @@ class Walker(ShapeQueries):
         weight = self.shape(node.input[1])
         if weight is None or not self.is_const(node.input[1]):
             return None
-        data = self.shape(node.input[0])
-        return layer_problem(node, weight, None if data is None else len(data))
+        return layer_problem(node, weight, self.shape(node.input[0]))
 
     # ---- updates -------------------------------------------------------------------
     def set_axes(self, tensor: str, axes: dict[int, np.ndarray]) -> None:
@@ -138,10 +138,23 @@ class Walker(ShapeQueries):
                 for tensor in node.output:
                     self.axes.pop(tensor, None)
         self._tie_shared_constants()
+        self._block_unsliceable_constants()
         for tensor in outer_captures:
             self.block_tensor(tensor, f"tensor '{tensor}' is read inside a subgraph (If/Loop/Scan body)")
         for tensor in self.index.graph_outputs:
             self.block_tensor(tensor, f"tensor '{tensor}' is a graph output; its shape must not change")
+
+    def _block_unsliceable_constants(self) -> None:
+        """A weight computed by a node surgery cannot evaluate (If, Loop, an op without a folding) stays whole."""
+        for (i, slot), use in self.const_uses.items():
+            node = self.index.nodes[i]
+            name = node.input[slot]
+            if not can_slice(self.index, self.resolver, name):
+                producer = self.index.producer_node(name)
+                made = f" (made by {producer.op_type} node '{producer.name}')" if producer is not None else ""
+                for ids in use.axes.values():
+                    self.block(ids, f"{self.where(i, node)}: weight '{name}'{made} cannot be evaluated to slice "
+                                    "it; fold it into an initializer to prune this layer")
 
     def _tie_shared_constants(self) -> None:
         """A weight read by several nodes (shared layers) loses the same slices everywhere: stays shared."""

@@ -121,8 +121,7 @@ def _conv(index, node, constants, shapes) -> DecomposableLayer:
         problem = problem or "ConvTranspose is not supported: export it as Conv or keep it whole"
     if not problem and len(dims) < 3:
         problem = f"kernel of rank {len(dims)} is not a convolution kernel"
-    data = shapes.get(node.input[0])
-    problem = problem or layer_problem(node, dims, None if data is None else len(data))
+    problem = problem or layer_problem(node, dims, shapes.get(node.input[0]))
     layout = weight_layout(node, len(dims))
     group = layout.group
     if not problem and group != 1:
