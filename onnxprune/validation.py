@@ -15,6 +15,7 @@ from onnx import TensorProto
 from . import external_data as ext
 from .errors import InvalidModelError
 
+MAX_DIM = 2**31 - 1  # largest static graph input dim accepted
 MAX_ELEMENTS = 2**48  # more elements than any real tensor: refused before a size is computed from them
 _KNOWN_TYPES = frozenset(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
@@ -22,12 +23,30 @@ _PAIRS = {TensorProto.COMPLEX64, TensorProto.COMPLEX128}  # two values per eleme
 
 
 def check_model_structure(model: onnx.ModelProto, where: str) -> None:
-    """InvalidModelError for a graph no call can use (no outputs) or a tensor the checks below refuse."""
+    """InvalidModelError for a graph no call can use (no outputs), a tensor or a graph input dim the checks below
+    refuse."""
     if not model.HasField("graph") or not model.graph.output:
         raise InvalidModelError(f"{where}: the graph has no outputs, so there is nothing to compute or prune; "
                                 "give the model at least one graph output")
     for tensor in ext.iter_tensors(model):
         check_tensor(tensor, where)
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name not in initializers:
+            check_input_dims(value, where)
+
+
+def check_input_dims(value: onnx.ValueInfoProto, where: str) -> None:
+    """InvalidModelError for a graph input with a static dim of 0 (no data flows) or above MAX_DIM."""
+    if not value.type.HasField("tensor_type") or not value.type.tensor_type.HasField("shape"):
+        return
+    dims = value.type.tensor_type.shape.dim
+    for axis, dim in enumerate(dims):
+        if dim.HasField("dim_value") and not 0 < dim.dim_value <= MAX_DIM:
+            shown = [d.dim_value if d.HasField("dim_value") else d.dim_param or "?" for d in dims]
+            raise InvalidModelError(f"{where}: graph input {value.name!r} has dim {dim.dim_value} on axis {axis} "
+                                    f"(shape {shown}); a static input dim is between 1 and {MAX_DIM}: give the "
+                                    "input its real size or a symbolic dim")
 
 
 def check_tensor(tensor: TensorProto, where: str) -> None:
