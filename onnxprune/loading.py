@@ -68,10 +68,12 @@ def _check_light(model: onnx.ModelProto, where: str) -> None:
 
 
 def _check_given(model: onnx.ModelProto) -> None:
-    """The checks a loaded file gets, made once for a ModelProto handed over (the last few are remembered by
-    identity and size: every call of the API loads its argument again)."""
-    key = (id(model), len(model.graph.node), len(model.graph.initializer), len(model.graph.output),
-           model.graph.name)
+    """The tensor and structure checks a loaded file gets, made for a ModelProto handed over; skipped for one load_model read from a
+    file (it carries its origin record) and for the last few checked (remembered by identity and a cheap summary
+    of their tensors and nodes: every call of the API loads its argument again)."""
+    if ext.source_files(model):
+        return
+    key = _summary(model)
     if key in _CHECKED:
         return
     where = f"model {model.graph.name!r}" if model.graph.name else "model"
@@ -79,9 +81,18 @@ def _check_given(model: onnx.ModelProto) -> None:
     directory = ext.base_dir(model)
     if directory is not None:
         ext.check_external_data(model, directory)
-    check_tensor_sizes(model, where)
-    _check_light(model, where)
-    _CHECKED.append(key)
+    check_tensor_sizes(model, where)  # onnx.checker is left to the caller: models built in memory often lack
+    _CHECKED.append(key)                # what it asks of files (output shapes) and run all the same
+
+
+def _summary(model: onnx.ModelProto) -> tuple:
+    """Identity and shape of a model's content, without reading tensor data (a few ms for a ResNet-50)."""
+    g = model.graph
+    tensors = hash(tuple((t.name, t.data_type, tuple(t.dims), t.data_location, t.HasField("raw_data"),
+                          len(t.float_data), len(t.int32_data), len(t.int64_data), len(t.external_data))
+                         for t in g.initializer))
+    nodes = hash(tuple((n.op_type, n.domain, len(n.input), len(n.output), len(n.attribute)) for n in g.node))
+    return id(model), g.name, len(g.input), len(g.output), len(model.functions), tensors, nodes
 
 
 def _parse(path: str) -> onnx.ModelProto:

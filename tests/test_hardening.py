@@ -1,0 +1,270 @@
+"""Regression tests of issue 15: every input ends in a valid result or onnxprune's own error.
+
+One test per defect class of ../shared/reliability/ (each rebuilt here from a fixture or a tiny graph):
+onnxruntime's exceptions, analysis vs surgery, input validation before allocation, the written-model guarantee.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune as op
+from onnxprune import runtime
+from onnxprune.cli import main
+from onnxprune.ort_errors import translate
+from graphs import GraphBuilder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIXTURES = os.path.join(ROOT, "fixtures")
+
+
+def fixture(name: str) -> onnx.ModelProto:
+    return onnx.load(os.path.join(FIXTURES, f"{name}.onnx"))
+
+
+def two_convs(group: int = 1) -> onnx.ModelProto:
+    g = GraphBuilder()
+    a = g.conv("x", 4, 8, "c1")
+    b = g.node("Relu", [a], name="relu")
+    g.conv(b, 8, 4, "c2", k=1)
+    g.nodes[-1].output[0] = "y"
+    return g.model({"x": (1, 4, 8, 8)}, {"y": (1, 4, 8, 8)})
+
+
+def set_attr(model: onnx.ModelProto, node_name: str, **attrs) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    node = next(n for n in out.graph.node if n.name == node_name)
+    for key, value in attrs.items():
+        for attr in list(node.attribute):
+            if attr.name == key:
+                node.attribute.remove(attr)
+        node.attribute.append(helper.make_attribute(key, value))
+    return out
+
+
+# --------------------------------------------------------------------------- onnxruntime boundary
+
+def test_runtime_failure_is_onnxprune_error_naming_node_and_op():
+    model = two_convs()
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    bad.graph.node[0].input[0] = "x"  # fine; now feed a wrong channel count at run time
+    with pytest.raises(op.OnnxRuntimeError) as info:
+        runtime.run(bad, {"x": np.zeros((1, 3, 8, 8), np.float32)})
+    assert "onnxruntime cannot run" in str(info.value)
+
+
+def test_translate_parses_node_and_op_from_the_message():
+    class Fail(Exception):
+        __module__ = "onnxruntime.capi.onnxruntime_pybind11_state"
+
+    exc = Fail("[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. "
+               "Name:'c2' Status Message: Input channels C is not equal to kernel channels * group.")
+    err = translate(exc, two_convs(), "run")
+    assert (err.node, err.op_type) == ("c2", "Conv")
+    assert "node 'c2' (Conv)" in str(err) and "[ONNXRuntimeError]" not in str(err)
+    exc = Fail("[ONNXRuntimeError] : 1 : FAIL : /onnxruntime_src/onnxruntime/core/graph/graph.cc:1357 "
+               "onnxruntime::Graph::Graph(const onnxruntime::Model&, int) [ONNXRuntimeError] : 1 : FAIL : "
+               "tensorprotoutils.cc:2678 ConstantNodeProtoToTensorProto Constant node: k has no data attributes")
+    err = translate(exc, None, "load")
+    assert (err.node, err.op_type) == ("k", "Constant")
+    assert "graph.cc" not in str(err) and "Graph::Graph" not in str(err)
+
+
+def test_verify_of_a_model_onnxruntime_cannot_run_is_refused_with_onnxprune_error():
+    model = two_convs()
+    bad = onnx.ModelProto()
+    bad.CopyFrom(model)
+    relu = next(n for n in bad.graph.node if n.name == "relu")
+    relu.input[0] = "x"  # c2 now reads 4 channels where its weight wants 8: onnxruntime refuses to run it
+    with pytest.raises(op.OnnxPruneError):
+        op.prune(bad, ratio=0.3, verify=True)
+
+
+def test_cli_prints_no_traceback_but_debug_does(tmp_path, capsys, monkeypatch):
+    path = tmp_path / "m.onnx"
+    onnx.save(two_convs(), path)
+    import onnxprune.cli.prune_cmd as prune_cmd
+
+    def boom(*args, **kwargs):
+        raise ValueError("internal")
+
+    monkeypatch.setattr(prune_cmd, "prune", boom, raising=False)
+    monkeypatch.setattr(op, "prune", boom)
+    code = main(["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.3"])
+    err = capsys.readouterr().err
+    if code == 3:  # the command reached the patched prune
+        assert "Traceback" not in err and "--debug" in err
+        assert main(["prune", str(path), "-o", str(tmp_path / "o.onnx"), "--ratio", "0.3", "--debug"]) == 3
+        assert "Traceback" in capsys.readouterr().err
+    else:
+        assert code == 0
+
+
+def test_generated_inputs_refuse_above_the_budget_with_names_and_hint():
+    g = GraphBuilder()
+    g.node("Relu", ["x"], name="r")
+    g.nodes[-1].output[0] = "y"
+    model = g.model({"x": (100000, 3, 64, 64)}, {"y": (100000, 3, 64, 64)})
+    with pytest.raises(op.InvalidRequestError, match=r"'x'.*inputs="):
+        runtime.make_inputs(model)
+
+
+# --------------------------------------------------------------------------- analysis and surgery agree
+
+def test_group_minus_one_is_blocked_at_analysis_with_a_reason():
+    source = fixture("mobilenetv2_dynamo")
+    second_conv = [n.name for n in source.graph.node if n.op_type == "Conv"][1]  # reads tracked channels
+    model = set_attr(source, second_conv, group=-1)
+    analysis = op.analyze(model)
+    assert any(g.reason and "group=-1" in g.reason for g in analysis.groups)
+    op.prune(model, ratio=0.3)  # the other groups still prune
+
+
+def test_kernel_shape_other_than_the_weight_is_blocked():
+    model = set_attr(two_convs(), "c1", kernel_shape=[5, 5])
+    try:
+        analysis = op.analyze(model)
+    except op.OnnxPruneError:
+        return  # refused as invalid: fine
+    c1 = [g for g in analysis.groups if "c1" in g.layers]
+    assert c1 and not c1[0].prunable and "kernel_shape" in c1[0].reason
+
+
+def test_weight_through_if_is_not_prunable_and_prune_works():
+    model = two_convs()
+    w = "c1.weight"
+    cond = numpy_helper.from_array(np.array(True), "cond")
+    then = helper.make_graph([helper.make_node("Identity", [w], ["tw"])], "then", [],
+                             [helper.make_tensor_value_info("tw", TensorProto.FLOAT, None)])
+    other = helper.make_graph([helper.make_node("Neg", [w], ["ew"])], "else", [],
+                              [helper.make_tensor_value_info("ew", TensorProto.FLOAT, None)])
+    model.graph.initializer.append(cond)
+    model.graph.node.insert(0, helper.make_node("If", ["cond"], ["w_if"], name="if_w", then_branch=then,
+                                                else_branch=other))
+    next(n for n in model.graph.node if n.name == "c1").input[1] = "w_if"
+    analysis = op.analyze(model)
+    c1 = [g for g in analysis.groups if "c1" in g.layers]
+    assert c1 and not c1[0].prunable and "cannot be evaluated" in c1[0].reason
+    op.prune(model, ratio=0.3, verify=True)
+
+
+def test_shared_weight_on_inputs_of_another_width_is_refused_or_blocked():
+    model = two_convs()
+    c2 = next(n for n in model.graph.node if n.name == "c2")
+    c2.input[1] = "c1.weight"  # 8 -> 8x4x3x3 weight on an 8-channel input: wrong channel count
+    try:
+        analysis = op.analyze(model)
+    except op.OnnxPruneError:
+        return
+    assert not any(g.prunable and "c2" in g.layers for g in analysis.groups)
+
+
+def test_decompose_weight_with_an_extra_unit_dim_is_skipped():
+    model = two_convs()
+    weight = next(t for t in model.graph.initializer if t.name == "c2.weight")
+    weight.dims.insert(0, 1)
+    try:
+        result = op.decompose(model, method="svd", rank_ratio=0.5)
+    except op.OnnxPruneError:
+        return
+    assert all(layer.name != "c2" for layer in result.layers)
+
+
+def test_model_local_functions_are_inlined_and_dropped():
+    model = two_convs()
+    relu = next(n for n in model.graph.node if n.name == "relu")
+    function = helper.make_function("local", "F", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])],
+                                    [helper.make_opsetid("", 18)])
+    unused = helper.make_function("local", "Unused", ["a"], ["b"], [helper.make_node("Neg", ["a"], ["b"])],
+                                  [helper.make_opsetid("", 18)])
+    relu.op_type, relu.domain = "F", "local"
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.functions.extend([function, unused])
+    result = op.prune(model, ratio=0.5, verify=True)
+    assert not result.model.functions
+    assert any(g.prunable for g in op.analyze(model).groups)
+    assert len(model.functions) == 2  # the argument is not changed
+
+
+# --------------------------------------------------------------------------- validation before allocation
+
+def tensor_case(mutate) -> onnx.ModelProto:
+    model = two_convs()
+    mutate(next(t for t in model.graph.initializer if t.name == "c1.weight"))
+    return model
+
+
+@pytest.mark.parametrize("mutate, words", [
+    (lambda t: t.float_data.extend([1.0]), "float_data and raw_data"),
+    (lambda t: setattr(t, "data_type", 99), "not an ONNX type"),
+    (lambda t: t.dims.__setitem__(0, -8), "negative dim"),
+    (lambda t: (t.ClearField("raw_data"), t.float_data.extend([0.0] * 3), t.dims.__setitem__(0, 10**6)),
+     "holds 3 values"),
+    (lambda t: (t.ClearField("raw_data"), t.dims.__setitem__(0, 10**12)), "elements"),
+])
+def test_bad_tensor_fields_are_refused_before_allocation(mutate, words, tmp_path):
+    model = tensor_case(mutate)
+    with pytest.raises(op.InvalidModelError, match=words):
+        op.prune(model, ratio=0.3)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    with pytest.raises(op.InvalidModelError, match=words):
+        op.analyze(str(path))
+
+
+@pytest.mark.parametrize("key, value", [("offset", "12abc"), ("offset", "-4"), ("length", "1.5"),
+                                        ("location", "w\0.bin"), ("location", "../outside.bin")])
+def test_bad_external_data_fields_are_refused(tmp_path, key, value):
+    model = two_convs()
+    onnx.save(model, tmp_path / "m.onnx", save_as_external_data=True, all_tensors_to_one_file=True,
+              location="w.bin", size_threshold=0)
+    stored = onnx.load(tmp_path / "m.onnx", load_external_data=False)
+    tensor = next(t for t in stored.graph.initializer if t.name == "c1.weight")
+    entry = next((e for e in tensor.external_data if e.key == key), None) or tensor.external_data.add(key=key)
+    entry.value = value
+    with open(tmp_path / "bad.onnx", "wb") as f:
+        f.write(stored.SerializeToString())
+    with pytest.raises(op.OnnxPruneError):
+        op.analyze(str(tmp_path / "bad.onnx"))
+
+
+@pytest.mark.parametrize("dim", [0, 2**40])
+def test_zero_and_huge_input_dims_are_refused(dim):
+    model = two_convs()
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = dim
+    with pytest.raises(op.InvalidModelError, match="static input dim"):
+        op.prune(model, ratio=0.3)
+
+
+def test_graph_without_outputs_is_refused():
+    model = two_convs()
+    del model.graph.output[:]
+    with pytest.raises(op.InvalidModelError, match="no outputs"):
+        op.prune(model, ratio=0.3)
+
+
+# --------------------------------------------------------------------------- written models
+
+def test_written_model_loads_with_default_optimisations(tmp_path):
+    result = op.prune(fixture("resnet_legacy"), ratio=0.3)
+    path = tmp_path / "out.onnx"
+    op.save_model(result.model, path, reference=fixture("resnet_legacy"))
+    import onnxruntime as ort
+
+    ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def test_save_refuses_a_tensor_with_two_value_fields(tmp_path):
+    """save_model's checker sees stubbed weights: the real tensors' fields are checked on their own."""
+    model = two_convs()
+    weight = next(t for t in model.graph.initializer if t.name == "c1.weight")
+    weight.float_data.extend([1.0])
+    with pytest.raises(op.OnnxPruneError, match="float_data and raw_data"):
+        op.save_model(model, tmp_path / "out.onnx")
+    assert not os.path.exists(tmp_path / "out.onnx")
