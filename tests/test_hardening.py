@@ -268,3 +268,28 @@ def test_save_refuses_a_tensor_with_two_value_fields(tmp_path):
     with pytest.raises(op.OnnxPruneError, match="float_data and raw_data"):
         op.save_model(model, tmp_path / "out.onnx")
     assert not os.path.exists(tmp_path / "out.onnx")
+
+
+# --------------------------------------------------------------------------- oracles that fit the data
+
+def test_fp16_fixture_passes_verify_on_the_cli(tmp_path):
+    out = tmp_path / "out.onnx"
+    assert main(["prune", os.path.join(FIXTURES, "helper_fp16.onnx"), "-o", str(out), "--ratio", "0.3",
+                 "--verify"]) == 0
+    assert onnx.load(out).graph.input[0].type.tensor_type.elem_type == TensorProto.FLOAT16
+
+
+def test_tolerance_follows_the_dtype():
+    from onnxprune.verify import tolerance_for
+
+    assert tolerance_for(np.dtype(np.float32), 1e-4) == 1e-4
+    assert tolerance_for(np.dtype(np.float16), 1e-4) == 1e-2
+    assert tolerance_for(np.dtype(np.float16), 0.1) == 0.1
+
+
+def test_weight_that_is_a_graph_output_is_compared_not_inf():
+    model = two_convs()
+    model.graph.output.append(helper.make_tensor_value_info("c1.weight", TensorProto.FLOAT, [8, 4, 3, 3]))
+    result = op.prune(model, ratio=0.5, verify=True)
+    report = op.verify_pruning(model, result)
+    assert report.ok and report.outputs["c1.weight"]["rel"] == 0.0
