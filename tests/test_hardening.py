@@ -293,3 +293,22 @@ def test_weight_that_is_a_graph_output_is_compared_not_inf():
     result = op.prune(model, ratio=0.5, verify=True)
     report = op.verify_pruning(model, result)
     assert report.ok and report.outputs["c1.weight"]["rel"] == 0.0
+
+
+def test_declared_output_dims_that_contradict_onnxruntime_are_refused():
+    """A graph output declared 16 wide that computes 1 wide (hidden from ONNX inference behind a Shape-computed
+    Reshape): refused at analysis, not after surgery folded the Shape and the checker saw the contradiction."""
+    g = GraphBuilder()
+    a = g.conv("x", 4, 8, "c1")
+    shape = g.node("Shape", [a], name="shape")
+    b = g.node("Reshape", [a, shape], name="reshape")
+    g.conv(b, 8, 4, "c2", k=1)
+    g.nodes[-1].output[0] = "y"
+    model = g.model({"x": (1, 4, 8, 8)}, {"y": (1, 4, 8, 8)})
+    model.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 16
+    try:
+        result = op.prune(model, ratio=0.5)
+    except op.InvalidModelError as exc:
+        assert "declared" in str(exc) or "checker" in str(exc) or "inference" in str(exc)
+        return
+    assert result.model.graph.output[0].type.tensor_type.shape.dim[3].dim_value == 16
