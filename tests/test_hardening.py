@@ -312,3 +312,15 @@ def test_declared_output_dims_that_contradict_onnxruntime_are_refused():
         assert "declared" in str(exc) or "checker" in str(exc) or "inference" in str(exc)
         return
     assert result.model.graph.output[0].type.tensor_type.shape.dim[3].dim_value == 16
+
+
+def test_reshape_of_a_huge_block_is_blocked_without_allocating():
+    """The channel axis merged with 2**16 x 2**16 spatial positions: the tracker would need 2**34 ids."""
+    g = GraphBuilder()
+    a = g.conv("x", 4, 8, "c1", k=1)
+    g.node("Reshape", [a, g.const("flat", (2,), [1, -1], dtype=np.int64)], name="flatten")
+    g.nodes[-1].output[0] = "y"
+    model = g.model({"x": (1, 4, 2**16, 2**16)}, {"y": (1, 8 * 2**32)})
+    analysis = op.analyze(model)
+    assert not any(g.prunable for g in analysis.groups)
+    assert any(g.reason and "more than onnxprune tracks" in g.reason for g in analysis.groups)
