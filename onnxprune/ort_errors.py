@@ -30,7 +30,11 @@ MAX_DETAIL = 600
 
 WHAT_TO_DO = {
     "load": "check that the model loads in onnxruntime (onnxruntime.InferenceSession) as it is",
-    "run": "check that the model runs in onnxruntime on such inputs, or pass inputs= with real ones",
+    "run": "check that the model runs in onnxruntime on inputs of its declared shapes (onnxprune generates "
+           "random ones); with real inputs, prune without verify and check with op.verify_pruning(model, result, "
+           "inputs=...)",
+    "kernel": "onnxruntime has no kernel for this op at the model's opset: convert the model to a newer opset "
+              "(onnx.version_converter.convert_version) first",
 }
 
 
@@ -47,11 +51,14 @@ def translate(exc: BaseException, model: onnx.ModelProto | None, stage: str, wha
     if len(detail) > MAX_DETAIL:
         detail = detail[:MAX_DETAIL] + " ..."
     where = ""
-    if name is not None or op_type is not None:
-        where = f" at node '{name or '?'}' ({op_type or 'op unknown'})"
+    if name:
+        where = f" at node '{name}' ({op_type or 'op unknown'})"
+    elif op_type:
+        where = f" at an unnamed {op_type} node"
     verb = "load" if stage == "load" else "run"
+    advice = WHAT_TO_DO["kernel" if "Could not find an implementation" in text else verb]
     message = (f"onnxruntime cannot {verb} {what} as given{where}: {detail}; onnxprune needs a model onnxruntime "
-               f"{'loads' if verb == 'load' else 'runs'} to check its results: {WHAT_TO_DO[verb]}")
+               f"{'loads' if verb == 'load' else 'runs'} to check its results: {advice}")
     return OnnxRuntimeError(message, node=name, op_type=op_type)
 
 

@@ -18,7 +18,7 @@ from .loading import ModelLike, as_model
 from .ort_errors import is_onnxruntime_error, translate
 
 PROVIDERS = ["CPUExecutionProvider"]
-INPUT_BUDGET = 2**30  # bytes of generated inputs (make_inputs) at most
+INPUT_BUDGET = 2**29  # bytes of generated inputs (make_inputs) at most, counted at 8 bytes an element
 VERSION = ort.__version__
 
 
