@@ -45,14 +45,28 @@ def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.Mo
 
 
 def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy whose model-local functions are inlined (onnx.inliner) and dropped, so every node is in the graph
-    where analysis and surgery see it; `model` is not changed."""
+    """A copy whose model-local functions are inlined (onnx.inliner, function bodies converted to the model's
+    opset) and dropped when no node calls them any more, so every node is in the graph where analysis and surgery
+    see it; `model` is not changed."""
     try:
-        out = onnx.inliner.inline_local_functions(model)
+        out = onnx.inliner.inline_local_functions(model, convert_version=True)
     except Exception as exc:  # the inliner raises C++ errors on malformed functions
         raise InvalidModelError(f"model-local functions cannot be inlined ({exc}); inline or remove them") from exc
+    called = {(n.domain, n.op_type) for n in _all_nodes(out.graph)}
+    called |= {(n.domain, n.op_type) for f in out.functions for n in f.node}
+    kept = [f for f in out.functions if (f.domain, f.name) in called]
     del out.functions[:]
+    out.functions.extend(kept)
     return out
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """Nodes of a graph and of its subgraphs (If / Loop / Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _all_nodes(sub)
 
 
 def as_model(model: ModelLike) -> onnx.ModelProto:

@@ -321,3 +321,17 @@ def test_reshape_of_a_huge_block_is_blocked_without_allocating():
     analysis = op.analyze(model)
     assert not any(g.prunable for g in analysis.groups)
     assert any(g.reason and "more than onnxprune tracks" in g.reason for g in analysis.groups)
+
+
+def test_function_of_an_older_opset_is_inlined_not_dropped(tmp_path):
+    """The inliner leaves a function whose opset differs from the model's unless told to convert it."""
+    model = two_convs()
+    relu = next(n for n in model.graph.node if n.name == "relu")
+    function = helper.make_function("local", "F", ["a"], ["b"], [helper.make_node("Relu", ["a"], ["b"])],
+                                    [helper.make_opsetid("", 13)])
+    relu.op_type, relu.domain = "F", "local"
+    model.opset_import.append(helper.make_opsetid("local", 1))
+    model.functions.append(function)
+    result = op.decompose(model, method="svd", rank_ratio=0.5)
+    assert not result.model.functions and all(n.domain != "local" for n in result.model.graph.node)
+    op.save_model(result.model, tmp_path / "out.onnx")

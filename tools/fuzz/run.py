@@ -105,11 +105,14 @@ def make_case(k: int, seed: int, seeds: list[str], folder: str) -> tuple[str, st
 
 def fuzz(cases: int, seed: int = 0, timeout: float = 60.0, memory_gb: float = 3.0, keep: str | None = None,
          log=None) -> dict:
-    """Run `cases` cases; {"outcomes": Counter, "by_operation": {op: Counter}, "breaches": [...], "seconds"}."""
+    """Run `cases` cases; {"outcomes": Counter, "by_operation": {op: Counter}, "breaches": [...], "errors": own
+    errors by class, "unmutated": outcomes of unmutated cases, "seconds"}."""
     seeds = seed_models()
     worker = Worker(memory_gb)
     outcomes: collections.Counter = collections.Counter()
     by_op: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    errors: collections.Counter = collections.Counter()  # own errors by class
+    unmutated: collections.Counter = collections.Counter()  # outcomes of the cases without a mutation
     breaches = []
     start = time.perf_counter()
     scratch = tempfile.mkdtemp(prefix="onnxprune-fuzz-")
@@ -122,6 +125,10 @@ def fuzz(cases: int, seed: int = 0, timeout: float = 60.0, memory_gb: float = 3.
             outcome, detail = worker.ask({"path": path, "op": operation, "out": out}, timeout)
             outcomes[outcome] += 1
             by_op[operation][outcome] += 1
+            if outcome == "own-error":
+                errors[detail.split(":")[0]] += 1
+            if not done:
+                unmutated[outcome] += 1
             if outcome in BREACHES:
                 breaches.append({"case": k, "op": operation, "seed": source, "mutations": done,
                                  "outcome": outcome, "detail": detail})
@@ -135,8 +142,8 @@ def fuzz(cases: int, seed: int = 0, timeout: float = 60.0, memory_gb: float = 3.
     finally:
         worker.stop()
         shutil.rmtree(scratch, ignore_errors=True)
-    return {"outcomes": outcomes, "by_operation": dict(by_op), "breaches": breaches,
-            "seconds": time.perf_counter() - start}
+    return {"outcomes": outcomes, "by_operation": dict(by_op), "breaches": breaches, "errors": errors,
+            "unmutated": unmutated, "seconds": time.perf_counter() - start}
 
 
 def table(report: dict) -> str:
@@ -160,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     report = fuzz(args.cases, args.seed, args.timeout, args.memory_gb, args.keep, log=print)
     print(table(report))
+    print("own errors by class: " + ", ".join(f"{k} {v}" for k, v in report["errors"].most_common()))
+    print("cases without a mutation: " + ", ".join(f"{k} {v}" for k, v in sorted(report["unmutated"].items())))
     print(f"{args.cases} cases in {report['seconds']:.0f} s; breaches: {len(report['breaches'])}")
     return 1 if report["breaches"] else 0
 
