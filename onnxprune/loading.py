@@ -49,15 +49,28 @@ def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     opset) and dropped when no node calls them any more, so every node is in the graph where analysis and surgery
     see it; `model` is not changed."""
     try:
-        out = onnx.inliner.inline_local_functions(model, convert_version=True)
+        out = onnx.inliner.inline_local_functions(model)
     except Exception as exc:  # the inliner raises C++ errors on malformed functions
         raise InvalidModelError(f"model-local functions cannot be inlined ({exc}); inline or remove them") from exc
-    called = {(n.domain, n.op_type) for n in _all_nodes(out.graph)}
-    called |= {(n.domain, n.op_type) for f in out.functions for n in f.node}
+    if _called_functions(out):  # left alone by the inliner: a function of another opset than the model's
+        try:  # converting its body needs the value types: inferred on a copy
+            typed = onnx.shape_inference.infer_shapes(model)
+            out = onnx.inliner.inline_local_functions(typed, convert_version=True)
+        except Exception:  # noqa: BLE001  kept as a function: analysis then blocks the nodes calling it
+            pass
+    called = _called_functions(out)
     kept = [f for f in out.functions if (f.domain, f.name) in called]
     del out.functions[:]
     out.functions.extend(kept)
     return out
+
+
+def _called_functions(model: onnx.ModelProto) -> set[tuple[str, str]]:
+    """(domain, name) of the model-local functions some node (in the graph or a function) calls."""
+    local = {(f.domain, f.name) for f in model.functions}
+    called = {(n.domain, n.op_type) for n in _all_nodes(model.graph)}
+    called |= {(n.domain, n.op_type) for f in model.functions for n in f.node}
+    return called & local
 
 
 def _all_nodes(graph: onnx.GraphProto):
