@@ -25,7 +25,7 @@ _SIGNATURE = re.compile(r"[\w:<>,~*& ]*::\w+(?=\()")
 _PREFIX = re.compile(r"\[ONNXRuntimeError\] : \d+ : \w+ : ")
 _SOURCE = re.compile(r"\S+\.(?:cc|cpp|h):\d+ ")  # a C++ source position, followed by a function signature
 # suffixes onnxruntime's optimisers give to the nodes they rewrite
-_REWRITE_SUFFIXES = ("_nchwc", "_token", "/premask")
+_REWRITE_SUFFIXES = ("_nchwc", "_token")
 MAX_DETAIL = 600
 
 WHAT_TO_DO = {
