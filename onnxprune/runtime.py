@@ -16,6 +16,7 @@ from . import external_data as ext
 from .errors import InvalidRequestError, UnsupportedError, VerificationError
 from .loading import ModelLike, as_model
 from .ort_errors import is_onnxruntime_error, translate
+from .validation import MAX_SHAPE_ENTRIES, SHAPE_SLOTS
 
 PROVIDERS = ["CPUExecutionProvider"]
 INPUT_BUDGET = 2**29  # bytes of generated inputs (make_inputs) at most, counted at 8 bytes an element
@@ -213,6 +214,7 @@ def make_inputs(model: ModelLike, *, seed: int = 0, dims: dict[str, int] | None 
             raise InvalidRequestError(f"graph input {value.name!r} has a negative dim {list(shape)}; fix the model's "
                                       "input shape or pass inputs explicitly")
         specs[value.name] = (tt.elem_type, shape)
+    _check_shape_operands(model, specs)
     _check_input_budget(specs)
     return {name: np.asarray(_random_array(rng, elem, shape, bounds.get(name, 4)))
             for name, (elem, shape) in specs.items()}
@@ -227,6 +229,18 @@ def _check_input_budget(specs: dict[str, tuple[int, tuple[int, ...]]]) -> None:
         raise InvalidRequestError(f"generated inputs would need {sum(sizes.values()) / 2**30:.3g} GiB (more than "
                                   f"{INPUT_BUDGET / 2**30:g} GiB): {big}; pass inputs= with data of the sizes you run "
                                   "(Python API), or give these inputs smaller or symbolic dims")
+
+
+def _check_shape_operands(model: onnx.ModelProto, specs: dict[str, tuple[int, tuple[int, ...]]]) -> None:
+    """InvalidRequestError for a generated input read as a shape (Reshape, Expand, ConstantOfShape, Tile, ...)
+    with more entries than a tensor has dims: onnxruntime would build a tensor of that rank."""
+    for node in model.graph.node:
+        for slot in SHAPE_SLOTS.get(node.op_type, ()):
+            name = node.input[slot] if slot < len(node.input) else ""
+            if name in specs and math.prod(specs[name][1]) > MAX_SHAPE_ENTRIES:
+                raise InvalidRequestError(f"graph input {name!r} (shape {list(specs[name][1])}) is the shape "
+                                          f"operand of node '{node.name}' ({node.op_type}): random values of that "
+                                          f"size make no shape; pass inputs= with a real one")
 
 
 def _itemsize(elem_type: int) -> int:

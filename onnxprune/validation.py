@@ -16,6 +16,10 @@ from . import external_data as ext
 from .errors import InvalidModelError
 
 MAX_DIM = 2**31 - 1  # largest static graph input dim accepted
+# operands read as a shape, repeats, pads or slice bounds (one entry per dim): none has more than MAX_SHAPE_ENTRIES
+SHAPE_SLOTS = {"Reshape": (1,), "Expand": (1,), "ConstantOfShape": (0,), "Tile": (1,), "Resize": (3,),
+               "Upsample": (1,), "OneHot": (1,), "Pad": (1,), "Slice": (1, 2, 3, 4)}
+MAX_SHAPE_ENTRIES = 128
 MAX_ELEMENTS = 2**48  # more elements than any real tensor: refused before a size is computed from them
 _KNOWN_TYPES = frozenset(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
@@ -34,6 +38,24 @@ def check_model_structure(model: onnx.ModelProto, where: str) -> None:
     for value in model.graph.input:
         if value.name not in initializers:
             check_input_dims(value, where)
+    check_shape_operands(model, where)
+
+
+def check_shape_operands(model: onnx.ModelProto, where: str) -> None:
+    """InvalidModelError for a graph input or initializer with over MAX_SHAPE_ENTRIES entries read as a shape:
+    ONNX shape inference (and onnxruntime) would build a tensor of that rank."""
+    sizes = {t.name: math.prod(t.dims) for t in model.graph.initializer}
+    for value in model.graph.input:
+        dims = value.type.tensor_type.shape.dim if value.type.HasField("tensor_type") else []
+        if dims and all(d.HasField("dim_value") for d in dims):
+            sizes.setdefault(value.name, math.prod(d.dim_value for d in dims))
+    for node in model.graph.node:
+        for slot in SHAPE_SLOTS.get(node.op_type, ()):
+            name = node.input[slot] if slot < len(node.input) else ""
+            if sizes.get(name, 0) > MAX_SHAPE_ENTRIES:
+                raise InvalidModelError(f"{where}: node '{node.name}' ({node.op_type}) reads '{name}', of "
+                                        f"{sizes[name]} entries, as a shape (at most {MAX_SHAPE_ENTRIES}, one per "
+                                        "dim); the model is corrupt")
 
 
 def check_input_dims(value: onnx.ValueInfoProto, where: str) -> None:

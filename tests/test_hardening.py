@@ -335,3 +335,15 @@ def test_function_of_an_older_opset_is_inlined_not_dropped(tmp_path):
     result = op.decompose(model, method="svd", rank_ratio=0.5)
     assert not result.model.functions and all(n.domain != "local" for n in result.model.graph.node)
     op.save_model(result.model, tmp_path / "out.onnx")
+
+
+def test_generated_shape_operand_with_millions_of_entries_is_refused():
+    g = GraphBuilder()
+    g.node("Expand", ["x", "shape"], name="expand")
+    g.nodes[-1].output[0] = "y"
+    graph = helper.make_graph(g.nodes, "t", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4]),
+                                             helper.make_tensor_value_info("shape", TensorProto.INT64, [10**7])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
+    with pytest.raises(op.InvalidRequestError, match="shape operand"):
+        runtime.make_inputs(model)
