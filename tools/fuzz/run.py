@@ -31,8 +31,7 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from mutations import mutate, write_case  # noqa: E402
-
-OPERATIONS = ("analyze", "stats", "prune", "prune_verify", "prune_ratios", "decompose", "sparsify", "cli_prune")
+from worker import OPERATIONS  # noqa: E402
 BREACHES = ("foreign", "invalid-output", "modified-input", "memory", "timeout", "crash")
 BACKEND = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data")
 

@@ -91,6 +91,16 @@ def run_op(name: str, path: str, out: str) -> tuple[str, str]:
         return save_and_check(op.prune(path, ratio=0.3, verify=True), path, out)
     if name == "prune_ratios":
         return save_and_check(op.prune(path, ratios={first_layer(path): 0.5}), path, out)
+    if name == "prune_index":
+        return save_and_check(op.prune_by_index(path, {first_layer(path): [0]}, verify=True), path, out)
+    if name == "prune_macs":
+        return save_and_check(op.prune(path, target_macs=0.7, scope="uniform"), path, out)
+    if name == "plan_apply":
+        plan = op.make_plan(path, "l1", 0.3, scope="global")
+        return save_and_check(op.apply_plan(path, plan), path, out)
+    if name == "verify":
+        op.verify(path, path)
+        return "valid", ""
     if name == "decompose":
         return save_and_check(op.decompose(path, method="svd", rank_ratio=0.5), path, out)
     if name == "sparsify":
@@ -109,7 +119,8 @@ def run_op(name: str, path: str, out: str) -> tuple[str, str]:
     raise ValueError(f"unknown operation {name}")
 
 
-OPERATIONS = ("analyze", "stats", "prune", "prune_verify", "prune_ratios", "decompose", "sparsify", "cli_prune")
+OPERATIONS = ("analyze", "stats", "prune", "prune_verify", "prune_ratios", "prune_index", "prune_macs", "plan_apply",
+              "verify", "decompose", "sparsify", "cli_prune")
 
 
 def handle(request: dict) -> dict:
