@@ -118,8 +118,9 @@ def _summary(model: onnx.ModelProto) -> tuple:
     tensors = hash(tuple((t.name, t.data_type, tuple(t.dims), t.data_location, t.HasField("raw_data"),
                           len(t.float_data), len(t.int32_data), len(t.int64_data), len(t.external_data))
                          for t in g.initializer))
-    nodes = hash(tuple((n.op_type, n.domain, len(n.input), len(n.output), len(n.attribute)) for n in g.node))
-    return id(model), g.name, len(g.input), len(g.output), len(model.functions), tensors, nodes
+    nodes = hash(tuple((n.op_type, n.domain, tuple(n.input), len(n.output), len(n.attribute)) for n in g.node))
+    inputs = hash(tuple((v.name, str(v.type)) for v in g.input))
+    return id(model), g.name, len(g.output), len(model.functions), tensors, nodes, inputs
 
 
 def _parse(path: str) -> onnx.ModelProto:
