@@ -55,7 +55,9 @@ def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
     if _called_functions(out):  # left alone by the inliner: a function of another opset than the model's
         try:  # converting its body needs the value types: inferred on a copy
             typed = onnx.shape_inference.infer_shapes(model)
-            out = onnx.inliner.inline_local_functions(typed, convert_version=True)
+            converted = onnx.inliner.inline_local_functions(typed, convert_version=True)
+            onnx.checker.check_model(ext.light_copy(converted, empty=True))  # the converter may reuse names
+            out = converted
         except Exception:  # noqa: BLE001  kept as a function: analysis then blocks the nodes calling it
             pass
     called = _called_functions(out)

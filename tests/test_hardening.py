@@ -347,3 +347,25 @@ def test_generated_shape_operand_with_millions_of_entries_is_refused():
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     with pytest.raises(op.InvalidRequestError, match="shape operand"):
         runtime.make_inputs(model)
+
+
+def test_function_whose_conversion_breaks_ssa_is_kept(tmp_path):
+    """Fuzz finding: a Tile (opset 9) wrapped in a function of a model moved to opset 23; the inliner's version
+    conversion reuses the name of an existing tensor. The function is then kept, and the result stays valid."""
+    source = os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "pytorch-operator",
+                          "test_operator_repeat_dim_overflow", "model.onnx")
+    model = onnx.load(source)
+    tile = next(n for n in model.graph.node if n.op_type == "Tile")
+    body = helper.make_node("Tile", ["x0", "x1"], ["y0"])
+    model.functions.append(helper.make_function("fz.local", "F", ["x0", "x1"], ["y0"], [body],
+                                                [helper.make_opsetid("", 9)]))
+    model.opset_import.append(helper.make_opsetid("fz.local", 1))
+    tile.op_type, tile.domain = "F", "fz.local"
+    next(o for o in model.opset_import if o.domain == "").version = 23
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    try:
+        result = op.prune(str(path), target_macs=0.7)
+    except op.OnnxPruneError:
+        return
+    op.save_model(result.model, tmp_path / "out.onnx")
