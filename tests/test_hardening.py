@@ -369,3 +369,14 @@ def test_function_whose_conversion_breaks_ssa_is_kept(tmp_path):
     except op.OnnxPruneError:
         return
     op.save_model(result.model, tmp_path / "out.onnx")
+
+
+def test_budget_on_a_conv_whose_weight_is_a_vector_is_refused_cleanly():
+    """Fuzz finding: a grouped Conv rewired to read its 1-D bias as weight made the MAC cost code index past the
+    weight's rank."""
+    model = onnx.load(os.path.join(os.path.dirname(onnx.__file__), "backend", "test", "data", "pytorch-converted",
+                                   "test_Conv2d_groups_thnn", "model.onnx"))
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    conv.input[1] = conv.input[2]
+    with pytest.raises(op.OnnxPruneError):
+        op.prune(model, target_macs=0.7)
