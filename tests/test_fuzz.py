@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(ROOT, "tools", "fuzz"))
 
 from run import fuzz, table  # noqa: E402
 
-CI_CASES = 200
+CI_CASES = 300
 
 
 def check(report: dict) -> None:
