@@ -9,6 +9,7 @@ from onnxprune.errors import (
     InvalidModelError,
     InvalidRequestError,
     OnnxPruneError,
+    OnnxRuntimeError,
     UnsupportedError,
     VerificationError,
 )
@@ -44,7 +45,7 @@ __all__ = [
     "verify_decomposition", "verify_pruning",
     "GlobalImportance", "LayerImportance", "LayerStrategy", "ModelStrategy", "SparsifyResult", "SparsityReport",
     "Strategy", "register_strategy", "sparsify",
-    "OnnxPruneError", "InvalidModelError", "InvalidRequestError", "ExternalDataError", "UnsupportedError",
+    "OnnxPruneError", "OnnxRuntimeError", "InvalidModelError", "InvalidRequestError", "ExternalDataError", "UnsupportedError",
     "VerificationError",
     "IterativeResult", "Recommendation", "SensitivityResult", "iterative_prune", "sensitivity",
     "CostModel", "LatencyCostModel", "load_cost", "profile",

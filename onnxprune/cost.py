@@ -194,7 +194,7 @@ def is_depthwise(channels, node) -> bool:
     if node.op_type not in ("Conv", "ConvTranspose") or attribute(node, "group", 1) == 1:
         return False
     w = channels.shape(node.input[1])
-    if w is None:
+    if w is None or len(w) < 3:  # not a convolution kernel: analysis blocks such a layer (layout.layer_problem)
         return False
     groups = attribute(node, "group", 1)
     return (w[1] if node.op_type == "Conv" else w[0] // groups) == 1

@@ -28,3 +28,12 @@ class VerificationError(OnnxPruneError):
 
 class MissingExtraError(OnnxPruneError):
     """An optional dependency (an extra of the onnxprune package: torch, plot) is not installed."""
+
+
+class OnnxRuntimeError(OnnxPruneError):
+    """onnxruntime cannot load or run a model as given; `node` and `op_type` name the node it reported (or None)."""
+
+    def __init__(self, message: str, *, node: str | None = None, op_type: str | None = None):
+        super().__init__(message)
+        self.node = node
+        self.op_type = op_type

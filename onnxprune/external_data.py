@@ -113,11 +113,23 @@ class ExternalRef:
 
 
 def external_ref(tensor: TensorProto) -> ExternalRef:
-    """Parse a tensor's external_data entries."""
+    """Parse a tensor's external_data entries (ExternalDataError unless offset and length are non-negative decimal
+    integers and the location is a non-empty path without NUL bytes)."""
     info = {e.key: e.value for e in tensor.external_data}
+    location = info.get("location", "")
+    if not location or "\0" in location:
+        raise ExternalDataError(f"tensor {tensor.name!r}: external data location {location!r} is empty or holds a "
+                                "NUL byte; fix the model's external_data entries")
     length = info.get("length")
-    return ExternalRef(info.get("location", ""), int(info.get("offset", 0) or 0),
-                       int(length) if length else None)
+    return ExternalRef(location, _external_int(tensor, "offset", info.get("offset") or "0"),
+                       _external_int(tensor, "length", length) if length else None)
+
+
+def _external_int(tensor: TensorProto, key: str, value: str) -> int:
+    if not (value.isascii() and value.isdigit()) or len(value) > 19:
+        raise ExternalDataError(f"tensor {tensor.name!r}: external data {key} {value!r} is not a non-negative "
+                                "integer below 2**63; fix the model's external_data entries")
+    return int(value)
 
 
 def is_plain_dtype(data_type: int) -> bool:
@@ -135,11 +147,12 @@ def tensor_nbytes(tensor: TensorProto) -> int:
         return sum(len(s) for s in tensor.string_data)
     numel = math.prod(tensor.dims)
     if not is_plain_dtype(tensor.data_type):
-        return (numel * _packed_bits(tensor.data_type) + 7) // 8
+        return (numel * packed_bits(tensor.data_type) + 7) // 8
     return numel * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
 
 
-def _packed_bits(data_type: int) -> int:
+def packed_bits(data_type: int) -> int:
+    """Bits per element of a packed element type (int4, int2, float4, float6)."""
     name = TensorProto.DataType.Name(data_type)
     return 2 if name.endswith("2") and "FLOAT" not in name else 6 if name.startswith("FLOAT6") else 4
 

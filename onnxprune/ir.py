@@ -21,6 +21,7 @@ from .external_data import (PROTO_LIMIT, base_dir, is_external, iter_tensors, re
 from .loading import ModelLike, check_tensor_sizes, load_model  # noqa: F401
 from .runtime import check_loads
 from .shapes import infer_shapes, infer_shapes_and_types  # noqa: F401
+from .validation import check_model_structure
 
 
 # --------------------------------------------------------------------------- save
@@ -53,6 +54,7 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, reference: on
         if check and reference is not None:
             check_io(reference, out)
         if check:
+            check_model_structure(out, path)  # the real tensors' fields (the checker below sees stubs)
             check_tensor_sizes(out, path)
             structure = _structure_copy(out, os.path.join(tmp, "structure"))
         ext.write_proto(out, tmp_model)

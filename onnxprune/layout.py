@@ -81,3 +81,43 @@ def weight_layout(node: onnx.NodeProto, rank: int, slot: int = 1) -> WeightLayou
     if op == "Gather" and rank == 2 and attribute(node, "axis", 0) % rank == 0:
         return WeightLayout(op, 0, out_axis=1, in_axis=0, x_axis=None, y_axis=-1)
     return None
+
+
+def layer_problem(node: onnx.NodeProto, weight_shape: Sequence, input_shape: Sequence | None = None) -> str | None:
+    """Why a Conv / ConvTranspose / Gemm node's attributes do not fit its weight (None when they do or for other
+    ops): a group below 1 or not dividing the channels, a kernel_shape other than the weight's, strides /
+    dilations / pads of another rank or out of range, a weight rank or input channel count that is not the
+    input's (`input_shape`, when known)."""
+    op = node.op_type
+    rank = len(weight_shape)
+    if op == "Gemm":
+        if rank != 2:
+            return f"Gemm weight of rank {rank} (a Gemm weight is 2-D)"
+        bad = [a for a in ("transA", "transB") if attribute(node, a, 0) not in (0, 1)]
+        return f"{bad[0]}={attribute(node, bad[0])} (must be 0 or 1)" if bad else None
+    if op not in ("Conv", "ConvTranspose"):
+        return None
+    group = attribute(node, "group", 1)
+    if not isinstance(group, int) or group < 1:
+        return f"group={group} (must be at least 1)"
+    if rank < 3:
+        return f"{op} weight of rank {rank} (a {op} weight has at least 3 dims)"
+    if input_shape is not None and len(input_shape) != rank:
+        return f"input of rank {len(input_shape)} for a weight of rank {rank} (they must be equal)"
+    spatial = rank - 2
+    kernel = attribute(node, "kernel_shape", None)
+    if kernel is not None and list(kernel) != list(weight_shape[2:]):
+        return f"kernel_shape {list(kernel)} differs from the weight's kernel {list(weight_shape[2:])}"
+    for name, count, low in (("strides", spatial, 1), ("dilations", spatial, 1), ("pads", 2 * spatial, 0),
+                             ("output_padding", spatial, 0)):
+        values = attribute(node, name, None)
+        if values is not None and (len(values) != count or any(v < low for v in values)):
+            return f"{name}={list(values)} (needs {count} values of at least {low})"
+    channels = weight_shape[0]
+    if isinstance(channels, int) and channels % group:
+        return f"group={group} does not divide the weight's {channels} channels on axis 0"
+    if input_shape is not None and isinstance(input_shape[1], int) and isinstance(channels, int):
+        reads = weight_shape[1] * group if op == "Conv" else channels
+        if input_shape[1] != reads:
+            return f"input of {input_shape[1]} channels for a weight that reads {reads}"
+    return None

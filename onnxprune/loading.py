@@ -1,18 +1,21 @@
 """Loading a model file: parse, validate (external references, tensor sizes, onnx.checker), record its origin."""
 from __future__ import annotations
 
-import math
+import collections
 import os
 from typing import Union
 
 import onnx
+import onnx.inliner
 from google.protobuf.message import DecodeError
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from . import external_data as ext
 from .errors import InvalidModelError, InvalidRequestError
+from .validation import check_model_structure
 
 ModelLike = Union[onnx.ModelProto, str, os.PathLike]
+_CHECKED: collections.deque = collections.deque(maxlen=8)  # keys of ModelProtos checked already (_check_given)
 
 
 def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.ModelProto:
@@ -22,22 +25,104 @@ def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.Mo
     The loaded model carries its origin (external data folder, files read): see external_data.base_dir.
     """
     if isinstance(model, onnx.ModelProto):
-        return model
+        _check_given(model)
+        return inline_functions(model) if model.functions else model
     path = os.path.abspath(os.fspath(model))
     proto = _parse(path)
     directory = os.path.dirname(path)
+    check_model_structure(proto, path)
     ext.check_external_data(proto, directory)
     check_tensor_sizes(proto, path)
-    try:  # heavy tensors are replaced by empty ones: their sizes were checked above
-        onnx.checker.check_model(ext.light_copy(proto, empty=True))
-    except Exception as exc:  # checker raises ValidationError and assorted C++ errors
-        raise InvalidModelError(f"{path}: fails onnx.checker: {exc}") from exc
+    _check_light(proto, path)
     files = [os.path.realpath(path)]
     files += [ext.resolve_location(t, directory) for t in ext.iter_tensors(proto) if ext.is_external(t)]
+    if proto.functions:
+        proto = inline_functions(proto)
     if load_external_data:
         _load_external(proto, directory)
     ext.record_origin(proto, directory, list(dict.fromkeys(files)))
     return proto
+
+
+def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy whose model-local functions are inlined (onnx.inliner, function bodies converted to the model's
+    opset) and dropped when no node calls them any more, so every node is in the graph where analysis and surgery
+    see it; `model` is not changed."""
+    try:
+        out = onnx.inliner.inline_local_functions(model)
+    except Exception as exc:  # the inliner raises C++ errors on malformed functions
+        raise InvalidModelError(f"model-local functions cannot be inlined ({exc}); inline or remove them") from exc
+    if _called_functions(out):  # left alone by the inliner: a function of another opset than the model's
+        try:  # converting its body needs the value types: inferred on a copy
+            typed = onnx.shape_inference.infer_shapes(model)
+            converted = onnx.inliner.inline_local_functions(typed, convert_version=True)
+            onnx.checker.check_model(ext.light_copy(converted, empty=True))  # the converter may reuse names
+            out = converted
+        except Exception:  # noqa: BLE001  kept as a function: analysis then blocks the nodes calling it
+            pass
+    called = _called_functions(out)
+    kept = [f for f in out.functions if (f.domain, f.name) in called]
+    del out.functions[:]
+    out.functions.extend(kept)
+    return out
+
+
+def _called_functions(model: onnx.ModelProto) -> set[tuple[str, str]]:
+    """(domain, name) of the model-local functions some node (in the graph or a function) calls."""
+    local = {(f.domain, f.name) for f in model.functions}
+    called = {(n.domain, n.op_type) for n in _all_nodes(model.graph)}
+    called |= {(n.domain, n.op_type) for f in model.functions for n in f.node}
+    return called & local
+
+
+def _all_nodes(graph: onnx.GraphProto):
+    """Nodes of a graph and of its subgraphs (If / Loop / Scan bodies)."""
+    for node in graph.node:
+        yield node
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+                yield from _all_nodes(sub)
+
+
+def as_model(model: ModelLike) -> onnx.ModelProto:
+    """A ModelProto as it is (the library's own, made from a checked one), or the model file loaded and checked."""
+    return model if isinstance(model, onnx.ModelProto) else load_model(model)
+
+
+def _check_light(model: onnx.ModelProto, where: str) -> None:
+    try:  # heavy tensors are replaced by empty ones: their sizes are checked separately
+        onnx.checker.check_model(ext.light_copy(model, empty=True))
+    except Exception as exc:  # checker raises ValidationError and assorted C++ errors
+        raise InvalidModelError(f"{where}: fails onnx.checker: {exc}") from exc
+
+
+def _check_given(model: onnx.ModelProto) -> None:
+    """The tensor and structure checks a loaded file gets, made for a ModelProto handed over; skipped for one load_model read from a
+    file (it carries its origin record) and for the last few checked (remembered by identity and a cheap summary
+    of their tensors and nodes: every call of the API loads its argument again)."""
+    if ext.source_files(model):
+        return
+    key = _summary(model)
+    if key in _CHECKED:
+        return
+    where = f"model {model.graph.name!r}" if model.graph.name else "model"
+    check_model_structure(model, where)
+    directory = ext.base_dir(model)
+    if directory is not None:
+        ext.check_external_data(model, directory)
+    check_tensor_sizes(model, where)  # onnx.checker is left to the caller: models built in memory often lack
+    _CHECKED.append(key)                # what it asks of files (output shapes) and run all the same
+
+
+def _summary(model: onnx.ModelProto) -> tuple:
+    """Identity and shape of a model's content, without reading tensor data (a few ms for a ResNet-50)."""
+    g = model.graph
+    tensors = hash(tuple((t.name, t.data_type, tuple(t.dims), t.data_location, t.HasField("raw_data"),
+                          len(t.float_data), len(t.int32_data), len(t.int64_data), len(t.external_data))
+                         for t in g.initializer))
+    nodes = hash(tuple((n.op_type, n.domain, tuple(n.input), len(n.output), len(n.attribute)) for n in g.node))
+    inputs = hash(tuple((v.name, str(v.type)) for v in g.input))
+    return id(model), g.name, len(g.output), len(model.functions), tensors, nodes, inputs
 
 
 def _parse(path: str) -> onnx.ModelProto:
@@ -63,7 +148,7 @@ def _parse(path: str) -> onnx.ModelProto:
 def check_tensor_sizes(model: onnx.ModelProto, path: str) -> None:
     """Raw and external tensors hold exactly the bytes their shape and type need."""
     for tensor in ext.iter_tensors(model):
-        if not ext.is_plain_dtype(tensor.data_type):
+        if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
             continue
         if ext.is_external(tensor):
             held = ext.tensor_nbytes(tensor)
@@ -71,7 +156,7 @@ def check_tensor_sizes(model: onnx.ModelProto, path: str) -> None:
             held = len(tensor.raw_data)
         else:
             continue
-        need = math.prod(tensor.dims) * helper.tensor_dtype_to_np_dtype(tensor.data_type).itemsize
+        need = ext.tensor_nbytes(TensorProto(dims=tensor.dims, data_type=tensor.data_type))
         if held != need:
             raise InvalidModelError(f"{path}: tensor {tensor.name!r} holds {held} bytes but its shape "
                                     f"{list(tensor.dims)} needs {need}; the file is corrupt or truncated")

@@ -1,6 +1,7 @@
 """onnxruntime, driven from one place: sessions, runs, extra outputs, generated inputs, shape observation."""
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import tempfile
@@ -13,39 +14,73 @@ from onnx import TensorProto, helper
 
 from . import external_data as ext
 from .errors import InvalidRequestError, UnsupportedError, VerificationError
-from .loading import ModelLike, load_model
+from .loading import ModelLike, as_model
+from .ort_errors import is_onnxruntime_error, translate
+from .validation import MAX_SHAPE_ENTRIES, SHAPE_SLOTS
 
 PROVIDERS = ["CPUExecutionProvider"]
+INPUT_BUDGET = 2**29  # bytes of generated inputs (make_inputs) at most, counted at 8 bytes an element
 VERSION = ort.__version__
 
 
 def available_providers() -> list[str]:
     """The execution providers this onnxruntime build offers."""
     return ort.get_available_providers()
+
+
 _INDEX_PASS_THROUGH = {"Cast", "Reshape", "Unsqueeze", "Squeeze", "Flatten", "Identity"}
 
 
 # --------------------------------------------------------------------------- sessions
 
+class Session:
+    """An onnxruntime session whose failures are onnxprune's: `run` raises OnnxRuntimeError naming the node and op
+    (see ort_errors), never onnxruntime's own exceptions. Other attributes are the InferenceSession's."""
+
+    def __init__(self, inner: ort.InferenceSession, model: onnx.ModelProto, buffers: list | None = None):
+        self.inner = inner
+        self.model = model
+        self.buffers = buffers or []  # memory-mapped external data, alive as long as the session
+
+    def run(self, output_names, input_feed, run_options=None) -> list:
+        try:
+            return self.inner.run(output_names, input_feed, run_options)
+        except Exception as exc:
+            if is_onnxruntime_error(exc):
+                raise translate(exc, self.model, "run") from exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
+
+
 def session(model: ModelLike, options: ort.SessionOptions | None = None, *,
-            provider: str = PROVIDERS[0]) -> ort.InferenceSession:
+            provider: str = PROVIDERS[0]) -> Session:
     """onnxruntime session (CPU unless `provider` says otherwise); external data is served from memory-mapped
-    files."""
-    model = load_model(model)
+    files. onnxruntime's errors (here and in runs) are raised as OnnxRuntimeError."""
+    model = as_model(model)
     options = options or ort.SessionOptions()
     external = [t for t in ext.iter_tensors(model) if ext.is_external(t)]
     directory = ext.base_dir(model)
     if ext.serialized_size(model, include_external=False) > ext.PROTO_LIMIT or (external and directory is None):
-        return _session_via_file(model, options, provider)
+        return Session(_session_via_file(model, options, provider), model)
     files: dict[str, str] = {}
     for tensor in external:
         files.setdefault(ext.external_ref(tensor).location, ext.resolve_location(tensor, directory))
     buffers = [np.memmap(path, dtype=np.uint8, mode="r") for path in files.values()]
     if buffers:
         options.add_external_initializers_from_files_in_memory(list(files), buffers, [b.size for b in buffers])
-    sess = ort.InferenceSession(ext.serialize(model), options, providers=[provider])
-    sess._onnxprune_buffers = buffers  # keep the mapped files alive as long as the session
-    return sess
+    return Session(_inference_session(ext.serialize(model), options, provider, model), model, buffers)
+
+
+def _inference_session(source: str | bytes, options: ort.SessionOptions, provider: str,
+                       model: onnx.ModelProto) -> ort.InferenceSession:
+    try:
+        return ort.InferenceSession(source, options, providers=[provider])
+    except Exception as exc:
+        if is_onnxruntime_error(exc):
+            raise translate(exc, model, "load") from exc
+        raise
 
 
 def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions, provider: str) -> ort.InferenceSession:
@@ -57,17 +92,17 @@ def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions, provi
         out = ext.build_output(model, os.path.join(tmp, data_name), data_name, ext.base_dir(model))
         ext.write_proto(out, path)
         del out
-        return ort.InferenceSession(path, options, providers=[provider])
+        return _inference_session(path, options, provider, model)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
 def optimized_session(model: ModelLike, threads: int | None = None, *, provider: str = PROVIDERS[0],
-                      profile_prefix: str | None = None) -> ort.InferenceSession:
+                      profile_prefix: str | None = None) -> Session:
     """A session as a user's: all graph optimisations, `threads` intra-op threads (None: onnxruntime's default),
     on `provider` (CPU by default). profile_prefix: record onnxruntime's per-node profile into files starting
     with it (`session.end_profiling()` returns the file)."""
-    model = load_model(model)
+    model = as_model(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     if profile_prefix is not None:
@@ -82,13 +117,15 @@ def optimized_session(model: ModelLike, threads: int | None = None, *, provider:
 
 
 def check_loads(path: str) -> None:
-    """VerificationError unless onnxruntime loads the model file (graph optimizations off: loading is checked)."""
+    """VerificationError unless onnxruntime loads the model file with its default options (all graph
+    optimisations: what users run)."""
     try:
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        ort.InferenceSession(path, options, providers=PROVIDERS)
+        ort.InferenceSession(path, ort.SessionOptions(), providers=PROVIDERS)
     except Exception as exc:
-        raise VerificationError(f"written model does not load in onnxruntime: {exc}") from exc
+        if not is_onnxruntime_error(exc):
+            raise
+        raise VerificationError(f"the written model does not load in onnxruntime with its default options, so "
+                                f"nothing was written: {translate(exc, None, 'load', 'the result')}") from exc
 
 
 # --------------------------------------------------------------------------- runs
@@ -96,7 +133,7 @@ def check_loads(path: str) -> None:
 def run(model: ModelLike, inputs: Mapping[str, np.ndarray],
         outputs: list[str] | None = None) -> dict[str, np.ndarray]:
     """Run the model; `outputs` may name intermediate tensors, graph inputs or initializers."""
-    model = load_model(model)
+    model = as_model(model)
     if outputs is None:
         outputs = [o.name for o in model.graph.output]
     inits = {t.name: t for t in model.graph.initializer}
@@ -163,11 +200,11 @@ def make_inputs(model: ModelLike, *, seed: int = 0, dims: dict[str, int] | None 
     Dynamic dims: `dims[name]`, else batch-like 2, sequence-like 8, other names 4, unnamed 2.
     Integer inputs used as Gather indices into a constant get ids in range; other ints in [0, 4).
     """
-    model = load_model(model)
+    model = as_model(model)
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
     bounds = _index_bounds(model)
-    result = {}
+    specs = {}
     for value in model.graph.input:
         if value.name in inits:
             continue
@@ -177,8 +214,45 @@ def make_inputs(model: ModelLike, *, seed: int = 0, dims: dict[str, int] | None 
         if not tt.HasField("shape"):
             raise InvalidRequestError(f"graph input {value.name!r} has unknown rank; pass inputs explicitly")
         shape = tuple(dim_size(d, dims or {}) for d in tt.shape.dim)
-        result[value.name] = np.asarray(_random_array(rng, tt.elem_type, shape, bounds.get(value.name, 4)))
-    return result
+        if any(n < 0 for n in shape):
+            raise InvalidRequestError(f"graph input {value.name!r} has a negative dim {list(shape)}; fix the model's "
+                                      "input shape or pass inputs explicitly")
+        specs[value.name] = (tt.elem_type, shape)
+    _check_shape_operands(model, specs)
+    _check_input_budget(specs)
+    return {name: np.asarray(_random_array(rng, elem, shape, bounds.get(name, 4)))
+            for name, (elem, shape) in specs.items()}
+
+
+def _check_input_budget(specs: dict[str, tuple[int, tuple[int, ...]]]) -> None:
+    """InvalidRequestError, before anything is allocated, when generated inputs would take over INPUT_BUDGET bytes
+    (counted at 8 bytes an element at least: random values are drawn in float64)."""
+    sizes = {name: math.prod(shape) * max(_itemsize(elem), 8) for name, (elem, shape) in specs.items()}
+    if sum(sizes.values()) > INPUT_BUDGET:
+        big = ", ".join(f"{name!r} {list(specs[name][1])}" for name in sorted(sizes, key=sizes.get, reverse=True)[:5])
+        raise InvalidRequestError(f"generated inputs would need {sum(sizes.values()) / 2**30:.3g} GiB (more than "
+                                  f"{INPUT_BUDGET / 2**30:g} GiB): {big}; pass inputs= with data of the sizes you run "
+                                  "(Python API), or give these inputs smaller or symbolic dims")
+
+
+def _check_shape_operands(model: onnx.ModelProto, specs: dict[str, tuple[int, tuple[int, ...]]]) -> None:
+    """InvalidRequestError for a generated input read as a shape (Reshape, Expand, ConstantOfShape, Tile, ...)
+    with more entries than a tensor has dims: onnxruntime would build a tensor of that rank."""
+    for node in model.graph.node:
+        for slot in SHAPE_SLOTS.get(node.op_type, ()):
+            name = node.input[slot] if slot < len(node.input) else ""
+            if name in specs and math.prod(specs[name][1]) > MAX_SHAPE_ENTRIES:
+                raise InvalidRequestError(f"graph input {name!r} (shape {list(specs[name][1])}) is the shape "
+                                          f"operand of node '{node.name}' ({node.op_type}): random values of that "
+                                          f"size make no shape; pass inputs= with a real one")
+
+
+def _itemsize(elem_type: int) -> int:
+    try:
+        return np.dtype(helper.tensor_dtype_to_np_dtype(elem_type)).itemsize
+    except (KeyError, TypeError, ValueError):
+        raise UnsupportedError(f"graph input element type {elem_type} is not one onnxprune can generate data for; "
+                               "pass inputs explicitly") from None
 
 
 def dim_size(dim: onnx.TensorShapeProto.Dimension, dims: dict[str, int]) -> int:

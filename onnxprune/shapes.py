@@ -30,7 +30,8 @@ def infer_shapes_and_types(model: onnx.ModelProto) -> tuple[dict[str, Shape], di
     shapes, types = _collect(inferred)
     unknown = [o for n in model.graph.node for o in n.output if o and _is_unknown(shapes.get(o))]
     if unknown:
-        _fill_observed(model, unknown, shapes, types)
+        declared = [o.name for o in model.graph.output if o.name not in unknown]
+        _fill_observed(model, unknown + declared, shapes, types)
     return shapes, types
 
 
@@ -82,6 +83,16 @@ def _unknown_dim(dim) -> bool:
     return dim is None or (isinstance(dim, str) and dim.startswith("unk__"))
 
 
+def _check_declared(name: str, known: Shape, seen: Shape) -> None:
+    """InvalidModelError when a static dim the model states differs from the one onnxruntime computes (a symbolic
+    dim in `seen` depends on the inputs and is not compared)."""
+    for axis, (k, s) in enumerate(zip(known, seen)):
+        if isinstance(k, int) and isinstance(s, int) and k != s:
+            raise InvalidModelError(f"tensor '{name}' is declared with dim {k} on axis {axis} but onnxruntime "
+                                    f"computes {s} (shape {list(seen)}); the model's shapes contradict each other: "
+                                    "fix the declared shapes or re-export the model")
+
+
 def _fill_observed(model: onnx.ModelProto, names: list[str], shapes: dict[str, Shape], types: dict[str, int]) -> None:
     """Fill unknown dims from onnxruntime runs (runtime.observe); dims known already are kept.
 
@@ -91,6 +102,7 @@ def _fill_observed(model: onnx.ModelProto, names: list[str], shapes: dict[str, S
     for name, (seen, elem_type) in observe(model, names).items():
         known = shapes.get(name)
         if known is not None and len(known) == len(seen):
+            _check_declared(name, known, seen)
             seen = tuple(s if _unknown_dim(k) else k for k, s in zip(known, seen))
         shapes[name] = seen
         types.setdefault(name, elem_type)

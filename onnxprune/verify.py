@@ -39,10 +39,22 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+# relative error a float type's rounding alone can cause in a model (about 8-10 ulps of 1.0 at its precision)
+DTYPE_TOLERANCE = {"float16": 1e-2, "bfloat16": 6e-2, "float8_e4m3fn": 0.5, "float8_e4m3fnuz": 0.5,
+                   "float8_e5m2": 1.0, "float8_e5m2fnuz": 1.0}
+
+
+def tolerance_for(dtype: np.dtype | None, tol: float) -> float:
+    """`tol`, raised to what the element type's precision allows (fp16 1e-2, bf16 6e-2, fp8 0.5-1)."""
+    return max(tol, DTYPE_TOLERANCE.get(str(dtype), 0.0)) if dtype is not None else tol
+
+
 def compare_arrays(ref: np.ndarray | None, cand: np.ndarray | None) -> dict[str, Any]:
-    """max_abs and rel = max|a-b| / (max|a| + 1e-12); inf when shapes differ or one side is missing."""
+    """max_abs and rel = max|a-b| / (max|a| + 1e-12); inf when shapes differ or one side is missing; `dtype`: the
+    reference's element type (its precision sets the tolerance)."""
     row = {"shape_ref": None if ref is None else tuple(ref.shape),
-           "shape_cand": None if cand is None else tuple(cand.shape)}
+           "shape_cand": None if cand is None else tuple(cand.shape),
+           "dtype": None if ref is None else str(ref.dtype)}
     if ref is None or cand is None or ref.shape != cand.shape:
         return {"max_abs": float("inf"), "rel": float("inf"), **row}
     if ref.dtype == object or cand.dtype == object:
@@ -64,9 +76,11 @@ def _as_float(x: np.ndarray) -> np.ndarray:
 
 
 def _report(outputs: dict, tensors: dict, tol: float) -> VerifyReport:
-    rels = [row["rel"] for row in (*outputs.values(), *tensors.values())]
-    worst = max(rels, default=0.0)
-    return VerifyReport(ok=worst <= tol, max_rel_error=worst, tol=tol, outputs=outputs, tensors=tensors)
+    rows = [*outputs.values(), *tensors.values()]
+    worst = max((row["rel"] for row in rows), default=0.0)
+    ok = all(row["rel"] <= tolerance_for(row.get("dtype"), tol) for row in rows)
+    shown = max((tolerance_for(row.get("dtype"), tol) for row in rows), default=tol)
+    return VerifyReport(ok=ok, max_rel_error=worst, tol=shown, outputs=outputs, tensors=tensors)
 
 
 # --------------------------------------------------------------------------- oracles
@@ -137,8 +151,9 @@ def _result_parts(result: Any) -> tuple[onnx.ModelProto, Mapping]:
 
 
 def _value_names(model: onnx.ModelProto) -> set[str]:
+    """Names a run can return: graph inputs, initializers (a weight may be a graph output) and node outputs."""
     g = model.graph
-    return {v.name for v in g.input} | {o for n in g.node for o in n.output}
+    return {v.name for v in g.input} | {t.name for t in g.initializer} | {o for n in g.node for o in n.output}
 
 
 @dataclass(frozen=True)

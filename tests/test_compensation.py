@@ -101,7 +101,7 @@ def test_fixture_compensation_passes_both_oracles_and_saves(name, tmp_path):
     report = result.compensation
     assert isinstance(report, op.Compensation)
     assert report.verification is not None and report.verification.ok, str(report.verification)
-    assert report.verification.max_rel_error <= 1e-4
+    assert report.verification.max_rel_error <= (1e-2 if name == "helper_fp16" else 1e-4)  # fp16: its precision
     # every compensated layer has its means recorded, sized like its input channel axis
     assert {r.name for r in report.compensated} == set(report.means)
     for row in report.compensated:

@@ -41,7 +41,7 @@ def test_every_fixture_has_prunable_groups(path):
 def test_mask_oracle_at_ratio(path, ratio, tmp_path):
     original = op.load_model(path)
     result = op.prune(original, ratio=ratio, verify=True)
-    assert result.verification.max_rel_error <= 1e-4, str(result.verification)
+    assert result.verification.max_rel_error <= result.verification.tol, str(result.verification)  # 1e-4; fp16: 1e-2
     if ratio == 0.3 and "external" not in path:  # in memory, external tensors resolve against the cwd
         onnx.checker.check_model(result.model, full_check=True)
     if ratio == 0.3:
@@ -80,5 +80,5 @@ def test_mask_oracle_on_random_indices(path):
         except op.InvalidRequestError as exc:  # coupled channels may cover the whole group
             assert "empty" in str(exc)
             continue
-        assert result.verification.max_rel_error <= 1e-4
+        assert result.verification.max_rel_error <= result.verification.tol  # 1e-4; fp16: 1e-2
         check_io(original, result.model)

@@ -1,10 +1,13 @@
 """Rules for ops that move or re-shape channel axes (index maps), with their rewrites."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import onnx
 
 from onnxprune.coupling.registry import RewriteContext, rule
+from onnxprune.coupling.tracker import MAX_TRACKED
 from onnxprune.coupling.walker import Walker
 from onnxprune.graph import attribute
 
@@ -121,6 +124,10 @@ def map_reshape(w: Walker, i: int, node: onnx.NodeProto, in_shape: tuple, out_sh
             continue
         dims_in = [in_shape[a] for a in block_in]
         dims_out = [out_shape[a] for a in block_out]
+        if math.prod(dims_in) > MAX_TRACKED:  # the id grid below has one entry per element of the block
+            w.block(axes[tracked[0]], f"{w.where(i, node)} maps a block of {math.prod(dims_in)} elements "
+                                      f"(dims {dims_in}), more than onnxprune tracks ({MAX_TRACKED})")
+            continue
         position = block_in.index(tracked[0])
         view = [1] * len(dims_in)
         view[position] = dims_in[position]

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+MAX_TRACKED = 2**24  # most element ids one channel axis or one reshape block may need (memory: 8 bytes each)
+
 
 class UnionFind:
     """Vectorised union-find over integer ids (union by smaller root, path compression)."""
@@ -71,6 +73,8 @@ class ChannelTracker:
         self.inexact: list[tuple[np.ndarray, str]] = []
 
     def new_segment(self, n: int, node: int | None, kind: str = "producer") -> np.ndarray:
+        if not 0 <= n <= MAX_TRACKED:  # the walker blocks the node: its rule failed
+            raise ValueError(f"a channel axis of {n} positions (onnxprune tracks 0 to {MAX_TRACKED})")
         ids = self.elements.allocate(n)
         self.segment_of.append(np.full(n, len(self.segments), dtype=np.int64))
         self.segments.append((node, kind))

@@ -15,6 +15,8 @@ from onnxprune.coupling.channel_map import ShapeQueries, constant_source
 from onnxprune.coupling.registry import rule_for
 from onnxprune.coupling.tracker import ChannelTracker
 from onnxprune.graph import GraphIndex
+from onnxprune.layout import layer_problem
+from onnxprune.surgery.slicing import can_slice
 
 
 @dataclass
@@ -69,6 +71,15 @@ class Walker(ShapeQueries):
     def where(self, i: int, node: onnx.NodeProto) -> str:
         return f"node '{self.index.names[i]}' ({node.op_type})"
 
+    def layer_problem(self, node: onnx.NodeProto) -> str | None:
+        """Why a layer's attributes do not fit its constant weight (layout.layer_problem), None when they do."""
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
+            return None
+        weight = self.shape(node.input[1])
+        if weight is None or not self.is_const(node.input[1]):
+            return None
+        return layer_problem(node, weight, self.shape(node.input[0]))
+
     # ---- updates -------------------------------------------------------------------
     def set_axes(self, tensor: str, axes: dict[int, np.ndarray]) -> None:
         if tensor and axes:
@@ -119,6 +130,10 @@ class Walker(ShapeQueries):
                 self.block_inputs(i, node, f"no channel rule for this op{domain}; channels flowing into it cannot be "
                                   "pruned (prune other layers, or ask for a rule)")
                 continue
+            problem = self.layer_problem(node)
+            if problem is not None:
+                self.block_inputs(i, node, f"{problem}; fix the node's attributes to prune through it")
+                continue
             try:
                 entry.couple(self, i, node)
             except (KeyError, IndexError, ValueError, TypeError, AttributeError, ZeroDivisionError) as exc:
@@ -126,10 +141,23 @@ class Walker(ShapeQueries):
                 for tensor in node.output:
                     self.axes.pop(tensor, None)
         self._tie_shared_constants()
+        self._block_unsliceable_constants()
         for tensor in outer_captures:
             self.block_tensor(tensor, f"tensor '{tensor}' is read inside a subgraph (If/Loop/Scan body)")
         for tensor in self.index.graph_outputs:
             self.block_tensor(tensor, f"tensor '{tensor}' is a graph output; its shape must not change")
+
+    def _block_unsliceable_constants(self) -> None:
+        """A weight computed by a node surgery cannot evaluate (If, Loop, an op without a folding) stays whole."""
+        for (i, slot), use in self.const_uses.items():
+            node = self.index.nodes[i]
+            name = node.input[slot]
+            if not can_slice(self.index, self.resolver, name):
+                producer = self.index.producer_node(name)
+                made = f" (made by {producer.op_type} node '{producer.name}')" if producer is not None else ""
+                for ids in use.axes.values():
+                    self.block(ids, f"{self.where(i, node)}: weight '{name}'{made} cannot be evaluated to slice "
+                                    "it; fold it into an initializer to prune this layer")
 
     def _tie_shared_constants(self) -> None:
         """A weight read by several nodes (shared layers) loses the same slices everywhere: stays shared."""

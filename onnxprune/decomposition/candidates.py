@@ -8,7 +8,7 @@ import onnx
 
 from onnxprune.decomposition.cost import Geometry, chain_cost, layer_cost, movable_strides
 from onnxprune.graph import attribute
-from onnxprune.layout import weight_layout
+from onnxprune.layout import layer_problem, weight_layout
 
 METHODS = ("tucker", "cp", "svd")
 _FLOAT_TYPES = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
@@ -121,6 +121,7 @@ def _conv(index, node, constants, shapes) -> DecomposableLayer:
         problem = problem or "ConvTranspose is not supported: export it as Conv or keep it whole"
     if not problem and len(dims) < 3:
         problem = f"kernel of rank {len(dims)} is not a convolution kernel"
+    problem = problem or layer_problem(node, dims, shapes.get(node.input[0]))
     layout = weight_layout(node, len(dims))
     group = layout.group
     if not problem and group != 1:
@@ -153,6 +154,7 @@ def _gemm(index, node, constants, shapes) -> DecomposableLayer:
     if not problem and node.input[0] in constants:
         problem = f"both inputs of Gemm '{layer_name(node)}' are constant: nothing to gain at run time"
     dims = tuple(constants[weight].dims) if weight in constants else ()
+    problem = problem or layer_problem(node, dims)
     if problem:
         return DecomposableLayer(layer_name(node), node.op_type, dims, {}, _all(problem), index, weight, None)
     layout = weight_layout(node, len(dims))

@@ -145,3 +145,17 @@ def _inner_selection(node: onnx.NodeProto, selection: Selection, resolver: Const
     if any(axis in inserted for axis in selection):
         return None
     return {kept_axes.index(axis): positions for axis, positions in selection.items()}
+
+
+def can_slice(index: GraphIndex, resolver: ConstantResolver, name: str) -> bool:
+    """Whether ConstantSlicer can make sliced copies of the constant `name` (the cases of its _emit): analysis asks
+    before calling a weight prunable. Nothing is allocated for initializers and the chains copied node by node."""
+    if name in index.initializers:
+        return True
+    node = index.producer_node(name)
+    if node is not None and node.op_type == "ConstantOfShape" and resolver.int_list(node.input[0]) is not None:
+        return True
+    if node is not None and node.op_type in ("Identity", "Cast", "Unsqueeze", "Expand") and node.input[0] \
+            and can_slice(index, resolver, node.input[0]):
+        return True
+    return resolver.value(name) is not None
