@@ -3,7 +3,8 @@
 `op.profile(model)` analyses the model, describes each Conv / ConvTranspose / Gemm / MatMul-with-constant-weight
 layer by what sets its cost (layers.LayerSpec: identical signatures are measured once), measures each new
 signature's micro-graph on a grid of kept counts (curves.grid_points, timed by timing.Timer) unless the on-disk
-cache has it (cache.LatencyCache), measures the whole model once (cached by graph fingerprint), and returns a
+cache has it (cache.LatencyCache), measures the whole model once (cached by graph fingerprint), with
+`decomposition=` the factor chains of the decomposable layers against their ranks (chains), and returns a
 LatencyCostModel (costmodel).
 """
 from __future__ import annotations
@@ -17,6 +18,7 @@ from onnxprune.coupling import analyze
 from onnxprune.ir import load_model
 from onnxprune.plan import fingerprint
 from onnxprune.profile.cache import LatencyCache
+from onnxprune.profile.chains import measure_chains, methods_asked
 from onnxprune.cost import CostModel
 from onnxprune.profile.costmodel import LatencyCostModel, LayerInfo, load_cost
 from onnxprune.profile.curves import LayerCurve, grid_points
@@ -27,15 +29,19 @@ __all__ = ["CostModel", "LatencyCostModel", "LayerSpec", "load_cost", "profile"]
 
 
 def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int | None = None, batch: int = 1,
-            cache: Any = None, timer: Any = None, stream: TextIO | None = None) -> LatencyCostModel:
+            cache: Any = None, decomposition: Any = None, timer: Any = None,
+            stream: TextIO | None = None) -> LatencyCostModel:
     """Measured latency cost model of `model` (a ModelProto or a path) on `provider` with `threads` intra-op
     threads (None: onnxruntime's default, like a user's session) at batch size `batch` (symbolic dims).
 
     cache: None (default folder, $XDG_CACHE_HOME/onnxprune), False (measure everything) or a folder.
-    timer: what measures (default timing.Timer; tests pass a fake with `points(spec, counts)` and
-    `model(source, feed)`). stream: where the progress bar goes (default stderr, shown on a terminal only).
+    decomposition: also measure the factor chains of the decomposable layers (profile.chains) by these methods:
+    a method name ("tucker", "cp", "svd"), a list of them, or True (every method); None: no chains.
+    timer: what measures (default timing.Timer; tests pass a fake with `points(spec, counts)`,
+    `chain_points(chain_spec, ranks)` and `model(source, feed)`). stream: where the progress bar goes (default stderr, shown on a terminal only).
     """
     check_request(provider, threads, batch)
+    methods = methods_asked(decomposition)
     proto = load_model(model)
     env = environment(provider, threads, batch)
     store = LatencyCache.open(cache, env)
@@ -56,14 +62,18 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
             from onnxprune.workflows.bench import bench_inputs
 
             store.put_total(key, timer.model(model_source(model, proto), bench_inputs(proto, batch)))
+        curves = {s: LayerCurve(spec.in_channels, spec.out_channels, spec.tied,
+                                {(int(i), int(o)): ms for i, o, ms in store.layers[s]}) for s, spec in unique.items()}
+        chains = None
+        if methods:
+            layer_ms = {spec.name: curves[spec.signature()].full_ms for spec in specs}
+            chains = measure_chains(proto, specs, methods, store, timer, layer_ms, stream)
     finally:
         store.save()
-    curves = {s: LayerCurve(spec.in_channels, spec.out_channels, spec.tied,
-                            {(int(i), int(o)): ms for i, o, ms in store.layers[s]}) for s, spec in unique.items()}
     return LatencyCostModel(
         total=store.totals[key], layers={s.name: (s.in_channels, s.out_channels) for s in specs},
         info={s.name: LayerInfo(s.op_type, s.tied, s.signature()) for s in specs}, curves=curves,
-        fingerprint=key, environment=env, skipped=skipped)
+        fingerprint=key, environment=env, skipped=skipped, chains=chains)
 
 
 def _progress(items: list[str], stream: TextIO) -> Iterator[str]:

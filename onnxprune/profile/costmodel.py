@@ -6,7 +6,8 @@ A cost file (`cost.save(path)`, `onnxprune profile MODEL -o cost.json`) is JSON:
      "environment": {"provider": ..., "threads": ..., "batch": ..., "onnxruntime": ..., "cpu": ...},
      "total_ms": 12.3, "skipped": {layer: reason},
      "layers": {name: {"op_type": "Conv", "in": 64, "out": 128, "tied": false, "signature": "<key>"}},
-     "curves": {"<signature>": [[kept_in, kept_out, ms], ...]}}
+     "curves": {"<signature>": [[kept_in, kept_out, ms], ...]},
+     "chains": {...}}   (only when profiled with decomposition=: profile.chains.ChainCosts.as_dict)
 
 load_cost refuses a file made for another model, provider, thread count, batch, onnxruntime version or CPU.
 """
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from onnxprune.errors import InvalidRequestError
+from onnxprune.profile.chains import ChainCosts
 from onnxprune.profile.curves import LayerCurve, check_counts
 
 FORMAT = "onnxprune-cost/1"
@@ -42,7 +44,7 @@ class LatencyCostModel:
 
     def __init__(self, *, total: float, layers: Mapping[str, tuple[int, int]], info: Mapping[str, LayerInfo],
                  curves: Mapping[str, LayerCurve], fingerprint: str, environment: Mapping[str, Any],
-                 skipped: Mapping[str, str] | None = None) -> None:
+                 skipped: Mapping[str, str] | None = None, chains: ChainCosts | None = None) -> None:
         self.total = float(total)
         self.layers = dict(layers)
         self.info = dict(info)
@@ -50,6 +52,7 @@ class LatencyCostModel:
         self.fingerprint = fingerprint
         self.environment = dict(environment)
         self.skipped = dict(skipped or {})
+        self.chains = chains  # measured factor chains (op.profile(..., decomposition=...)), else None
 
     def layer_cost(self, node: str, kept_in: float, kept_out: float) -> float:
         """Latency in ms of layer `node` with kept_in input and kept_out output channels (depthwise: pass the
@@ -80,7 +83,8 @@ class LatencyCostModel:
         used = {i.signature for i in self.info.values()}
         return {"format": FORMAT, "fingerprint": self.fingerprint, "environment": self.environment,
                 "total_ms": self.total, "skipped": self.skipped, "layers": layers,
-                "curves": {s: self.curves[s].as_list() for s in sorted(used)}}
+                "curves": {s: self.curves[s].as_list() for s in sorted(used)},
+                **({"chains": self.chains.as_dict()} if self.chains is not None else {})}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the cost file (atomically)."""
@@ -100,7 +104,8 @@ class LatencyCostModel:
                 points = {(int(i), int(o)): float(ms) for i, o, ms in data["curves"][entry.signature]}
                 curves[entry.signature] = LayerCurve(*layers[name], entry.tied, points)
         return cls(total=data["total_ms"], layers=layers, info=info, curves=curves,
-                   fingerprint=data["fingerprint"], environment=data["environment"], skipped=data.get("skipped"))
+                   fingerprint=data["fingerprint"], environment=data["environment"], skipped=data.get("skipped"),
+                   chains=ChainCosts.from_dict(data["chains"]) if "chains" in data else None)
 
     def __repr__(self) -> str:
         return (f"LatencyCostModel(total={self.total:.3f} ms, {len(self.layers)} layers, "
