@@ -19,7 +19,7 @@ ratios to it (in the latency cache, under the chain signature); the cost model t
 layer's own curve (ratio x the layer's latency at full channels), so "the chain measures faster than its layer"
 is exactly the measured ratio < 1.
 
-Between points (ChainCurve): piecewise linear along an axis; Tucker in 2-D as the axes plus a bilinear
+Between points (ChainCurve): piecewise linear along an axis (snap moves computed ranks onto measured points); Tucker in 2-D as the axes plus a bilinear
 interaction fitted at the corner,
 
     L(i, o) = A_in(i) + A_out(o) - F + b (I - i)(O - o),     F = L(I, O),
@@ -236,12 +236,18 @@ def _axis(pairs: Iterable[tuple[int, float]]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def snap(curve: ChainCurve, ranks: tuple[int, ...]) -> tuple[int, ...]:
-    """The largest ranks with the same predicted latency (within SAME_STEP): each axis in turn walks up its
-    measured ranks while the prediction stays within SAME_STEP of the rank's own."""
+    """The cheapest point of the ranks' latency step. Per axis in turn: a rank less than one runtime block
+    (2 x STEP) below the next measured rank goes up to it (the runtime computes whole blocks, so the measured
+    point is what the rank really costs); then the rank walks up the measured ranks while the prediction stays
+    within SAME_STEP of its own (the largest rank of the same predicted latency)."""
     ranks = list(ranks)
     for k in range(len(ranks)):
+        measured = curve.axis(k)
+        above = [r for r in measured if r >= ranks[k]]
+        if above and above[0] - ranks[k] < 2 * STEP:
+            ranks[k] = above[0]
         base = curve.cost(tuple(ranks))
-        for rank in curve.axis(k):
+        for rank in measured:
             if rank <= ranks[k]:
                 continue
             trial = tuple(rank if j == k else r for j, r in enumerate(ranks))
