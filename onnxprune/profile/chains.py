@@ -169,24 +169,26 @@ class ChainCurve:
         self.points = {tuple(int(r) for r in k): float(v) for k, v in points.items()}
         if len(self.full) == 1:
             self.axes = [_axis((k[0], v) for k, v in self.points.items())]
-            self.interaction = 0.0
+            self.beta = 0.0
             return
         full_in, full_out = self.full
         self.axes = [_axis((i, v) for (i, o), v in self.points.items() if o == full_out),
                      _axis((o, v) for (i, o), v in self.points.items() if i == full_in)]
-        self.interaction = self._fit_interaction()
+        self.beta = self._fit_beta()
 
     @property
     def full_value(self) -> float:
         return float(self.axes[0][1][-1])
 
-    def _fit_interaction(self) -> float:
+    def _fit_beta(self) -> float:
         corner = (int(self.axes[0][0][0]), int(self.axes[1][0][0]))
-        span = (self.full[0] - corner[0]) * (self.full[1] - corner[1])
-        if corner not in self.points or span == 0:
+        if corner not in self.points:
             return 0.0
-        a, b = (float(np.interp(c, *axis)) for c, axis in zip(corner, self.axes))
-        return (self.points[corner] - a - b + self.full_value) / span
+        f = self.full_value
+        a, b = (float(np.interp(c, *axis)) - f for c, axis in zip(corner, self.axes))
+        if abs(a * b) < 1e-12 * f * f:
+            return 0.0
+        return (self.points[corner] - a - b - f) / (a * b)
 
     def grid(self) -> list[tuple[int, ...]]:
         """The rank tuples on the measured axes (Tucker: every pair of measured input and output ranks)."""
@@ -202,8 +204,8 @@ class ChainCurve:
         values = [float(np.interp(r, *axis)) for r, axis in zip(ranks, self.axes)]
         if len(values) == 1:
             return values[0]
-        i, o = ranks
-        estimate = values[0] + values[1] - self.full_value + self.interaction * (self.full[0] - i) * (self.full[1] - o)
+        f = self.full_value
+        estimate = values[0] + values[1] - f + self.beta * (values[0] - f) * (values[1] - f)
         return max(estimate, 1e-3 * min(values))
 
     def check_errors(self) -> list[float]:
