@@ -78,12 +78,12 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
     source = ir.load_model(model)
     own = not isinstance(model, onnx.ModelProto) and not (verify or reconstruct)  # ours to change
     method = normalise_method(method)
+    if target_latency is not None:
+        _check_target_alone(ranks, rank_ratio, recommendation, calibration_ratio, energy, rank_step)
     latency = latency_request(source, method, cost, target_latency, threads)
     if target_latency is None:
         step = rank_step if rank_step is not None or latency is None else 1  # a cost model snaps instead
         policy = RankPolicy(ranks, rank_ratio, recommendation, calibration_ratio, energy, step)
-    else:
-        _check_target_alone(ranks, rank_ratio, recommendation, calibration_ratio, energy, rank_step)
     candidates = decomposable_layers(source)
     targets = _targets(source, candidates, method, ranks, layers)
     base = ir.base_dir(source)
