@@ -174,7 +174,8 @@ def _check_names(model, by_name, names, method) -> None:
                                    f"{layer.reasons[method]}")
 
 
-def _skipped(layer: DecomposableLayer, method: str, reason: str, ranks=None, costs=(None,) * 4, latencies=(None,) * 2):
+def _skipped(layer: DecomposableLayer, method: str, reason: str, ranks=None, costs=(None,) * 4,
+             latencies=(None,) * 2):
     full = layer.full_ranks.get(method)
     return LayerDecomposition(layer.name, layer.op_type, method, ranks, full, None, *costs, skipped=reason,
                               latency_before=latencies[0], latency_after=latencies[1])

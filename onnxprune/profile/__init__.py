@@ -38,7 +38,8 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
     decomposition: also measure the factor chains of the decomposable layers (profile.chains) by these methods:
     a method name ("tucker", "cp", "svd"), a list of them, or True (every method); None: no chains.
     timer: what measures (default timing.Timer; tests pass a fake with `points(spec, counts)`,
-    `chain_points(chain_spec, ranks)` and `model(source, feed)`). stream: where the progress bar goes (default stderr, shown on a terminal only).
+    `chain_points(chain_spec, ranks)` and `model(source, feed)`). stream: where the progress bar goes (default
+    stderr, shown on a terminal only).
     """
     check_request(provider, threads, batch)
     methods = methods_asked(decomposition)
@@ -62,14 +63,17 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
             from onnxprune.workflows.bench import bench_inputs
 
             store.put_total(key, timer.model(model_source(model, proto), bench_inputs(proto, batch)))
-        curves = {s: LayerCurve(spec.in_channels, spec.out_channels, spec.tied,
-                                {(int(i), int(o)): ms for i, o, ms in store.layers[s]}) for s, spec in unique.items()}
-        chains = None
-        if methods:
-            layer_ms = {spec.name: curves[spec.signature()].full_ms for spec in specs}
-            chains = measure_chains(proto, specs, methods, store, timer, layer_ms, stream)
     finally:
         store.save()
+    curves = {s: LayerCurve(spec.in_channels, spec.out_channels, spec.tied,
+                            {(int(i), int(o)): ms for i, o, ms in store.layers[s]}) for s, spec in unique.items()}
+    chains = None
+    if methods:
+        try:
+            layer_ms = {spec.name: curves[spec.signature()].full_ms for spec in specs}
+            chains = measure_chains(proto, specs, methods, store, timer, layer_ms, stream)
+        finally:
+            store.save()
     return LatencyCostModel(
         total=store.totals[key], layers={s.name: (s.in_channels, s.out_channels) for s in specs},
         info={s.name: LayerInfo(s.op_type, s.tied, s.signature()) for s in specs}, curves=curves,

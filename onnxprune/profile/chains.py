@@ -10,7 +10,7 @@ layer. Chains with the same signature (method + layer signature) are measured on
 Grid (rank_points): along each rank axis multiples of STEP (SMALL_STEP for ranks of at most SMALL_AXIS) up to the
 axis limit, widened in multiples of 2 x STEP to at most MAX_RANK_POINTS, then the next multiple above the limit
 and the full rank. The limit is the largest rank whose chain (other ranks at 1) has no more MACs than the layer:
-above it a chain is not faster on any CPU runtime we know, so it is only sampled coarsely. Tucker has two axes:
+above it a chain is seldom faster, so it is only sampled coarsely (next multiple, full). Tucker has two axes:
 each with the other rank at full, plus the corner (smallest, smallest) and one held-out point at about half of
 both limits.
 
@@ -19,13 +19,14 @@ ratios to it (in the latency cache, under the chain signature); the cost model t
 layer's own curve (ratio x the layer's latency at full channels), so "the chain measures faster than its layer"
 is exactly the measured ratio < 1.
 
-Between points (ChainCurve): piecewise linear along an axis (snap moves computed ranks onto measured points); Tucker in 2-D as the axes plus a bilinear
-interaction fitted at the corner,
+Between points (ChainCurve): piecewise linear along an axis (snap moves computed ranks onto measured points);
+Tucker in 2-D as the axes plus an interaction fitted at the corner,
 
-    L(i, o) = A_in(i) + A_out(o) - F + b (I - i)(O - o),     F = L(I, O),
+    L(i, o) = A_in(i) + A_out(o) - F + beta (A_in(i) - F)(A_out(o) - F),     F = L(I, O),
 
-exact on both axes and at the corner, and exact everywhere when the core's cost is c0 + k i o (first and last
-1x1 convs depend on one rank each).
+exact on both axes and at the corner, and exact everywhere when the chain costs c0 + a s(i) + c t(o) + b s(i) t(o)
+for any staircases s, t (first and last 1x1 convs depend on one rank each, the core on both). It is the layer
+curves' separable model with a fixed part (beta = 1 / (F - L0)), written so that beta may take either sign.
 """
 from __future__ import annotations
 
