@@ -216,6 +216,7 @@ def test_target_latency_is_reached_on_a_fake_cost_model():
         for r in d.decomposed:
             curve = cost.chains.curve(r.name, "tucker")
             assert r.ranks in curve.grid() and r.latency_after < r.latency_before
+    assert op.decompose(model, "tucker", target_latency=0.7, cost=cost, verify=True).decomposed  # oracle passes
     loose = op.decompose(model, "tucker", target_latency=1.0, cost=cost)
     assert not loose.decomposed  # nothing needed
 
