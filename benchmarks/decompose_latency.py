@@ -82,6 +82,7 @@ def run_model(name: str, threads: int, repeats: int, quick: bool) -> tuple[list[
         shutil.rmtree(folder, ignore_errors=True)
     notes = [f"{name}: profile with chains {first:.1f} s first, {cached:.2f} s cached; measured total "
              f"{cost.total:.2f} ms"]
+    print(notes[0], file=sys.stderr, flush=True)
     base_macs = op.stats(model).macs
     rows = []
     for label, method, keywords, with_cost in CASES:
@@ -103,6 +104,7 @@ def run_model(name: str, threads: int, repeats: int, quick: bool) -> tuple[list[
         expected = cost.total / predicted
         rows.append([name, label, len(result.decomposed), slower, f"{op.stats(result.model).macs / base_macs:.2f}",
                      f"{expected:.3f}", f"{measured:.3f}", f"{measured / expected:.3f}", ""])
+        print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr, flush=True)
     return rows, notes
 
 
