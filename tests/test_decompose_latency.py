@@ -338,3 +338,19 @@ def test_cli_profile_refuses_an_unknown_method():
     with pytest.raises(SystemExit) as exit_info:
         main(["profile", RESNET, "--decomposition", "bogus"])
     assert exit_info.value.code == 2
+
+
+def test_cli_real_profile_with_chains_feeds_decompose(tmp_path, capsys):
+    cost_path = tmp_path / "cost.json"
+    assert main(["profile", RESNET, "-o", str(cost_path), "--no-cache", "--threads", "1",
+                 "--decomposition", "tucker"]) == 0
+    assert "factor chains (tucker)" in capsys.readouterr().out
+    cost = op.load_cost(cost_path, RESNET, threads=1)
+    assert cost.chains.methods == ("tucker",) and cost.chains.layers
+    for name, methods in cost.chains.layers.items():
+        curve = cost.chains.curves[methods["tucker"]]
+        assert all(math.isfinite(v) and v > 0 for v in curve.points.values())
+    out = tmp_path / "out.onnx"
+    assert main(["decompose", RESNET, "-o", str(out), "--method", "tucker", "--rank-ratio", "0.5", "--cost",
+                 str(cost_path), "--threads", "1"]) == 0
+    assert out.exists() and "predicted" in capsys.readouterr().out
