@@ -92,6 +92,7 @@ def run_model(name: str, threads: int, repeats: int, quick: bool) -> tuple[list[
             result = op.decompose(model, method, cost=cost if with_cost else None, **keywords)
         except op.OnnxPruneError as exc:
             rows.append([name, label, "-", "-", "-", "-", "-", "-", f"refused: {exc}"])
+            print(" | ".join(str(c) for c in rows[-1]), file=sys.stderr, flush=True)
             continue
         predicted, slower = prediction(cost, result)
         if with_cost:
