@@ -341,3 +341,32 @@ def efficientnet_b0_like(seed: int = 0) -> tuple[onnx.ModelProto, int]:
             cin = cout
     y = b.conv_bn_act(y, cin, 1280, 1, act="swish")
     return _image_model(b, "efficientnet_b0_like", b.head(y, 1280, 1000), x), b.params
+
+
+# --------------------------------------------------------------------------- decomposition benchmark (decompose_latency.py)
+
+VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+
+
+def vgg_like(seed: int = 0, image: int = 64, classes: int = 10) -> tuple[onnx.ModelProto, int]:
+    """VGG-16 topology (13 3x3 Conv + bias + Relu, 5 MaxPools, Flatten, Gemm 512 - Relu - Gemm) with random
+    weights at `image` x `image` input; returns (model, params)."""
+    b = _Builder(seed)
+    x = "input"
+    y, cin = x, 3
+    for item in VGG16:
+        if item == "M":
+            y = b.node("MaxPool", [y], kernel_shape=[2, 2], strides=[2, 2])
+            continue
+        w = b.weight("conv_w", (item, cin, 3, 3), cin * 9)
+        bias = b.const("conv_b", np.zeros(item, np.float32))
+        y = b.node("Relu", [b.node("Conv", [y, w, bias], kernel_shape=[3, 3], pads=[1, 1, 1, 1])])
+        cin = item
+    y = b.node("Flatten", [y], axis=1)
+    features = cin * (image // 32) ** 2
+    y = b.node("Relu", [b.node("Gemm", [y, b.weight("fc_w", (512, features), features),
+                                        b.const("fc_b", np.zeros(512, np.float32))], transB=1)])
+    y = b.node("Gemm", [y, b.weight("fc_w", (classes, 512), 512), b.const("fc_b", np.zeros(classes, np.float32))],
+               transB=1)
+    inputs = [helper.make_tensor_value_info(x, TensorProto.FLOAT, [1, 3, image, image])]
+    return b.model("vgg_like", inputs, y, [1, classes]), b.params

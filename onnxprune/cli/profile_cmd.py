@@ -1,4 +1,5 @@
-"""`onnxprune profile MODEL [-o cost.json] [--threads N] [--provider P] [--batch B] [--no-cache]`."""
+"""`onnxprune profile MODEL [-o cost.json] [--threads N] [--provider P] [--batch B] [--decomposition M ...]
+[--no-cache]`."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--provider", default="CPUExecutionProvider",
                    help="onnxruntime execution provider (default CPUExecutionProvider)")
     p.add_argument("--batch", type=int, default=1, help="size given to symbolic (batch) dims (default 1)")
+    p.add_argument("--decomposition", nargs="+", metavar="METHOD", choices=["tucker", "cp", "svd", "all"],
+                   help="also measure the factor chains of the decomposable layers against their ranks, for these "
+                        "methods (tucker, cp, svd or all): the cost file `decompose --cost` reads")
     p.add_argument("--no-cache", action="store_true", help="measure everything; neither read nor write the cache")
     p.set_defaults(func=run)
 
@@ -40,8 +44,10 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError(f"model file '{args.model}' does not exist")
     check_paths({"model": args.model}, {"-o": args.output})
     check_request(args.provider, args.threads, args.batch)
+    methods = args.decomposition or None
     cost = profile(args.model, provider=args.provider, threads=args.threads, batch=args.batch,
-                   cache=False if args.no_cache else None)
+                   cache=False if args.no_cache else None,
+                   decomposition=True if methods and "all" in methods else methods)
     latencies = cost.layer_latencies()
     rows = [[name, cost.info[name].op_type, counts[0], counts[1], f"{latencies[name]:.4f}",
              f"{100 * latencies[name] / cost.total:.1f}" if cost.total else "-"]
@@ -54,6 +60,10 @@ def run(args: argparse.Namespace) -> int:
           f"onnxruntime {env['onnxruntime']}")
     for name, reason in cost.skipped.items():
         print(f"not modelled: {name}: {reason}")
+    if cost.chains is not None:
+        measured = sum(len(m) for m in cost.chains.layers.values())
+        print(f"factor chains ({', '.join(cost.chains.methods)}): {measured} measured, "
+              f"{len(cost.chains.curves)} signatures")
     if args.output:
         write_text(args.output, json.dumps(cost.as_dict(), indent=1, sort_keys=True))
         print(f"wrote {args.output}")

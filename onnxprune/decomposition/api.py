@@ -14,6 +14,7 @@ from onnxprune.decomposition import factorize
 from onnxprune.decomposition.candidates import DecomposableLayer, constant_tensors, find_candidates
 from onnxprune.decomposition.chains import Chain, build, encoded_kernel
 from onnxprune.decomposition.cost import chain_cost, layer_cost
+from onnxprune.decomposition.latency import LatencyModel, latency_request, target_ranks
 from onnxprune.decomposition.oracle import verify_decomposition
 from onnxprune.decomposition.ranks import RankPolicy
 from onnxprune.decomposition.results import DecompositionResult, LayerDecomposition
@@ -44,8 +45,10 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
               rank_ratio: float | None = None, recommendation: str | None = None, calibration_ratio: float = 0.0,
               energy: float | None = None, layers: Iterable[str] | None = None, force: bool = False,
               verify: bool = False, seed: int = 0, rank_step: int | None = None, calibration=None,
-              reconstruct: bool = False, ridge: float | None = None) -> DecompositionResult:
-    """Replace layers by factor chains; exactly one of ranks / rank_ratio / recommendation='vbmf' / energy.
+              reconstruct: bool = False, ridge: float | None = None, cost=None, target_latency: float | None = None,
+              threads: int | None = None) -> DecompositionResult:
+    """Replace layers by factor chains; exactly one of ranks / rank_ratio / recommendation='vbmf' / energy /
+    target_latency.
 
     With `ranks`, only the layers named there are decomposed; `layers` restricts the layers considered.
     `rank_step` rounds ranks UP to a multiple of it, clipped to full rank (ranks.py): by default 16
@@ -59,6 +62,15 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
     relative to the mean diagonal of X^T X, default onnxprune.reconstruction.DEFAULT_RIDGE). `verify` checks
     the chains BEFORE the re-fit (the oracle is about the factorisation); `result.reconstruction` reports
     each chain's calibration error before and after.
+
+    Against measured latency (decomposition/latency.py): `cost` is a cost model with measured chains of this
+    method (op.profile(model, decomposition=method)); `target_latency` (in (0, 1]) picks the ranks per layer so
+    that the predicted latency is at most that fraction of the measured original, losing the least
+    reconstruction accuracy per ms saved (the model is profiled, with `threads`, when no cost is given). With a
+    cost model, a chain that does not measure faster than its layer is skipped unless `force` (instead of the
+    MACs rule), computed ranks are not rounded to rank_step (unless given) but snapped to the largest ranks of
+    the same latency step, each record carries latency_before / latency_after and `result.latency` the
+    whole-model prediction.
     """
     if reconstruct and calibration is None:
         raise InvalidRequestError("reconstruct=True needs calibration data: pass calibration=... (a dict of input "
@@ -66,7 +78,12 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
     source = ir.load_model(model)
     own = not isinstance(model, onnx.ModelProto) and not (verify or reconstruct)  # ours to change
     method = normalise_method(method)
-    policy = RankPolicy(ranks, rank_ratio, recommendation, calibration_ratio, energy, rank_step)
+    if target_latency is not None:
+        _check_target_alone(ranks, rank_ratio, recommendation, calibration_ratio, energy, rank_step)
+    latency = latency_request(source, method, cost, target_latency, threads)
+    if target_latency is None:
+        step = rank_step if rank_step is not None or latency is None else 1  # a cost model snaps instead
+        policy = RankPolicy(ranks, rank_ratio, recommendation, calibration_ratio, energy, step)
     candidates = decomposable_layers(source)
     targets = _targets(source, candidates, method, ranks, layers)
     base = ir.base_dir(source)
@@ -75,20 +92,35 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
     opset = ir.opset_version(source, default=1)
     chains: dict[int, Chain] = {}
     records = []
+
+    def kernel_of(layer: DecomposableLayer) -> np.ndarray:
+        return np.asarray(ir.tensor_array(constants[layer.weight], base), dtype=np.float64)
+
+    picks = None
+    if target_latency is not None:
+        picks = target_ranks(latency, [t for t in targets if method in t.full_ranks], kernel_of, float(target_latency))
     for layer in targets:
         if method not in layer.full_ranks:
             records.append(_skipped(layer, method, layer.reasons[method]))
             continue
+        if picks is not None and isinstance(picks[layer.name], str):
+            records.append(_skipped(layer, method, picks[layer.name]))
+            continue
         node = source.graph.node[layer.node_index]
-        tensor = constants[layer.weight]
-        kernel = np.asarray(ir.tensor_array(tensor, base), dtype=np.float64)
-        chosen = policy.choose(layer.name, method, layer.full_ranks[method], kernel)
-        record, chain = _decompose_layer(layer, node, method, chosen, kernel, tensor.data_type, force, seed, namer,
-                                         opset, policy.step)
+        kernel = kernel_of(layer)
+        if picks is not None:
+            chosen = picks[layer.name]
+        else:
+            chosen = policy.choose(layer.name, method, layer.full_ranks[method], kernel)
+            if latency is not None and ranks is None:
+                chosen = latency.snap(layer.name, chosen)
+        record, chain = _decompose_layer(layer, node, method, chosen, kernel, constants[layer.weight].data_type,
+                                         force, seed, namer, opset, 1 if picks is not None else policy.step, latency)
         records.append(record)
         if chain is not None:
             chains[layer.node_index] = chain
-    result = DecompositionResult(_assemble(source, chains, own), records, method)
+    summary = None if latency is None else latency.summary(records, target_latency)
+    result = DecompositionResult(_assemble(source, chains, own), records, method, latency=summary)
     if verify:
         report = verify_decomposition(source, result)
         if not report.ok:
@@ -101,6 +133,17 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
                                     ridge=DEFAULT_RIDGE if ridge is None else ridge)
         result = replace(result, reconstruction=fitted)
     return result
+
+
+def _check_target_alone(ranks, rank_ratio, recommendation, calibration_ratio, energy, rank_step) -> None:
+    """target_latency= chooses the ranks: no other rank selection (or rank_step) with it."""
+    given = [n for n, v in (("ranks", ranks), ("rank_ratio", rank_ratio), ("recommendation", recommendation),
+                            ("energy", energy), ("rank_step", rank_step)) if v is not None]
+    if calibration_ratio:
+        given.append("calibration_ratio")
+    if given:
+        raise InvalidRequestError(f"target_latency= chooses the ranks from the measured cost model; do not also "
+                                  f"give {', '.join(n + '=' for n in given)}")
 
 
 def _targets(model, candidates, method, ranks, layers) -> list[DecomposableLayer]:
@@ -131,22 +174,34 @@ def _check_names(model, by_name, names, method) -> None:
                                    f"{layer.reasons[method]}")
 
 
-def _skipped(layer: DecomposableLayer, method: str, reason: str, ranks=None, costs=(None,) * 4):
+def _skipped(layer: DecomposableLayer, method: str, reason: str, ranks=None, costs=(None,) * 4,
+             latencies=(None,) * 2):
     full = layer.full_ranks.get(method)
-    return LayerDecomposition(layer.name, layer.op_type, method, ranks, full, None, *costs, skipped=reason)
+    return LayerDecomposition(layer.name, layer.op_type, method, ranks, full, None, *costs, skipped=reason,
+                              latency_before=latencies[0], latency_after=latencies[1])
 
 
-def _decompose_layer(layer, node, method, ranks, kernel, data_type, force, seed, namer, opset, step=1):
-    """(record, chain or None) for one layer at the chosen ranks."""
+def _decompose_layer(layer, node, method, ranks, kernel, data_type, force, seed, namer, opset, step=1,
+                     latency: LatencyModel | None = None):
+    """(record, chain or None) for one layer at the chosen ranks. With a latency model the chain must measure
+    faster than the layer (else the MACs must not grow), unless `force`."""
     g = layer.geometry
     params_before, macs_before = layer_cost(g)
     params_after, macs_after = chain_cost(g, method, ranks)
     costs = (params_before, params_after, macs_before, macs_after)
-    if macs_after > macs_before and not force:
-        rounded = f" (rounded up to a multiple of rank_step={step})" if step > 1 else ""
+    latencies = (latency.pair(layer.name, ranks) if latency is not None else None) or (None, None)
+    rounded = f" (rounded up to a multiple of rank_step={step})" if step > 1 else ""
+    reason = None
+    if latency is not None and latencies[0] is None:
+        reason = f"{latency.reason(layer.name)}; pass force=True to decompose it unmeasured"
+    elif latency is not None and latencies[1] >= latencies[0]:
+        reason = (f"chain at ranks {ranks}{rounded} measures {latencies[1]:.4g} ms, not faster than the layer's "
+                  f"{latencies[0]:.4g} ms (cost model); lower the ranks or pass force=True")
+    elif latency is None and macs_after > macs_before:
         reason = (f"chain at ranks {ranks}{rounded} costs {macs_after} MACs, more than the layer's {macs_before}; "
                   "lower the ranks or pass force=True")
-        return _skipped(layer, method, reason, ranks, costs), None
+    if reason is not None and not force:
+        return _skipped(layer, method, reason, ranks, costs, latencies), None
     try:
         factors = _factors(method, node, kernel, ranks, seed)
     except factorize.DegenerateFit as exc:
@@ -157,7 +212,8 @@ def _decompose_layer(layer, node, method, ranks, kernel, data_type, force, seed,
     stored = [np.asarray(f, dtype=dtype) for f in factors]
     error = float(np.linalg.norm(kernel - encoded_kernel(method, node, stored)) / (np.linalg.norm(kernel) or 1.0))
     record = LayerDecomposition(layer.name, layer.op_type, method, tuple(ranks), layer.full_ranks[method], error,
-                                *costs, nodes=chain.node_names, factors=chain.factor_names)
+                                *costs, nodes=chain.node_names, factors=chain.factor_names,
+                                latency_before=latencies[0], latency_after=latencies[1])
     return record, chain
 
 

@@ -13,6 +13,8 @@ class LayerDecomposition:
     `ranks` / `full_ranks`: (input rank, output rank) for Tucker, (rank,) for CP and SVD.
     `rel_error`: ||K - K_chain|| / ||K|| of the kernel. Params count weights; MACs use inferred
     shapes (unknown batch counted as 1). `nodes` / `factors`: the chain's node and weight names.
+    `latency_before` / `latency_after`: with a cost model (cost= or target_latency=), the layer's measured
+    latency and its chain's predicted latency at `ranks` in ms (None without one, or when not measured).
     """
 
     name: str
@@ -28,6 +30,8 @@ class LayerDecomposition:
     skipped: str | None = None
     nodes: tuple[str, ...] = ()
     factors: tuple[str, ...] = ()
+    latency_before: float | None = None
+    latency_after: float | None = None
 
     @property
     def decomposed(self) -> bool:
@@ -40,6 +44,7 @@ class DecompositionResult:
     layers: list[LayerDecomposition]
     method: str
     reconstruction: object = None  # reconstruct=True: onnxprune.reconstruction.Reconstruction (last factors)
+    latency: dict | None = None  # with a cost model: {target, total, predicted, predicted_fraction} (ms, ms, ms, x)
 
     @property
     def decomposed(self) -> list[LayerDecomposition]:

@@ -3,8 +3,9 @@
 `op.profile(model)` analyses the model, describes each Conv / ConvTranspose / Gemm / MatMul-with-constant-weight
 layer by what sets its cost (layers.LayerSpec: identical signatures are measured once), measures each new
 signature's micro-graph on a grid of kept counts (curves.grid_points, timed by timing.Timer) unless the on-disk
-cache has it (cache.LatencyCache), measures the whole model once (cached by graph fingerprint), spreads the latency outside the layers over the
-activation tensors (activations), and returns a LatencyCostModel (costmodel).
+cache has it (cache.LatencyCache), measures the whole model once (cached by graph fingerprint), spreads the
+latency outside the layers over the activation tensors (activations), with `decomposition=` measures the factor
+chains of the decomposable layers against their ranks (chains), and returns a LatencyCostModel (costmodel).
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from onnxprune.ir import load_model
 from onnxprune.plan import fingerprint
 from onnxprune.profile.activations import activation_terms
 from onnxprune.profile.cache import LatencyCache
+from onnxprune.profile.chains import measure_chains, methods_asked
 from onnxprune.cost import CostModel
 from onnxprune.profile.costmodel import LatencyCostModel, LayerInfo, load_cost
 from onnxprune.profile.curves import LayerCurve, grid_points
@@ -28,15 +30,20 @@ __all__ = ["CostModel", "LatencyCostModel", "LayerSpec", "load_cost", "profile"]
 
 
 def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int | None = None, batch: int = 1,
-            cache: Any = None, timer: Any = None, stream: TextIO | None = None) -> LatencyCostModel:
+            cache: Any = None, decomposition: Any = None, timer: Any = None,
+            stream: TextIO | None = None) -> LatencyCostModel:
     """Measured latency cost model of `model` (a ModelProto or a path) on `provider` with `threads` intra-op
     threads (None: onnxruntime's default, like a user's session) at batch size `batch` (symbolic dims).
 
     cache: None (default folder, $XDG_CACHE_HOME/onnxprune), False (measure everything) or a folder.
-    timer: what measures (default timing.Timer; tests pass a fake with `points(spec, counts)` and
-    `model(source, feed)`). stream: where the progress bar goes (default stderr, shown on a terminal only).
+    decomposition: also measure the factor chains of the decomposable layers (profile.chains) by these methods:
+    a method name ("tucker", "cp", "svd"), a list of them, or True (every method); None: no chains.
+    timer: what measures (default timing.Timer; tests pass a fake with `points(spec, counts)`,
+    `chain_points(chain_spec, ranks)` and `model(source, feed)`). stream: where the progress bar goes (default
+    stderr, shown on a terminal only).
     """
     check_request(provider, threads, batch)
+    methods = methods_asked(decomposition)
     proto = load_model(model)
     env = environment(provider, threads, batch)
     store = LatencyCache.open(cache, env)
@@ -62,10 +69,17 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
         store.save()
     curves = {s: LayerCurve(spec.in_channels, spec.out_channels, spec.tied,
                             {(int(i), int(o)): ms for i, o, ms in store.layers[s]}) for s, spec in unique.items()}
+    chains = None
+    if methods:
+        try:
+            layer_ms = {spec.name: curves[spec.signature()].full_ms for spec in specs}
+            chains = measure_chains(proto, specs, methods, store, timer, layer_ms, stream)
+        finally:
+            store.save()
     cost = LatencyCostModel(
         total=store.totals[key], layers={s.name: (s.in_channels, s.out_channels) for s in specs},
         info={s.name: LayerInfo(s.op_type, s.tied, s.signature()) for s in specs}, curves=curves,
-        fingerprint=key, environment=env, skipped=skipped)
+        fingerprint=key, environment=env, skipped=skipped, chains=chains)
     rest = cost.total - sum(cost.layer_latencies().values())
     cost.tensors = activation_terms(analysis, [*cost.layers, *skipped], rest, batch)
     return cost

@@ -7,7 +7,8 @@ A cost file (`cost.save(path)`, `onnxprune profile MODEL -o cost.json`) is JSON:
      "total_ms": 12.3, "skipped": {layer: reason},
      "layers": {name: {"op_type": "Conv", "in": 64, "out": 128, "tied": false, "signature": "<key>"}},
      "curves": {"<signature>": [[kept_in, kept_out, ms], ...]},
-     "tensors": {tensor: [size_in, size_out, ms]}}
+     "tensors": {tensor: [size_in, size_out, ms]},
+     "chains": {...}}   (only when profiled with decomposition=: profile.chains.ChainCosts.as_dict)
 
 load_cost refuses a file made for another model, provider, thread count, batch, onnxruntime version or CPU.
 """
@@ -21,6 +22,7 @@ from typing import Any
 
 from onnxprune.cost import TENSOR_TERM, predicted_cost
 from onnxprune.errors import InvalidRequestError
+from onnxprune.profile.chains import ChainCosts
 from onnxprune.profile.curves import LayerCurve, check_counts
 
 FORMAT = "onnxprune-cost/1"
@@ -49,7 +51,7 @@ class LatencyCostModel:
 
     def __init__(self, *, total: float, layers: Mapping[str, tuple[int, int]], info: Mapping[str, LayerInfo],
                  curves: Mapping[str, LayerCurve], fingerprint: str, environment: Mapping[str, Any],
-                 skipped: Mapping[str, str] | None = None,
+                 skipped: Mapping[str, str] | None = None, chains: ChainCosts | None = None,
                  tensors: Mapping[str, tuple[int, int, float]] | None = None) -> None:
         self.total = float(total)
         self.layers = dict(layers)
@@ -58,6 +60,7 @@ class LatencyCostModel:
         self.fingerprint = fingerprint
         self.environment = dict(environment)
         self.skipped = dict(skipped or {})
+        self.chains = chains  # measured factor chains (op.profile(..., decomposition=...)), else None
         self.tensors = dict(tensors or {})
 
     def layer_cost(self, node: str, kept_in: float, kept_out: float) -> float:
@@ -94,7 +97,8 @@ class LatencyCostModel:
         return {"format": FORMAT, "fingerprint": self.fingerprint, "environment": self.environment,
                 "total_ms": self.total, "skipped": self.skipped, "layers": layers,
                 "curves": {s: self.curves[s].as_list() for s in sorted(used)},
-                "tensors": {name: list(term) for name, term in sorted(self.tensors.items())}}
+                "tensors": {name: list(term) for name, term in sorted(self.tensors.items())},
+                **({"chains": self.chains.as_dict()} if self.chains is not None else {})}
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the cost file (atomically)."""
@@ -115,6 +119,7 @@ class LatencyCostModel:
                 curves[entry.signature] = LayerCurve(*layers[name], entry.tied, points)
         return cls(total=data["total_ms"], layers=layers, info=info, curves=curves,
                    fingerprint=data["fingerprint"], environment=data["environment"], skipped=data.get("skipped"),
+                   chains=ChainCosts.from_dict(data["chains"]) if "chains" in data else None,
                    tensors={name: (int(i), int(o), float(ms)) for name, (i, o, ms) in data.get("tensors", {}).items()})
 
     def __repr__(self) -> str:

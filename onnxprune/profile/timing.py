@@ -18,7 +18,8 @@ import os
 import platform
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -31,6 +32,8 @@ from onnxprune.profile.layers import LayerSpec, WeightPool, micro_graph
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
+
+    from onnxprune.profile.chains import ChainSpec
 
 CHUNK = 8
 WARMUP = 2
@@ -160,28 +163,42 @@ class Timer:
         Every chunk of points is timed interleaved with the layer at full counts (the reference); a point's value
         is its ratio to the reference in its own chunk times the reference's median over all chunks, so a change
         of machine load between chunks cancels out."""
+        ratios, full = self.relative(spec, [partial(micro_graph, spec, i, o, self.pool) for i, o in counts])
+        return [r * full for r in ratios]
+
+    def chain_points(self, chain: ChainSpec, ranks: Sequence[tuple[int, ...]]) -> list[float]:
+        """Latency of the layer's factor chain at each rank tuple, as a ratio to the layer at full channels timed
+        in the same chunk (profile.chains)."""
+        from onnxprune.profile.chains import chain_graph
+
+        return self.relative(chain.layer, [partial(chain_graph, chain, r, self.pool) for r in ranks])[0]
+
+    def relative(self, spec: LayerSpec, graphs: Sequence[Callable[[], tuple[onnx.ModelProto, tuple[int, ...]]]]
+                 ) -> tuple[list[float], float]:
+        """(each graph's median kernel time / the layer's at full counts in its chunk, the layer's median ms over
+        all chunks); `graphs` build (model, shape of input 'x'), timed in chunks of CHUNK beside the layer (a
+        fresh reference session per chunk: a session's profile ends when it is read)."""
         rng = np.random.default_rng(0)
         with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as folder:
             made = iter(range(1 << 30))
 
-            def runner(kept_in: int, kept_out: int) -> _Runner:
-                model, x_shape = micro_graph(spec, kept_in, kept_out, self.pool)
+            def runner(build: Callable[[], tuple[onnx.ModelProto, tuple[int, ...]]]) -> _Runner:
+                model, x_shape = build()
                 x = rng.standard_normal(x_shape, dtype=np.float32).astype(helper.tensor_dtype_to_np_dtype(spec.dtype))
                 prefix = os.path.join(folder, f"session{next(made)}")  # one profile file per session
                 return _Runner(runtime.optimized_session(model, self.threads, provider=self.provider,
                                                          profile_prefix=prefix), {"x": x})
 
+            reference = partial(micro_graph, spec, spec.in_channels, spec.out_channels, self.pool)
             ratios: list[float] = []
             references: list[float] = []
-            for start in range(0, len(counts), CHUNK):
-                runners = [runner(spec.in_channels, spec.out_channels)] + [runner(*c)
-                                                                           for c in counts[start:start + CHUNK]]
+            for start in range(0, len(graphs), CHUNK):
+                runners = [runner(reference)] + [runner(g) for g in graphs[start:start + CHUNK]]
                 _interleaved(runners, WARMUP, MIN_REPEATS, TARGET_MS)
                 medians = [max(r.kernel_median(), 1e-6) for r in runners]
                 references.append(medians[0])
                 ratios.extend(m / medians[0] for m in medians[1:])
-        full = float(np.median(references))
-        return [r * full for r in ratios]
+        return ratios, float(np.median(references))
 
     def model(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> float:
         """Median ms of the whole model on `feed` (wall clock)."""
