@@ -3,7 +3,7 @@ or params) is at most a fraction of the original's, losing the least importance 
 
 request:   `budget_request` (target_macs= / target_params= / target_latency= -> Budget), `budget_cost` (its model)
 allocate:  `allocate_budget` (the greedy knapsack below) -> Allocation
-exact:     `layer_kept` (each modelled layer's kept input / output channels after a removal), with
+exact:     `layer_kept` (each cost term's kept input / output counts after a removal: layers, tensor terms), with
            onnxprune.cost.predicted_cost the cost that follows
 
 The allocator is a greedy knapsack as in HALP (Shen et al., NeurIPS 2022). Within a group the lowest scores go
@@ -104,19 +104,7 @@ def budget_cost(budget: Budget, analysis) -> CostModel:
     return cost
 
 
-# --------------------------------------------------------------------------- exact kept channels per layer
-
-@dataclass(frozen=True)
-class LayerSide:
-    """One channel axis of a modelled layer: its unpruned count and, per group, the sorted removal ranks of its
-    elements (an element goes once its unit's rank < the group's removed count)."""
-
-    size: int
-    ranks: Mapping[int, np.ndarray]
-
-    def removed(self, counts: Mapping[int, int]) -> int:
-        return sum(int(np.searchsorted(r, counts.get(g, 0))) for g, r in self.ranks.items())
-
+# --------------------------------------------------------------------------- exact kept counts per cost term
 
 def term_axes(analysis, cost: CostModel) -> dict[str, tuple[tuple[str | None, int | None, int], ...]]:
     """term -> ((tensor, axis, size) of its input side, (tensor, axis, size) of its output side) for every term of

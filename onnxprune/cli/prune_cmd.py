@@ -51,8 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cost", metavar="COST.json",
                    help="--target-latency: the cost model written by `onnxprune profile MODEL -o COST.json` "
                         "(default: profile the model now)")
-    p.add_argument("--threads", type=int, help="--target-latency without --cost: onnxruntime threads to profile "
-                                                "with (default: onnxruntime's default, like a user's session)")
+    p.add_argument("--threads", type=int, help="--target-latency: onnxruntime threads to profile with (default: "
+                                                "onnxruntime's default, like a user's session); with --cost, the "
+                                                "thread count the file was measured with (checked)")
     add_data_flags(p, corrections=True)
     p.add_argument("--seed", type=int, default=PLAN_CARRIES["seed"], help="seed of method random (default 0)")
     add_option_flags(p)
@@ -122,12 +123,9 @@ def _budget_args(args: argparse.Namespace) -> dict:
         return {}
     from onnxprune.profile import load_cost
 
-    budget = {"target_latency": args.target_latency, "threads": args.threads}
-    if args.cost:
-        budget.update(cost=load_cost(args.cost, args.model), threads=None)
-        if args.threads is not None:
-            raise InvalidRequestError("--threads is for profiling now; a --cost file was measured already")
-    return budget
+    if args.cost:  # --threads: the thread count the cost file was measured with (it is checked)
+        return {"target_latency": args.target_latency, "cost": load_cost(args.cost, args.model, threads=args.threads)}
+    return {"target_latency": args.target_latency, "threads": args.threads}
 
 
 def _refuse_flags_a_plan_carries(args: argparse.Namespace) -> None:

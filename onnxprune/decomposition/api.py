@@ -11,7 +11,8 @@ from onnx import helper
 
 from onnxprune import ir
 from onnxprune.decomposition import factorize
-from onnxprune.decomposition.candidates import DecomposableLayer, constant_tensors, find_candidates
+from onnxprune.decomposition.candidates import (DecomposableLayer, constant_tensors, decomposable_layers,
+                                                normalise_method)
 from onnxprune.decomposition.chains import Chain, build, encoded_kernel
 from onnxprune.decomposition.cost import chain_cost, layer_cost
 from onnxprune.decomposition.latency import LatencyModel, latency_request, target_ranks
@@ -22,24 +23,6 @@ from onnxprune.errors import InvalidRequestError, UnsupportedError, Verification
 from onnxprune.graph import NameSource
 from onnxprune.layout import weight_layout
 from onnxprune.rebuild import rebuild
-
-_ALIASES = {"tucker": "tucker", "fd_tk": "tucker", "cp": "cp", "fd_cp": "cp", "svd": "svd", "fd_svd": "svd"}
-
-
-def normalise_method(method: str) -> str:
-    """'tucker' | 'cp' | 'svd', accepting NetsPresso's FD_TK, FD_CP, FD_SVD in any case."""
-    key = str(method).strip().lower()
-    if key not in _ALIASES:
-        raise InvalidRequestError(f"unknown decomposition method '{method}': use tucker (FD_TK), cp (FD_CP) "
-                                  "or svd (FD_SVD)")
-    return _ALIASES[key]
-
-
-def decomposable_layers(model) -> list[DecomposableLayer]:
-    """Every Conv / ConvTranspose / Gemm / MatMul-with-constant layer, its full ranks per method or why not."""
-    model = ir.load_model(model)
-    return find_candidates(model, ir.infer_shapes(model))
-
 
 def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | None = None,
               rank_ratio: float | None = None, recommendation: str | None = None, calibration_ratio: float = 0.0,

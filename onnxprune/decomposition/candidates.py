@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
+from onnxprune import ir
 from onnxprune.decomposition.cost import Geometry, chain_cost, layer_cost, movable_strides
+from onnxprune.errors import InvalidRequestError
 from onnxprune.graph import attribute
 from onnxprune.layout import layer_problem, weight_layout
 
@@ -194,3 +196,20 @@ def _matrix_layer(index, node, weight, dims, geometry) -> DecomposableLayer:
     full = {"svd": (min(geometry.c_in, geometry.c_out),)}
     return _layer(index, node, weight, dims, geometry, full, {"tucker": reason, "cp": reason})
 
+
+METHOD_ALIASES = {"tucker": "tucker", "fd_tk": "tucker", "cp": "cp", "fd_cp": "cp", "svd": "svd", "fd_svd": "svd"}
+
+
+def normalise_method(method: str) -> str:
+    """'tucker' | 'cp' | 'svd', accepting NetsPresso's FD_TK, FD_CP, FD_SVD in any case."""
+    key = str(method).strip().lower()
+    if key not in METHOD_ALIASES:
+        raise InvalidRequestError(f"unknown decomposition method '{method}': use tucker (FD_TK), cp (FD_CP) "
+                                  "or svd (FD_SVD)")
+    return METHOD_ALIASES[key]
+
+
+def decomposable_layers(model) -> list[DecomposableLayer]:
+    """Every Conv / ConvTranspose / Gemm / MatMul-with-constant layer, its full ranks per method or why not."""
+    model = ir.load_model(model)
+    return find_candidates(model, ir.infer_shapes(model))

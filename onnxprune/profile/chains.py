@@ -42,7 +42,7 @@ import onnx
 from onnx import helper
 
 from onnxprune.calibration import Progress
-from onnxprune.decomposition.candidates import DecomposableLayer
+from onnxprune.decomposition.candidates import DecomposableLayer, decomposable_layers, normalise_method
 from onnxprune.decomposition.chains import build
 from onnxprune.decomposition.cost import chain_cost, layer_cost
 from onnxprune.errors import InvalidRequestError
@@ -305,8 +305,6 @@ def methods_asked(decomposition: Any) -> tuple[str, ...]:
         return ()
     if decomposition is True:
         return METHODS
-    from onnxprune.decomposition import normalise_method
-
     names = [decomposition] if isinstance(decomposition, str) else list(decomposition)
     return tuple(dict.fromkeys(normalise_method(n) for n in names))
 
@@ -315,8 +313,6 @@ def measure_chains(model: onnx.ModelProto, specs: list[LayerSpec], methods: tupl
                    layer_ms: Mapping[str, float], stream: TextIO | None = None) -> ChainCosts:
     """The ChainCosts of `model` for `methods`: unmeasured chain signatures timed by `timer.chain_points` and put
     in `store` (the latency cache) as ratios; curves scaled to ms by `layer_ms` ({layer name: ms at full})."""
-    from onnxprune.decomposition import decomposable_layers
-
     per_layer, skipped = chain_specs(decomposable_layers(model), specs, methods)
     unique: dict[str, ChainSpec] = {}
     for entry in per_layer.values():
