@@ -73,7 +73,7 @@ def measure(models: Sequence, threads: int | None, repeats: int, warmup: int = 3
     """Median ms of each model on one random feed (of models[0]), all run round-robin `repeats` times after
     `warmup` uncounted rounds, each in a session as a user's (runtime.optimized_session, `threads`)."""
     feed = bench_inputs(op.load_model(models[0]), batch)
-    sessions = [runtime.optimized_session(m, threads) for m in models]
+    sessions = [runtime.optimized_session(m, threads, spinning=False) for m in models]
     outputs = [[o.name for o in s.get_outputs()] for s in sessions]
     times: list[list[float]] = [[] for _ in models]
     for k in range(warmup + repeats):

@@ -98,13 +98,17 @@ def _session_via_file(model: onnx.ModelProto, options: ort.SessionOptions, provi
 
 
 def optimized_session(model: ModelLike, threads: int | None = None, *, provider: str = PROVIDERS[0],
-                      profile_prefix: str | None = None) -> Session:
+                      profile_prefix: str | None = None, spinning: bool = True) -> Session:
     """A session as a user's: all graph optimisations, `threads` intra-op threads (None: onnxruntime's default),
     on `provider` (CPU by default). profile_prefix: record onnxruntime's per-node profile into files starting
-    with it (`session.end_profiling()` returns the file)."""
+    with it (`session.end_profiling()` returns the file). spinning=False: idle intra-op threads sleep instead of
+    spinning, for sessions timed interleaved with others (each session has its own thread pool; spinning pools
+    take the cores from the session being timed)."""
     model = as_model(model)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if profile_prefix is not None:
         options.enable_profiling = True
         options.profile_file_prefix = profile_prefix

@@ -78,3 +78,48 @@ def test_mask_oracle_uses_zero_points():
     fills = {n.input[2] for n in masked.graph.node if n.op_type == "Where" and n.output[0] in quantized}
     assert fills and not any(f.endswith("/zero") for f in fills)
     assert np.isfinite(result.verification.max_rel_error)
+
+
+def weight_only_mlp(element_type: int) -> onnx.ModelProto:
+    """x -> MatMul(DequantizeLinear(W1 int)) -> Relu -> MatMul(DequantizeLinear(W2 int)): float activations, only
+    the weights quantized (per output channel for int8, per tensor for int4)."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    low, high = (-8, 7) if element_type == TensorProto.INT4 else (-128, 127)
+    nodes, inits, last = [], [], "x"
+    for k, (cin, cout) in enumerate([(16, 32), (32, 8)]):
+        values = rng.integers(low, high + 1, size=(cin, cout))
+        weight = helper.make_tensor(f"w{k}", element_type, [cin, cout], values.flatten().tolist())
+        per_channel = element_type == TensorProto.INT8
+        scale = numpy_helper.from_array(rng.uniform(0.01, 0.02, cout if per_channel else ()).astype(np.float32),
+                                        f"s{k}")
+        inits += [weight, scale]
+        nodes.append(helper.make_node("DequantizeLinear", [f"w{k}", f"s{k}"], [f"dq{k}"], name=f"dq{k}",
+                                      **({"axis": 1} if per_channel else {})))
+        nodes.append(helper.make_node("MatMul", [last, f"dq{k}"], [f"m{k}"], name=f"matmul{k}"))
+        last = f"m{k}"
+        if k == 0:
+            nodes.append(helper.make_node("Relu", [last], ["r0"], name="relu0"))
+            last = "r0"
+    graph = helper.make_graph(nodes, "weight_only", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, 16])],
+                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, [4, 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+@pytest.mark.parametrize("element_type", [TensorProto.INT8, TensorProto.INT4])
+def test_weight_only_quantized_weights_stay_quantized(element_type, tmp_path):
+    original = weight_only_mlp(element_type)
+    result = op.prune(original, ratio=0.5, options=op.Options(step_size=1), verify=True)
+    assert result.verification.ok and result.pruned_groups
+    inits = {t.name: t for t in result.model.graph.initializer}
+    dequantized = [(inits[n.input[0]], inits[n.input[1]]) for n in result.model.graph.node
+                   if n.op_type == "DequantizeLinear"]
+    assert [(w.data_type, list(w.dims)) for w, _ in dequantized] == [(element_type, [16, 16]), (element_type, [16, 8])]
+    if element_type == TensorProto.INT8:
+        assert list(dequantized[0][1].dims) == [16]  # the per-channel scale follows the kept output channels
+    assert not any(t.data_type in FLOAT_TYPES and len(t.dims) == 2 for t in result.model.graph.initializer)
+    op.save_model(result.model, tmp_path / "pruned.onnx", reference=original)

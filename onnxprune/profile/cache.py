@@ -17,7 +17,7 @@ from typing import Any
 from onnxprune.errors import InvalidRequestError
 
 FILE_NAME = "latency-cache.json"
-FORMAT = "onnxprune-latency-cache/1"
+FORMAT = "onnxprune-latency-cache/2"  # /2: kernel times without edge layout conversions, no spinning
 
 
 def default_folder() -> str:

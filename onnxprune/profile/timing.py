@@ -61,8 +61,10 @@ def check_request(provider: str, threads: int | None, batch: int) -> None:
 
 def make_session(model: onnx.ModelProto | str, provider: str, threads: int | None) -> InferenceSession:
     """A session as a user's (all graph optimisations, `threads` intra-op threads, None: onnxruntime's default)
-    on `provider`, opened by the runtime layer. `model`: a ModelProto or a file path."""
-    return runtime.optimized_session(model, threads, provider=provider)
+    on `provider`, opened by the runtime layer, but with idle threads sleeping instead of spinning (sessions are
+    timed interleaved: a spinning pool would take the cores from the one being timed). `model`: a ModelProto or
+    a file path."""
+    return runtime.optimized_session(model, threads, provider=provider, spinning=False)
 
 
 def environment(provider: str, threads: int | None, batch: int) -> dict[str, Any]:
@@ -187,7 +189,7 @@ class Timer:
                 x = rng.standard_normal(x_shape, dtype=np.float32).astype(helper.tensor_dtype_to_np_dtype(spec.dtype))
                 prefix = os.path.join(folder, f"session{next(made)}")  # one profile file per session
                 return _Runner(runtime.optimized_session(model, self.threads, provider=self.provider,
-                                                         profile_prefix=prefix), {"x": x})
+                                                         profile_prefix=prefix, spinning=False), {"x": x})
 
             reference = partial(micro_graph, spec, spec.in_channels, spec.out_channels, self.pool)
             ratios: list[float] = []

@@ -120,7 +120,7 @@ class _Timer:
         self.model = ir.load_model(model)
         self.name = name
         self.feed = bench_inputs(self.model, batch_size, inputs)
-        self.session = optimized_session(self.model, threads)
+        self.session = optimized_session(self.model, threads, spinning=False)  # timed interleaved with another
         self.outputs = [o.name for o in self.session.get_outputs()]
         self.times: list[float] = []
 
