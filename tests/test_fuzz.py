@@ -31,3 +31,18 @@ def test_fuzz_ci_cases_end_in_a_result_or_onnxprune_error():
 def test_fuzz_long_run():
     check(fuzz(int(os.environ["ONNXPRUNE_FUZZ_CASES"]), seed=int(os.environ.get("ONNXPRUNE_FUZZ_SEED", "1")),
                timeout=120, memory_gb=3))
+
+
+def test_case_2371_of_seed_2030_an_unknown_length_shape_input_is_onnxprune_error(tmp_path):
+    """Fuzz finding: a Reshape whose shape is a Concat of unknown length (wiring mutated, a weight routed through
+    If) reached surgery, which raised ValueError; it is now onnxprune's UnsupportedError (or a valid result)."""
+    import onnxprune as op
+    from run import make_case, seed_models
+
+    path, operation, _, _ = make_case(2371, 2030, seed_models(), str(tmp_path))
+    assert operation == "prune"
+    try:
+        result = op.prune(path, ratio=0.3)
+    except op.OnnxPruneError:
+        return
+    op.save_model(result.model, tmp_path / "out.onnx")

@@ -13,6 +13,7 @@ from onnx import numpy_helper
 
 from onnxprune.coupling.analysis import Analysis
 from onnxprune.coupling.registry import rule_for
+from onnxprune.errors import UnsupportedError
 from onnxprune.graph import NameSource
 from onnxprune.rebuild import rebuild
 from onnxprune.surgery.slicing import ConstantSlicer
@@ -186,7 +187,9 @@ class _Surgeon:
             return
         shape = self.shape(node.input[slot])
         if not shape or not isinstance(shape[0], int):
-            raise ValueError(f"input '{node.input[slot]}' of node '{node.name}' has an unknown length")
+            raise UnsupportedError(f"node '{node.name}' ({node.op_type}): its input '{node.input[slot]}' is computed "
+                                   "with a length that shape inference cannot tell, so its channel counts cannot be "
+                                   "rewritten; make that shape static (e.g. onnxsim) or leave these layers out")
         length = shape[0]
         mask = np.zeros(length, dtype=bool)
         values = np.zeros(length, dtype=np.int64)
