@@ -344,3 +344,12 @@ def test_cli_target_latency_prints_and_reports_prediction_beside_measurement(tmp
     assert "predicted" in printed and "measured" in printed
     text = report.read_text()
     assert "## Budget: latency <= 0.6 x the original" in text and "measured after pruning" in text
+
+
+def test_cli_cost_file_made_with_threads_is_used_with_the_same_threads(tmp_path, capsys):
+    cost_file, out = tmp_path / "cost.json", tmp_path / "small.onnx"
+    op.profile(fixture("resnet_legacy"), threads=1, cache=False, timer=ProportionalTimer()).save(cost_file)
+    args = ["prune", fixture("resnet_legacy"), "-o", str(out), "--target-latency", "0.6", "--cost", str(cost_file)]
+    assert main(args) == 2 and not out.exists()  # made for 1 thread, asked for onnxruntime's default
+    assert "thread" in capsys.readouterr().err
+    assert main(args + ["--threads", "1"]) == 0 and out.exists()
