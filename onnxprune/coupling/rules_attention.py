@@ -37,6 +37,19 @@ def _only_last_axis(w: Walker, i: int, node: onnx.NodeProto, tensor: str) -> np.
     return found
 
 
+def _qkv_channels(w: Walker, i: int, node: onnx.NodeProto, tensors: tuple[str, str, str],
+                  purpose: str) -> list[np.ndarray] | None:
+    """The channel ids of query, key and value (last axis each), or None after blocking those that carry any:
+    `purpose` (e.g. "prune heads") needs all three."""
+    ids = [_only_last_axis(w, i, node, t) for t in tensors]
+    if all(x is not None for x in ids):
+        return ids
+    for x in ids:
+        if x is not None:
+            w.block(x, f"{w.where(i, node)}: query, key and value must all carry channels to {purpose}")
+    return None
+
+
 def _unused_or_block(w: Walker, i: int, node: onnx.NodeProto, slots: tuple[int, ...], outputs: tuple[int, ...],
                      what: str) -> bool:
     """False (and the node's inputs blocked) when an optional input of `slots` is given or an output is read."""
@@ -157,11 +170,8 @@ def multi_head_attention(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if not _unused_or_block(w, i, node, (5, 6, 7), (1, 2), "past key/value, attention bias or present outputs"):
         return
     heads = int(attribute(node, "num_heads"))
-    ids = [_only_last_axis(w, i, node, t) for t in (query, key, value)]
-    if any(x is None for x in ids):
-        for x in ids:
-            if x is not None:
-                w.block(x, f"{w.where(i, node)}: query, key and value must all carry channels to prune heads")
+    ids = _qkv_channels(w, i, node, (query, key, value), "prune heads")
+    if ids is None:
         return
     q, k, v = ids
     if _whole_heads(w):
@@ -206,11 +216,8 @@ def group_query_attention(w: Walker, i: int, node: onnx.NodeProto) -> None:
     if not _unused_or_block(w, i, node, (3, 4, 10, 11), (1, 2), held):
         return
     kv_heads = int(attribute(node, "kv_num_heads"))
-    ids = [_only_last_axis(w, i, node, t) for t in (query, key, value)]
-    if any(x is None for x in ids):
-        for x in ids:
-            if x is not None:
-                w.block(x, f"{w.where(i, node)}: query, key and value must all carry channels to prune KV groups")
+    ids = _qkv_channels(w, i, node, (query, key, value), "prune KV groups")
+    if ids is None:
         return
     q, k, v = ids
     qg = _per_head(w, q, kv_heads)  # one row per KV group: its query heads
