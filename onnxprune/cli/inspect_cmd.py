@@ -60,6 +60,8 @@ def run(args: argparse.Namespace) -> int:
                    ", ".join(g.layers[:4]) + (" ..." if len(g.layers) > 4 else ""), g.reason or ""]
                   for g in groups]
     print(table(group_rows, ["group", "channels", "prunable", "exact", "layers", "reason"]))
+    for weight, nodes in analysis.tied.items():
+        print(f"tied weight {weight}: read by {', '.join(nodes)} (kept tied: they lose the same channels)")
     if args.groups:
         for g in groups:
             print(f"\ngroup {g.id}:")

@@ -60,6 +60,9 @@ class Analysis:
     groups: list[ChannelGroup]
     layers: list[Layer]
     channels: ChannelMap
+    # layer weights read by several layers (tied embeddings, a layer applied twice): weight -> the reading nodes;
+    # they lose the same channels everywhere
+    tied: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     by_name: Mapping[str, Layer] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -125,7 +128,8 @@ def _build(model: onnx.ModelProto, walker: Walker, res: Resolution) -> Analysis:
             prunable=blocked is None and size >= 2, reason=reason,
             layers=[layer.name for layer in layers if layer.group == k],
         ))
-    return Analysis(model=model, groups=groups, layers=layers, channels=channels)
+    tied = MappingProxyType({weight: tuple(nodes) for weight, nodes in walker.tied.items()})
+    return Analysis(model=model, groups=groups, layers=layers, channels=channels, tied=tied)
 
 
 def _channel_map(walker: Walker, res: Resolution) -> tuple[ChannelMap, np.ndarray]:

@@ -108,6 +108,22 @@ def constant_source(index: GraphIndex, tensor: str) -> str:
     return tensor
 
 
+def weight_root(index: GraphIndex, tensor: str) -> tuple[str, tuple[int, ...] | None]:
+    """The tensor a constant input is read from through Identity and Transpose nodes, and where each axis of the
+    input sits in it (None: the same axes)."""
+    perm: tuple[int, ...] | None = None
+    node = index.producer_node(tensor)
+    while node is not None and node.op_type in ("Identity", "Transpose") and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Transpose":
+            listed = next((tuple(a.ints) for a in node.attribute if a.name == "perm"), None)
+            if listed is None:  # no perm: the axes reversed
+                return tensor, perm
+            perm = listed if perm is None else tuple(listed[p] for p in perm)
+        tensor = node.input[0]
+        node = index.producer_node(tensor)
+    return tensor, perm
+
+
 def read_only(array: np.ndarray) -> np.ndarray:
     """The array, no longer writeable (in place: the walk that made it is over)."""
     array.flags.writeable = False

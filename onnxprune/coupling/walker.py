@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 from onnxprune.folding import ConstantResolver
-from onnxprune.coupling.channel_map import ShapeQueries, constant_source
+from onnxprune.coupling.channel_map import ShapeQueries, weight_root
 from onnxprune.coupling.registry import rule_for
 from onnxprune.coupling.tracker import ChannelTracker
 from onnxprune.graph import GraphIndex
@@ -41,6 +41,7 @@ class Walker(ShapeQueries):
         self._graph_outputs = set(index.graph_outputs)
         self._observed: dict[str, tuple] | None = None
         self.layer_out: dict[int, np.ndarray] = {}  # layer node -> element ids of its output channels
+        self.tied: dict[str, list[str]] = {}  # a layer weight read by several layers -> those layers' nodes
 
     # ---- queries -------------------------------------------------------------------
     def tracked(self, tensor: str) -> dict[int, np.ndarray]:
@@ -160,20 +161,29 @@ class Walker(ShapeQueries):
                                     "it; fold it into an initializer to prune this layer")
 
     def _tie_shared_constants(self) -> None:
-        """A weight read by several nodes (shared layers) loses the same slices everywhere: stays shared."""
-        by_source: dict[str, list[ConstUse]] = {}
+        """A layer weight read by several nodes (a layer applied twice, tied embeddings read through a Transpose)
+        loses the same slices everywhere: it stays shared (recorded in `tied`). A shared constant that no node reads
+        as a layer weight (biases, norm scales, per-channel constants an exporter de-duplicated because their values
+        are equal) ties nothing: each reader keeps its own channels and surgery slices a copy per distinct slicing."""
+        by_root: dict[str, list[tuple[int, ConstUse, tuple[int, ...] | None]]] = {}
         for (i, slot), use in self.const_uses.items():
-            by_source.setdefault(constant_source(self.index, self.index.nodes[i].input[slot]), []).append(use)
-        for uses in by_source.values():
-            if len(uses) < 2:
+            root, perm = weight_root(self.index, self.index.nodes[i].input[slot])
+            by_root.setdefault(root, []).append((i, use, perm))
+        for root, uses in by_root.items():
+            if len(uses) < 2 or not any(role in LAYER_ROLES for _, use, _ in uses for role in use.roles.values()):
                 continue
-            for axis in {a for use in uses for a in use.axes}:
-                arrays = [use.axes[axis] for use in uses if axis in use.axes]
+            self.tied[root] = sorted({self.index.names[i] for i, _, _ in uses})
+            on_root: dict[int, list[np.ndarray]] = {}
+            for _, use, perm in uses:
+                for axis, ids in use.axes.items():
+                    on_root.setdefault(axis if perm is None else perm[axis], []).append(ids)
+            for arrays in on_root.values():
                 if len(arrays) == len(uses) and all(len(a) == len(arrays[0]) for a in arrays):
                     for other in arrays[1:]:
                         self.union(arrays[0], other)
 
 
+LAYER_ROLES = ("out", "in")  # the roles of a layer's weight (a "bias" or "param" is not one)
 _SOURCE_OPS = {"Gather", "MatMul", "Gemm", "Conv", "ConvTranspose"}  # ops that can create channels from constants
 
 
