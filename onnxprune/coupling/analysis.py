@@ -151,6 +151,7 @@ def _channel_map(walker: Walker, res: Resolution) -> tuple[ChannelMap, np.ndarra
         const_uses=MappingProxyType({key: ConstantUse(frozen_axes(use.axes), MappingProxyType(dict(use.roles)))
                                      for key, use in walker.const_uses.items()}),
         layer_out=MappingProxyType({i: read_only(ids) for i, ids in walker.layer_out.items()}),
+        gathered=MappingProxyType({key: frozen_axes(axes) for key, axes in walker.gathered.items()}),
         unit=read_only(res.unit), group=read_only(public[res.group]), position=read_only(unit_position[res.unit]),
         group_units=tuple(read_only(units[s:s + n]) for s, n in zip(starts, sizes)))
     return channels, internal_ids

@@ -68,6 +68,8 @@ class ChannelMap(ShapeQueries):
     axes: Mapping[str, Mapping[int, np.ndarray]]  # tensor -> axis -> element ids
     const_uses: Mapping[tuple[int, int], ConstantUse]  # (node index, input slot) -> sliced axes
     layer_out: Mapping[int, np.ndarray]  # layer node index -> element ids of its output channels
+    # (node index, input slot) -> axis -> element ids: inputs without channels that surgery slices for that node alone
+    gathered: Mapping[tuple[int, int], Mapping[int, np.ndarray]]
     unit: np.ndarray  # per element: its unit id (a root element)
     group: np.ndarray  # per element: its public group id
     position: np.ndarray  # per element: its unit's position within its group

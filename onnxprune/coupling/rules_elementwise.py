@@ -68,8 +68,9 @@ def merge_aligned(w: Walker, i: int, node: onnx.NodeProto, inputs: list[tuple[in
                   out_dim) -> np.ndarray | None:
     """Union the element ids of all inputs on output axis k (numpy broadcasting alignment).
 
-    Constant inputs of full size get sliced along with the channels; a non-constant input that
-    is not tracked on that axis fixes the channels (blocked).
+    Constant inputs of full size get sliced along with the channels, and so does (for this node alone) a computed
+    input of full size that carries no channels at all (RoPE cos/sin, a position table); a graph input or an input
+    whose channels are tracked on other axes fixes the channels (blocked).
     """
     tracked, others = [], []
     for slot, tensor in inputs:
@@ -105,6 +106,8 @@ def merge_aligned(w: Walker, i: int, node: onnx.NodeProto, inputs: list[tuple[in
         elif tensor in w.index.graph_inputs:
             w.block(base, f"{w.where(i, node)}: graph input '{tensor}' is combined with these channels; "
                           "its shape must not change")
+        elif dim == n and not w.tracked(tensor):
+            w.gather_input(i, slot, axis, base)  # an activation without channels, sliced for this node alone
         else:
             w.block(base, f"{w.where(i, node)}: input '{tensor}' has {dim} entries on the channel axis "
                           "and cannot be sliced (its channels are fixed)")

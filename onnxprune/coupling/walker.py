@@ -41,6 +41,7 @@ class Walker(ShapeQueries):
         self._graph_outputs = set(index.graph_outputs)
         self._observed: dict[str, tuple] | None = None
         self.layer_out: dict[int, np.ndarray] = {}  # layer node -> element ids of its output channels
+        self.gathered: dict[tuple[int, int], dict[int, np.ndarray]] = {}  # (node, slot) -> axis -> element ids
         self.tied: dict[str, list[str]] = {}  # a layer weight read by several layers -> those layers' nodes
 
     # ---- queries -------------------------------------------------------------------
@@ -98,6 +99,12 @@ class Walker(ShapeQueries):
         use = self.const_uses.setdefault((i, slot), ConstUse())
         use.axes[axis] = ids
         use.roles[axis] = role
+
+    def gather_input(self, i: int, slot: int, axis: int, ids: np.ndarray) -> None:
+        """Input `slot` of node i carries no channels but meets channels `ids` on `axis` (a RoPE cos/sin table, a
+        position table, a mask computed from the inputs): surgery slices it for this reader alone (a Gather), so its
+        other readers stay free."""
+        self.gathered.setdefault((i, slot), {})[axis] = ids
 
     def union(self, a: np.ndarray, b: np.ndarray) -> None:
         self.tracker.union(a, b)

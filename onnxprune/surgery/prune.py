@@ -103,6 +103,7 @@ class _Surgeon:
     def run(self) -> Surgery:
         self._changed_axes()
         redirects, pending, weights = self._slice_constants()
+        self._gather_inputs(redirects, pending)
         nodes: list[onnx.NodeProto] = []
         for i, node in enumerate(self.index.nodes):
             nodes.extend(pending.get(i, []))
@@ -156,6 +157,28 @@ class _Surgeon:
                     self.slicer.nodes.clear()
                 redirects[use] = made[key]
         return redirects, pending, weights
+
+    def _gather_inputs(self, redirects: dict[tuple[int, int], str], pending: dict[int, list[onnx.NodeProto]]) -> None:
+        """Slice each input without channels (coupling's `gathered`) for its reader: one Gather per axis, shared by
+        the readers that keep the same positions, placed before the first of them."""
+        made: dict[tuple, str] = {}
+        for (i, slot), axes in sorted(self.channels.gathered.items()):
+            selection = {axis: np.flatnonzero(self.keep[ids]) for axis, ids in axes.items()}
+            selection = {axis: kept for axis, kept in selection.items() if len(kept) < len(axes[axis])}
+            if not selection:
+                continue
+            tensor = self.index.nodes[i].input[slot]
+            key = (tensor, _selection_key(selection))
+            if key not in made:
+                current = tensor
+                for axis, kept in sorted(selection.items()):
+                    indices = self.add_initializer(f"{tensor}_kept{axis}", kept.astype(np.int64))
+                    out = self.names.fresh(f"{tensor}_sliced")
+                    pending.setdefault(i, []).append(onnx.helper.make_node(
+                        "Gather", [current, indices], [out], name=self.names.fresh(f"{tensor}_gather"), axis=axis))
+                    current = out
+                made[key] = current
+            redirects[(i, slot)] = made[key]
 
     # ---- per-node rewrites -----------------------------------------------------------
     def _rewrite(self, i: int, node: onnx.NodeProto, new_inputs: dict[int, str],
