@@ -18,7 +18,7 @@ class RewriteContext(Protocol):
     """What a rewrite may read and do during surgery (implemented by onnxprune.surgery.prune)."""
 
     kept: dict[str, dict[int, np.ndarray]]  # tensor -> axis -> kept positions (changed axes only)
-    sliced_in_place: dict[str, dict[int, np.ndarray]]  # initializers sliced under their own name
+    sliced_in_place: dict[str, dict[int, np.ndarray]]  # constants sliced under their own name
     opset: int
 
     def shape(self, tensor: str) -> tuple | None: ...  # the original shape

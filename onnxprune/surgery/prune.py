@@ -47,7 +47,8 @@ class _Surgeon:
         self.names = NameSource(analysis.model.graph)
         self.slicer = ConstantSlicer(self.index, self.resolver, self.names)
         self.kept: dict[str, dict[int, np.ndarray]] = {}  # tensor -> axis -> kept positions (changed axes only)
-        self.sliced_in_place: dict[str, dict[int, np.ndarray]] = {}  # initializers sliced under their own name
+        # constants sliced under their own name (initializers, and ConstantOfShape fills given a smaller shape)
+        self.sliced_in_place: dict[str, dict[int, np.ndarray]] = {}
         self.after: dict[int, list[onnx.NodeProto]] = {}  # nodes to place right after node i
 
     # ---- the view rewrites read (coupling.registry.RewriteContext) -------------------
@@ -142,10 +143,8 @@ class _Surgeon:
                 weights[name] = {int(axis): kept.tolist() for axis, kept in sorted(only.items())}
             all_uses = self.index.consumers.get(name, [])
             shared = len(all_uses) > len(uses) or name in self.index.graph_outputs
-            if name in self.index.initializers and len(keys) == 1 and not shared:
-                selection = next(iter(uses.values()))
-                self.slicer.slice_initializer_in_place(name, selection)
-                self.sliced_in_place[name] = selection
+            if len(keys) == 1 and not shared and self.slicer.slice_in_place(name, next(iter(uses.values()))):
+                self.sliced_in_place[name] = next(iter(uses.values()))
                 continue
             made: dict[tuple, str] = {}
             for use, selection in uses.items():
@@ -206,6 +205,11 @@ class _Surgeon:
         if current is not None:
             for k, v in positions.items():
                 current[k] = v
+            name = node.input[slot]
+            if name in self.index.initializers and len(self.index.consumers.get(name, [])) == 1 \
+                    and name not in self.index.graph_outputs and name not in self.slicer.in_place:
+                self.slicer.in_place[name] = np.array(current, dtype=np.int64)  # read by this node alone
+                return
             node.input[slot] = self.add_initializer(f"{base}_pruned", np.array(current, dtype=np.int64))
             return
         shape = self.shape(node.input[slot])
