@@ -91,7 +91,7 @@ class ConstantSlicer:
             return
         if node is not None and self._fill_copy(name, selection, new_name):
             return
-        if node is not None and node.op_type in ("Identity", "Cast", "Unsqueeze") and node.input[0]:
+        if node is not None and node.op_type in _CHAINED and node.input[0]:
             inner = _inner_selection(node, selection, self.resolver)
             if inner is not None:
                 source = self.sliced_copy(node.input[0], inner)
@@ -150,6 +150,7 @@ class ConstantSlicer:
         return True
 
 
+_CHAINED = ("Identity", "Cast", "Unsqueeze", "Transpose")  # copied node by node over a sliced copy of their input
 _NODE_BYTES = 64  # about what one added node and its initializer's header take in the file
 _ELEMENT_MOVES = ("Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand", "Cast")
 
@@ -240,7 +241,10 @@ def uniform_fill(index: GraphIndex, name: str) -> np.ndarray | None:
 
 
 def _inner_selection(node: onnx.NodeProto, selection: Selection, resolver: ConstantResolver) -> Selection | None:
-    """The selection on the input of a shape-preserving or Unsqueeze node."""
+    """The selection on the input of a shape-preserving, Transpose or Unsqueeze node."""
+    if node.op_type == "Transpose":
+        perm = attribute(node, "perm")
+        return None if perm is None else {perm[axis]: kept for axis, kept in selection.items()}
     if node.op_type != "Unsqueeze":
         return dict(selection)
     out_shape = resolver.shape_of(node.output[0])
@@ -267,7 +271,7 @@ def can_slice(index: GraphIndex, resolver: ConstantResolver, name: str) -> bool:
     node = index.producer_node(name)
     if node is not None and node.op_type == "ConstantOfShape" and resolver.int_list(node.input[0]) is not None:
         return True
-    if node is not None and node.op_type in ("Identity", "Cast", "Unsqueeze", "Expand") and node.input[0] \
+    if node is not None and node.op_type in (*_CHAINED, "Expand") and node.input[0] \
             and can_slice(index, resolver, node.input[0]):
         return True
     return resolver.value(name) is not None
