@@ -149,50 +149,6 @@ class ConstantSlicer:
             current = out
         return True
 
-
-_CHAINED = ("Identity", "Cast", "Unsqueeze", "Transpose")  # copied node by node over a sliced copy of their input
-_NODE_BYTES = 64  # about what one added node and its initializer's header take in the file
-_ELEMENT_MOVES = ("Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand", "Cast")
-
-
-def stored_bytes(index: GraphIndex, name: str, limit: int) -> int:
-    """Bytes the file spends on the constants a computed tensor is made from (initializers and Constant nodes
-    upstream of it), counted up to `limit`."""
-    total, seen, stack = 0, set(), [name]
-    while stack and total < limit:
-        tensor = stack.pop()
-        if not tensor or tensor in seen:
-            continue
-        seen.add(tensor)
-        if tensor in index.initializers:
-            total += index.initializers[tensor].ByteSize()
-            continue
-        node = index.producer_node(tensor)
-        if node is None:
-            continue
-        if node.op_type == "Constant":
-            total += node.ByteSize()
-        stack.extend(node.input)
-    return total
-
-
-def uniform_fill(index: GraphIndex, name: str) -> np.ndarray | None:
-    """The one value (a 1-element array of the tensor's type) of a ConstantOfShape output seen through ops that
-    only move, repeat or cast elements; None for any other tensor."""
-    casts = []
-    node = index.producer_node(name)
-    while node is not None and node.op_type in _ELEMENT_MOVES and node.domain in ("", "ai.onnx"):
-        if node.op_type == "Cast":
-            casts.append(attribute(node, "to"))
-        node = index.producer_node(node.input[0])
-    if node is None or node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
-        return None
-    value = attribute(node, "value")
-    fill = numpy_helper.to_array(value).reshape(-1)[:1] if value is not None else np.zeros(1, np.float32)
-    for to in reversed(casts):
-        fill = fill.astype(onnx.helper.tensor_dtype_to_np_dtype(to))
-    return fill
-
     def _dequantize_copy(self, node: onnx.NodeProto, selection: Selection, new_name: str) -> bool:
         """A quantized weight stays quantized: slice the integer tensor and its per-channel scale / zero point, and
         dequantize the slices (instead of folding the float weight)."""
@@ -238,6 +194,50 @@ def uniform_fill(index: GraphIndex, name: str) -> np.ndarray | None:
         self.nodes.append(onnx.helper.make_node("Expand", [source, shape_name], [new_name],
                                                 name=self.names.fresh(f"{new_name}_expand")))
         return True
+
+
+_CHAINED = ("Identity", "Cast", "Unsqueeze", "Transpose")  # copied node by node over a sliced copy of their input
+_NODE_BYTES = 64  # about what one added node and its initializer's header take in the file
+_ELEMENT_MOVES = ("Identity", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Expand", "Cast")
+
+
+def stored_bytes(index: GraphIndex, name: str, limit: int) -> int:
+    """Bytes the file spends on the constants a computed tensor is made from (initializers and Constant nodes
+    upstream of it), counted up to `limit`."""
+    total, seen, stack = 0, set(), [name]
+    while stack and total < limit:
+        tensor = stack.pop()
+        if not tensor or tensor in seen:
+            continue
+        seen.add(tensor)
+        if tensor in index.initializers:
+            total += index.initializers[tensor].ByteSize()
+            continue
+        node = index.producer_node(tensor)
+        if node is None:
+            continue
+        if node.op_type == "Constant":
+            total += node.ByteSize()
+        stack.extend(node.input)
+    return total
+
+
+def uniform_fill(index: GraphIndex, name: str) -> np.ndarray | None:
+    """The one value (a 1-element array of the tensor's type) of a ConstantOfShape output seen through ops that
+    only move, repeat or cast elements; None for any other tensor."""
+    casts = []
+    node = index.producer_node(name)
+    while node is not None and node.op_type in _ELEMENT_MOVES and node.domain in ("", "ai.onnx"):
+        if node.op_type == "Cast":
+            casts.append(attribute(node, "to"))
+        node = index.producer_node(node.input[0])
+    if node is None or node.op_type != "ConstantOfShape" or node.domain not in ("", "ai.onnx"):
+        return None
+    value = attribute(node, "value")
+    fill = numpy_helper.to_array(value).reshape(-1)[:1] if value is not None else np.zeros(1, np.float32)
+    for to in reversed(casts):
+        fill = fill.astype(onnx.helper.tensor_dtype_to_np_dtype(to))
+    return fill
 
 
 def _inner_selection(node: onnx.NodeProto, selection: Selection, resolver: ConstantResolver) -> Selection | None:
