@@ -57,6 +57,20 @@ def test_vit_block_pruned_alone_keeps_the_other_block_and_passes_the_oracle():
     assert after.layer("/blocks/blocks.1/fc1/MatMul").out_channels == 64
 
 
+def test_vit_shared_reshape_target_is_rewritten_for_the_pruned_block_only():
+    original = op.load_model(VIT)
+    result = op.prune_by_index(original, {"/blocks/blocks.0/qkv/MatMul": [1, 6]}, verify=True)
+    assert result.verification.ok, str(result.verification)
+    before = {n.name: n.input[1] for n in original.graph.node if n.op_type == "Reshape"}
+    after = {n.name: n.input[1] for n in result.model.graph.node if n.op_type == "Reshape"}
+    shared = [name for name, target in before.items() if list(before.values()).count(target) == 2]
+    block0 = [name for name in shared if "blocks.0/" in name]
+    block1 = [name for name in shared if "blocks.1/" in name]
+    assert block0 and block1
+    assert all(after[name] == before[name] for name in block1)  # block 1 keeps the shared target
+    assert any(after[name] != before[name] for name in block0)  # block 0's head split gets its own
+
+
 # --------------------------------------------------------------------------- Llama: RoPE cos/sin, tied embeddings
 
 def test_llama_gets_per_layer_qk_head_dim_groups():
