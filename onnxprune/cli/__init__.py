@@ -8,8 +8,8 @@ import traceback
 
 from onnxprune.errors import OnnxPruneError
 
-COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench", "sensitivity",
-                   "profile", "prune_blocks")
+COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench", "evaluate",
+                   "sensitivity", "profile", "prune_blocks")
 DEBUG_HELP = "print the traceback of an error (by default only its message is printed)"
 
 
