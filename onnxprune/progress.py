@@ -91,3 +91,8 @@ def track(items: Iterable[T], desc: str, total: int | None = None, *, unit: str 
         for item in items:
             yield item
             bar.update()
+
+
+def message(text: str, stream: TextIO | None = None) -> None:
+    """Print a line on `stream` (default stderr) without breaking an open bar."""
+    tqdm.write(text, file=sys.stderr if stream is None else stream)
