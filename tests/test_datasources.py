@@ -61,13 +61,17 @@ def model_path(tmp_path_factory):
 
 # --------------------------------------------------------------------------- Python
 
-def test_labels_follow_sorted_class_folders_and_batches_are_lazy(folder):
+def test_labels_follow_sorted_class_folders_and_batches_are_lazy(folder, monkeypatch):
     data = op.ImageFolder(folder)
     assert data.classes == list(CLASSES) and len(data) == 240
     assert data.samples[0] == (os.path.join(folder, "cat", "000.jpg"), 0)
     specs = calibration.input_specs(small_classifier())
     pairs = data.pairs(specs, 100)
-    feed, labels = next(pairs)  # one batch decoded; the rest not yet
+    loaded = []
+    real_load = datasources.Pipeline.load
+    monkeypatch.setattr(datasources.Pipeline, "load", lambda self, path: loaded.append(path) or real_load(self, path))
+    feed, labels = next(pairs)
+    assert len(loaded) == 100  # one batch decoded; the rest not yet
     assert feed["x"].shape == (100, 3, SIZE, SIZE) and feed["x"].dtype == np.float32
     assert labels.tolist() == [0] * 60 + [1] * 40
     assert [len(y) for _, y in pairs] == [100, 40]
@@ -103,6 +107,11 @@ def test_evaluate_and_calibration_take_a_folder_path(folder):
     stat = {"s": calibration.SampleMean(("x",), lambda t: t.mean(axis=(2, 3)))}
     np.testing.assert_allclose(calibration.collect(model, folder, stat)["s"], x.mean(axis=(0, 2, 3)), rtol=1e-6)
     assert calibration.length(folder) == 8
+
+
+def test_channels_last_model(folder):
+    got = op.evaluate(small_classifier(layout="NHWC"), op.ImageFolder(folder))
+    assert got["n"] == 240
 
 
 def test_hugging_face_dataset(folder):
@@ -170,6 +179,14 @@ def test_cli_calibration_evaluate_and_sensitivity_from_a_folder(folder, model_pa
     assert main(["sensitivity", model_path, "--data", folder, "--ratios", "0.5", "--json", sens]) == 0
     result = json.loads(open(sens).read())
     assert result["n"] == 240 and result["baseline"] == pytest.approx(before["top1"])
+
+
+def test_cli_report_eval_data_folder(folder, model_path, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    assert main(["prune", model_path, "-o", str(tmp_path / "p.onnx"), "--ratio", "0.25", "--report", str(report),
+                 "--eval-data", folder]) == 0
+    metric = json.loads(report.read_text())["metric"]
+    assert metric["before"]["n"] == 240 and "agreement" in metric["after"]
 
 
 def test_cli_preprocessing_flags(tmp_path, capsys):
