@@ -414,11 +414,6 @@ def as_source(data: Any) -> ImageFolder | HFDataset | None:
     return None
 
 
-def batch_count(source: ImageFolder | HFDataset, batch_size: int) -> int | None:
-    """Batches the source gives at `batch_size` (None when it does not know its length)."""
-    return source.batch_count(batch_size)
-
-
 def preprocess_spec(preset: str | None, **fields: Any) -> Preprocess:
     """A Preprocess from a preset name (None: no preset) and explicit fields (None: not given)."""
     base = Preprocess.preset(preset) if preset else Preprocess()

@@ -133,6 +133,7 @@ def test_hugging_face_dataset(folder):
 
 @pytest.mark.parametrize("damage, message", [
     ("malformed", "dog/007.jpg' cannot be read"),
+    ("truncated", "dog/003.jpg' cannot be read"),
     ("empty", "class folder '.*dog' holds no images"),
     ("flat", "has no class folders"),
     ("missing", "class folder '.*emu' is missing"),
@@ -143,6 +144,9 @@ def test_bad_folders_name_the_file(tmp_path, damage, message):
     classes = None
     if damage == "malformed":
         (root / "dog" / "007.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    elif damage == "truncated":
+        whole = (root / "dog" / "003.jpg").read_bytes()
+        (root / "dog" / "003.jpg").write_bytes(whole[: len(whole) // 2])
     elif damage == "empty":
         for f in (root / "dog").iterdir():
             f.unlink()
