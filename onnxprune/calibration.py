@@ -191,7 +191,6 @@ def collect(model: ir.ModelLike, calibration: Any, requests: Mapping[Hashable, S
     fetch = list(dict.fromkeys(t for stat in requests.values() for t in stat.tensors if t not in graph_inputs))
     sess = None
     with Bar("calibration", length(calibration, batch_size), stream=stream) as progress:
-        done = 0
         for k, feed in batches(model, calibration, batch_size):
             if sess is None:
                 sess = session(with_outputs(model, fetch))
@@ -199,8 +198,7 @@ def collect(model: ir.ModelLike, calibration: Any, requests: Mapping[Hashable, S
             values.update(feed)
             for stat in requests.values():
                 stat.update(*(values[t] for t in stat.tensors))
-            progress.update(k + 1 - done)
-            done = k + 1
+            progress.update_to(k + 1)
     return {key: stat.result() for key, stat in requests.items()}
 
 

@@ -38,7 +38,8 @@ def is_terminal(stream: Any) -> bool:
 
 
 class Bar:
-    """A tqdm bar (or nothing, see the module docstring) used as a context manager: `update(n)`, `write(text)`."""
+    """A tqdm bar (or nothing, see the module docstring) used as a context manager: `update(n)` (n more done),
+    `update_to(done)`, `postfix(text)`, `write(text)`."""
 
     def __init__(self, desc: str, total: int | None = None, *, unit: str = "batch",
                  stream: TextIO | None = None) -> None:
@@ -52,6 +53,11 @@ class Bar:
     def update(self, n: int = 1) -> None:
         if self.bar is not None:
             self.bar.update(n)
+
+    def update_to(self, done: int) -> None:
+        """`done` items are finished in all (for work that reports totals, e.g. tasks finishing out of order)."""
+        if self.bar is not None and done > self.bar.n:
+            self.bar.update(done - self.bar.n)
 
     def postfix(self, text: str) -> None:
         if self.bar is not None:

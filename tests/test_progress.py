@@ -47,6 +47,15 @@ def test_nested_work_shows_only_the_outer_bar():
     assert "later" in after.getvalue()
 
 
+def test_update_to_counts_totals_reported_out_of_order():
+    tty = FakeTTY()
+    with progress.Bar("tasks", 4, stream=tty) as bar:
+        for done in (2, 1, 4):  # a total lower than the last one changes nothing
+            bar.update_to(done)
+        assert bar.bar.n == 4
+    assert "4/4" in tty.getvalue()
+
+
 def test_an_error_inside_a_bar_closes_it():
     with pytest.raises(RuntimeError):
         with progress.Bar("failing", 3, stream=FakeTTY()):

@@ -109,13 +109,15 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     source = _replayable(calibration, len(stages))
     ref_session = None
     per_pass = calib.length(calibration, batch_size) if not callable(calibration) else None
+    counted = 0  # batches read so far, over all passes (a batch split into several feeds counts once)
     with Bar("reconstruction", per_pass and per_pass * len(stages)) as bar:
         for number, stage in enumerate(stages):
             bar.postfix(f"stage {number + 1}/{len(stages)}")
+            first = counted
             grams = {c.name: Gram() for c in stage}
             fetch = list(dict.fromkeys(c.x for c in stage))
             wanted = list(dict.fromkeys(c.y for c in stage))
-            sess, done = None, 0
+            sess = None
             for k, feed in calib.batches(reference, source(), batch_size):
                 if ref_session is None:
                     ref_session = session(with_outputs(reference, [c.y for c in consumers]))
@@ -125,8 +127,8 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
                 ys = dict(zip(wanted, _run(ref_session, wanted, feed)))
                 for c in stage:
                     grams[c.name].update(c.design(xs[c.x]), c.target(ys[c.y]))
-                bar.update(k + 1 - done)  # a batch split into several feeds counts once
-                done = k + 1
+                counted = first + k + 1
+                bar.update_to(counted)
             report.passes += 1
             for c in stage:
                 _solve(model, c, grams[c.name], ridge, number, by_name[c.name])
