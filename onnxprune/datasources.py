@@ -99,7 +99,7 @@ class Preprocess:
                                       "images give 1 (grayscale) or 3 (RGB): set the layout (--layout NHWC)")
         fixed = tuple(spec.dims[h_axis:h_axis + 2])
         fixed = fixed if all(isinstance(d, int) and d > 0 for d in fixed) else None
-        dtype = np.dtype(self.dtype) if self.dtype else spec.dtype
+        dtype = _dtype(self.dtype) if self.dtype else spec.dtype
         resize, crop = _size(self.resize, "resize"), _size(self.crop, "crop")
         if resize is None and crop is None and fixed is not None:
             resize = fixed
@@ -111,6 +111,13 @@ class Preprocess:
         mean = _per_channel(self.mean, channels, "mean", dtype)
         std = _per_channel(self.std, channels, "std", dtype)
         return Pipeline(spec.name, layout, channels, resize, crop, dtype, self.scale, mean, std)
+
+
+def _dtype(name: str) -> np.dtype:
+    try:
+        return np.dtype(name)
+    except TypeError:
+        raise InvalidRequestError(f"unknown dtype {name!r}; e.g. float32, float16, uint8") from None
 
 
 def _guess_layout(spec: InputSpec) -> str:
