@@ -131,6 +131,37 @@ def test_hugging_face_dataset(folder):
         op.evaluate(model, datasets.Dataset.from_dict({"pixels": x.tolist(), "label": [0] * len(x)}))
 
 
+class FakeDataset:
+    """What onnxprune reads of a datasets.Dataset (column_names, iter, len), so CI checks the mapping without the
+    `datasets` package (the test above runs the real one when it is installed)."""
+
+    __module__ = "datasets.arrow_dataset"
+
+    def __init__(self, columns: dict[str, list]):
+        self.columns = columns
+        self.column_names = list(columns)
+
+    def __len__(self) -> int:
+        return len(next(iter(self.columns.values())))
+
+    def iter(self, batch_size: int):
+        for start in range(0, len(self), batch_size):
+            yield {k: v[start:start + batch_size] for k, v in self.columns.items()}
+
+
+def test_dataset_columns_map_to_inputs_and_labels(folder):
+    files = op.ImageFolder(folder).samples[::20]
+    images = [Image.open(p).convert("RGB") for p, _ in files]
+    labels = [y for _, y in files]
+    model = small_classifier()
+    x = np.stack([np.asarray(im, np.float32).transpose(2, 0, 1) / 255 for im in images])
+    expected = op.evaluate(model, (x, np.array(labels)))
+    assert op.evaluate(model, FakeDataset({"image": images, "label": labels}), batch_size=4) == pytest.approx(expected)
+    assert op.evaluate(model, FakeDataset({"x": x.tolist(), "labels": labels})) == pytest.approx(expected)
+    with pytest.raises(InvalidDataError, match="no column for the model's input 'x'"):
+        op.evaluate(model, FakeDataset({"pixels": images, "label": labels}))
+
+
 @pytest.mark.parametrize("damage, message", [
     ("malformed", "dog/007.jpg' cannot be read"),
     ("truncated", "dog/003.jpg' cannot be read"),
