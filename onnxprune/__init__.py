@@ -3,9 +3,11 @@ from onnxprune.workflows.bench import BenchComparison, BenchResult, bench
 from onnxprune.blocks import Block, BlockResult, find_blocks, prune_blocks
 from onnxprune.coupling import Analysis, ChannelGroup, Layer, analyze
 from onnxprune.criteria import register_criterion
+from onnxprune.datasources import HFDataset, ImageFolder, Preprocess
 from onnxprune.workflows.evaluate import evaluate
 from onnxprune.errors import (
     ExternalDataError,
+    InvalidDataError,
     InvalidModelError,
     InvalidRequestError,
     OnnxPruneError,
@@ -49,4 +51,5 @@ __all__ = [
     "VerificationError",
     "IterativeResult", "Recommendation", "SensitivityResult", "iterative_prune", "sensitivity",
     "CostModel", "LatencyCostModel", "load_cost", "profile",
+    "HFDataset", "ImageFolder", "InvalidDataError", "Preprocess",
 ]

@@ -4,7 +4,9 @@
   * a dict {input name: array}: one batch;
   * a numpy array (single-input models only): one batch;
   * an iterable (list, generator, ...) of such dicts or arrays: one batch each;
-  * a path to a .npz file (a dict of arrays) or a .npy file (one array).
+  * a path to a .npz file (a dict of arrays) or a .npy file (one array);
+  * a data source (datasources.py): an image folder (its path or an ImageFolder) or a Hugging Face dataset,
+    read lazily batch by batch (labels are ignored).
 Each batch is checked against the model's graph inputs (names, rank, static dims, dtype), and batches
 larger than `batch_size` along a dynamic first axis are split, so onnxruntime never holds more than
 `batch_size` samples of activations at once.
@@ -17,7 +19,6 @@ in float64, so the same data always gives the same result.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TextIO
@@ -26,8 +27,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxprune import ir
+from onnxprune import datasources, ir
 from onnxprune.errors import InvalidRequestError
+from onnxprune.progress import Bar
 from onnxprune.runtime import session, with_outputs
 
 DEFAULT_BATCH_SIZE = 32
@@ -120,7 +122,9 @@ def batches(model: onnx.ModelProto, calibration: Any,
     first axis (a larger batch comes as several feeds with the same number)."""
     specs = input_specs(model)
     empty = True
-    for k, raw in enumerate(_raw_batches(calibration)):
+    source = datasources.as_source(calibration)
+    raws = _raw_batches(calibration) if source is None else (feed for feed, _ in source.pairs(specs, batch_size))
+    for k, raw in enumerate(raws):
         empty = False
         for feed in _split(to_feed(raw, specs, f"calibration batch {k}"), specs, batch_size):
             yield k, feed
@@ -135,13 +139,14 @@ def _raw_batches(calibration: Any) -> Iterable[Any]:
         return [calibration]
     if isinstance(calibration, Iterable):
         return calibration
-    raise InvalidRequestError(f"calibration must be a dict of arrays, an array, an iterable of those or a "
-                              f".npz/.npy path, not {type(calibration).__name__}")
+    raise InvalidRequestError(f"calibration must be a dict of arrays, an array, an iterable of those, a "
+                              f".npz/.npy path or an image folder, not {type(calibration).__name__}")
 
 
 def _load_file(path: str) -> Any:
     if not os.path.isfile(path) or not path.endswith((".npz", ".npy")):
-        raise InvalidRequestError(f"calibration file '{path}' is not an existing .npz or .npy file")
+        raise InvalidRequestError(f"calibration file '{path}' is not an existing .npz or .npy file (or an image "
+                                  "folder)")
     data = np.load(path, allow_pickle=False)
     return dict(data) if path.endswith(".npz") else data
 
@@ -185,20 +190,23 @@ def collect(model: ir.ModelLike, calibration: Any, requests: Mapping[Hashable, S
     graph_inputs = {s.name for s in input_specs(model)}
     fetch = list(dict.fromkeys(t for stat in requests.values() for t in stat.tensors if t not in graph_inputs))
     sess = None
-    progress = Progress(_length(calibration), sys.stderr if stream is None else stream)
-    for k, feed in batches(model, calibration, batch_size):
-        if sess is None:
-            sess = session(with_outputs(model, fetch))
-        values = dict(zip(fetch, sess.run(fetch, feed))) if fetch else {}
-        values.update(feed)
-        for stat in requests.values():
-            stat.update(*(values[t] for t in stat.tensors))
-        progress.update(k + 1)
-    progress.close()
+    with Bar("calibration", length(calibration, batch_size), stream=stream) as progress:
+        for k, feed in batches(model, calibration, batch_size):
+            if sess is None:
+                sess = session(with_outputs(model, fetch))
+            values = dict(zip(fetch, sess.run(fetch, feed))) if fetch else {}
+            values.update(feed)
+            for stat in requests.values():
+                stat.update(*(values[t] for t in stat.tensors))
+            progress.update_to(k + 1)
     return {key: stat.result() for key, stat in requests.items()}
 
 
-def _length(calibration: Any) -> int | None:
+def length(calibration: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> int | None:
+    """Batches the calibration data gives (None when unknown), for progress bars."""
+    source = datasources.as_source(calibration)
+    if source is not None:
+        return source.batch_count(batch_size)
     if isinstance(calibration, (Mapping, np.ndarray, str, os.PathLike)):
         return 1
     try:
@@ -206,39 +214,3 @@ def _length(calibration: Any) -> int | None:
     except TypeError:
         return None
 
-
-class Progress:
-    """A one-line progress bar on a TTY stream, shown only when there are more than a few batches."""
-
-    MIN_BATCHES = 4
-    WIDTH = 30
-
-    def __init__(self, total: int | None, stream: TextIO, label: str = "calibration") -> None:
-        self.total = total
-        self.stream = stream
-        self.label = label
-        self.done = 0
-        self.shown = False
-
-    def update(self, done: int) -> None:
-        """`done` batches are finished."""
-        self.done = done
-        if not self._wanted():
-            return
-        self.shown = True
-        if self.total:
-            filled = min(self.WIDTH, self.WIDTH * self.done // self.total)
-            bar = f"[{'#' * filled}{'.' * (self.WIDTH - filled)}] {self.done}/{self.total}"
-        else:
-            bar = f"{self.done} batches"
-        self.stream.write(f"\r{self.label} {bar}")
-        self.stream.flush()
-
-    def _wanted(self) -> bool:
-        many = (self.total or self.done) >= self.MIN_BATCHES
-        return many and bool(getattr(self.stream, "isatty", lambda: False)())
-
-    def close(self) -> None:
-        if self.shown:
-            self.stream.write("\n")
-            self.stream.flush()

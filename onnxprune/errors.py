@@ -18,6 +18,10 @@ class InvalidRequestError(OnnxPruneError):
     """The request itself is wrong: unknown layer, index out of range, ratio outside [0, 1), ..."""
 
 
+class InvalidDataError(InvalidRequestError):
+    """Calibration or evaluation data cannot be read: a malformed image, a missing or empty class folder, ..."""
+
+
 class UnsupportedError(OnnxPruneError):
     """The requested layer or group cannot be changed (an op with no rule touches it, a graph input/output fixes it, ...)."""
 

@@ -180,15 +180,14 @@ class FakeTTY(io.StringIO):
         return True
 
 
-def test_progress_bar_only_on_a_tty_with_several_batches():
+def test_progress_bar_only_on_a_tty():
     model = conv_chain()
     stat = lambda: {"s": calibration.SampleMean(("x",), lambda t: t.reshape(len(t), -1))}  # noqa: E731
-    shown, quiet, few = FakeTTY(), io.StringIO(), FakeTTY()
+    shown, quiet = FakeTTY(), io.StringIO()
     calibration.collect(model, batches_for(model, n=6), stat(), stream=shown)
     calibration.collect(model, batches_for(model, n=6), stat(), stream=quiet)
-    calibration.collect(model, batches_for(model, n=2), stat(), stream=few)
-    assert "6/6" in shown.getvalue() and shown.getvalue().endswith("\n")
-    assert quiet.getvalue() == "" and few.getvalue() == ""
+    assert "calibration" in shown.getvalue() and "6/6" in shown.getvalue() and shown.getvalue().endswith("\n")
+    assert quiet.getvalue() == ""
 
 
 # --------------------------------------------------------------------------- bad input

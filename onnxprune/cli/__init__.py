@@ -2,15 +2,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import os
 import sys
 import traceback
+import warnings
 
 from onnxprune.errors import OnnxPruneError
+from onnxprune.progress import message, silenced
 
-COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench", "sensitivity",
-                   "profile", "prune_blocks")
+COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench", "evaluate",
+                   "sensitivity", "profile", "prune_blocks")
 DEBUG_HELP = "print the traceback of an error (by default only its message is printed)"
+QUIET_HELP = "no progress bars (they are shown only when stderr is a terminal anyway)"
+PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -19,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prune channels and factorise layers of ONNX models, offline, with every result checked by onnxruntime.",
     )
     parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
+    parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -26,12 +33,33 @@ def build_parser() -> argparse.ArgumentParser:
         module.register(sub)
     for command in sub.choices.values():  # `onnxprune prune ... --debug` works as well as `onnxprune --debug prune`
         command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
+        with contextlib.suppress(argparse.ArgumentError):  # plan has its own --quiet (which also means no bars)
+            command.add_argument("--quiet", action="store_true", default=argparse.SUPPRESS, help=QUIET_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings(), contextlib.ExitStack() as stack:
+        warnings.showwarning = _warning_printer(args.command, args.debug)
+        if getattr(args, "quiet", False):
+            stack.enter_context(silenced())
+        return _run(args)
+
+
+def _warning_printer(command: str, debug: bool):
+    """onnxprune's own warnings as one line each ("onnxprune prune: warning: ..."); warnings raised inside other
+    packages (tensorly, onnx, numpy, ...) are their internals, not the user's business: shown only with --debug."""
+    def show(text, category, filename, lineno, file=None, line=None) -> None:
+        ours = os.path.abspath(filename).startswith(PACKAGE + os.sep)
+        if ours or debug:
+            where = "" if ours else f" ({category.__name__} from {filename}:{lineno})"
+            message(f"onnxprune {command}: warning: {text}{where}")
+    return show
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         return int(args.func(args) or 0)
     except OnnxPruneError as exc:

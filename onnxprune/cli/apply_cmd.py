@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import add_data_flags, check_paths, load_gradients, make_parent, write_text
+from onnxprune.cli.common import add_data_flags, check_paths, data_source, load_gradients, make_parent, write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
     check_paths({"model": args.model, "plan": args.plan, "calibration data": args.calibration,
                  "gradients": args.gradients},
                 {"-o": args.output, "--save-plan": args.save_plan})
+    args.calibration = data_source(args, args.calibration, "--calibration")
     plan = op.Plan.load(args.plan)
     result = op.apply_plan(args.model, plan, verify=args.verify, calibration=args.calibration,
                            gradients=load_gradients(args.gradients))

@@ -143,10 +143,12 @@ def add_data_flags(p: argparse.ArgumentParser, *, corrections: bool = False) -> 
     """--calibration and --gradients of the data-based criteria (`corrections`: the command also has
     --compensate and --reconstruct, which need --calibration too)."""
     users = "data-based methods (nn, activation, snp)" + (", --compensate and --reconstruct" if corrections else "")
-    p.add_argument("--calibration", metavar="FILE.npz|.npy",
+    p.add_argument("--calibration", metavar="FILE.npz|.npy|DIR",
                    help=f"calibration data for {users}: a .npz of arrays keyed by input name, or a .npy array for "
-                        "a single-input model (one batch; split into batches of 32)")
+                        "a single-input model (one batch; split into batches of 32), or an image folder (see "
+                        "'image folders')")
     p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (method taylor)")
+    add_image_flags(p)
 
 
 # --------------------------------------------------------------------------- --report / --eval-data
@@ -155,10 +157,10 @@ def add_report_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--report", metavar="OUT.md|OUT.json",
                    help="also write a before/after report (per-layer params and MACs, totals, file sizes, "
                         "latency; markdown or JSON by extension)")
-    p.add_argument("--eval-data", metavar="FILE.npz",
+    p.add_argument("--eval-data", metavar="FILE.npz|DIR",
                    help="with --report: labelled data for metric before/after: a .npz holding the class labels "
                         "under 'y' (or 'labels' when there is no 'y') and the input arrays keyed by input name "
-                        "(a single-input model may use 'x')")
+                        "(a single-input model may use 'x'), or an image folder (see 'image folders')")
 
 
 def prepare_report(args: argparse.Namespace) -> Any:
@@ -170,6 +172,8 @@ def prepare_report(args: argparse.Namespace) -> Any:
         check_report_path(args.report)
     if args.eval_data and not args.report:
         raise InvalidRequestError("--eval-data is used by --report only; add --report OUT.md|OUT.json")
+    if args.eval_data and os.path.isdir(args.eval_data):
+        return data_source(args, args.eval_data, "--eval-data")
     return load_eval_data(args.model, args.eval_data) if args.eval_data else None
 
 
@@ -185,3 +189,70 @@ def report_from_args(args: argparse.Namespace, command: str, output: str, data: 
     write_report(report, args.report)
     print(f"wrote report {args.report}")
     return args.report
+
+
+# --------------------------------------------------------------------------- image folders (--calibration / --data DIR)
+
+IMAGE_FLAGS = ("preprocess", "resize", "crop", "mean", "std", "layout", "dtype", "classes")
+
+
+def add_image_flags(p: argparse.ArgumentParser) -> None:
+    """Preprocessing of an image folder given as --calibration / --data / --eval-data (read by data_source)."""
+    g = p.add_argument_group("image folders", "a folder in the ImageFolder layout (DIR/<class>/<image>; classes in "
+                                              "sorted order are the labels) may replace a .npz/.npy data file; "
+                                              "unset values come from the model's input (size, layout, dtype); "
+                                              'needs Pillow: pip install "onnxprune[images]"')
+    g.add_argument("--preprocess", choices=["imagenet", "none"], default=None,
+                   help="preset: imagenet = --resize 256 --crop 224, ImageNet mean/std on [0, 1] pixels; the flags "
+                        "below override it (default none: pixels / 255, resized to the input's size)")
+    g.add_argument("--resize", type=_size, metavar="N|HxW", help="N: shorter side to N (aspect kept); HxW: exactly")
+    g.add_argument("--crop", type=_size, metavar="N|HxW", help="center crop to NxN or HxW after resizing")
+    g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="per-channel mean subtracted (after / 255)")
+    g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="per-channel std divided by")
+    g.add_argument("--layout", choices=["NCHW", "NHWC"], help="default: where the model's input has 1 or 3 channels")
+    g.add_argument("--dtype", metavar="NAME", help="input element type, e.g. float32, float16, uint8 (default: the "
+                                                   "model's)")
+    g.add_argument("--classes", metavar="FILE|A,B,...",
+                   help="class names in label order (a text file, one per line, or a comma-separated list) when the "
+                        "folder's sorted class folders are not the model's classes; each needs its folder")
+
+
+def data_source(args: argparse.Namespace, path: str | None, flag: str) -> Any:
+    """`path` as the library takes it: an ImageFolder when it is a folder (preprocessing from add_image_flags),
+    else unchanged (a .npz/.npy path, or None)."""
+    from onnxprune.datasources import ImageFolder, preprocess_spec
+
+    given = [f"--{name}" for name in IMAGE_FLAGS if getattr(args, name, None) is not None]
+    if path is None or not os.path.isdir(path):
+        if given and path is not None:
+            raise InvalidRequestError(f"{', '.join(given)} apply to image folders; {flag} '{path}' is not a folder")
+        return path
+    preprocess = preprocess_spec(args.preprocess, resize=args.resize, crop=args.crop, mean=args.mean, std=args.std,
+                                 layout=args.layout, dtype=args.dtype)
+    return ImageFolder(path, preprocess, classes=_classes(args.classes))
+
+
+def _size(text: str) -> int | tuple[int, int]:
+    try:
+        parts = [int(v) for v in text.lower().split("x")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or HxW, got {text!r}") from None
+    if len(parts) not in (1, 2) or min(parts) < 1:
+        raise argparse.ArgumentTypeError(f"expected N or HxW (positive), got {text!r}")
+    return parts[0] if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _classes(text: str | None) -> list[str] | None:
+    if text is None:
+        return None
+    if os.path.isfile(text):
+        with open(text, encoding="utf-8") as handle:
+            return [line.strip() for line in handle if line.strip()]
+    return [name.strip() for name in text.split(",") if name.strip()]

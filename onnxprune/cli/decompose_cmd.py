@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import add_report_flags, check_paths, make_parent, prepare_report, read_json, report_from_args
+from onnxprune.cli.common import (add_image_flags, add_report_flags, check_paths, data_source, make_parent,
+                                  prepare_report, read_json, report_from_args)
 from onnxprune.text import table
 
 
@@ -47,12 +48,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="keep chains that cost more MACs than their layer (with a cost model: that measure slower)")
     p.add_argument("--reconstruct", action="store_true",
                    help="re-fit the last factor of every chain on --calibration data (least squares)")
-    p.add_argument("--calibration", metavar="FILE.npz|.npy", help="calibration inputs for --reconstruct")
+    p.add_argument("--calibration", metavar="FILE.npz|.npy|DIR", help="calibration inputs for --reconstruct")
     p.add_argument("--ridge", type=float, default=None, help="ridge regulariser of --reconstruct")
     p.add_argument("--verify", action="store_true",
                    help="run the reconstruction oracle; fail (and write nothing) if it fails")
     p.add_argument("--seed", type=int, default=0, help="random state of the factorisations (default 0)")
     add_report_flags(p)
+    add_image_flags(p)
     p.set_defaults(func=run)
 
 
@@ -63,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
     check_paths({"model": args.model, "ranks file": args.ranks, "calibration data": args.calibration,
                  "evaluation data": args.eval_data, "cost file": args.cost},
                 {"-o": args.output, "--report": args.report})
+    args.calibration = data_source(args, args.calibration, "--calibration")
     out = args.output
     eval_data = prepare_report(args)
     if args.reconstruct and not args.calibration:

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import (add_data_flags, add_option_flags, check_paths, load_gradients, options_from_args,
-                                  write_text)
+from onnxprune.cli.common import (add_data_flags, add_option_flags, check_paths, data_source, load_gradients,
+                                  options_from_args, write_text)
 from onnxprune.criteria import CRITERIA
 from onnxprune.errors import InvalidRequestError
 from onnxprune.text import table
@@ -47,6 +47,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_paths({"model": args.model, "calibration data": args.calibration, "gradients": args.gradients},
                 {"-o": args.output})
+    args.calibration = data_source(args, args.calibration, "--calibration")
     out = args.output
     if out.lower().endswith(".onnx"):
         raise InvalidRequestError(f"'{out}' looks like a model file; a plan is JSON (e.g. -o plan.json)")

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import check_paths, make_parent
+from onnxprune.cli.common import add_image_flags, check_paths, data_source, make_parent
 from onnxprune.text import table
 
 
@@ -20,11 +20,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "the least important first")
     how.add_argument("--blocks", nargs="+", metavar="NAME",
                      help="remove these blocks (names of their joining Add) or layers (\"<attention Add>+<next Add>\")")
-    p.add_argument("--calibration", metavar="FILE.npz|.npy",
+    p.add_argument("--calibration", metavar="FILE.npz|.npy|DIR",
                    help="inputs for block influence (without: the branch norm relative to the stream's on generated "
                         "inputs, with a warning)")
     p.add_argument("--verify", action="store_true",
                    help="run the zero-branch oracle; fail (and write nothing) if it fails")
+    add_image_flags(p)
     p.set_defaults(func=run)
 
 
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
     check_paths({"model": args.model, "calibration data": args.calibration}, {"-o": args.output})
+    args.calibration = data_source(args, args.calibration, "--calibration")
     original = op.load_model(args.model)
     result = op.prune_blocks(original, n=args.n, blocks=args.blocks, calibration=args.calibration,
                              verify=args.verify)

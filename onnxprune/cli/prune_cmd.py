@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_flags, changed_option_flags,
-                                  check_paths, load_gradients, make_parent, options_from_args, prepare_report,
+from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_flags, changed_option_flags, check_paths,
+                                  data_source, load_gradients, make_parent, options_from_args, prepare_report,
                                   read_json, report_from_args, write_text)
 from onnxprune.criteria import CRITERIA
 from onnxprune.criteria.registry import ALIASES
@@ -147,6 +147,7 @@ def run(args: argparse.Namespace) -> int:
                  "calibration data": args.calibration, "gradients": args.gradients, "evaluation data": args.eval_data,
                  "cost file": args.cost},
                 {"-o": args.output, "--record": args.record, "--save-plan": args.save_plan, "--report": args.report})
+    args.calibration = data_source(args, args.calibration, "--calibration")
     eval_data = prepare_report(args)
     options = options_from_args(args)
     fixes = _correction_args(args)

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from onnxprune.cli.common import check_paths, write_text
+from onnxprune.cli.common import add_image_flags, check_paths, data_source, write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -19,10 +19,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "install \"onnxprune[plot]\"); --target-macs turns the curves into per-layer "
                                    "ratios for that fraction of MACs removed.")
     p.add_argument("model", help="ONNX model file")
-    p.add_argument("--data", required=True, metavar="FILE.npz|.npy",
+    p.add_argument("--data", required=True, metavar="FILE.npz|.npy|DIR",
                    help="evaluation data: a .npz of input arrays keyed by input name (or one array under any "
                         "name for a single-input model) plus the labels under --labels-key; or a .npy of inputs "
-                        "(no labels: agreement with the unpruned model is measured)")
+                        "(no labels: agreement with the unpruned model is measured); or an image folder (labels "
+                        "from its class folders; see 'image folders')")
     p.add_argument("--labels-key", default="labels", help="name of the labels array in the .npz (default 'labels'; "
                                                            "'y' is also accepted)")
     p.add_argument("--ratios", default="0.1,0.25,0.5,0.75", help="comma-separated ratios (default 0.1,0.25,0.5,0.75)")
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="recommend per-layer ratios removing this fraction of the MACs (e.g. 0.5)")
     p.add_argument("--save-ratios", metavar="FILE",
                    help="with --target-macs: write the recommended {layer: ratio} as JSON")
+    add_image_flags(p)
     p.set_defaults(func=run)
 
 
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace) -> int:
         raise InvalidRequestError("--save-ratios needs --target-macs")
     if args.plot:
         load_pyplot()  # a missing matplotlib is reported before the (long) measurements
-    data = _data(args.data, args.labels_key)
+    data = data_source(args, args.data, "--data")
+    data = _data(data, args.labels_key) if isinstance(data, str) else data
     result = sensitivity(args.model, data, ratios=_ratios(args.ratios), method=args.method,
                          batch_size=args.batch_size, target=args.target_macs, verbose=True)
     print(result)

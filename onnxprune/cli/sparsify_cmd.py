@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import check_paths, load_gradients, make_parent, write_text
+from onnxprune.cli.common import add_image_flags, check_paths, data_source, load_gradients, make_parent, write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="leave these layers dense: node or initializer names, or fnmatch patterns")
     p.add_argument("--exclude-first", action="store_true", help="leave the first weight layer dense")
     p.add_argument("--exclude-classifier", action="store_true", help="leave the last weight layer (classifier) dense")
-    p.add_argument("--calibration", metavar="FILE.npz|.npy",
+    p.add_argument("--calibration", metavar="FILE.npz|.npy|DIR",
                    help="calibration data for the activation strategies (.npz keyed by input name, or .npy)")
     p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (*_magnitude_gradient)")
     p.add_argument("--seed", type=int, default=0, help="seed of strategy random (default 0)")
@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="OUT.md|OUT.json",
                    help="also write the report (per layer and total: size, nonzeros, MACs, nonzero MACs, "
                         "theoretical speed-up, file bytes): markdown or JSON by extension")
+    add_image_flags(p)
     p.set_defaults(func=run)
 
 
@@ -52,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
 
     check_paths({"model": args.model, "calibration data": args.calibration, "gradients": args.gradients},
                 {"-o": args.output, "--report": args.report})
+    args.calibration = data_source(args, args.calibration, "--calibration")
     if args.report:
         check_report_path(args.report)
     out = args.output

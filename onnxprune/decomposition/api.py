@@ -22,6 +22,7 @@ from onnxprune.decomposition.results import DecompositionResult, LayerDecomposit
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
 from onnxprune.graph import NameSource
 from onnxprune.layout import weight_layout
+from onnxprune.progress import track
 from onnxprune.rebuild import rebuild
 
 def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | None = None,
@@ -82,7 +83,7 @@ def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | No
     picks = None
     if target_latency is not None:
         picks = target_ranks(latency, [t for t in targets if method in t.full_ranks], kernel_of, float(target_latency))
-    for layer in targets:
+    for layer in track(targets, "decompose", unit="layer"):
         if method not in layer.full_ranks:
             records.append(_skipped(layer, method, layer.reasons[method]))
             continue

@@ -1,7 +1,9 @@
 """Factorisations of a kernel (float64 in, float64 factors out): Tucker-2, CP-ALS and truncated SVD."""
 from __future__ import annotations
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,11 +33,22 @@ class CP:
     last: np.ndarray  # (C_out, R), component weights folded in
 
 
+@contextlib.contextmanager
+def _quiet_tensorly() -> Iterator[None]:
+    """tensorly's UserWarnings stay out of users' terminals: they describe its own adjustments (an SVD of a mode
+    smaller than the rank asked is truncated, a spatial mode's SVD init padded with random columns), which the
+    factor shapes and the reconstruction errors onnxprune reports already reflect."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"tensorly(\.|$)")
+        yield
+
+
 def tucker2(kernel: np.ndarray, r_in: int, r_out: int, seed: int) -> Tucker2:
     """Tucker-2 of a (C_out, C_in, *k) kernel on its two channel modes."""
     tl.set_backend("numpy")
-    (core, (u_out, u_in)), _ = partial_tucker(kernel, rank=[r_out, r_in], modes=[0, 1], init="svd",
-                                              random_state=seed)
+    with _quiet_tensorly():
+        (core, (u_out, u_in)), _ = partial_tucker(kernel, rank=[r_out, r_in], modes=[0, 1], init="svd",
+                                                  random_state=seed)
     return Tucker2(first=u_in.T, core=core, last=u_out)
 
 
@@ -47,10 +60,9 @@ def cp(kernel: np.ndarray, rank: int, seed: int) -> CP:
     """
     tl.set_backend("numpy")
     c_out, c_in = kernel.shape[:2]
-    (core, (u_out, u_in)), _ = partial_tucker(kernel, rank=[min(c_out, rank), min(c_in, rank)], modes=[0, 1],
-                                              init="svd", random_state=seed)
-    with warnings.catch_warnings():  # the SVD init of a k-sized spatial mode is padded with random columns
-        warnings.filterwarnings("ignore", message="Trying to compute SVD", category=UserWarning)
+    with _quiet_tensorly():
+        (core, (u_out, u_in)), _ = partial_tucker(kernel, rank=[min(c_out, rank), min(c_in, rank)], modes=[0, 1],
+                                                  init="svd", random_state=seed)
         weights, factors = parafac(core, rank=rank, n_iter_max=_CP_ITERATIONS, init="svd", tol=_CP_TOLERANCE,
                                    normalize_factors=True, random_state=seed)
     factors = [u_out @ factors[0], u_in @ factors[1], *factors[2:]]

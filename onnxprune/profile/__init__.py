@@ -9,14 +9,12 @@ chains of the decomposable layers against their ranks (chains), and returns a La
 """
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
 from typing import Any, TextIO
 
-from onnxprune.calibration import Progress
 from onnxprune.coupling import analyze
 from onnxprune.ir import load_model
 from onnxprune.plan import fingerprint
+from onnxprune.progress import track
 from onnxprune.profile.activations import activation_terms
 from onnxprune.profile.cache import LatencyCache
 from onnxprune.profile.chains import measure_chains, methods_asked
@@ -55,7 +53,7 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
         unique.setdefault(spec.signature(), spec)
     todo = [s for s in unique if s not in store.layers]
     try:
-        for signature in _progress(todo, stream or sys.stderr):
+        for signature in track(todo, "profiling layers", unit="layer", stream=stream):
             spec = unique[signature]
             counts = grid_points(spec)
             times = timer.points(spec, counts)
@@ -83,15 +81,3 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
     rest = cost.total - sum(cost.layer_latencies().values())
     cost.tensors = activation_terms(analysis, [*cost.layers, *skipped], rest, batch)
     return cost
-
-
-def _progress(items: list[str], stream: TextIO) -> Iterator[str]:
-    """`items`, with a progress bar on `stream` when it is a terminal (calibration's bar)."""
-    bar = Progress(len(items), stream, label="profiling layers")
-    try:
-        for done, item in enumerate(items):
-            bar.update(done)
-            yield item
-        bar.update(len(items))
-    finally:
-        bar.close()

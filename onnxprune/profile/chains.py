@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
@@ -41,7 +40,6 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from onnxprune.calibration import Progress
 from onnxprune.decomposition.candidates import DecomposableLayer, decomposable_layers, normalise_method
 from onnxprune.decomposition.chains import build
 from onnxprune.decomposition.cost import chain_cost, layer_cost
@@ -49,6 +47,7 @@ from onnxprune.errors import InvalidRequestError
 from onnxprune.graph import NameSource
 from onnxprune.profile.curves import SMALL_AXIS, SMALL_STEP, STEP
 from onnxprune.profile.layers import OPSET, LayerSpec, WeightPool, micro_graph
+from onnxprune.progress import track
 
 METHODS = ("tucker", "cp", "svd")
 MAX_RANK_POINTS = 12
@@ -319,17 +318,11 @@ def measure_chains(model: onnx.ModelProto, specs: list[LayerSpec], methods: tupl
         for spec in entry.values():
             unique.setdefault(spec.signature(), spec)
     todo = [s for s in unique if s not in store.layers]
-    bar = Progress(len(todo), stream or sys.stderr, label="profiling chains")
-    try:
-        for done, signature in enumerate(todo):
-            bar.update(done)
-            spec = unique[signature]
-            points = rank_points(spec)
-            ratios = timer.chain_points(spec, points)
-            store.put_layer(signature, ChainCurve(spec.full_ranks, dict(zip(points, ratios))).as_list())
-        bar.update(len(todo))
-    finally:
-        bar.close()
+    for signature in track(todo, "profiling chains", unit="chain", stream=stream):
+        spec = unique[signature]
+        points = rank_points(spec)
+        ratios = timer.chain_points(spec, points)
+        store.put_layer(signature, ChainCurve(spec.full_ranks, dict(zip(points, ratios))).as_list())
     curves: dict[str, ChainCurve] = {}
     layers: dict[str, dict[str, str]] = {}
     for name, entry in per_layer.items():

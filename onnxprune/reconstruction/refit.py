@@ -19,6 +19,7 @@ import onnx
 from onnxprune import calibration as calib
 from onnxprune.errors import InvalidRequestError
 from onnxprune.graph import GraphIndex
+from onnxprune.progress import Bar
 from onnxprune.reconstruction import layers
 from onnxprune.reconstruction.gram import Gram
 from onnxprune.runtime import session, with_outputs
@@ -107,23 +108,30 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     report.stages = len(stages)
     source = _replayable(calibration, len(stages))
     ref_session = None
-    for number, stage in enumerate(stages):
-        grams = {c.name: Gram() for c in stage}
-        fetch = list(dict.fromkeys(c.x for c in stage))
-        wanted = list(dict.fromkeys(c.y for c in stage))
-        sess = None
-        for _, feed in calib.batches(reference, source(), batch_size):
-            if ref_session is None:
-                ref_session = session(with_outputs(reference, [c.y for c in consumers]))
-            if sess is None:
-                sess = session(with_outputs(model, [t for t in fetch if t not in feed]))
-            xs = dict(zip(fetch, _run(sess, fetch, feed)))
-            ys = dict(zip(wanted, _run(ref_session, wanted, feed)))
+    per_pass = calib.length(calibration, batch_size) if not callable(calibration) else None
+    counted = 0  # batches read so far, over all passes (a batch split into several feeds counts once)
+    with Bar("reconstruction", per_pass and per_pass * len(stages)) as bar:
+        for number, stage in enumerate(stages):
+            bar.postfix(f"stage {number + 1}/{len(stages)}")
+            first = counted
+            grams = {c.name: Gram() for c in stage}
+            fetch = list(dict.fromkeys(c.x for c in stage))
+            wanted = list(dict.fromkeys(c.y for c in stage))
+            sess = None
+            for k, feed in calib.batches(reference, source(), batch_size):
+                if ref_session is None:
+                    ref_session = session(with_outputs(reference, [c.y for c in consumers]))
+                if sess is None:
+                    sess = session(with_outputs(model, [t for t in fetch if t not in feed]))
+                xs = dict(zip(fetch, _run(sess, fetch, feed)))
+                ys = dict(zip(wanted, _run(ref_session, wanted, feed)))
+                for c in stage:
+                    grams[c.name].update(c.design(xs[c.x]), c.target(ys[c.y]))
+                counted = first + k + 1
+                bar.update_to(counted)
+            report.passes += 1
             for c in stage:
-                grams[c.name].update(c.design(xs[c.x]), c.target(ys[c.y]))
-        report.passes += 1
-        for c in stage:
-            _solve(model, c, grams[c.name], ridge, number, by_name[c.name])
+                _solve(model, c, grams[c.name], ridge, number, by_name[c.name])
     return report
 
 

@@ -4,7 +4,9 @@
   * one dataset `(inputs, labels)`: `inputs` an array (single-input models) or a dict {input name: array},
     `labels` an array with one entry per sample (or None for a fidelity-only run); it is cut into batches
     of `batch_size` samples along the first axis (or of the model's fixed batch size when it has one);
-  * an iterable (list, generator, DataLoader-like) of `(inputs, labels)` batches, used as given.
+  * an iterable (list, generator, DataLoader-like) of `(inputs, labels)` batches, used as given;
+  * a data source (datasources.py): an image folder (its path or an ImageFolder; labels from the class
+    folders) or a Hugging Face dataset, read lazily in batches of `batch_size`.
 Inputs are checked like calibration data (names, rank, static dims, dtype; see calibration.py) and every
 error names the batch and what the model expects.
 
@@ -21,20 +23,20 @@ Metrics
   * reference=model: both models run on the same batches; adds `agreement` (fraction of samples whose
     top-1 class is the same), `cosine` (mean over samples of the cosine similarity of the flattened
     outputs) and `max_rel_error` (max |out - ref| / max |ref| over all samples).
-One onnxruntime session is built per model and reused for every batch; a progress bar is shown on stderr
-when it is a terminal and there are at least 4 batches.
+One onnxruntime session is built per model and reused for every batch; a progress bar (progress.py) is shown
+on stderr when it is a terminal.
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TextIO
 
 import numpy as np
 
-from onnxprune import ir
-from onnxprune.calibration import DEFAULT_BATCH_SIZE, InputSpec, Progress, input_specs, to_feed
+from onnxprune import datasources, ir
+from onnxprune.calibration import DEFAULT_BATCH_SIZE, InputSpec, input_specs, to_feed
 from onnxprune.errors import InvalidRequestError
+from onnxprune.progress import Bar
 from onnxprune.runtime import session
 
 __all__ = ["evaluate", "DEFAULT_BATCH_SIZE"]
@@ -85,25 +87,26 @@ def evaluate(model: Any, data: Any, metric: Metric = "accuracy", *, reference: A
     ref_runner = None if reference is None else _Runner(reference, runner.output, "reference")
     acc = _Accuracy() if metric == "accuracy" else _UserMetric(metric)
     fidelity = None if ref_runner is None else _Fidelity()
-    progress = Progress(_length(data), sys.stderr if stream is None else stream, "evaluate")
-    n = 0
-    seen_labels = False
-    for k, (where, feed, labels) in enumerate(_batches(data, runner.specs, int(batch_size))):
-        outputs = runner(feed, where)
-        count = _count(outputs, where)
-        if labels is not None:
-            labels = np.asarray(labels)
-            if labels.ndim == 0 or len(labels) != count:
-                raise InvalidRequestError(f"{where}: {labels.shape[0] if labels.ndim else 'scalar'} labels for "
-                                          f"{count} samples; give one label per sample")
-            seen_labels = True
-        if labels is not None or metric != "accuracy":
-            acc.update(outputs, labels, where)
-        if fidelity is not None:
-            fidelity.update(outputs, ref_runner(feed, where), where)
-        n += count
-        progress.update(k + 1)
-    progress.close()
+    source = datasources.as_source(data)
+    total = _length(data) if source is None else source.batch_count(int(batch_size))
+    with Bar("evaluate", total, stream=stream) as progress:
+        n = 0
+        seen_labels = False
+        for where, feed, labels in _batches(data if source is None else source, runner.specs, int(batch_size)):
+            outputs = runner(feed, where)
+            count = _count(outputs, where)
+            if labels is not None:
+                labels = np.asarray(labels)
+                if labels.ndim == 0 or len(labels) != count:
+                    raise InvalidRequestError(f"{where}: {labels.shape[0] if labels.ndim else 'scalar'} labels for "
+                                              f"{count} samples; give one label per sample")
+                seen_labels = True
+            if labels is not None or metric != "accuracy":
+                acc.update(outputs, labels, where)
+            if fidelity is not None:
+                fidelity.update(outputs, ref_runner(feed, where), where)
+            n += count
+            progress.update()
     if n == 0:
         raise InvalidRequestError("evaluation data is empty: pass at least one sample")
     result: dict[str, Any] = {}
@@ -138,6 +141,10 @@ def _length(data: Any) -> int | None:
 
 def _batches(data: Any, specs: list[InputSpec], batch_size: int) -> Iterator[tuple[str, dict, Any]]:
     """(where, raw feed dict, labels) per batch."""
+    if isinstance(data, (datasources.ImageFolder, datasources.HFDataset)):
+        for k, (feed, labels) in enumerate(data.pairs(specs, batch_size)):
+            yield f"batch {k}", feed, labels
+        return
     if isinstance(data, tuple) and _is_pair(data):
         inputs, labels = data
         yield from _split(_as_dict(inputs, specs, "data"), labels, specs, batch_size)

@@ -39,6 +39,7 @@ from onnxprune.text import human, table
 from onnxprune.errors import InvalidRequestError, MissingExtraError
 from onnxprune.workflows.metric_key import QuietStream, default_key, pick_value
 from onnxprune.options import Options
+from onnxprune.progress import Bar
 
 __all__ = ["sensitivity", "SensitivityResult", "SensitivityCurve", "Recommendation", "MissingExtraError",
            "DEFAULT_RATIOS"]
@@ -256,7 +257,7 @@ def sensitivity(model, data, *, ratios=DEFAULT_RATIOS, method: str = "l2", metri
     method: the criterion choosing which channels go (as in `op.prune`); calibration: for data criteria.
     layers: only the groups of these layers (default: every prunable group).
     target: also make a recommendation for this fraction of MACs removed (`result.recommendation`).
-    verbose: one progress line per group on `stream` (default stderr).
+    verbose: one line per group on `stream` (default stderr), beside the progress bar (shown on a terminal).
     """
     from onnxprune.workflows.evaluate import DEFAULT_BATCH_SIZE, evaluate
     from onnxprune.pruning import prune
@@ -289,24 +290,26 @@ def sensitivity(model, data, *, ratios=DEFAULT_RATIOS, method: str = "l2", metri
         baseline, n = 1.0, _count(data)
     macs = stats(model, shapes=analysis.channels.shapes).macs
     curves = []
-    for number, group in enumerate(groups, 1):
-        layer = group.layers[0]
-        curve = SensitivityCurve(group=group.id, layer=layer, layers=list(group.layers), size=group.size)
-        for ratio in ratios:
-            result = prune(model, method, ratios={layer: ratio}, options=options, calibration=calibration)
-            if not result.pruned_groups:  # the ratio rounds to no channel removed
-                value, after = baseline, macs
-            else:
-                value, _ = measure(result.model)
-                after = result.summary.after.macs
-            drop = baseline - value if higher_is_better else value - baseline
-            kept = group.size - round(result.achieved_ratio * group.size)
-            curve.points.append({"ratio": ratio, "kept": int(kept), "value": float(value), "drop": float(drop),
-                                 "macs": int(after), "macs_saved": int(macs - after)})
-        curves.append(curve)
-        if verbose:
-            print(f"sensitivity: group {number}/{len(groups)} ({layer}, {group.size} channels): drops "
-                  + ", ".join(f"{p['drop']:+.4f}" for p in curve.points), file=stream, flush=True)
+    with Bar("sensitivity", len(groups) * len(ratios), unit="model", stream=stream) as bar:
+        for number, group in enumerate(groups, 1):
+            layer = group.layers[0]
+            curve = SensitivityCurve(group=group.id, layer=layer, layers=list(group.layers), size=group.size)
+            for ratio in ratios:
+                result = prune(model, method, ratios={layer: ratio}, options=options, calibration=calibration)
+                if not result.pruned_groups:  # the ratio rounds to no channel removed
+                    value, after = baseline, macs
+                else:
+                    value, _ = measure(result.model)
+                    after = result.summary.after.macs
+                drop = baseline - value if higher_is_better else value - baseline
+                kept = group.size - round(result.achieved_ratio * group.size)
+                curve.points.append({"ratio": ratio, "kept": int(kept), "value": float(value), "drop": float(drop),
+                                     "macs": int(after), "macs_saved": int(macs - after)})
+                bar.update()
+            curves.append(curve)
+            if verbose:
+                bar.write(f"sensitivity: group {number}/{len(groups)} ({layer}, {group.size} channels): drops "
+                          + ", ".join(f"{p['drop']:+.4f}" for p in curve.points))
     result = SensitivityResult(key=key, baseline=float(baseline), higher_is_better=higher_is_better,
                                method=str(method), ratios=list(ratios), macs=int(macs), curves=curves, n=n,
                                _model=model, _options=options, _calibration=calibration)
