@@ -7,7 +7,7 @@ their torch.onnx.export with either exporter.
   residual, final LayerNorm, head on the class token), 86.6M params.
 
 export(name, path, dynamo) writes `path` (ONNX, batch 1 x 3 x 224 x 224, opset 17 legacy / 18 dynamo);
-weights are random (seeded), in eval mode.
+weights are random (seeded; norm statistics, scales and biases distinct as in a trained model), in eval mode.
 """
 from __future__ import annotations
 
@@ -101,6 +101,21 @@ class ViTB16(nn.Module):
         return self.head(x[:, 0])
 
 
+def _trained_like(model: nn.Module) -> None:
+    """Norm statistics, scales and biases made distinct, as after training (fresh zero biases and unit scales
+    are identical tensors that exporters de-duplicate into one shared initializer)."""
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.normal_(0.0, 0.1)
+                module.running_var.uniform_(0.5, 1.5)
+            if isinstance(module, (nn.BatchNorm2d, nn.LayerNorm)):
+                module.weight.uniform_(0.5, 1.5)
+        for name, param in model.named_parameters():
+            if name.endswith("bias"):
+                param.normal_(0.0, 0.02)
+
+
 MODELS = {"resnet50": ResNet50, "vit_b16": ViTB16}
 
 
@@ -108,6 +123,7 @@ def export(name: str, path: str, dynamo: bool, seed: int = 0) -> int:
     """Export MODELS[name] to `path` with the legacy (dynamo=False) or the dynamo exporter; returns params."""
     torch.manual_seed(seed)
     model = MODELS[name]().eval()
+    _trained_like(model)
     args = (torch.randn(1, 3, 224, 224),)
     if dynamo:
         with torch.no_grad():

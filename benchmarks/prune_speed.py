@@ -44,6 +44,7 @@ for _p in (ROOT, HERE):
 
 import onnx  # noqa: E402
 
+import _llama  # noqa: E402
 import _models  # noqa: E402
 
 RATIO = 0.3
@@ -450,18 +451,30 @@ def _run_child(mode: str, path: str, out: str) -> dict:
     return json.loads(lines[-1])
 
 
-def table3(big_gb: float, workdir: str) -> str:
+def _write_big(kind: str, path: str, big_gb: float) -> tuple[int, int, str]:
+    """Write the big model; returns (weight bytes, params, description)."""
+    if kind == "mlp":
+        weight_bytes, params = _models.write_big_mlp(path, int(big_gb * 2**30))
+        return weight_bytes, params, f"{weight_bytes // (8192 * 8192 * 4)} x MatMul 8192x8192 + Relu"
+    config = _llama.LlamaConfig.big(big_gb * 2**30)
+    weight_bytes, params = _llama.write_llama(path, config)
+    return weight_bytes, params, (f"Llama-shaped decoder: {config.layers} layers, dim {config.dim}, {config.heads} "
+                                  f"query / {config.kv_heads} KV heads, SwiGLU {config.ffn}, vocabulary "
+                                  f"{config.vocab}, RoPE, RMSNorm, prefill graph")
+
+
+def table3(big_gb: float, workdir: str, kind: str = "llama") -> str:
     need = big_gb * 2**30 * 2.6  # input + pruned output (~0.5x) + baseline output (1x), plus margin
     free = shutil.disk_usage(workdir).free
     if free < need:
         return f"Table 3 skipped: {free / 2**30:.1f} GiB free in {workdir}, need ~{need / 2**30:.1f} GiB\n"
-    path = os.path.join(workdir, "big_mlp.onnx")
-    print(f"  [3] writing >= {big_gb} GiB of external weights ...", file=sys.stderr, flush=True)
+    path = os.path.join(workdir, f"big_{kind}.onnx")
+    print(f"  [3] writing >= {big_gb} GiB of external weights ({kind}) ...", file=sys.stderr, flush=True)
     t = time.perf_counter()
-    weight_bytes, params = _models.write_big_mlp(path, int(big_gb * 2**30))
+    weight_bytes, params, described = _write_big(kind, path, big_gb)
     gen = time.perf_counter() - t
     runs = {}
-    for mode in ("onnxprune", "baseline"):
+    for mode in ("baseline", "onnxprune"):
         print(f"  [3] {mode} child ...", file=sys.stderr, flush=True)
         out = os.path.join(workdir, f"big_{mode}_out.onnx")
         runs[mode] = _run_child(mode, path, out)
@@ -473,22 +486,23 @@ def table3(big_gb: float, workdir: str) -> str:
                         ("baseline", "onnx.load + onnx.save(ext)")):
         r = runs[mode]
         if r.get("peak") is None:
-            rows.append([label, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", r.get("error")])
+            rows.append([label, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", r.get("error")])
             continue
-        rows.append([label, f"{r['time']:.1f}", f"{r['startup_rss'] / gib:.2f}", f"{r['peak'] / gib:.2f}",
+        base_time = runs["baseline"].get("time")
+        ratio = _x(r["time"] / base_time) if base_time else "n/a"
+        rows.append([label, f"{r['time']:.1f}", ratio, f"{r['startup_rss'] / gib:.2f}", f"{r['peak'] / gib:.2f}",
                      _x(r["peak"] / weight_bytes), _x((r["peak"] - r["startup_rss"]) / weight_bytes),
                      f"{r['sampled']['RssAnon'] / gib:.2f} / {r['sampled']['RssFile'] / gib:.2f}",
                      f"{r['out_bytes'] / gib:.2f}",
                      ("FAIL " if r["peak"] >= 1.5 * weight_bytes else "ok ") + (r["error"] or "")])
     t3 = table(
         f"Table 3. big model: {params / 1e9:.2f}G params, {weight_bytes / gib:.2f} GiB float32 weights in external "
-        f"data ({weight_bytes // (8192 * 8192 * 4)} x MatMul 8192x8192 + Relu; generated in {gen:.0f} s), "
-        f"one child process each",
-        "peak = exact VmHWM of the child; bar: peak < 1.5x the weights; anon/file = RSS split at the sampled peak "
-        "(file = page cache mapped by memmap).",
-        ["run", "time s", "startup GiB", "peak GiB", "peak/weights", "(peak-startup)/weights",
+        f"data ({described}; generated in {gen:.0f} s), one child process each, baseline first",
+        "time ratio = over the baseline's time (goal <= 1.3x); peak = exact VmHWM of the child; bar: peak < 1.5x the "
+        "weights; anon/file = RSS split at the sampled peak (file = page cache mapped by memmap).",
+        ["run", "time s", "ratio", "startup GiB", "peak GiB", "peak/weights", "(peak-startup)/weights",
          "anon/file GiB", "output GiB", "status"],
-        rows, align="lrrrrrrrl")
+        rows, align="lrrrrrrrrl")
     r = runs["onnxprune"]
     if r.get("stage_peak"):
         srows = []
@@ -540,6 +554,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, --quick 2)")
     parser.add_argument("--big-gb", type=float, default=2.5, help="GiB of external weights for table 3 (default 2.5)")
     parser.add_argument("--skip-big", action="store_true", help="skip table 3")
+    parser.add_argument("--big-model", choices=("llama", "mlp"), default="llama",
+                        help="table 3's model: the Llama-shaped decoder (default) or the MatMul+Relu stack")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="table 1 without the torch.onnx.export models (they need torch and onnxscript)")
     parser.add_argument("--tables", default="1,2,3", help="which tables to run, e.g. 1,3")
     parser.add_argument("--tmp", default=None, help="folder for the generated models (default: system temp)")
     parser.add_argument("--profile", action="store_true",
@@ -572,6 +590,8 @@ def main(argv: list[str] | None = None) -> int:
                 onnx.save(model, path)
                 del model
                 models.append((name, path, params))
+            if not args.no_torch:
+                models += _torch_exports(workdir)
             models[0] = (models[0][0], models[0][1], _light_params(models[0][1]))
             text, _ = table1(models, repeats, workdir)
             print(text, flush=True)
@@ -583,10 +603,31 @@ def main(argv: list[str] | None = None) -> int:
         if "2" in wanted:
             print(table2([1, 2, 4] if args.quick else [1, 2, 4, 8], repeats, workdir), flush=True)
         if "3" in wanted:
-            print(table3(args.big_gb, workdir), flush=True)
+            print(table3(args.big_gb, workdir, args.big_model), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _torch_exports(workdir: str) -> list[tuple[str, str, int]]:
+    """ResNet-50 and ViT-B/16 (benchmarks/_torch_models.py) exported by both torch exporters, each in a child
+    process (torch stays out of the measuring process); [] with a note when torch or onnxscript is missing."""
+    models = []
+    for arch in ("resnet50", "vit_b16"):
+        for exporter in ("legacy", "dynamo"):
+            name = f"{arch} torch {exporter}"
+            path = os.path.join(workdir, f"{arch}_{exporter}.onnx")
+            print(f"  exporting {name} ...", file=sys.stderr, flush=True)
+            code = (f"import sys; sys.path.insert(0, {HERE!r}); import warnings; warnings.simplefilter('ignore'); "
+                    f"import _torch_models; print(_torch_models.export({arch!r}, {path!r}, {exporter == 'dynamo'}))")
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            lines = proc.stdout.strip().splitlines()
+            if proc.returncode != 0 or not lines or not lines[-1].isdigit():
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"  {name}: export failed ({tail}); left out", file=sys.stderr, flush=True)
+                continue
+            models.append((name, path, int(lines[-1])))
+    return models
 
 
 def _light_params(path: str) -> int:
