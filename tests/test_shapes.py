@@ -13,7 +13,7 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxprune as op
 from onnxprune import runtime, shapes
 from onnxprune.errors import UnknownShapesError
-from onnxprune.symbolic_dims import div, example_dim, mul
+from onnxprune.symbolic_dims import div, example_dim, is_unknown_dim, mul
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 FIXTURES = sorted(ROOT.glob("fixtures/*.onnx")) + sorted(ROOT.glob("fixtures/deploy/*.onnx"))
@@ -44,7 +44,8 @@ def _concrete(model: onnx.ModelProto, shape: tuple) -> tuple | None:
 def test_fixture_shapes_and_analysis_never_run_the_model(path, no_runs):
     model = onnx.load(str(path))
     inferred, _ = shapes.infer_shapes_and_types(op.load_model(str(path)))
-    unknown = [o for n in model.graph.node for o in n.output if o and inferred.get(o) is None]
+    unknown = [o for n in model.graph.node for o in n.output
+               if o and (inferred.get(o) is None or any(is_unknown_dim(d) for d in inferred[o]))]
     assert not unknown
     op.analyze(str(path))
 
@@ -150,3 +151,29 @@ def test_symbolic_dim_arithmetic():
     assert example_dim("(2*batch)/(4)", {"batch": 6}) == 3
     assert example_dim("(2*batch)/(4)", {"batch": 3}) is None
     assert example_dim("unk__3", {}) is None
+
+
+def test_prune_and_save_serialise_the_model_once(monkeypatch, tmp_path):
+    """analyze + prune + save (validated) of a file with external data: the weights are written once (the new
+    data file); no serialised proto carries them, no onnxruntime run or observation happens."""
+    from onnxprune import external_data
+
+    path = tmp_path / "llama.onnx"
+    _llama.write_llama(str(path), _llama.LlamaConfig.small())
+    sizes, builds = [], []
+    parts, build = external_data.serialized_parts, external_data.build_output
+
+    def counted_parts(model):
+        out = parts(model)
+        sizes.append(sum(len(p) for p in out))
+        return out
+
+    monkeypatch.setattr(external_data, "serialized_parts", counted_parts)
+    monkeypatch.setattr(external_data, "build_output", lambda *a, **k: builds.append(1) or build(*a, **k))
+    monkeypatch.setattr(runtime, "observe", lambda *a, **k: pytest.fail("observed"))
+    monkeypatch.setattr(runtime, "run", lambda *a, **k: pytest.fail("ran the model"))
+    result = op.prune(str(path), ratio=0.3)
+    op.save_model(result.model, tmp_path / "out.onnx", reference=result.reference, external_data=True)
+    weights = path.with_name("llama.onnx.data").stat().st_size
+    assert builds == [1] and sizes and max(sizes) < weights / 10
+    assert (tmp_path / "out.onnx.data").stat().st_size < weights
