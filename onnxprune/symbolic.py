@@ -90,8 +90,8 @@ class SymbolicValues:
         if op == "Squeeze":
             return (entries, True) if len(entries) == 1 else None
         if op == "Reshape":
-            target = self.concrete(node.input[1])
-            return None if target is None else (entries, target.size == 0)
+            target = self.concrete(node.input[1])  # to a scalar ([]) or a vector ([n] / [-1]) only
+            return None if target is None or target.size > 1 else (entries, target.size == 0)
         if op == "Gather":
             indices = self.concrete(node.input[1])
             if indices is None or scalar or indices.ndim > 1:
