@@ -266,16 +266,19 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
     out_nc = os.path.join(workdir, "pruned_nocheck.onnx")
     base_load, base_save, base_total = [], [], []
     totals, totals_nc = [], []
+    cpu_ratios = []  # pipeline CPU time over the baseline's, per repeat (waiting for a busy CPU is not counted)
     per_stage: dict[str, list[float]] = {k: [] for k in STAGE_COLUMNS}
     errors: dict[str, str] = {}
     info: dict = {}
     for rep in range(repeats + 1):  # rep 0 warms caches and imports, not counted
         gc.collect()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         model = onnx.load(path)
         t1 = time.perf_counter()
         onnx.save(model, base_out)
         t2 = time.perf_counter()
+        c2 = time.process_time()
         if rep == 0:
             info["nodes"] = len(model.graph.node)
         del model
@@ -283,6 +286,7 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
         gc.collect()
 
         stages = Stages()
+        c3 = time.process_time()
         t3 = time.perf_counter()
         result = None
         try:
@@ -290,6 +294,7 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
         except Exception as exc:  # noqa: BLE001 - a failing library call is reported, not hidden
             errors.setdefault("check", _short_error(exc))
         t4 = time.perf_counter()
+        c4 = time.process_time()
         _remove(out)
         if result is not None and rep == 0:
             info["groups"] = len(result.pruned_groups)
@@ -315,6 +320,7 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
         base_total.append(t2 - t0)
         if "check" not in errors:
             totals.append(t4 - t3)
+            cpu_ratios.append((c4 - c3) / max(c2 - c0, 1e-9))
             for k in STAGE_COLUMNS:
                 per_stage[k].append(stages.time.get(k, 0.0))
         totals_nc.append(t_nc)
@@ -323,7 +329,8 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
                 per_stage[k].append(st_nc.time.get(k, 0.0))
     return {
         "base_load": _median(base_load), "base_save": _median(base_save), "base": _median(base_total),
-        "total": _median(totals), "total_nocheck": _median(totals_nc),
+        "total": _median(totals), "total_nocheck": _median(totals_nc), "cpu_ratio": _median(cpu_ratios),
+        "ratios": [t / b for t, b in zip(totals, base_total)],
         "stages": {k: _median(v) for k, v in per_stage.items()},
         "errors": errors, **info,
     }
@@ -340,7 +347,8 @@ def table1(models: list[tuple[str, str, int]], repeats: int, workdir: str) -> tu
             status = "; ".join(f"{k}: {v}" for k, v in m["errors"].items())
         base = m["base"]
         rows.append([name, _human(params), f"{os.path.getsize(path) / 1e6:.1f}", m.get("nodes", "?"),
-                     f"{_ms(m['base_load'])} + {_ms(m['base_save'])}", _ms(base), _ms(m["total"]), _x(m["total"] / base), _ms(m["total_nocheck"]),
+                     f"{_ms(m['base_load'])} + {_ms(m['base_save'])}", _ms(base), _ms(m["total"]), _x(m["total"] / base),
+                     _x(_median(m["ratios"])), _x(m["cpu_ratio"]), _ms(m["total_nocheck"]),
                      _x(m["total_nocheck"] / base), status])
         st = m["stages"]
         checked = "check" not in m["errors"]
@@ -350,11 +358,12 @@ def table1(models: list[tuple[str, str, int]], repeats: int, workdir: str) -> tu
     t1 = table(
         f"Table 1. analyze + prune(ratio={RATIO}) + save vs plain onnx.load + onnx.save "
         f"(medians of {repeats} runs, same process)",
-        "ratio = pipeline / baseline (goal <= 1.2x); 'check' = save_model default (checker full_check + ORT load), "
-        "'nocheck' = save_model(check=False).",
-        ["model", "params", "MB", "nodes", "base load+save ms", "baseline ms", "check ms", "ratio", "nocheck ms",
-         "ratio nocheck", "status"],
-        rows, align="lrrrrrrrrrl")
+        "ratio = pipeline / baseline (goal <= 1.2x): of the medians; 'paired' = median of each repeat's ratio (the two "
+        "runs side by side); 'cpu' = the same for process CPU time (time spent waiting for a busy CPU left out). "
+        "'check' = save_model default (checker full_check + ORT load), 'nocheck' = save_model(check=False).",
+        ["model", "params", "MB", "nodes", "base load+save ms", "baseline ms", "check ms", "ratio", "paired", "cpu",
+         "nocheck ms", "ratio nocheck", "status"],
+        rows, align="lrrrrrrrrrrrl")
     t1b = table(
         "Table 1b. where the time goes: median ms per stage (in parentheses: multiple of the baseline time)",
         "load = load_model; shapes = ir.infer_shapes_and_types (analysis + stats); prune:rest / save:rest = "
