@@ -7,7 +7,8 @@ an int, or a str for a symbolic dim ('batch', 'sequence', '12*batch') - from the
 (onnxprune.folding) and from the shapes known so far (Shape, Gather, Slice, Concat, Unsqueeze, Squeeze, Cast,
 arithmetic over symbolic dims). Each node with an unknown output then gets its outputs inferred from its inputs:
 by onnx's own per-node inference given the operand values, or, where an operand is symbolic, by the rules of
-Reshape, Expand, ConstantOfShape, Range, Resize and Tile below.
+Reshape, Expand, ConstantOfShape, Range, Resize and Tile below; onnxruntime's com.microsoft ops by the rules of
+symbolic_contrib.py.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import onnx
 
 from .folding import ConstantResolver
 from .graph import GraphIndex, attribute
+from .symbolic_contrib import contrib_rule
 from .symbolic_dims import arith, broadcast, div, is_unknown_dim, mul
 
 MAX_VALUE_ENTRIES = 128  # operands with more entries are not shape vectors: never evaluated symbolically
@@ -290,13 +292,40 @@ def propagate(index: GraphIndex, resolver: ConstantResolver, shapes: dict[str, t
         if not any(shapes.get(o) is None or any(is_unknown_dim(d) for d in shapes[o]) for o in outputs):
             continue
         found = shape_rule(node, shapes, values)
+        if found is not None:
+            _rule_types(node, types)
+        else:
+            found = contrib_rule(node, shapes, types, values.get)
         if found is None or any(f is None or any(is_unknown_dim(d) for d in f) for f in found):
-            found = merge_lists(found, onnx_rule(node, shapes, types, values, opsets))
+            found = merge_lists(found, onnx_rule(_as_standard(node), shapes, types, values, opsets))
         if found is None:
             continue
         for name, shape in zip(node.output, found):
             if name and shape is not None:
                 shapes[name] = merge(shapes.get(name), shape)
+
+
+def _rule_types(node: onnx.NodeProto, types: dict[str, int]) -> None:
+    """Element type of a shape_rule op's output where ONNX inference gave none: its data input's (Range: its
+    start's), a ConstantOfShape's fill value's (float when none)."""
+    out = node.output[0]
+    if out in types:
+        return
+    if node.op_type == "ConstantOfShape":
+        fill = attribute(node, "value")
+        types[out] = fill.data_type if fill is not None else onnx.TensorProto.FLOAT
+    elif node.input[0] in types:
+        types[out] = types[node.input[0]]
+
+
+def _as_standard(node: onnx.NodeProto) -> onnx.NodeProto:
+    """A com.microsoft FusedConv as the Conv it wraps (its activation does not change shapes); other nodes as
+    they are."""
+    if node.domain != "com.microsoft" or node.op_type != "FusedConv":
+        return node
+    conv = onnx.helper.make_node("Conv", list(node.input[:3]), list(node.output[:1]), name=node.name)
+    conv.attribute.extend(a for a in node.attribute if a.name not in ("activation", "activation_params"))
+    return conv
 
 
 def merge_lists(first: list | None, second: list | None) -> list | None:
