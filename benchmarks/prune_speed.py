@@ -102,6 +102,7 @@ class Stages:
     """Exclusive wall time per stage (and, with memory=True, exact peak RSS per stage via VmHWM resets)."""
 
     def __init__(self, memory: bool = False):
+        self.model_runs = 0  # onnxruntime runs of the model (runtime.run / runtime.observe): none expected
         self.time: dict[str, float] = {}
         self.peak: dict[str, int] = {}
         self.rss_after: dict[str, int] = {}
@@ -176,6 +177,15 @@ def instrumented(stages: Stages):
             continue
         setattr(module, attr, stages.wrap(stage, fn))
         undo.append((module, attr, fn))
+    runtime = importlib.import_module("onnxprune.runtime")
+    for attr in ("run", "observe"):
+        fn = getattr(runtime, attr)
+
+        def counted(*args, _fn=fn, **kwargs):
+            stages.model_runs += 1
+            return _fn(*args, **kwargs)
+        setattr(runtime, attr, counted)
+        undo.append((runtime, attr, fn))
     pruning = importlib.import_module("onnxprune.pruning")
     criterion_for = getattr(pruning, "criterion_for", None)
     if criterion_for is not None:
@@ -297,6 +307,7 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
         c4 = time.process_time()
         _remove(out)
         if result is not None and rep == 0:
+            info["model_runs"] = stages.model_runs
             info["groups"] = len(result.pruned_groups)
             info["params_after"] = result.summary.after.params
             info["params_before"] = result.summary.before.params
@@ -349,7 +360,7 @@ def table1(models: list[tuple[str, str, int]], repeats: int, workdir: str) -> tu
         rows.append([name, _human(params), f"{os.path.getsize(path) / 1e6:.1f}", m.get("nodes", "?"),
                      f"{_ms(m['base_load'])} + {_ms(m['base_save'])}", _ms(base), _ms(m["total"]), _x(m["total"] / base),
                      _x(_median(m["ratios"])), _x(m["cpu_ratio"]), _ms(m["total_nocheck"]),
-                     _x(m["total_nocheck"] / base), status])
+                     _x(m["total_nocheck"] / base), m.get("model_runs", "?"), status])
         st = m["stages"]
         checked = "check" not in m["errors"]
         cells = [f"{_ms(st[k])} ({st[k] / base:.2f})" for k in STAGE_COLUMNS]
@@ -360,10 +371,11 @@ def table1(models: list[tuple[str, str, int]], repeats: int, workdir: str) -> tu
         f"(medians of {repeats} runs, same process)",
         "ratio = pipeline / baseline (goal <= 1.2x): of the medians; 'paired' = median of each repeat's ratio (the two "
         "runs side by side); 'cpu' = the same for process CPU time (time spent waiting for a busy CPU left out). "
-        "'check' = save_model default (checker full_check + ORT load), 'nocheck' = save_model(check=False).",
+        "'check' = save_model default (checker full_check + ORT load), 'nocheck' = save_model(check=False); "
+        "'ORT runs' = onnxruntime runs of the model in the pipeline (runtime.run / observe; the goal is none).",
         ["model", "params", "MB", "nodes", "base load+save ms", "baseline ms", "check ms", "ratio", "paired", "cpu",
-         "nocheck ms", "ratio nocheck", "status"],
-        rows, align="lrrrrrrrrrrrl")
+         "nocheck ms", "ratio nocheck", "ORT runs", "status"],
+        rows, align="lrrrrrrrrrrrrl")
     t1b = table(
         "Table 1b. where the time goes: median ms per stage (in parentheses: multiple of the baseline time)",
         "load = load_model; shapes = ir.infer_shapes_and_types (analysis + stats); prune:rest / save:rest = "
@@ -442,6 +454,7 @@ def _child(mode: str, path: str, out: str) -> None:
     sampler.stop.set()
     sampler.join()
     print(json.dumps({"time": elapsed, "startup_rss": startup, "peak": peak, "stage_peak": stages.peak,
+                      "model_runs": stages.model_runs,
                       "rss_after": stages.rss_after, "stage_time": stages.time, "sampled": sampler.peak,
                       "max_anon": sampler.max_anon, "exact_peaks": stages.memory, "error": error,
                       "out_bytes": _file_bytes(out)}))
@@ -495,14 +508,14 @@ def table3(big_gb: float, workdir: str, kind: str = "llama") -> str:
                         ("baseline", "onnx.load + onnx.save(ext)")):
         r = runs[mode]
         if r.get("peak") is None:
-            rows.append([label, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", r.get("error")])
+            rows.append([label, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", r.get("error")])
             continue
         base_time = runs["baseline"].get("time")
         ratio = _x(r["time"] / base_time) if base_time else "n/a"
         rows.append([label, f"{r['time']:.1f}", ratio, f"{r['startup_rss'] / gib:.2f}", f"{r['peak'] / gib:.2f}",
                      _x(r["peak"] / weight_bytes), _x((r["peak"] - r["startup_rss"]) / weight_bytes),
                      f"{r['sampled']['RssAnon'] / gib:.2f} / {r['sampled']['RssFile'] / gib:.2f}",
-                     f"{r['out_bytes'] / gib:.2f}",
+                     f"{r['out_bytes'] / gib:.2f}", r.get("model_runs", 0) if mode == "onnxprune" else "-",
                      ("FAIL " if r["peak"] >= 1.5 * weight_bytes else "ok ") + (r["error"] or "")])
     t3 = table(
         f"Table 3. big model: {params / 1e9:.2f}G params, {weight_bytes / gib:.2f} GiB float32 weights in external "
@@ -510,8 +523,8 @@ def table3(big_gb: float, workdir: str, kind: str = "llama") -> str:
         "time ratio = over the baseline's time (goal <= 1.3x); peak = exact VmHWM of the child; bar: peak < 1.5x the "
         "weights; anon/file = RSS split at the sampled peak (file = page cache mapped by memmap).",
         ["run", "time s", "ratio", "startup GiB", "peak GiB", "peak/weights", "(peak-startup)/weights",
-         "anon/file GiB", "output GiB", "status"],
-        rows, align="lrrrrrrrrl")
+         "anon/file GiB", "output GiB", "ORT runs", "status"],
+        rows, align="lrrrrrrrrrl")
     r = runs["onnxprune"]
     if r.get("stage_peak"):
         srows = []
