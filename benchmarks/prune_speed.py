@@ -44,6 +44,7 @@ for _p in (ROOT, HERE):
 
 import onnx  # noqa: E402
 
+import _llama  # noqa: E402
 import _models  # noqa: E402
 
 RATIO = 0.3
@@ -101,6 +102,7 @@ class Stages:
     """Exclusive wall time per stage (and, with memory=True, exact peak RSS per stage via VmHWM resets)."""
 
     def __init__(self, memory: bool = False):
+        self.model_runs = 0  # onnxruntime runs of the model (runtime.run / runtime.observe): none expected
         self.time: dict[str, float] = {}
         self.peak: dict[str, int] = {}
         self.rss_after: dict[str, int] = {}
@@ -175,6 +177,15 @@ def instrumented(stages: Stages):
             continue
         setattr(module, attr, stages.wrap(stage, fn))
         undo.append((module, attr, fn))
+    runtime = importlib.import_module("onnxprune.runtime")
+    for attr in ("run", "observe"):
+        fn = getattr(runtime, attr)
+
+        def counted(*args, _fn=fn, **kwargs):
+            stages.model_runs += 1
+            return _fn(*args, **kwargs)
+        setattr(runtime, attr, counted)
+        undo.append((runtime, attr, fn))
     pruning = importlib.import_module("onnxprune.pruning")
     criterion_for = getattr(pruning, "criterion_for", None)
     if criterion_for is not None:
@@ -265,16 +276,19 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
     out_nc = os.path.join(workdir, "pruned_nocheck.onnx")
     base_load, base_save, base_total = [], [], []
     totals, totals_nc = [], []
+    cpu_ratios = []  # pipeline CPU time over the baseline's, per repeat (waiting for a busy CPU is not counted)
     per_stage: dict[str, list[float]] = {k: [] for k in STAGE_COLUMNS}
     errors: dict[str, str] = {}
     info: dict = {}
     for rep in range(repeats + 1):  # rep 0 warms caches and imports, not counted
         gc.collect()
+        c0 = time.process_time()
         t0 = time.perf_counter()
         model = onnx.load(path)
         t1 = time.perf_counter()
         onnx.save(model, base_out)
         t2 = time.perf_counter()
+        c2 = time.process_time()
         if rep == 0:
             info["nodes"] = len(model.graph.node)
         del model
@@ -282,6 +296,7 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
         gc.collect()
 
         stages = Stages()
+        c3 = time.process_time()
         t3 = time.perf_counter()
         result = None
         try:
@@ -289,8 +304,10 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
         except Exception as exc:  # noqa: BLE001 - a failing library call is reported, not hidden
             errors.setdefault("check", _short_error(exc))
         t4 = time.perf_counter()
+        c4 = time.process_time()
         _remove(out)
         if result is not None and rep == 0:
+            info["model_runs"] = stages.model_runs
             info["groups"] = len(result.pruned_groups)
             info["params_after"] = result.summary.after.params
             info["params_before"] = result.summary.before.params
@@ -314,6 +331,7 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
         base_total.append(t2 - t0)
         if "check" not in errors:
             totals.append(t4 - t3)
+            cpu_ratios.append((c4 - c3) / max(c2 - c0, 1e-9))
             for k in STAGE_COLUMNS:
                 per_stage[k].append(stages.time.get(k, 0.0))
         totals_nc.append(t_nc)
@@ -322,7 +340,8 @@ def measure(path: str, repeats: int, workdir: str, *, with_nocheck: bool = True)
                 per_stage[k].append(st_nc.time.get(k, 0.0))
     return {
         "base_load": _median(base_load), "base_save": _median(base_save), "base": _median(base_total),
-        "total": _median(totals), "total_nocheck": _median(totals_nc),
+        "total": _median(totals), "total_nocheck": _median(totals_nc), "cpu_ratio": _median(cpu_ratios),
+        "ratios": [t / b for t, b in zip(totals, base_total)],
         "stages": {k: _median(v) for k, v in per_stage.items()},
         "errors": errors, **info,
     }
@@ -339,8 +358,9 @@ def table1(models: list[tuple[str, str, int]], repeats: int, workdir: str) -> tu
             status = "; ".join(f"{k}: {v}" for k, v in m["errors"].items())
         base = m["base"]
         rows.append([name, _human(params), f"{os.path.getsize(path) / 1e6:.1f}", m.get("nodes", "?"),
-                     f"{_ms(m['base_load'])} + {_ms(m['base_save'])}", _ms(base), _ms(m["total"]), _x(m["total"] / base), _ms(m["total_nocheck"]),
-                     _x(m["total_nocheck"] / base), status])
+                     f"{_ms(m['base_load'])} + {_ms(m['base_save'])}", _ms(base), _ms(m["total"]), _x(m["total"] / base),
+                     _x(_median(m["ratios"])), _x(m["cpu_ratio"]), _ms(m["total_nocheck"]),
+                     _x(m["total_nocheck"] / base), m.get("model_runs", "?"), status])
         st = m["stages"]
         checked = "check" not in m["errors"]
         cells = [f"{_ms(st[k])} ({st[k] / base:.2f})" for k in STAGE_COLUMNS]
@@ -349,11 +369,13 @@ def table1(models: list[tuple[str, str, int]], repeats: int, workdir: str) -> tu
     t1 = table(
         f"Table 1. analyze + prune(ratio={RATIO}) + save vs plain onnx.load + onnx.save "
         f"(medians of {repeats} runs, same process)",
-        "ratio = pipeline / baseline (goal <= 1.2x); 'check' = save_model default (checker full_check + ORT load), "
-        "'nocheck' = save_model(check=False).",
-        ["model", "params", "MB", "nodes", "base load+save ms", "baseline ms", "check ms", "ratio", "nocheck ms",
-         "ratio nocheck", "status"],
-        rows, align="lrrrrrrrrrl")
+        "ratio = pipeline / baseline (goal <= 1.2x): of the medians; 'paired' = median of each repeat's ratio (the two "
+        "runs side by side); 'cpu' = the same for process CPU time (time spent waiting for a busy CPU left out). "
+        "'check' = save_model default (checker full_check + ORT load), 'nocheck' = save_model(check=False); "
+        "'ORT runs' = onnxruntime runs of the model in the pipeline (runtime.run / observe; the goal is none).",
+        ["model", "params", "MB", "nodes", "base load+save ms", "baseline ms", "check ms", "ratio", "paired", "cpu",
+         "nocheck ms", "ratio nocheck", "ORT runs", "status"],
+        rows, align="lrrrrrrrrrrrrl")
     t1b = table(
         "Table 1b. where the time goes: median ms per stage (in parentheses: multiple of the baseline time)",
         "load = load_model; shapes = ir.infer_shapes_and_types (analysis + stats); prune:rest / save:rest = "
@@ -432,6 +454,7 @@ def _child(mode: str, path: str, out: str) -> None:
     sampler.stop.set()
     sampler.join()
     print(json.dumps({"time": elapsed, "startup_rss": startup, "peak": peak, "stage_peak": stages.peak,
+                      "model_runs": stages.model_runs,
                       "rss_after": stages.rss_after, "stage_time": stages.time, "sampled": sampler.peak,
                       "max_anon": sampler.max_anon, "exact_peaks": stages.memory, "error": error,
                       "out_bytes": _file_bytes(out)}))
@@ -450,18 +473,30 @@ def _run_child(mode: str, path: str, out: str) -> dict:
     return json.loads(lines[-1])
 
 
-def table3(big_gb: float, workdir: str) -> str:
+def _write_big(kind: str, path: str, big_gb: float) -> tuple[int, int, str]:
+    """Write the big model; returns (weight bytes, params, description)."""
+    if kind == "mlp":
+        weight_bytes, params = _models.write_big_mlp(path, int(big_gb * 2**30))
+        return weight_bytes, params, f"{weight_bytes // (8192 * 8192 * 4)} x MatMul 8192x8192 + Relu"
+    config = _llama.LlamaConfig.big(big_gb * 2**30)
+    weight_bytes, params = _llama.write_llama(path, config)
+    return weight_bytes, params, (f"Llama-shaped decoder: {config.layers} layers, dim {config.dim}, {config.heads} "
+                                  f"query / {config.kv_heads} KV heads, SwiGLU {config.ffn}, vocabulary "
+                                  f"{config.vocab}, RoPE, RMSNorm, prefill graph")
+
+
+def table3(big_gb: float, workdir: str, kind: str = "llama") -> str:
     need = big_gb * 2**30 * 2.6  # input + pruned output (~0.5x) + baseline output (1x), plus margin
     free = shutil.disk_usage(workdir).free
     if free < need:
         return f"Table 3 skipped: {free / 2**30:.1f} GiB free in {workdir}, need ~{need / 2**30:.1f} GiB\n"
-    path = os.path.join(workdir, "big_mlp.onnx")
-    print(f"  [3] writing >= {big_gb} GiB of external weights ...", file=sys.stderr, flush=True)
+    path = os.path.join(workdir, f"big_{kind}.onnx")
+    print(f"  [3] writing >= {big_gb} GiB of external weights ({kind}) ...", file=sys.stderr, flush=True)
     t = time.perf_counter()
-    weight_bytes, params = _models.write_big_mlp(path, int(big_gb * 2**30))
+    weight_bytes, params, described = _write_big(kind, path, big_gb)
     gen = time.perf_counter() - t
     runs = {}
-    for mode in ("onnxprune", "baseline"):
+    for mode in ("baseline", "onnxprune"):
         print(f"  [3] {mode} child ...", file=sys.stderr, flush=True)
         out = os.path.join(workdir, f"big_{mode}_out.onnx")
         runs[mode] = _run_child(mode, path, out)
@@ -473,22 +508,23 @@ def table3(big_gb: float, workdir: str) -> str:
                         ("baseline", "onnx.load + onnx.save(ext)")):
         r = runs[mode]
         if r.get("peak") is None:
-            rows.append([label, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", r.get("error")])
+            rows.append([label, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", r.get("error")])
             continue
-        rows.append([label, f"{r['time']:.1f}", f"{r['startup_rss'] / gib:.2f}", f"{r['peak'] / gib:.2f}",
+        base_time = runs["baseline"].get("time")
+        ratio = _x(r["time"] / base_time) if base_time else "n/a"
+        rows.append([label, f"{r['time']:.1f}", ratio, f"{r['startup_rss'] / gib:.2f}", f"{r['peak'] / gib:.2f}",
                      _x(r["peak"] / weight_bytes), _x((r["peak"] - r["startup_rss"]) / weight_bytes),
                      f"{r['sampled']['RssAnon'] / gib:.2f} / {r['sampled']['RssFile'] / gib:.2f}",
-                     f"{r['out_bytes'] / gib:.2f}",
+                     f"{r['out_bytes'] / gib:.2f}", r.get("model_runs", 0) if mode == "onnxprune" else "-",
                      ("FAIL " if r["peak"] >= 1.5 * weight_bytes else "ok ") + (r["error"] or "")])
     t3 = table(
         f"Table 3. big model: {params / 1e9:.2f}G params, {weight_bytes / gib:.2f} GiB float32 weights in external "
-        f"data ({weight_bytes // (8192 * 8192 * 4)} x MatMul 8192x8192 + Relu; generated in {gen:.0f} s), "
-        f"one child process each",
-        "peak = exact VmHWM of the child; bar: peak < 1.5x the weights; anon/file = RSS split at the sampled peak "
-        "(file = page cache mapped by memmap).",
-        ["run", "time s", "startup GiB", "peak GiB", "peak/weights", "(peak-startup)/weights",
-         "anon/file GiB", "output GiB", "status"],
-        rows, align="lrrrrrrrl")
+        f"data ({described}; generated in {gen:.0f} s), one child process each, baseline first",
+        "time ratio = over the baseline's time (goal <= 1.3x); peak = exact VmHWM of the child; bar: peak < 1.5x the "
+        "weights; anon/file = RSS split at the sampled peak (file = page cache mapped by memmap).",
+        ["run", "time s", "ratio", "startup GiB", "peak GiB", "peak/weights", "(peak-startup)/weights",
+         "anon/file GiB", "output GiB", "ORT runs", "status"],
+        rows, align="lrrrrrrrrrl")
     r = runs["onnxprune"]
     if r.get("stage_peak"):
         srows = []
@@ -540,6 +576,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=None, help="repeats per measurement (default 5, --quick 2)")
     parser.add_argument("--big-gb", type=float, default=2.5, help="GiB of external weights for table 3 (default 2.5)")
     parser.add_argument("--skip-big", action="store_true", help="skip table 3")
+    parser.add_argument("--big-model", choices=("llama", "mlp"), default="llama",
+                        help="table 3's model: the Llama-shaped decoder (default) or the MatMul+Relu stack")
+    parser.add_argument("--no-torch", action="store_true",
+                        help="table 1 without the torch.onnx.export models (they need torch and onnxscript)")
     parser.add_argument("--tables", default="1,2,3", help="which tables to run, e.g. 1,3")
     parser.add_argument("--tmp", default=None, help="folder for the generated models (default: system temp)")
     parser.add_argument("--profile", action="store_true",
@@ -572,6 +612,8 @@ def main(argv: list[str] | None = None) -> int:
                 onnx.save(model, path)
                 del model
                 models.append((name, path, params))
+            if not args.no_torch:
+                models += _torch_exports(workdir)
             models[0] = (models[0][0], models[0][1], _light_params(models[0][1]))
             text, _ = table1(models, repeats, workdir)
             print(text, flush=True)
@@ -583,10 +625,31 @@ def main(argv: list[str] | None = None) -> int:
         if "2" in wanted:
             print(table2([1, 2, 4] if args.quick else [1, 2, 4, 8], repeats, workdir), flush=True)
         if "3" in wanted:
-            print(table3(args.big_gb, workdir), flush=True)
+            print(table3(args.big_gb, workdir, args.big_model), flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _torch_exports(workdir: str) -> list[tuple[str, str, int]]:
+    """ResNet-50 and ViT-B/16 (benchmarks/_torch_models.py) exported by both torch exporters, each in a child
+    process (torch stays out of the measuring process); [] with a note when torch or onnxscript is missing."""
+    models = []
+    for arch in ("resnet50", "vit_b16"):
+        for exporter in ("legacy", "dynamo"):
+            name = f"{arch} torch {exporter}"
+            path = os.path.join(workdir, f"{arch}_{exporter}.onnx")
+            print(f"  exporting {name} ...", file=sys.stderr, flush=True)
+            code = (f"import sys; sys.path.insert(0, {HERE!r}); import warnings; warnings.simplefilter('ignore'); "
+                    f"import _torch_models; print(_torch_models.export({arch!r}, {path!r}, {exporter == 'dynamo'}))")
+            proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+            lines = proc.stdout.strip().splitlines()
+            if proc.returncode != 0 or not lines or not lines[-1].isdigit():
+                tail = (proc.stderr.strip().splitlines() or ["?"])[-1]
+                print(f"  {name}: export failed ({tail}); left out", file=sys.stderr, flush=True)
+                continue
+            models.append((name, path, int(lines[-1])))
+    return models
 
 
 def _light_params(path: str) -> int:

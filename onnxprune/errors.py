@@ -26,6 +26,16 @@ class UnsupportedError(OnnxPruneError):
     """The requested layer or group cannot be changed (an op with no rule touches it, a graph input/output fixes it, ...)."""
 
 
+class UnknownShapesError(UnsupportedError):
+    """Tensor shapes cannot be worked out without running a model too big to run for them; `tensors` names them,
+    `inputs` the graph inputs whose shapes to declare."""
+
+    def __init__(self, message: str, *, tensors: list[str], inputs: list[str]):
+        super().__init__(message)
+        self.tensors = tensors
+        self.inputs = inputs
+
+
 class VerificationError(OnnxPruneError):
     """A written or produced model failed an oracle, onnx.checker, or onnxruntime loading."""
 

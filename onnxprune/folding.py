@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune import ir
+from onnxprune import external_data as ext
 from onnxprune.graph import GraphIndex, attribute
 
 _NONDETERMINISTIC = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "Bernoulli"}
@@ -104,8 +104,8 @@ class ConstantResolver:
         if init is not None:
             value = self._initializer_arrays.get(name)
             if value is None:
-                value = ir.tensor_array(init, self.base_dir)
-                if not ir.is_external(init):  # reading raw_data copies it: read each weight once
+                value = ext.tensor_array(init, self.base_dir)
+                if not ext.is_external(init):  # reading raw_data copies it: read each weight once
                     self._initializer_arrays[name] = value
         else:
             found = self.index.producer.get(name)
@@ -179,7 +179,7 @@ def _value_inputs(node: onnx.NodeProto) -> list[str]:
 def _constant_node_value(node: onnx.NodeProto, base_dir: str | None) -> np.ndarray:
     for attr in node.attribute:
         if attr.name == "value":
-            return ir.tensor_array(attr.t, base_dir)
+            return ext.tensor_array(attr.t, base_dir)
         if attr.name == "sparse_value":
             raise ValueError(f"Constant node '{node.name}' holds a sparse tensor; it is not folded")
         value = onnx.helper.get_attribute_value(attr)

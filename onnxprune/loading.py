@@ -13,6 +13,7 @@ from onnx import TensorProto
 from . import external_data as ext
 from .errors import InvalidModelError, InvalidRequestError
 from .validation import check_model_structure
+from .wire import initializer_raw_sizes
 
 ModelLike = Union[onnx.ModelProto, str, os.PathLike]
 _CHECKED: collections.deque = collections.deque(maxlen=8)  # keys of ModelProtos checked already (_check_given)
@@ -28,11 +29,12 @@ def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.Mo
         _check_given(model)
         return inline_functions(model) if model.functions else model
     path = os.path.abspath(os.fspath(model))
-    proto = _parse(path)
+    proto, data = _parse(path)
     directory = os.path.dirname(path)
     check_model_structure(proto, path)
     ext.check_external_data(proto, directory)
-    check_tensor_sizes(proto, path)
+    check_tensor_sizes(proto, path, raw_sizes=_raw_sizes(data, proto))
+    del data
     _check_light(proto, path)
     files = [os.path.realpath(path)]
     files += [ext.resolve_location(t, directory) for t in ext.iter_tensors(proto) if ext.is_external(t)]
@@ -125,7 +127,17 @@ def _summary(model: onnx.ModelProto) -> tuple:
     return id(model), g.name, len(g.output), len(model.functions), tensors, nodes, inputs
 
 
-def _parse(path: str) -> onnx.ModelProto:
+def _raw_sizes(data: bytes, proto: onnx.ModelProto) -> list[int | None] | None:
+    """The initializers' raw_data lengths read from the file's bytes (wire.py), or None when they can't be."""
+    try:
+        sizes = initializer_raw_sizes(data)
+    except (ValueError, IndexError):
+        return None
+    return sizes if len(sizes) == len(proto.graph.initializer) else None
+
+
+def _parse(path: str) -> tuple[onnx.ModelProto, bytes]:
+    """The parsed model and the file's bytes."""
     if not os.path.exists(path):
         raise InvalidModelError(f"model file not found: {path}")
     if not os.path.isfile(path):
@@ -135,25 +147,29 @@ def _parse(path: str) -> onnx.ModelProto:
     proto = onnx.ModelProto()
     try:
         with open(path, "rb") as f:
-            proto.ParseFromString(f.read())
+            data = f.read()
+        proto.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise InvalidModelError(f"{path} is not an ONNX model or is truncated (protobuf parse failed: {exc})") from exc
     if not proto.HasField("graph") or not proto.graph.node and not proto.graph.output:
         raise InvalidModelError(f"{path} is not an ONNX model or is truncated: it has no graph")
     if not proto.opset_import or not proto.ir_version:
         raise InvalidModelError(f"{path} is not an ONNX model or is truncated: no opset_import / ir_version")
-    return proto
+    return proto, data
 
 
-def check_tensor_sizes(model: onnx.ModelProto, path: str) -> None:
-    """Raw and external tensors hold exactly the bytes their shape and type need."""
-    for tensor in ext.iter_tensors(model):
+def check_tensor_sizes(model: onnx.ModelProto, path: str, *, raw_sizes: list[int | None] | None = None) -> None:
+    """Raw and external tensors hold exactly the bytes their shape and type need.
+
+    raw_sizes: the initializers' raw_data lengths, when known without reading the fields (wire.py)."""
+    for k, tensor in enumerate(ext.iter_tensors(model)):  # initializers first
         if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
             continue
         if ext.is_external(tensor):
             held = ext.tensor_nbytes(tensor)
         elif tensor.HasField("raw_data"):
-            held = len(tensor.raw_data)
+            known = raw_sizes[k] if raw_sizes is not None and k < len(raw_sizes) else None
+            held = known if known is not None else len(tensor.raw_data)
         else:
             continue
         need = ext.tensor_nbytes(TensorProto(dims=tensor.dims, data_type=tensor.data_type))

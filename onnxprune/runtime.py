@@ -120,15 +120,24 @@ def optimized_session(model: ModelLike, threads: int | None = None, *, provider:
     return session(model, options, provider=provider)
 
 
+LOAD_CHECK_SKIPS = ["NchwcTransformer"]  # layout rewrites for speed only: they copy every Conv weight
+
+
 def check_loads(path: str) -> None:
-    """VerificationError unless onnxruntime loads the model file with its default options (all graph
-    optimisations: what users run)."""
+    """VerificationError unless onnxruntime loads the model file with the graph optimisations users run (all
+    levels), less what only re-lays weights out for speed and copies every one of them: the NCHWc layout rewrite
+    (LOAD_CHECK_SKIPS) and kernel weight prepacking. Those two cost more than writing the model (3x the load time of a
+    ResNet-50) and need memory the size of the weights again."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_prepacking", "1")
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
     try:
-        ort.InferenceSession(path, ort.SessionOptions(), providers=PROVIDERS)
+        ort.InferenceSession(path, options, providers=PROVIDERS, disabled_optimizers=LOAD_CHECK_SKIPS)
     except Exception as exc:
         if not is_onnxruntime_error(exc):
             raise
-        raise VerificationError(f"the written model does not load in onnxruntime with its default options, so "
+        raise VerificationError(f"the written model does not load in onnxruntime with its default optimisations, so "
                                 f"nothing was written: {translate(exc, None, 'load', 'the result')}") from exc
 
 
@@ -167,20 +176,26 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 def observe(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[tuple, int]]:
     """Shapes and element types of `names` seen in onnxruntime runs on generated inputs ({} if it can't run).
 
-    The model runs twice, the second time with every named input dim one larger: a dim that differs
-    between the runs depends on the inputs (batch, sequence) and is given as 'unk__dynamic_<axis>';
-    a dim equal in both runs is an int. Values that are not tensors are left out.
+    The smallest inputs that run are used: every symbolic input dim 1, else the sizes make_inputs gives them. The
+    model runs twice, the second time with every symbolic input dim one larger: a dim that differs between the
+    runs depends on the inputs (batch, sequence) and is given as 'unk__dynamic_<axis>'; a dim equal in both runs
+    is an int. Values that are not tensors are left out.
     """
-    try:
-        first = run(model, make_inputs(model), outputs=names)
-    except Exception:  # robust: the caller keeps what it knows when the model can't run
-        return {}
-    bumped = {d.dim_param: dim_size(d, {}) + 1 for v in model.graph.input if v.type.HasField("tensor_type")
+    params = {d.dim_param: dim_size(d, {}) for v in model.graph.input if v.type.HasField("tensor_type")
               for d in v.type.tensor_type.shape.dim if d.HasField("dim_param")}
-    second = first
-    if bumped:
+    first, sizes = None, params
+    for sizes in ({p: 1 for p in params}, params) if params else ({},):
         try:
-            second = run(model, make_inputs(model, dims=bumped), outputs=names)
+            first = run(model, make_inputs(model, dims=sizes), outputs=names)
+            break
+        except Exception:  # noqa: BLE001  robust: the caller keeps what it knows when the model can't run
+            continue
+    if first is None:
+        return {}
+    second = first
+    if params:
+        try:
+            second = run(model, make_inputs(model, dims={p: n + 1 for p, n in sizes.items()}), outputs=names)
         except Exception:  # some graphs only run at their export sizes: then one run decides
             second = first
     seen = {}

@@ -39,7 +39,6 @@ class Walker(ShapeQueries):
         self.axes: dict[str, dict[int, np.ndarray]] = {}
         self.const_uses: dict[tuple[int, int], ConstUse] = {}
         self._graph_outputs = set(index.graph_outputs)
-        self._observed: dict[str, tuple] | None = None
         self.layer_out: dict[int, np.ndarray] = {}  # layer node -> element ids of its output channels
         self.gathered: dict[tuple[int, int], dict[int, np.ndarray]] = {}  # (node, slot) -> axis -> element ids
         self.tied: dict[str, list[str]] = {}  # a layer weight read by several layers -> those layers' nodes
@@ -49,22 +48,14 @@ class Walker(ShapeQueries):
         return self.axes.get(tensor, {}) if tensor else {}
 
     def observed_shape(self, tensor: str) -> tuple | None:
-        """Concrete shape seen when onnxruntime runs the model on generated inputs (one run, lazily).
+        """Concrete shape the tensor has when the model runs on generated inputs (symbolic dims at their
+        generated sizes: shapes.example_shape), worked out without running it.
 
         Used where symbolic dims (batch, '4*batch') hide how a Reshape maps channels.
         """
-        if self._observed is None:
-            from onnxprune.runtime import make_inputs, run
+        from onnxprune.shapes import example_shape
 
-            wanted = sorted({t for n in self.index.nodes if n.op_type in ("Reshape", "Flatten")
-                             for t in (n.input[0], n.output[0])})
-            try:
-                model = self.model
-                outputs = run(model, make_inputs(model), outputs=wanted)
-                self._observed = {name: tuple(int(d) for d in value.shape) for name, value in outputs.items()}
-            except Exception:  # noqa: BLE001  onnxruntime refuses some graphs; symbolic shapes then stand
-                self._observed = {}
-        return self._observed.get(tensor)
+        return example_shape(self.model, self.shapes.get(tensor))
 
     def used(self, tensor: str) -> bool:
         """True when a node (or subgraph) reads the tensor or it is a graph output."""

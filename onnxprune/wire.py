@@ -1,0 +1,56 @@
+"""Byte counts of a serialized model's initializers, read from the protobuf wire format.
+
+Reading `tensor.raw_data` from a parsed ModelProto copies the bytes (and ByteSize() serializes them), so checking
+that every weight holds the bytes its shape needs would copy all the weights once more. The serialized file has
+each raw_data field's length in front of it: this walks ModelProto.graph.initializer[*].raw_data field headers
+and skips the bytes themselves.
+"""
+from __future__ import annotations
+
+_GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
+
+
+def _varint(buffer: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buffer[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _messages(buffer: bytes, start: int, end: int, wanted: int):
+    """(start, end) of every length-delimited field numbered `wanted` between start and end, in order."""
+    pos = start
+    while pos < end:
+        key, pos = _varint(buffer, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, pos = _varint(buffer, pos)
+        elif wire == 1:
+            pos += 8
+        elif wire == 5:
+            pos += 4
+        elif wire == 2:
+            length, pos = _varint(buffer, pos)
+            if number == wanted:
+                yield pos, pos + length
+            pos += length
+        else:
+            raise ValueError(f"protobuf wire type {wire} is not used by ONNX")
+    if pos != end:
+        raise ValueError("a field runs past the end of its message")
+
+
+def initializer_raw_sizes(buffer: bytes) -> list[int | None]:
+    """len(raw_data) of each initializer (None: no raw_data field), in the order the parsed model lists them."""
+    sizes: list[int | None] = []
+    for graph in _messages(buffer, 0, len(buffer), _GRAPH):
+        for tensor in _messages(buffer, *graph, _INITIALIZER):
+            size = None
+            for raw in _messages(buffer, *tensor, _RAW_DATA):
+                size = raw[1] - raw[0]  # a repeated scalar field: the last one wins, as in parsing
+            sizes.append(size)
+    return sizes

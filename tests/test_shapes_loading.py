@@ -1,0 +1,46 @@
+"""Loading checks that read no weight twice: raw_data lengths from the wire format (onnxprune.wire)."""
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxprune as op
+from onnxprune.errors import InvalidModelError
+from onnxprune.wire import initializer_raw_sizes
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("fixtures/*.onnx"))[::4], ids=lambda p: p.stem)
+def test_wire_sizes_are_the_raw_data_lengths(path):
+    data = path.read_bytes()
+    model = onnx.ModelProto.FromString(data)
+    expected = [len(t.raw_data) if t.HasField("raw_data") else None for t in model.graph.initializer]
+    assert initializer_raw_sizes(data) == expected
+
+
+def _model(raw: bytes) -> onnx.ModelProto:
+    w = TensorProto(name="w", dims=[4], data_type=TensorProto.FLOAT, raw_data=raw)
+    b = numpy_helper.from_array(np.arange(3, dtype=np.int64), "unused_int")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"], name="add")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4])], [b, w])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_short_raw_tensor_is_refused_at_load(tmp_path):
+    path = tmp_path / "short.onnx"
+    onnx.save(_model(b"\0" * 12), path)  # 3 floats where dims say 4
+    assert initializer_raw_sizes(path.read_bytes()) == [24, 12]
+    with pytest.raises(InvalidModelError, match="'w' holds 12 bytes but its shape \\[4\\] needs 16"):
+        op.load_model(str(path))
+
+
+def test_a_valid_file_loads(tmp_path):
+    path = tmp_path / "ok.onnx"
+    onnx.save(_model(b"\0" * 16), path)
+    assert len(op.load_model(str(path)).graph.initializer) == 2
