@@ -83,4 +83,4 @@ def refit(W: np.ndarray, H: np.ndarray, keep: np.ndarray) -> np.ndarray:
 def output_error(W: np.ndarray, new: np.ndarray, H: np.ndarray) -> float:
     """||X W^T - X new^T||^2 summed over groups, from H = X^T X alone."""
     D = np.asarray(new, dtype=np.float64) - np.asarray(W, dtype=np.float64)
-    return float(max(np.einsum("gri,gij,grj->", D, np.asarray(H, dtype=np.float64), D), 0.0))
+    return float(max(np.sum((D @ np.asarray(H, dtype=np.float64)) * D), 0.0))
