@@ -38,7 +38,6 @@ for _p in (ROOT, HERE):
     if _p not in sys.path:
         sys.path.insert(0, _p)
 
-import numpy as np  # noqa: E402
 import onnx  # noqa: E402
 
 import onnxprune as op  # noqa: E402
@@ -94,8 +93,8 @@ def efficientnet(args) -> None:
     depthwise = [layer.name for layer in find_layers(model) if layer.group > 1]
     rows = compare(model, calibration, lambda m: pt.top1_agreement(reference, pt.run_batched(m, images)), depthwise)
     table(f"EfficientNet-lite0: top-1 agreement with the original on {len(images)} evaluation crops "
-          f"({len(calibration)} calibration crops, disjoint; {len(depthwise)} depthwise Convs dense)", "top-1 agreement",
-          rows)
+          f"({len(calibration)} calibration crops, disjoint; {len(depthwise)} depthwise Convs dense)",
+          "top-1 agreement", rows)
 
 
 def minilm(args) -> None:

@@ -33,8 +33,8 @@ class SparsifyResult:
 
 def sparsify(model: ir.ModelLike, strategy: str | Strategy | type[Strategy] = "global_magnitude",
              sparsity: float | None = None, *, compression: float | None = None, n: int = 2, m: int = 4,
-             pattern: str | None = None, storage: str = "dense", exclude: list[str] | str | None = None, exclude_first: bool = False,
-             exclude_classifier: bool = False, calibration: Any = None,
+             pattern: str | None = None, storage: str = "dense", exclude: list[str] | str | None = None,
+             exclude_first: bool = False, exclude_classifier: bool = False, calibration: Any = None,
              gradients: Mapping[str, np.ndarray] | None = None, seed: int = 0,
              verify: bool = False) -> SparsifyResult:
     """Zero weights of Conv / Gemm / MatMul layers by `strategy`; the input model is never changed.

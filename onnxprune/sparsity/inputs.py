@@ -20,13 +20,6 @@ from onnxprune.sparsity.layers import WeightLayer
 CHUNK_BYTES = 64 << 20  # im2col is built for this many bytes of rows at a time
 
 
-def rows_per_group(layer: WeightLayer) -> int:
-    """Unknowns each output row of a group reads (the columns of X)."""
-    if layer.op_type == "Conv":
-        return int(np.prod(layer.shape[1:]))
-    return layer.shape[layer.reduction_axis]
-
-
 def design(layer: WeightLayer) -> Callable[[np.ndarray], np.ndarray]:
     """x -> X (rows, groups, columns) for this layer's input."""
     if layer.op_type == "Conv":
