@@ -49,8 +49,9 @@ def sparsify(model: ir.ModelLike, strategy: str | Strategy | type[Strategy] = "g
     calibration: data for the activation strategies, wanda and sparsegpt (see onnxprune.calibration);
         gradients: {initializer name: dL/dw} for the magnitude-gradient strategies. storage: "dense" (zeros in
         place) or "sparse" (sparse Constants where smaller) or "bitmask" (packed mask + nonzero values, rebuilt
-        by standard ops; smaller at any useful sparsity); see onnxprune.sparsity.storage. verify: with sparse / bitmask storage, check
-        that onnxruntime gives exactly the outputs of the dense masked model (VerificationError otherwise).
+        by standard ops; smaller at any useful sparsity); see onnxprune.sparsity.storage. verify: with sparse /
+        bitmask storage, check that onnxruntime gives exactly the outputs of the dense masked model
+        (VerificationError otherwise).
     """
     model = ir.load_model(model)
     chosen = strategy_for(strategy)
