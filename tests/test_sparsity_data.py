@@ -116,6 +116,18 @@ def test_hessian_error_matches_onnxruntime():
         assert predicted == pytest.approx(measured[layer.weight], rel=1e-3, abs=1e-6), layer.name
 
 
+def test_input_gram_partial_sums_merge_to_the_whole():
+    model = onnx.load(str(FIXTURES / "resnext_legacy.onnx"))
+    layer = next(layer for layer in find_layers(model) if layer.group > 1)
+    x = [run(model, feed, outputs=[layer.input])[layer.input] for feed in _calibration(model)]
+    whole, first, second = InputGram(layer), InputGram(layer), InputGram(layer)
+    for k, a in enumerate(x):
+        whole.update(a)
+        (first if k < 2 else second).update(a)
+    first.merge(second)
+    assert first.rows == whole.rows and np.allclose(first.H, whole.H, rtol=1e-12)
+
+
 def test_obs_prune_exact_counts_and_patterns():
     rng = np.random.default_rng(0)
     x = rng.standard_normal((200, 3, 24))

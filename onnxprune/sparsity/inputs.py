@@ -74,6 +74,12 @@ class InputGram:
         self.H = h if self.H is None else self.H + h
         self.rows += rows.shape[0]
 
+    def merge(self, other: "InputGram") -> None:
+        """Add the partial sums of `other` (the same statistic, updated on other batches)."""
+        if other.H is not None:
+            self.H = other.H.copy() if self.H is None else self.H + other.H
+        self.rows += other.rows
+
     def result(self) -> tuple[np.ndarray, int]:
         return self.H, self.rows
 
