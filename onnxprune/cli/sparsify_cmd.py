@@ -1,4 +1,4 @@
-"""`onnxprune sparsify MODEL -o OUT --strategy S (--sparsity X | --compression C) [--n 2 --m 4]
+"""`onnxprune sparsify MODEL -o OUT --strategy S (--sparsity X | --compression C | --pattern N:M) [--n 2 --m 4]
 [--storage dense|sparse|bitmask] [--exclude NAME ...] [--exclude-first] [--exclude-classifier]`."""
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--sparsity", type=float, help="fraction of the participating weights to zero, in [0, 1)")
     how.add_argument("--compression", type=float, help="overall size / nonzero size to reach (ShrinkBench), > 1")
+    how.add_argument("--pattern", metavar="N:M", help="N:M sparsity, e.g. 2:4 (strategies nm, wanda, sparsegpt)")
     p.add_argument("--n", type=int, default=2, help="strategy nm: weights kept per group (default 2)")
     p.add_argument("--m", type=int, default=4, help="strategy nm: group size along the reduction axis (default 4)")
     p.add_argument("--storage", default="dense", choices=["dense", "sparse", "bitmask"],
@@ -33,7 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--exclude-first", action="store_true", help="leave the first weight layer dense")
     p.add_argument("--exclude-classifier", action="store_true", help="leave the last weight layer (classifier) dense")
     p.add_argument("--calibration", metavar="FILE.npz|.npy|DIR",
-                   help="calibration data for the activation strategies (.npz keyed by input name, or .npy)")
+                   help="calibration data for the activation strategies, wanda and sparsegpt (.npz keyed by "
+                        "input name, .npy, or an image folder)")
     p.add_argument("--gradients", metavar="FILE.npz", help="gradients keyed by initializer name (*_magnitude_gradient)")
     p.add_argument("--seed", type=int, default=0, help="seed of strategy random (default 0)")
     p.add_argument("--verify", action="store_true",
@@ -58,7 +60,8 @@ def run(args: argparse.Namespace) -> int:
         check_report_path(args.report)
     out = args.output
     result = sparsify(args.model, args.strategy, args.sparsity, compression=args.compression, n=args.n, m=args.m,
-                      storage=args.storage, exclude=args.exclude, exclude_first=args.exclude_first,
+                      pattern=args.pattern, storage=args.storage, exclude=args.exclude,
+                      exclude_first=args.exclude_first,
                       exclude_classifier=args.exclude_classifier, calibration=args.calibration,
                       gradients=load_gradients(args.gradients), seed=args.seed, verify=args.verify)
     make_parent(out)

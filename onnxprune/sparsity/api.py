@@ -33,8 +33,8 @@ class SparsifyResult:
 
 def sparsify(model: ir.ModelLike, strategy: str | Strategy | type[Strategy] = "global_magnitude",
              sparsity: float | None = None, *, compression: float | None = None, n: int = 2, m: int = 4,
-             storage: str = "dense", exclude: list[str] | str | None = None, exclude_first: bool = False,
-             exclude_classifier: bool = False, calibration: Any = None,
+             pattern: str | None = None, storage: str = "dense", exclude: list[str] | str | None = None,
+             exclude_first: bool = False, exclude_classifier: bool = False, calibration: Any = None,
              gradients: Mapping[str, np.ndarray] | None = None, seed: int = 0,
              verify: bool = False) -> SparsifyResult:
     """Zero weights of Conv / Gemm / MatMul layers by `strategy`; the input model is never changed.
@@ -42,18 +42,22 @@ def sparsify(model: ir.ModelLike, strategy: str | Strategy | type[Strategy] = "g
     sparsity: fraction in [0, 1) of the participating weights to zero (global strategies: over all of them;
         layerwise: in every layer; channel strategies: of every layer's output channels), exact to one weight
         (channel). compression: instead, ShrinkBench's overall ratio size / nonzero size over every float
-        parameter (> 1). nm takes neither: n and m (1 <= n <= m) fix it.
+        parameter (> 1). nm takes neither: n and m (1 <= n <= m) fix it. pattern: "N:M" (e.g. "2:4"), the same
+        as n=N, m=M; wanda and sparsegpt take it instead of sparsity to apply N:M.
     exclude: node or initializer names, or fnmatch patterns; exclude_first / exclude_classifier leave the first /
         last weight layer (graph order) dense, as ShrinkBench does.
-    calibration: data for the activation strategies (see onnxprune.calibration); gradients: {initializer name:
-        dL/dw} for the magnitude-gradient strategies. storage: "dense" (zeros in place) or "sparse" (sparse
-        Constants where smaller) or "bitmask" (packed mask + nonzero values, rebuilt by standard ops; smaller at
-        any useful sparsity); see onnxprune.sparsity.storage. verify: with sparse / bitmask storage, check
-        that onnxruntime gives exactly the outputs of the dense masked model (VerificationError otherwise).
+    calibration: data for the activation strategies, wanda and sparsegpt (see onnxprune.calibration);
+        gradients: {initializer name: dL/dw} for the magnitude-gradient strategies. storage: "dense" (zeros in
+        place) or "sparse" (sparse Constants where smaller) or "bitmask" (packed mask + nonzero values, rebuilt
+        by standard ops; smaller at any useful sparsity); see onnxprune.sparsity.storage. verify: with sparse /
+        bitmask storage, check that onnxruntime gives exactly the outputs of the dense masked model
+        (VerificationError otherwise).
     """
     model = ir.load_model(model)
     chosen = strategy_for(strategy)
     label = _label(strategy, chosen)
+    if pattern is not None:
+        n, m = _parse_pattern(pattern)
     n, m, seed = _check_int("n", n, 1), _check_int("m", m, 1), _check_int("seed", seed, 0)
     if n > m:
         raise InvalidRequestError(f"N:M pattern needs n <= m, got n={n}, m={m}")
@@ -64,15 +68,17 @@ def sparsify(model: ir.ModelLike, strategy: str | Strategy | type[Strategy] = "g
     if chosen.needs_gradients and not gradients:
         raise InvalidRequestError(f"strategy '{label}' needs gradients={{initializer name: gradient array}} "
                                   "(CLI: --gradients FILE.npz)")
-    if chosen.needs_calibration:
-        calib.require(calibration, label)
+    if chosen.needs_calibration and calibration is None:
+        raise InvalidRequestError(f"strategy '{label}' needs calibration data: pass calibration=... (a dict of input "
+                                  "arrays, an array for a single-input model, an iterable of either, or a .npz/.npy "
+                                  "path; CLI: --calibration FILE.npz)")
 
     all_layers = find_layers(model)
     layers, excluded = select(all_layers, exclude, exclude_first, exclude_classifier)
     float_sizes = {t.name: int(np.prod(t.dims, dtype=np.int64)) for t in model.graph.initializer
                    if t.data_type in FLOAT_TYPES}
     _check_gradients(gradients, model, label)
-    fraction = _fraction(chosen, label, sparsity, compression, sum(float_sizes.values()),
+    fraction = _fraction(chosen, label, sparsity, compression, pattern, sum(float_sizes.values()),
                          sum(layer.size for layer in layers))
     load_values(model, all_layers)
     ctx = Context(sparsity=fraction, n=n, m=m, seed=seed, gradients=gradients, strategy=label)
@@ -83,11 +89,12 @@ def sparsify(model: ir.ModelLike, strategy: str | Strategy | type[Strategy] = "g
         if requests:
             calib.require(calibration, label)
             ctx.stats = calib.collect(model, calibration, requests)
-    masks = _checked_masks(chosen.masks(layers, ctx), layers, label)
-
+    masks, refits = chosen.weights(layers, ctx)
+    masks = _checked_masks(masks, layers, label)
     by_weight = {layer.weight: layer for layer in layers}
-    new_values = {name: np.where(mask, by_weight[name].value, 0).astype(by_weight[name].value.dtype)
-                  for name, mask in masks.items() if not mask.all()}
+    refits = _checked_values(refits, masks, by_weight, label)
+    new_values = {name: np.where(mask, refits.get(name, by_weight[name].value), 0).astype(by_weight[name].value.dtype)
+                  for name, mask in masks.items() if not mask.all() or name in refits}
     if chosen.zero_bias:
         new_values.update(_zeroed_biases(model, layers, masks))
     out = _with_values(model, new_values)
@@ -124,16 +131,34 @@ def _check_fraction(name: str, value) -> float:
     return float(value)
 
 
-def _fraction(chosen: Strategy, label: str, sparsity, compression, total: int, participating: int) -> float | None:
+def _parse_pattern(pattern) -> tuple[int, int]:
+    parts = pattern.split(":") if isinstance(pattern, str) else []
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise InvalidRequestError(f"pattern must be 'N:M' with integers N <= M (e.g. '2:4'), not {pattern!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _fraction(chosen: Strategy, label: str, sparsity, compression, pattern, total: int,
+              participating: int) -> float | None:
     if sparsity is not None and compression is not None:
         raise InvalidRequestError("pass sparsity= or compression=, not both")
+    if pattern is not None and chosen.uses_sparsity:
+        if not chosen.takes_pattern:
+            raise InvalidRequestError(f"strategy '{label}' takes no pattern; N:M patterns are for nm, wanda and "
+                                      "sparsegpt (or strategies with takes_pattern)")
+        if sparsity is not None or compression is not None:
+            raise InvalidRequestError(f"strategy '{label}': pass sparsity= (unstructured) or pattern= (N:M), "
+                                      "not both")
+        return None
     if not chosen.uses_sparsity:
         if sparsity is not None or compression is not None:
             raise InvalidRequestError(f"strategy '{label}' takes no sparsity or compression: "
                                       "its pattern fixes it (nm: 1 - n/m)")
         return None
     if sparsity is None and compression is None:
-        raise InvalidRequestError(f"strategy '{label}' needs sparsity= (fraction in [0, 1)) or compression= (> 1)")
+        also = " or pattern='N:M'" if chosen.takes_pattern else ""
+        raise InvalidRequestError(f"strategy '{label}' needs sparsity= (fraction in [0, 1)) or compression= (> 1)"
+                                  + also)
     if sparsity is not None:
         return _check_fraction("sparsity", sparsity)
     if isinstance(compression, bool) or not isinstance(compression, numbers.Real) or not compression >= 1:
@@ -177,6 +202,24 @@ def _checked_masks(masks, layers: list[WeightLayer], label: str) -> dict[str, np
             raise InvalidRequestError(f"strategy '{label}': mask for '{name}' must be bool (True = keep), "
                                       f"not {mask.dtype}")
         out[name] = mask
+    return out
+
+
+def _checked_values(values, masks: dict[str, np.ndarray], by_weight: dict[str, WeightLayer],
+                    label: str) -> dict[str, np.ndarray]:
+    """A re-fitting strategy's new weights: known names, the weight's shape, finite; a mask comes with each."""
+    if not isinstance(values, Mapping):
+        raise InvalidRequestError(f"strategy '{label}' returned new values of type {type(values).__name__}, not a "
+                                  "dict {weight name: array}")
+    out = {}
+    for name, value in values.items():
+        if name not in masks:
+            raise InvalidRequestError(f"strategy '{label}' returned new values for '{name}' without a mask for it")
+        value = np.asarray(value)
+        if value.shape != by_weight[name].shape or not np.all(np.isfinite(value)):
+            raise InvalidRequestError(f"strategy '{label}': new values for '{name}' must be finite, of shape "
+                                      f"{list(by_weight[name].shape)} (got {list(value.shape)})")
+        out[name] = value
     return out
 
 

@@ -62,11 +62,13 @@ class Strategy:
 
     Class attributes:
       uses_sparsity: the strategy reads ctx.sparsity (sparsify then requires sparsity= or compression=);
+      takes_pattern: it also takes pattern="N:M" instead (then ctx.sparsity is None and ctx.n, ctx.m apply);
       needs_gradients / needs_calibration: sparsify checks that gradients= / calibration= were given;
       zero_bias: whole output channels are zeroed; sparsify also zeroes the bias of every emptied channel.
     """
 
     uses_sparsity = True
+    takes_pattern = False
     needs_gradients = False
     needs_calibration = False
     zero_bias = False
@@ -87,6 +89,14 @@ class Strategy:
         """{weight initializer name: keep mask}; layers left out keep every weight."""
         raise NotImplementedError
 
+    def weights(self, layers: list[WeightLayer], ctx: Context) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """(keep masks, new values): re-fitting strategies also change the weights they keep.
+
+        New values are {weight name: array of the weight's shape}; sparsify zeroes them where the mask is False.
+        Default: masks() and no new values (kept weights stay as they are).
+        """
+        return self.masks(layers, ctx), {}
+
 
 class LayerStrategy(Strategy):
     """Layerwise: each layer gets its own mask from `layer_mask`."""
@@ -106,6 +116,22 @@ class ModelStrategy(Strategy):
 
     def masks(self, layers: list[WeightLayer], ctx: Context) -> dict[str, np.ndarray]:
         return self.model_masks(layers, ctx)
+
+
+class LayerRefit(Strategy):
+    """Layerwise, re-fitting: `layer_refit` returns the layer's keep mask and its new weight values."""
+
+    def layer_refit(self, layer: WeightLayer, ctx: Context) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError
+
+    def weights(self, layers: list[WeightLayer], ctx: Context) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        masks, values = {}, {}
+        for layer in layers:
+            masks[layer.weight], values[layer.weight] = self.layer_refit(layer, ctx)
+        return masks, values
+
+    def masks(self, layers: list[WeightLayer], ctx: Context) -> dict[str, np.ndarray]:
+        return self.weights(layers, ctx)[0]
 
 
 class LayerImportance(LayerStrategy):
@@ -193,6 +219,14 @@ def global_masks(importances: Mapping[str, np.ndarray], fraction: float) -> dict
         out[name] = keep[start : start + array.size].reshape(array.shape)
         start += array.size
     return out
+
+
+def nm_skip_reason(layer: WeightLayer, m: int) -> str | None:
+    """Why a layer can't take an N:M pattern (its reduction size is not a multiple of M), or None."""
+    size = layer.shape[layer.reduction_axis]
+    if size % m:
+        return f"reduction axis {layer.reduction_axis} has {size} weights, not a multiple of M={m}"
+    return None
 
 
 def nm_mask(importance: np.ndarray, n: int, m: int, axis: int) -> np.ndarray:

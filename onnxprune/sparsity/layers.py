@@ -18,6 +18,7 @@ from onnx import TensorProto
 
 from onnxprune import ir
 from onnxprune.errors import InvalidRequestError
+from onnxprune.graph import attribute
 from onnxprune.layout import weight_layout
 
 FLOAT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.DOUBLE, TensorProto.BFLOAT16}
@@ -40,6 +41,7 @@ class WeightLayer:
     output_axis: int = 1  # channel axis of `output` (Conv and Gemm 1, MatMul -1)
     group: int = 1  # Conv group attribute
     nodes: list[str] = field(default_factory=list)
+    conv: dict | None = None  # Conv geometry: kernel, strides, dilations, pads, auto_pad (for im2col)
     value: np.ndarray | None = field(default=None, repr=False)
 
     @property
@@ -82,11 +84,23 @@ def find_layers(model: onnx.ModelProto) -> list[WeightLayer]:
         if weight in layers:
             layers[weight].nodes.append(name)
             continue
+        geometry = conv_geometry(node, list(tensor.dims[2:])) if node.op_type == "Conv" else None
         layers[weight] = WeightLayer(name=name, op_type=node.op_type, weight=weight, shape=tuple(tensor.dims),
                                      out_axis=layout.out_axis, reduction_axis=layout.in_axis, input=node.input[0],
                                      output=node.output[0], input_axis=layout.x_axis,
-                                     output_axis=layout.y_axis, group=layout.group, nodes=[name])
+                                     output_axis=layout.y_axis, group=layout.group, nodes=[name],
+                                     conv=geometry)
     return list(layers.values())
+
+
+def conv_geometry(node: onnx.NodeProto, kernel: list[int]) -> dict:
+    """A Conv's kernel, strides, dilations, pads and auto_pad, defaults filled in."""
+    n = len(kernel)
+    auto_pad = attribute(node, "auto_pad", "NOTSET")
+    return {"kernel": kernel, "strides": list(attribute(node, "strides", None) or [1] * n),
+            "dilations": list(attribute(node, "dilations", None) or [1] * n),
+            "pads": list(attribute(node, "pads", None) or [0] * (2 * n)),
+            "auto_pad": auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)}
 
 
 def select(layers: list[WeightLayer], exclude: list[str] | tuple[str, ...] | str | None,

@@ -29,6 +29,7 @@ from onnxprune.sparsity.base import (
     channel_mask,
     global_masks,
     nm_mask,
+    nm_skip_reason,
     register_strategy,
 )
 from onnxprune.sparsity.layers import WeightLayer
@@ -145,10 +146,7 @@ class NM(LayerStrategy):
     uses_sparsity = False
 
     def skip_reason(self, layer: WeightLayer, ctx: Context) -> str | None:
-        size = layer.shape[layer.reduction_axis]
-        if size % ctx.m:
-            return f"reduction axis {layer.reduction_axis} has {size} weights, not a multiple of M={ctx.m}"
-        return None
+        return nm_skip_reason(layer, ctx.m)
 
     def layer_mask(self, layer, ctx):
         return nm_mask(magnitude(layer), ctx.n, ctx.m, layer.reduction_axis)
