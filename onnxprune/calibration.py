@@ -11,11 +11,15 @@ larger than `batch_size` along a dynamic first axis are split, so onnxruntime ne
 
 `collect(model, calibration, requests)` builds ONE session whose outputs are every tensor the requested
 statistics read, runs it once per batch and feeds each statistic its tensors; a statistic keeps running
-sums only, never the activations themselves. Batches are processed in the order given and accumulated
-in float64, so the same data always gives the same result.
+sums only, never the activations themselves. The batches are cut into shards of SHARD_BATCHES feeds; each
+shard is summed into fresh statistics, and the shards' partial sums are merged in shard order, in float64.
+The shards are the items of an executor map (onnxprune.executor): in this process by default, or as Ray
+tasks with `executor="ray"`; the grouping of the sums is the same on both, so the same data gives the same
+result everywhere.
 """
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from collections.abc import Hashable, Iterable, Iterator, Mapping
@@ -28,17 +32,26 @@ from onnx import helper
 
 from onnxprune import ir
 from onnxprune.errors import InvalidRequestError
-from onnxprune.runtime import session, with_outputs
+from onnxprune.executor import chunks, resolve, task_threads
+from onnxprune.runtime import optimized_session, session, with_outputs
 
 DEFAULT_BATCH_SIZE = 32
+SHARD_BATCHES = 8  # feeds summed per shard: the unit of work of a map, and of the order partial sums are added
 
 
 class Statistic(Protocol):
-    """A streamed statistic: reads `tensors` of every batch through update(), answers with result()."""
+    """A streamed statistic: reads `tensors` of every batch through update(), answers with result().
+
+    merge(other) adds the partial sums of `other` (the same statistic, fresh, updated on later batches);
+    a statistic without merge is summed over all batches in one shard, in this process only. A statistic
+    may also read tensors of collect's `reference` model: named in `reference_tensors`, passed after
+    `tensors`."""
 
     tensors: tuple[str, ...]
 
     def update(self, *arrays: np.ndarray) -> None: ...
+
+    def merge(self, other: "Statistic") -> None: ...
 
     def result(self) -> Any: ...
 
@@ -56,6 +69,10 @@ class SampleMean:
         values = np.asarray(self.per_sample(*arrays), dtype=np.float64)
         self.total = self.total + values.sum(axis=0)
         self.count += len(values)
+
+    def merge(self, other: "SampleMean") -> None:
+        self.total = self.total + other.total
+        self.count += other.count
 
     def result(self) -> np.ndarray:
         return np.asarray(self.total, dtype=np.float64) / max(self.count, 1)
@@ -179,23 +196,77 @@ def _split(feed: dict[str, np.ndarray], specs: list[InputSpec], size: int) -> It
 # --------------------------------------------------------------------------- the pass
 
 def collect(model: ir.ModelLike, calibration: Any, requests: Mapping[Hashable, Statistic], *,
-            batch_size: int = DEFAULT_BATCH_SIZE, stream: TextIO | None = None) -> dict[Hashable, Any]:
-    """Feed every statistic over all calibration batches in one onnxruntime pass; {key: result}."""
+            batch_size: int = DEFAULT_BATCH_SIZE, stream: TextIO | None = None, reference: ir.ModelLike | None = None,
+            executor: Any = None) -> dict[Hashable, Any]:
+    """Feed every statistic over all calibration batches in one onnxruntime pass; {key: result}.
+
+    reference: a second model run on the same batches, for statistics with `reference_tensors`.
+    executor: where the shards are summed (None: the executor in scope, else this process; "ray": Ray tasks).
+    """
     model = ir.load_model(model)
+    reference = None if reference is None else ir.load_model(reference)
     graph_inputs = {s.name for s in input_specs(model)}
     fetch = list(dict.fromkeys(t for stat in requests.values() for t in stat.tensors if t not in graph_inputs))
-    sess = None
+    fetch_ref = list(dict.fromkeys(t for stat in requests.values() for t in getattr(stat, "reference_tensors", ())
+                                   if t not in graph_inputs))
+    executor = resolve(executor)
+    mergeable = all(callable(getattr(stat, "merge", None)) for stat in requests.values())
+    if not mergeable and executor.name != "in-process":
+        names = sorted({type(s).__name__ for s in requests.values() if not callable(getattr(s, "merge", None))})
+        raise InvalidRequestError(f"statistics {names} have no merge(other) method, so their partial sums cannot "
+                                  f"be added across {executor.name} tasks; add one, or run in-process")
+    shared = (with_outputs(model, fetch), fetch, None if reference is None else with_outputs(reference, fetch_ref),
+              fetch_ref, dict(requests))
     progress = Progress(_length(calibration), sys.stderr if stream is None else stream)
-    for k, feed in batches(model, calibration, batch_size):
-        if sess is None:
-            sess = session(with_outputs(model, fetch))
+    done: set[int] = set()
+
+    def finished(_: int, partial: tuple[set[int], dict]) -> None:
+        done.update(partial[0])
+        progress.update(len(done))
+
+    size = SHARD_BATCHES if mergeable else None
+    partials = executor.map(_sum_shard, shared, chunks(batches(model, calibration, batch_size), size),
+                            setup=_open_pass, names=_shard_name, on_done=finished)
+    progress.close()
+    total = partials[0][1]
+    for _, partial in partials[1:]:
+        for key, stat in total.items():
+            stat.merge(partial[key])
+    return {key: stat.result() for key, stat in total.items()}
+
+
+def _shard_name(k: int, shard: list[tuple[int, dict]]) -> str:
+    return f"calibration shard {k} (batches {shard[0][0]}-{shard[-1][0]})"
+
+
+def _open_pass(shared: tuple) -> tuple:
+    """The sessions of a pass (built once per process) and what each statistic reads."""
+    model, fetch, reference, fetch_ref, requests = shared
+    sess = task_session(model) if fetch else None
+    ref = task_session(reference) if fetch_ref else None
+    return sess, fetch, ref, fetch_ref, requests
+
+
+def task_session(model: onnx.ModelProto):
+    """A session for the work of one process: onnxruntime's defaults here; in a Ray task, as many threads as
+    the CPUs Ray gave it, sleeping when idle (the machine is shared)."""
+    threads = task_threads()
+    return session(model) if threads is None else optimized_session(model, threads, spinning=False)
+
+
+def _sum_shard(context: tuple, shard: list[tuple[int, dict[str, np.ndarray]]]) -> tuple[set[int], dict]:
+    """(batch numbers, fresh statistics updated on the shard's feeds, in order)."""
+    sess, fetch, ref, fetch_ref, requests = context
+    stats = copy.deepcopy(requests)
+    for _, feed in shard:
         values = dict(zip(fetch, sess.run(fetch, feed))) if fetch else {}
         values.update(feed)
-        for stat in requests.values():
-            stat.update(*(values[t] for t in stat.tensors))
-        progress.update(k + 1)
-    progress.close()
-    return {key: stat.result() for key, stat in requests.items()}
+        ref_values = dict(zip(fetch_ref, ref.run(fetch_ref, feed))) if fetch_ref else {}
+        ref_values.update(feed)
+        for stat in stats.values():
+            stat.update(*(values[t] for t in stat.tensors),
+                        *(ref_values[t] for t in getattr(stat, "reference_tensors", ())))
+    return {k for k, _ in shard}, stats
 
 
 def _length(calibration: Any) -> int | None:

@@ -37,3 +37,12 @@ class OnnxRuntimeError(OnnxPruneError):
         super().__init__(message)
         self.node = node
         self.op_type = op_type
+
+
+class TaskError(OnnxPruneError):
+    """A task of a distributed map (executor="ray") failed with an exception that is not onnxprune's own;
+    `task` names the task (e.g. "sensitivity group 3 (conv1) at ratio 0.5")."""
+
+    def __init__(self, task: str, message: str):
+        super().__init__(f"{task} failed: {message}")
+        self.task = task

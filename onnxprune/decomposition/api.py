@@ -23,7 +23,9 @@ from onnxprune.errors import InvalidRequestError, UnsupportedError, Verification
 from onnxprune.graph import NameSource
 from onnxprune.layout import weight_layout
 from onnxprune.rebuild import rebuild
+from onnxprune.executor import uses_executor
 
+@uses_executor
 def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | None = None,
               rank_ratio: float | None = None, recommendation: str | None = None, calibration_ratio: float = 0.0,
               energy: float | None = None, layers: Iterable[str] | None = None, force: bool = False,

@@ -19,6 +19,7 @@ from onnxprune.sparsity.base import Context, Strategy, strategy_for
 from onnxprune.sparsity.layers import FLOAT_TYPES, WeightLayer, find_layers, load_values, select
 from onnxprune.sparsity.report import LayerReport, SparsityReport
 from onnxprune.stats import node_macs
+from onnxprune.executor import uses_executor
 
 STORAGES = ("dense", "sparse", "bitmask")
 
@@ -31,6 +32,7 @@ class SparsifyResult:
     reference: onnx.ModelProto  # the input model (for save_model(reference=...))
 
 
+@uses_executor
 def sparsify(model: ir.ModelLike, strategy: str | Strategy | type[Strategy] = "global_magnitude",
              sparsity: float | None = None, *, compression: float | None = None, n: int = 2, m: int = 4,
              storage: str = "dense", exclude: list[str] | str | None = None, exclude_first: bool = False,
