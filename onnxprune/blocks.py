@@ -23,10 +23,10 @@ import onnx
 from onnxprune import ir
 from onnxprune.calibration import SampleMean, collect
 from onnxprune.errors import InvalidRequestError, VerificationError
+from onnxprune.executor import uses_executor
 from onnxprune.graph import GraphIndex, zeros_like
 from onnxprune.rebuild import live_nodes
 from onnxprune.runtime import make_inputs, run
-from onnxprune.executor import uses_executor
 
 
 @dataclass(frozen=True)

@@ -21,13 +21,13 @@ from onnxprune.coupling import Analysis, analyze
 from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
+from onnxprune.executor import uses_executor
 from onnxprune.latency_target import measured_removal
 from onnxprune.options import Options
 from onnxprune.plan import Plan, fingerprint, layers_digest, plan_removal, record_plan
 from onnxprune.reconstruction.refit import DEFAULT_RIDGE
 from onnxprune.result import PruneResult, PruneSummary
 from onnxprune.surgery.prune import apply
-from onnxprune.executor import uses_executor
 
 __all__ = ["PruneResult", "PruneSummary", "apply_plan", "make_plan", "prune", "prune_by_index", "prune_with_plan"]
 

@@ -20,10 +20,10 @@ from onnxprune.decomposition.oracle import verify_decomposition
 from onnxprune.decomposition.ranks import RankPolicy
 from onnxprune.decomposition.results import DecompositionResult, LayerDecomposition
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
+from onnxprune.executor import uses_executor
 from onnxprune.graph import NameSource
 from onnxprune.layout import weight_layout
 from onnxprune.rebuild import rebuild
-from onnxprune.executor import uses_executor
 
 @uses_executor
 def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | None = None,

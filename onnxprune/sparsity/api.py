@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from onnxprune import calibration as calib
 from onnxprune import ir
+from onnxprune.executor import uses_executor
 from onnxprune.graph import copy_fields_except
 from onnxprune.errors import InvalidRequestError, VerificationError
 from onnxprune.sparsity import storage as store
@@ -19,7 +20,6 @@ from onnxprune.sparsity.base import Context, Strategy, strategy_for
 from onnxprune.sparsity.layers import FLOAT_TYPES, WeightLayer, find_layers, load_values, select
 from onnxprune.sparsity.report import LayerReport, SparsityReport
 from onnxprune.stats import node_macs
-from onnxprune.executor import uses_executor
 
 STORAGES = ("dense", "sparse", "bitmask")
 
