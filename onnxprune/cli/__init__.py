@@ -6,7 +6,9 @@ import importlib
 import sys
 import traceback
 
+from onnxprune.cli.common import executor_from_args
 from onnxprune.errors import OnnxPruneError
+from onnxprune.executor import scope
 
 COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench", "sensitivity",
                    "profile", "prune_blocks")
@@ -33,7 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with scope(executor_from_args(args)):  # --ray: every map of the command runs on Ray
+            return int(args.func(args) or 0)
     except OnnxPruneError as exc:
         if args.debug:
             traceback.print_exc()

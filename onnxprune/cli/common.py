@@ -185,3 +185,29 @@ def report_from_args(args: argparse.Namespace, command: str, output: str, data: 
     write_report(report, args.report)
     print(f"wrote report {args.report}")
     return args.report
+
+
+# --------------------------------------------------------------------------- --ray
+
+def add_ray_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """--ray [ADDRESS]: run `what` as Ray tasks (read back by executor_from_args)."""
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help=f"run {what} as tasks on Ray (pip install \"onnxprune[ray]\"): on the cluster at ADDRESS "
+                        "(e.g. ray://head:10001 or head:6379), or without one on $RAY_ADDRESS or a cluster started "
+                        "by `ray start` on this machine, else on a new local cluster with this machine's cores; "
+                        "same results as without --ray. Put it after the model (or write --ray=ADDRESS)")
+
+
+def executor_from_args(args: argparse.Namespace) -> Any:
+    """The executor asked for by --ray, connected (None without the flag)."""
+    address = getattr(args, "ray", None)
+    if address is None:
+        return None
+    if address and os.path.exists(address):
+        raise InvalidRequestError(f"--ray took '{address}' as the Ray cluster's address; put --ray after the model "
+                                  "(or write --ray=ADDRESS)")
+    from onnxprune.executor import RayExecutor
+
+    executor = RayExecutor(address or None)
+    executor.connect()
+    return executor

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import add_report_flags, check_paths, make_parent, prepare_report, read_json, report_from_args
+from onnxprune.cli.common import (add_ray_flag, add_report_flags, check_paths, make_parent, prepare_report, read_json,
+                                  report_from_args)
 from onnxprune.text import table
 
 
@@ -53,6 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="run the reconstruction oracle; fail (and write nothing) if it fails")
     p.add_argument("--seed", type=int, default=0, help="random state of the factorisations (default 0)")
     add_report_flags(p)
+    add_ray_flag(p, "the calibration passes of --reconstruct")
     p.set_defaults(func=run)
 
 

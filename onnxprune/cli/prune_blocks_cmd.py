@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import check_paths, make_parent
+from onnxprune.cli.common import add_ray_flag, check_paths, make_parent
 from onnxprune.text import table
 
 
@@ -25,6 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "inputs, with a warning)")
     p.add_argument("--verify", action="store_true",
                    help="run the zero-branch oracle; fail (and write nothing) if it fails")
+    add_ray_flag(p, "the calibration pass (block influence)")
     p.set_defaults(func=run)
 
 

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from onnxprune.cli.common import check_paths, write_text
+from onnxprune.cli.common import add_ray_flag, check_paths, write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,6 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="recommend per-layer ratios removing this fraction of the MACs (e.g. 0.5)")
     p.add_argument("--save-ratios", metavar="FILE",
                    help="with --target-macs: write the recommended {layer: ratio} as JSON")
+    add_ray_flag(p, "the (group, ratio) candidates and the baseline evaluation")
     p.set_defaults(func=run)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import check_paths, load_gradients, make_parent, write_text
+from onnxprune.cli.common import add_ray_flag, check_paths, load_gradients, make_parent, write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--report", metavar="OUT.md|OUT.json",
                    help="also write the report (per layer and total: size, nonzeros, MACs, nonzero MACs, "
                         "theoretical speed-up, file bytes): markdown or JSON by extension")
+    add_ray_flag(p, "the calibration pass of the activation strategies")
     p.set_defaults(func=run)
 
 
