@@ -247,4 +247,13 @@ def uses_executor(fn: Callable[..., R]) -> Callable[..., R]:
     extra = inspect.Parameter("executor", inspect.Parameter.KEYWORD_ONLY, default=None)
     at = next((k for k, p in enumerate(params) if p.kind is inspect.Parameter.VAR_KEYWORD), len(params))
     wrapper.__signature__ = signature.replace(parameters=params[:at] + [extra] + params[at:])
+    wrapper.__doc__ = (fn.__doc__ or "").rstrip() + EXECUTOR_DOC
     return wrapper
+
+
+EXECUTOR_DOC = """
+
+    executor: where calibration statistics are collected (data criteria, compensation, reconstruction): None
+        (this process, or the executor in scope), "ray" (Ray tasks over shards of the calibration batches; same
+        result), or an executor object (onnxprune.executor.RayExecutor(address=...)).
+    """
