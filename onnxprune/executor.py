@@ -36,16 +36,14 @@ from onnxprune.errors import InvalidRequestError, MissingExtraError, OnnxPruneEr
 T = TypeVar("T")
 R = TypeVar("R")
 Work = Callable[[Any, Any], Any]
-Progress = Callable[[int, Any], None]  # (item index, its result), called as each item finishes
+OnDone = Callable[[int, Any], None]  # (item index, its result), called as each item finishes
 
 
 class Executor(Protocol):
     name: str
 
     def map(self, work: Work, shared: Any, items: Iterable[Any], *, setup: Callable[[Any], Any] | None = None,
-            names: Callable[[int, Any], str] | None = None, on_done: Progress | None = None) -> list[Any]: ...
-
-    def workers(self) -> int: ...
+            names: Callable[[int, Any], str] | None = None, on_done: OnDone | None = None) -> list[Any]: ...
 
 
 class InProcess:
@@ -54,7 +52,7 @@ class InProcess:
     name = "in-process"
 
     def map(self, work: Work, shared: Any, items: Iterable[Any], *, setup: Callable[[Any], Any] | None = None,
-            names: Callable[[int, Any], str] | None = None, on_done: Progress | None = None) -> list[Any]:
+            names: Callable[[int, Any], str] | None = None, on_done: OnDone | None = None) -> list[Any]:
         context = shared if setup is None else setup(shared)
         results = []
         for k, item in enumerate(items):
@@ -62,9 +60,6 @@ class InProcess:
             if on_done is not None:
                 on_done(k, results[-1])
         return results
-
-    def workers(self) -> int:
-        return 1
 
 
 class RayExecutor:
@@ -95,7 +90,7 @@ class RayExecutor:
         return max(1, int(ray.cluster_resources().get("CPU", 1)))
 
     def map(self, work: Work, shared: Any, items: Iterable[Any], *, setup: Callable[[Any], Any] | None = None,
-            names: Callable[[int, Any], str] | None = None, on_done: Progress | None = None) -> list[Any]:
+            names: Callable[[int, Any], str] | None = None, on_done: OnDone | None = None) -> list[Any]:
         ray = self.connect()
         task = _remote_task(ray)
         shared_ref = [ray.put(shared)]  # in a list: tasks receive the reference and fetch it once per worker

@@ -37,6 +37,7 @@ from onnxprune.allocation import check_ratio, find_layer
 from onnxprune.coupling import analyze
 from onnxprune.text import human, table
 from onnxprune.errors import InvalidRequestError, MissingExtraError
+from onnxprune.executor import resolve
 from onnxprune.workflows.metric_key import QuietStream, default_key, pick_value
 from onnxprune.options import Options
 
@@ -261,7 +262,6 @@ def sensitivity(model, data, *, ratios=DEFAULT_RATIOS, method: str = "l2", metri
         Ray task per candidate; the model and data go to the object store once); see onnxprune.executor.
     """
     from onnxprune.workflows.evaluate import DEFAULT_BATCH_SIZE, evaluate
-    from onnxprune.executor import resolve
     from onnxprune.stats import stats
 
     ratios = _check_ratios(ratios)
