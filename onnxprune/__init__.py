@@ -5,11 +5,13 @@ from onnxprune.coupling import Analysis, ChannelGroup, Layer, analyze
 from onnxprune.criteria import register_criterion
 from onnxprune.workflows.evaluate import evaluate
 from onnxprune.errors import (
+    ExecutorError,
     ExternalDataError,
     InvalidModelError,
     InvalidRequestError,
     OnnxPruneError,
     OnnxRuntimeError,
+    TaskError,
     UnsupportedError,
     VerificationError,
 )
@@ -46,6 +48,7 @@ __all__ = [
     "GlobalImportance", "LayerImportance", "LayerStrategy", "ModelStrategy", "SparsifyResult", "SparsityReport",
     "Strategy", "register_strategy", "sparsify",
     "OnnxPruneError", "OnnxRuntimeError", "InvalidModelError", "InvalidRequestError", "ExternalDataError", "UnsupportedError",
+    "ExecutorError", "TaskError",
     "VerificationError",
     "IterativeResult", "Recommendation", "SensitivityResult", "iterative_prune", "sensitivity",
     "CostModel", "LatencyCostModel", "load_cost", "profile",

@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
-from onnxprune.errors import InvalidRequestError, MissingExtraError, OnnxPruneError, TaskError
+from onnxprune.errors import ExecutorError, InvalidRequestError, MissingExtraError, OnnxPruneError, TaskError
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -79,10 +79,10 @@ class RayExecutor:
         if not ray.is_initialized():
             try:
                 ray.init(address=self.address, logging_level=logging.WARNING, log_to_driver=False)
-            except ConnectionError as exc:
-                raise InvalidRequestError(f"cannot connect to the Ray cluster at {self.address!r}: {exc} (start "
-                                          "one with `ray start --head`, or drop the address to start a local "
-                                          "cluster)") from None
+            except Exception as exc:  # noqa: BLE001 - Ray raises plain Exception when a local start times out
+                where = f"the Ray cluster at {self.address!r}" if self.address else "Ray (a local cluster)"
+                raise ExecutorError(f"cannot start or connect to {where}: {type(exc).__name__}: {exc}; check the "
+                                    "address (`ray status` on the head node), or run without Ray") from None
         return ray
 
     def workers(self) -> int:

@@ -81,6 +81,14 @@ def test_in_process_by_default_and_chunks_keep_order():
         resolve("dask")
 
 
+def test_import_onnxprune_never_imports_ray():
+    import subprocess
+
+    code = "import sys, onnxprune; print('ray' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
 def test_the_signatures_show_executor():
     import inspect
 
