@@ -224,9 +224,9 @@ def collect(model: ir.ModelLike, calibration: Any, requests: Mapping[Hashable, S
         done.update(partial[0])
         progress.update(len(done))
 
-    size = SHARD_BATCHES if mergeable else None
-    partials = executor.map(_sum_shard, shared, chunks(batches(model, calibration, batch_size), size),
-                            setup=_open_pass, names=_shard_name, on_done=finished)
+    feeds = batches(model, calibration, batch_size)
+    shards = chunks(feeds, SHARD_BATCHES) if mergeable else [feeds]  # without merge: one streamed shard
+    partials = executor.map(_sum_shard, shared, shards, setup=_open_pass, names=_shard_name, on_done=finished)
     progress.close()
     total = partials[0][1]
     for _, partial in partials[1:]:
@@ -254,11 +254,13 @@ def task_session(model: onnx.ModelProto):
     return session(model) if threads is None else optimized_session(model, threads, spinning=False)
 
 
-def _sum_shard(context: tuple, shard: list[tuple[int, dict[str, np.ndarray]]]) -> tuple[set[int], dict]:
+def _sum_shard(context: tuple, shard: Iterable[tuple[int, dict[str, np.ndarray]]]) -> tuple[set[int], dict]:
     """(batch numbers, fresh statistics updated on the shard's feeds, in order)."""
     sess, fetch, ref, fetch_ref, requests = context
     stats = copy.deepcopy(requests)
-    for _, feed in shard:
+    numbers = set()
+    for k, feed in shard:
+        numbers.add(k)
         values = dict(zip(fetch, sess.run(fetch, feed))) if fetch else {}
         values.update(feed)
         ref_values = dict(zip(fetch_ref, ref.run(fetch_ref, feed))) if fetch_ref else {}
@@ -266,7 +268,7 @@ def _sum_shard(context: tuple, shard: list[tuple[int, dict[str, np.ndarray]]]) -
         for stat in stats.values():
             stat.update(*(values[t] for t in stat.tensors),
                         *(ref_values[t] for t in getattr(stat, "reference_tensors", ())))
-    return {k for k, _ in shard}, stats
+    return numbers, stats
 
 
 def _length(calibration: Any) -> int | None:

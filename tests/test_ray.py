@@ -207,3 +207,24 @@ def test_profile_maps_layer_signatures_on_ray(cluster):
     here = op.profile(cnn(), cache=False, timer=Fake())
     there = op.profile(cnn(), cache=False, timer=Fake(), executor=RayExecutor())
     assert there.as_dict() == here.as_dict()
+
+
+def test_a_statistic_without_merge_streams_in_process_and_is_refused_on_ray(cluster):
+    from onnxprune.calibration import collect
+
+    class Last:  # no merge(): summed in one streamed pass here, refused on Ray
+        tensors = ("x",)
+
+        def __init__(self):
+            self.seen = 0
+
+        def update(self, x):
+            self.seen += len(x)
+
+        def result(self):
+            return self.seen
+
+    data = calibration(20)
+    assert collect(cnn(), data, {"n": Last()}, batch_size=4) == {"n": 80}
+    with pytest.raises(InvalidRequestError, match=r"\['Last'\] have no merge"):
+        collect(cnn(), data, {"n": Last()}, executor=cluster)
