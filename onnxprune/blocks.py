@@ -23,6 +23,7 @@ import onnx
 from onnxprune import ir
 from onnxprune.calibration import SampleMean, collect
 from onnxprune.errors import InvalidRequestError, VerificationError
+from onnxprune.executor import uses_executor
 from onnxprune.graph import GraphIndex, zeros_like
 from onnxprune.rebuild import live_nodes
 from onnxprune.runtime import make_inputs, run
@@ -203,6 +204,7 @@ def _influence(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 # --------------------------------------------------------------------------- removal
 
+@uses_executor
 def prune_blocks(model, n: int | None = None, blocks: list[str] | None = None, calibration=None,
                  verify: bool = False) -> BlockResult:
     """Remove residual blocks: the named `blocks` (blocks or layers, as find_blocks names them), or the `n` least

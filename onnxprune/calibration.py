@@ -13,11 +13,15 @@ larger than `batch_size` along a dynamic first axis are split, so onnxruntime ne
 
 `collect(model, calibration, requests)` builds ONE session whose outputs are every tensor the requested
 statistics read, runs it once per batch and feeds each statistic its tensors; a statistic keeps running
-sums only, never the activations themselves. Batches are processed in the order given and accumulated
-in float64, so the same data always gives the same result.
+sums only, never the activations themselves. The batches are cut into shards of SHARD_BATCHES feeds; each
+shard is summed into fresh statistics, and the shards' partial sums are merged in shard order, in float64.
+The shards are the items of an executor map (onnxprune.executor): in this process by default, or as Ray
+tasks with `executor="ray"`; the grouping of the sums is the same on both, so the same data gives the same
+result everywhere.
 """
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Hashable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -29,18 +33,27 @@ from onnx import helper
 
 from onnxprune import datasources, ir
 from onnxprune.errors import InvalidRequestError
+from onnxprune.executor import chunks, fold, resolve, task_threads
 from onnxprune.progress import Bar
-from onnxprune.runtime import session, with_outputs
+from onnxprune.runtime import optimized_session, session, with_outputs
 
 DEFAULT_BATCH_SIZE = 32
+SHARD_BATCHES = 8  # feeds summed per shard: the unit of work of a map, and of the order partial sums are added
 
 
 class Statistic(Protocol):
-    """A streamed statistic: reads `tensors` of every batch through update(), answers with result()."""
+    """A streamed statistic: reads `tensors` of every batch through update(), answers with result().
+
+    merge(other) adds the partial sums of `other` (the same statistic, fresh, updated on later batches);
+    a statistic without merge is summed over all batches in one shard, in this process only. A statistic
+    may also read tensors of collect's `reference` model: named in `reference_tensors`, passed after
+    `tensors`."""
 
     tensors: tuple[str, ...]
 
     def update(self, *arrays: np.ndarray) -> None: ...
+
+    def merge(self, other: "Statistic") -> None: ...
 
     def result(self) -> Any: ...
 
@@ -58,6 +71,10 @@ class SampleMean:
         values = np.asarray(self.per_sample(*arrays), dtype=np.float64)
         self.total = self.total + values.sum(axis=0)
         self.count += len(values)
+
+    def merge(self, other: "SampleMean") -> None:
+        self.total = self.total + other.total
+        self.count += other.count
 
     def result(self) -> np.ndarray:
         return np.asarray(self.total, dtype=np.float64) / max(self.count, 1)
@@ -184,22 +201,77 @@ def _split(feed: dict[str, np.ndarray], specs: list[InputSpec], size: int) -> It
 # --------------------------------------------------------------------------- the pass
 
 def collect(model: ir.ModelLike, calibration: Any, requests: Mapping[Hashable, Statistic], *,
-            batch_size: int = DEFAULT_BATCH_SIZE, stream: TextIO | None = None) -> dict[Hashable, Any]:
-    """Feed every statistic over all calibration batches in one onnxruntime pass; {key: result}."""
+            batch_size: int = DEFAULT_BATCH_SIZE, stream: TextIO | None = None, reference: ir.ModelLike | None = None,
+            executor: Any = None) -> dict[Hashable, Any]:
+    """Feed every statistic over all calibration batches in one onnxruntime pass; {key: result}.
+
+    reference: a second model run on the same batches, for statistics with `reference_tensors`.
+    executor: where the shards are summed (None: the executor in scope, else this process; "ray": Ray tasks).
+    """
     model = ir.load_model(model)
+    reference = None if reference is None else ir.load_model(reference)
     graph_inputs = {s.name for s in input_specs(model)}
     fetch = list(dict.fromkeys(t for stat in requests.values() for t in stat.tensors if t not in graph_inputs))
-    sess = None
+    fetch_ref = list(dict.fromkeys(t for stat in requests.values() for t in getattr(stat, "reference_tensors", ())
+                                   if t not in graph_inputs))
+    executor = resolve(executor)
+    mergeable = all(callable(getattr(stat, "merge", None)) for stat in requests.values())
+    if not mergeable and executor.name != "in-process":
+        names = sorted({type(s).__name__ for s in requests.values() if not callable(getattr(s, "merge", None))})
+        raise InvalidRequestError(f"statistics {names} have no merge(other) method, so their partial sums cannot "
+                                  f"be added across {executor.name} tasks; add one, or run in-process")
+    shared = (with_outputs(model, fetch), fetch, None if reference is None else with_outputs(reference, fetch_ref),
+              fetch_ref, dict(requests))
+    feeds = batches(model, calibration, batch_size)
+    shards = chunks(feeds, SHARD_BATCHES) if mergeable else [feeds]  # without merge: one streamed shard
     with Bar("calibration", length(calibration, batch_size), stream=stream) as progress:
-        for k, feed in batches(model, calibration, batch_size):
-            if sess is None:
-                sess = session(with_outputs(model, fetch))
-            values = dict(zip(fetch, sess.run(fetch, feed))) if fetch else {}
-            values.update(feed)
-            for stat in requests.values():
-                stat.update(*(values[t] for t in stat.tensors))
-            progress.update_to(k + 1)
-    return {key: stat.result() for key, stat in requests.items()}
+        summed = fold(executor, _sum_shard, shared, shards, _merged, setup=_open_pass, names=_shard_name,
+                      on_done=lambda _, partial: progress.update(len(partial[0])))
+    if summed is None:
+        raise InvalidRequestError("calibration data is empty: pass at least one batch")
+    return {key: stat.result() for key, stat in summed[1].items()}
+
+
+def _merged(total: tuple[set[int], dict], partial: tuple[set[int], dict]) -> tuple[set[int], dict]:
+    """The running sums with a later shard's partial sums added."""
+    for key, stat in total[1].items():
+        stat.merge(partial[1][key])
+    return total
+
+def _shard_name(k: int, shard: list[tuple[int, dict]]) -> str:
+    return f"calibration shard {k} (batches {shard[0][0]}-{shard[-1][0]})"
+
+
+def _open_pass(shared: tuple) -> tuple:
+    """The sessions of a pass (built once per process) and what each statistic reads."""
+    model, fetch, reference, fetch_ref, requests = shared
+    sess = task_session(model) if fetch else None
+    ref = task_session(reference) if fetch_ref else None
+    return sess, fetch, ref, fetch_ref, requests
+
+
+def task_session(model: onnx.ModelProto):
+    """A session for the work of one process: onnxruntime's defaults here; in a Ray task, as many threads as
+    the CPUs Ray gave it, sleeping when idle (the machine is shared)."""
+    threads = task_threads()
+    return session(model) if threads is None else optimized_session(model, threads, spinning=False)
+
+
+def _sum_shard(context: tuple, shard: Iterable[tuple[int, dict[str, np.ndarray]]]) -> tuple[set[int], dict]:
+    """(batch numbers, fresh statistics updated on the shard's feeds, in order)."""
+    sess, fetch, ref, fetch_ref, requests = context
+    stats = copy.deepcopy(requests)
+    numbers = set()
+    for k, feed in shard:
+        numbers.add(k)
+        values = dict(zip(fetch, sess.run(fetch, feed))) if fetch else {}
+        values.update(feed)
+        ref_values = dict(zip(fetch_ref, ref.run(fetch_ref, feed))) if fetch_ref else {}
+        ref_values.update(feed)
+        for stat in stats.values():
+            stat.update(*(values[t] for t in stat.tensors),
+                        *(ref_values[t] for t in getattr(stat, "reference_tensors", ())))
+    return numbers, stats
 
 
 def length(calibration: Any, batch_size: int = DEFAULT_BATCH_SIZE) -> int | None:

@@ -51,3 +51,16 @@ class OnnxRuntimeError(OnnxPruneError):
         super().__init__(message)
         self.node = node
         self.op_type = op_type
+
+
+class ExecutorError(OnnxPruneError):
+    """The distributed engine (executor="ray") could not be started or reached, or one of its tasks failed."""
+
+
+class TaskError(ExecutorError):
+    """A task of a distributed map (executor="ray") failed with an exception that is not onnxprune's own;
+    `task` names the task (e.g. "sensitivity of group 3 (conv1) at ratio 0.5")."""
+
+    def __init__(self, task: str, message: str):
+        super().__init__(f"{task} failed: {message}")
+        self.task = task

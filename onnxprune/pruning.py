@@ -21,6 +21,7 @@ from onnxprune.coupling import Analysis, analyze
 from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
+from onnxprune.executor import uses_executor
 from onnxprune.latency_target import measured_removal
 from onnxprune.options import Options
 from onnxprune.plan import Plan, fingerprint, layers_digest, plan_removal, record_plan
@@ -36,6 +37,7 @@ RECOMMENDATIONS = (None, "slamp")
 
 # --------------------------------------------------------------------------- the entry points
 
+@uses_executor
 def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict[str, float] | None = None,
           scope: str = "uniform", recommendation: str | None = None, options: Options | None = None,
           calibration=None, gradients: dict[str, np.ndarray] | None = None, verify: bool = False,
@@ -110,6 +112,7 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
     return _recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
 
 
+@uses_executor
 def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | None = None,
                    verify: bool = False, calibration=None, compensate: bool = False, reconstruct: bool = False,
                    ridge: float = DEFAULT_RIDGE) -> PruneResult:
@@ -127,6 +130,7 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     return _recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
 
 
+@uses_executor
 def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: str = "uniform",
               recommendation: str | None = None, options: Options | None = None, calibration=None,
               gradients: dict[str, np.ndarray] | None = None, seed: int = 0, target_macs: float | None = None,
@@ -184,6 +188,7 @@ def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: s
                          seed=seed)
 
 
+@uses_executor
 def apply_plan(model, plan, *, verify: bool = False, calibration=None,
                gradients: dict[str, np.ndarray] | None = None) -> PruneResult:
     """Prune exactly as a plan says (a Plan, its dict, a JSON file path or JSON text); see the module doc.

@@ -9,7 +9,9 @@ import sys
 import traceback
 import warnings
 
+from onnxprune.cli.common import executor_from_args
 from onnxprune.errors import OnnxPruneError
+from onnxprune.executor import scope
 from onnxprune.progress import message, silenced
 
 COMMAND_MODULES = ("inspect", "prune", "plan", "apply", "decompose", "verify", "sparsify", "bench", "evaluate",
@@ -61,7 +63,8 @@ def _warning_printer(command: str, debug: bool):
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return int(args.func(args) or 0)
+        with scope(executor_from_args(args)):  # --ray: every map of the command runs on Ray
+            return int(args.func(args) or 0)
     except OnnxPruneError as exc:
         if args.debug:
             traceback.print_exc()

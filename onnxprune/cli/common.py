@@ -256,3 +256,29 @@ def _classes(text: str | None) -> list[str] | None:
         with open(text, encoding="utf-8") as handle:
             return [line.strip() for line in handle if line.strip()]
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+# --------------------------------------------------------------------------- --ray
+
+def add_ray_flag(p: argparse.ArgumentParser, what: str) -> None:
+    """--ray [ADDRESS]: run `what` as Ray tasks (read back by executor_from_args)."""
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help=f"run {what} as tasks on Ray (pip install \"onnxprune[ray]\"): on the cluster at ADDRESS "
+                        "(e.g. ray://head:10001 or head:6379), or without one on $RAY_ADDRESS or a cluster started "
+                        "by `ray start` on this machine, else on a new local cluster with this machine's cores; "
+                        "same results as without --ray. Put it after the model (or write --ray=ADDRESS)")
+
+
+def executor_from_args(args: argparse.Namespace) -> Any:
+    """The executor asked for by --ray, connected (None without the flag)."""
+    address = getattr(args, "ray", None)
+    if address is None:
+        return None
+    if address and os.path.exists(address):
+        raise InvalidRequestError(f"--ray took '{address}' as the Ray cluster's address; put --ray after the model "
+                                  "(or write --ray=ADDRESS)")
+    from onnxprune.executor import RayExecutor
+
+    executor = RayExecutor(address or None)
+    executor.connect()
+    return executor

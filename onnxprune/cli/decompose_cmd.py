@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import (add_image_flags, add_report_flags, check_paths, data_source, make_parent,
-                                  prepare_report, read_json, report_from_args)
+from onnxprune.cli.common import (add_image_flags, add_ray_flag, add_report_flags, check_paths, data_source,
+                                  make_parent, prepare_report, read_json, report_from_args)
 from onnxprune.text import table
 
 
@@ -55,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random state of the factorisations (default 0)")
     add_report_flags(p)
     add_image_flags(p)
+    add_ray_flag(p, "the calibration passes of --reconstruct")
     p.set_defaults(func=run)
 
 

@@ -5,7 +5,7 @@ import argparse
 import json
 import os
 
-from onnxprune.cli.common import add_image_flags, check_paths, data_source
+from onnxprune.cli.common import add_image_flags, add_ray_flag, check_paths, data_source
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--output", metavar="NAME", help="graph output judged (default: the first)")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     add_image_flags(p)
+    add_ray_flag(p, "the evaluation (one task per shard of batches)")
     p.set_defaults(func=run)
 
 

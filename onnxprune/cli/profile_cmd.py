@@ -6,7 +6,7 @@ import argparse
 import json
 import os
 
-from onnxprune.cli.common import check_paths, write_text
+from onnxprune.cli.common import add_ray_flag, check_paths, write_text
 from onnxprune.errors import InvalidRequestError
 from onnxprune.text import table
 
@@ -33,6 +33,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also measure the factor chains of the decomposable layers against their ranks, for these "
                         "methods (tucker, cp, svd or all): the cost file `decompose --cost` reads")
     p.add_argument("--no-cache", action="store_true", help="measure everything; neither read nor write the cache")
+    add_ray_flag(p, "the layer measurements")
     p.set_defaults(func=run)
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import add_image_flags, check_paths, data_source, make_parent
+from onnxprune.cli.common import add_image_flags, add_ray_flag, check_paths, data_source, make_parent
 from onnxprune.text import table
 
 
@@ -26,6 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--verify", action="store_true",
                    help="run the zero-branch oracle; fail (and write nothing) if it fails")
     add_image_flags(p)
+    add_ray_flag(p, "the calibration pass (block influence)")
     p.set_defaults(func=run)
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import (add_data_flags, add_option_flags, add_report_flags, changed_option_flags, check_paths,
-                                  data_source, load_gradients, make_parent, options_from_args, prepare_report,
-                                  read_json, report_from_args, write_text)
+from onnxprune.cli.common import (add_data_flags, add_option_flags, add_ray_flag, add_report_flags,
+                                  changed_option_flags, check_paths, data_source, load_gradients, make_parent,
+                                  options_from_args, prepare_report, read_json, report_from_args, write_text)
 from onnxprune.criteria import CRITERIA
 from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError
@@ -72,6 +72,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
     p.add_argument("--record", metavar="FILE.json", help="also write the pruning record (tensor -> kept mask)")
     add_report_flags(p)
+    add_ray_flag(p, "the calibration passes (data criteria, --compensate, --reconstruct)")
     p.set_defaults(func=run)
 
 

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 
-from onnxprune.cli.common import add_image_flags, check_paths, data_source, write_text
+from onnxprune.cli.common import add_image_flags, add_ray_flag, check_paths, data_source, write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -36,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-ratios", metavar="FILE",
                    help="with --target-macs: write the recommended {layer: ratio} as JSON")
     add_image_flags(p)
+    add_ray_flag(p, "the (group, ratio) candidates and the baseline evaluation")
     p.set_defaults(func=run)
 
 

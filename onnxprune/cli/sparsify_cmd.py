@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import add_image_flags, check_paths, data_source, load_gradients, make_parent, write_text
+from onnxprune.cli.common import (add_image_flags, add_ray_flag, check_paths, data_source, load_gradients, make_parent,
+                                  write_text)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -45,6 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="also write the report (per layer and total: size, nonzeros, MACs, nonzero MACs, "
                         "theoretical speed-up, file bytes): markdown or JSON by extension")
     add_image_flags(p)
+    add_ray_flag(p, "the calibration pass of the activation strategies")
     p.set_defaults(func=run)
 
 

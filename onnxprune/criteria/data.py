@@ -123,6 +123,12 @@ class InterHeadRedundancy:
         self.gram = gram if self.gram is None else self.gram + gram
         self.rows += len(features)
 
+    def merge(self, other: "InterHeadRedundancy") -> None:
+        if other.gram is not None:
+            self.gram = other.gram if self.gram is None else self.gram + other.gram
+            self.heads = other.heads
+        self.rows += other.rows
+
     def result(self) -> np.ndarray:
         gram = self.gram
         norms = np.sqrt(np.diag(gram))

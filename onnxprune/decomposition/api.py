@@ -20,11 +20,13 @@ from onnxprune.decomposition.oracle import verify_decomposition
 from onnxprune.decomposition.ranks import RankPolicy
 from onnxprune.decomposition.results import DecompositionResult, LayerDecomposition
 from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
+from onnxprune.executor import uses_executor
 from onnxprune.graph import NameSource
 from onnxprune.layout import weight_layout
 from onnxprune.progress import track
 from onnxprune.rebuild import rebuild
 
+@uses_executor
 def decompose(model, method: str = "tucker", *, ranks: Mapping[str, object] | None = None,
               rank_ratio: float | None = None, recommendation: str | None = None, calibration_ratio: float = 0.0,
               energy: float | None = None, layers: Iterable[str] | None = None, force: bool = False,

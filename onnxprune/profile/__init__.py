@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any, TextIO
 
 from onnxprune.coupling import analyze
+from onnxprune.executor import resolve
 from onnxprune.ir import load_model
 from onnxprune.plan import fingerprint
-from onnxprune.progress import track
+from onnxprune.progress import Bar
 from onnxprune.profile.activations import activation_terms
 from onnxprune.profile.cache import LatencyCache
 from onnxprune.profile.chains import measure_chains, methods_asked
@@ -29,7 +30,7 @@ __all__ = ["CostModel", "LatencyCostModel", "LayerSpec", "load_cost", "profile"]
 
 def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int | None = None, batch: int = 1,
             cache: Any = None, decomposition: Any = None, timer: Any = None,
-            stream: TextIO | None = None) -> LatencyCostModel:
+            stream: TextIO | None = None, executor: Any = None) -> LatencyCostModel:
     """Measured latency cost model of `model` (a ModelProto or a path) on `provider` with `threads` intra-op
     threads (None: onnxruntime's default, like a user's session) at batch size `batch` (symbolic dims).
 
@@ -38,7 +39,9 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
     a method name ("tucker", "cp", "svd"), a list of them, or True (every method); None: no chains.
     timer: what measures (default timing.Timer; tests pass a fake with `points(spec, counts)`,
     `chain_points(chain_spec, ranks)` and `model(source, feed)`). stream: where the progress bar goes (default
-    stderr, shown on a terminal only).
+    stderr, shown on a terminal only). executor: where the layer signatures are timed: None (this process), "ray"
+    (one Ray task per signature; on a shared machine, concurrent tasks slow each other: a cluster of separate
+    machines, or one worker per machine, gives timings like a user's); see onnxprune.executor.
     """
     check_request(provider, threads, batch)
     methods = methods_asked(decomposition)
@@ -53,10 +56,11 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
         unique.setdefault(spec.signature(), spec)
     todo = [s for s in unique if s not in store.layers]
     try:
-        for signature in track(todo, "profiling layers", unit="layer", stream=stream):
-            spec = unique[signature]
-            counts = grid_points(spec)
-            times = timer.points(spec, counts)
+        with Bar("profiling layers", len(todo), unit="layer", stream=stream) as bar:
+            timed = resolve(executor).map(time_layer, timer, [unique[s] for s in todo],
+                                          names=lambda k, spec: f"profile of layer {spec.name} ({spec.op_type})",
+                                          on_done=lambda k, _: bar.update())
+        for signature, (counts, times) in zip(todo, timed):
             store.put_layer(signature, [[i, o, ms] for (i, o), ms in zip(counts, times)])
         key = fingerprint(proto)
         if key not in store.totals:
@@ -81,3 +85,9 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
     rest = cost.total - sum(cost.layer_latencies().values())
     cost.tensors = activation_terms(analysis, [*cost.layers, *skipped], rest, batch)
     return cost
+
+
+def time_layer(timer: Any, spec: LayerSpec) -> tuple[list[tuple[int, int]], list[float]]:
+    """The layer's grid of kept counts and the latency measured at each."""
+    counts = grid_points(spec)
+    return counts, timer.points(spec, counts)

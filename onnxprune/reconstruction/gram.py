@@ -38,6 +38,18 @@ class Gram:
             self.yy += yy
         self.rows += x.shape[0]
 
+    def merge(self, other: "Gram") -> None:
+        """Add the sums of `other` (the same problem over other calibration rows)."""
+        if other.G is None:
+            return
+        if self.G is None:
+            self.G, self.B, self.yy = other.G, other.B, other.yy
+        else:  # new arrays: partials coming back from Ray tasks are read-only
+            self.G = self.G + other.G
+            self.B = self.B + other.B
+            self.yy = self.yy + other.yy
+        self.rows += other.rows
+
     @property
     def unknowns(self) -> int:
         """Unknowns per output (weights it reads plus its bias)."""

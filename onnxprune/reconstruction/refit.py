@@ -4,7 +4,8 @@ A stage holds layers none of which feeds another (a layer's stage = the number o
 longest path from the inputs), so a stage needs ONE pass over the calibration data: per batch, the model
 being re-fitted (already re-fitted in earlier stages) gives each layer's input, the reference (unpruned)
 model gives its target output, and both feed that layer's Gram statistics. Then every layer of the stage is
-solved and written before the next stage runs.
+solved and written before the next stage runs. Each pass is a calibration.collect, so it runs on the
+executor in scope (onnxprune.executor).
 """
 from __future__ import annotations
 
@@ -22,7 +23,6 @@ from onnxprune.graph import GraphIndex
 from onnxprune.progress import Bar
 from onnxprune.reconstruction import layers
 from onnxprune.reconstruction.gram import Gram
-from onnxprune.runtime import session, with_outputs
 
 DEFAULT_RIDGE = 1e-3
 
@@ -107,38 +107,35 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     stages = _stages(index, consumers)
     report.stages = len(stages)
     source = _replayable(calibration, len(stages))
-    ref_session = None
-    per_pass = calib.length(calibration, batch_size) if not callable(calibration) else None
-    counted = 0  # batches read so far, over all passes (a batch split into several feeds counts once)
-    with Bar("reconstruction", per_pass and per_pass * len(stages)) as bar:
+    with Bar("reconstruction", len(stages), unit="stage") as bar:
         for number, stage in enumerate(stages):
-            bar.postfix(f"stage {number + 1}/{len(stages)}")
-            first = counted
-            grams = {c.name: Gram() for c in stage}
-            fetch = list(dict.fromkeys(c.x for c in stage))
-            wanted = list(dict.fromkeys(c.y for c in stage))
-            sess = None
-            for k, feed in calib.batches(reference, source(), batch_size):
-                if ref_session is None:
-                    ref_session = session(with_outputs(reference, [c.y for c in consumers]))
-                if sess is None:
-                    sess = session(with_outputs(model, [t for t in fetch if t not in feed]))
-                xs = dict(zip(fetch, _run(sess, fetch, feed)))
-                ys = dict(zip(wanted, _run(ref_session, wanted, feed)))
-                for c in stage:
-                    grams[c.name].update(c.design(xs[c.x]), c.target(ys[c.y]))
-                counted = first + k + 1
-                bar.update_to(counted)
+            requests = {c.name: LayerGram(c) for c in stage}
+            grams = calib.collect(model, source(), requests, reference=reference, batch_size=batch_size)
             report.passes += 1
             for c in stage:
                 _solve(model, c, grams[c.name], ridge, number, by_name[c.name])
+            bar.update()
     return report
 
 
-def _run(sess, names: list[str], feed: dict) -> list[np.ndarray]:
-    inside = [n for n in names if n not in feed]
-    got = dict(zip(inside, sess.run(inside, feed))) if inside else {}
-    return [feed[n] if n in feed else got[n] for n in names]
+class LayerGram:
+    """The calibration statistic of one layer: its design rows from the model being re-fitted (`tensors`),
+    its targets from the reference (`reference_tensors`), summed into a Gram."""
+
+    def __init__(self, consumer: layers.Consumer) -> None:
+        self.consumer = consumer
+        self.tensors = (consumer.x,)
+        self.reference_tensors = (consumer.y,)
+        self.gram = Gram()
+
+    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.gram.update(self.consumer.design(x), self.consumer.target(y))
+
+    def merge(self, other: "LayerGram") -> None:
+        self.gram.merge(other.gram)
+
+    def result(self) -> Gram:
+        return self.gram
 
 
 def _solve(model, c: layers.Consumer, gram: Gram, ridge: float, stage: int, row: LayerReconstruction) -> None:

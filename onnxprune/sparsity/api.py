@@ -12,6 +12,7 @@ from onnx import numpy_helper
 
 from onnxprune import calibration as calib
 from onnxprune import ir
+from onnxprune.executor import uses_executor
 from onnxprune.graph import copy_fields_except
 from onnxprune.errors import InvalidRequestError, VerificationError
 from onnxprune.sparsity import storage as store
@@ -31,6 +32,7 @@ class SparsifyResult:
     reference: onnx.ModelProto  # the input model (for save_model(reference=...))
 
 
+@uses_executor
 def sparsify(model: ir.ModelLike, strategy: str | Strategy | type[Strategy] = "global_magnitude",
              sparsity: float | None = None, *, compression: float | None = None, n: int = 2, m: int = 4,
              pattern: str | None = None, storage: str = "dense", exclude: list[str] | str | None = None,

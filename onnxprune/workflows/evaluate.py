@@ -23,8 +23,12 @@ Metrics
   * reference=model: both models run on the same batches; adds `agreement` (fraction of samples whose
     top-1 class is the same), `cosine` (mean over samples of the cosine similarity of the flattened
     outputs) and `max_rel_error` (max |out - ref| / max |ref| over all samples).
-One onnxruntime session is built per model and reused for every batch; a progress bar (progress.py) is shown
-on stderr when it is a terminal.
+One onnxruntime session is built per model (per process) and reused for every batch; a progress bar (progress.py)
+is shown on stderr when it is a terminal.
+
+The batches are cut into shards of calibration.SHARD_BATCHES; each shard is evaluated into fresh counters
+and sums, which are added in shard order. The shards are the items of an executor map: in this process by
+default, as Ray tasks with `executor="ray"` (onnxprune.executor); the answer is the same on both.
 """
 from __future__ import annotations
 
@@ -34,10 +38,10 @@ from typing import Any, TextIO
 import numpy as np
 
 from onnxprune import datasources, ir
-from onnxprune.calibration import DEFAULT_BATCH_SIZE, InputSpec, input_specs, to_feed
+from onnxprune.calibration import DEFAULT_BATCH_SIZE, SHARD_BATCHES, InputSpec, input_specs, task_session, to_feed
 from onnxprune.errors import InvalidRequestError
+from onnxprune.executor import chunks, resolve
 from onnxprune.progress import Bar
-from onnxprune.runtime import session
 
 __all__ = ["evaluate", "DEFAULT_BATCH_SIZE"]
 
@@ -62,17 +66,18 @@ class _Runner:
     def __call__(self, feed: dict[str, np.ndarray], where: str) -> np.ndarray:
         feed = to_feed(feed, self.specs, f"{where} ({self.what})" if self.what != "model" else where)
         if self._session is None:
-            self._session = session(self.model)
+            self._session = task_session(self.model)
         return np.asarray(self._session.run([self.output], feed)[0])
 
 
 def evaluate(model: Any, data: Any, metric: Metric = "accuracy", *, reference: Any = None,
              batch_size: int = DEFAULT_BATCH_SIZE, output: str | None = None,
-             stream: TextIO | None = None) -> dict[str, Any]:
+             stream: TextIO | None = None, executor: Any = None) -> dict[str, Any]:
     """Accuracy (or a user metric) of `model` on `data`, and its fidelity to `reference` when given.
 
     See the module docstring for the accepted data and the exact meaning of every key.
     `output` names the graph output judged (default: the first); the reference must have it too.
+    executor: where the shards of batches run (None: this process; "ray": Ray tasks; see onnxprune.executor).
     """
     if isinstance(metric, str):
         if metric.lower() not in ("accuracy", "acc", "top1"):
@@ -85,43 +90,72 @@ def evaluate(model: Any, data: Any, metric: Metric = "accuracy", *, reference: A
         raise InvalidRequestError(f"batch_size must be a positive integer, not {batch_size!r}")
     runner = _Runner(model, output, "model")
     ref_runner = None if reference is None else _Runner(reference, runner.output, "reference")
-    acc = _Accuracy() if metric == "accuracy" else _UserMetric(metric)
-    fidelity = None if ref_runner is None else _Fidelity()
     source = datasources.as_source(data)
-    total = _length(data) if source is None else source.batch_count(int(batch_size))
-    with Bar("evaluate", total, stream=stream) as progress:
-        n = 0
-        seen_labels = False
-        for where, feed, labels in _batches(data if source is None else source, runner.specs, int(batch_size)):
-            outputs = runner(feed, where)
-            count = _count(outputs, where)
-            if labels is not None:
-                labels = np.asarray(labels)
-                if labels.ndim == 0 or len(labels) != count:
-                    raise InvalidRequestError(f"{where}: {labels.shape[0] if labels.ndim else 'scalar'} labels for "
-                                              f"{count} samples; give one label per sample")
-                seen_labels = True
-            if labels is not None or metric != "accuracy":
-                acc.update(outputs, labels, where)
-            if fidelity is not None:
-                fidelity.update(outputs, ref_runner(feed, where), where)
-            n += count
-            progress.update()
-    if n == 0:
+    total_batches = _length(data) if source is None else source.batch_count(int(batch_size))
+    with Bar("evaluate", total_batches, stream=stream) as progress:
+        parts = resolve(executor).map(_evaluate_shard, (runner, ref_runner, metric),
+                                      chunks(_batches(data if source is None else source, runner.specs,
+                                                      int(batch_size)), SHARD_BATCHES),
+                                      names=lambda k, shard: f"evaluate shard {k} ({shard[0][0]} to {shard[-1][0]})",
+                                      on_done=lambda _, part: progress.update(part.batches))
+    total = parts[0] if parts else _Part(metric, ref_runner is not None)
+    for part in parts[1:]:
+        total.merge(part)
+    if total.n == 0:
         raise InvalidRequestError("evaluation data is empty: pass at least one sample")
     result: dict[str, Any] = {}
     if metric == "accuracy":
-        if seen_labels:
-            result.update(acc.result())
-        elif fidelity is None:
+        if total.seen_labels:
+            result.update(total.metric.result())
+        elif total.fidelity is None:
             raise InvalidRequestError("no labels were given: pass (inputs, labels), or reference= for a "
                                       "fidelity-only evaluation")
     else:
-        result.update(acc.result())
-    result["n"] = n
-    if fidelity is not None:
-        result.update(fidelity.result())
+        result.update(total.metric.result())
+    result["n"] = total.n
+    if total.fidelity is not None:
+        result.update(total.fidelity.result())
     return result
+
+
+class _Part:
+    """The counters and sums of some batches: the metric's, the fidelity's, samples, and whether labels came."""
+
+    def __init__(self, metric: Metric, with_reference: bool) -> None:
+        self.metric = _Accuracy() if metric == "accuracy" else _UserMetric(metric)
+        self.fidelity = _Fidelity() if with_reference else None
+        self.n = 0
+        self.batches = 0
+        self.seen_labels = False
+
+    def merge(self, other: "_Part") -> None:
+        self.metric.merge(other.metric)
+        if self.fidelity is not None:
+            self.fidelity.merge(other.fidelity)
+        self.n += other.n
+        self.batches += other.batches
+        self.seen_labels = self.seen_labels or other.seen_labels
+
+
+def _evaluate_shard(context: tuple, shard: list[tuple[str, dict, Any]]) -> _Part:
+    runner, ref_runner, metric = context
+    part = _Part(metric, ref_runner is not None)
+    for where, feed, labels in shard:
+        outputs = runner(feed, where)
+        count = _count(outputs, where)
+        if labels is not None:
+            labels = np.asarray(labels)
+            if labels.ndim == 0 or len(labels) != count:
+                raise InvalidRequestError(f"{where}: {labels.shape[0] if labels.ndim else 'scalar'} labels for "
+                                          f"{count} samples; give one label per sample")
+            part.seen_labels = True
+        if labels is not None or metric != "accuracy":
+            part.metric.update(outputs, labels, where)
+        if part.fidelity is not None:
+            part.fidelity.update(outputs, ref_runner(feed, where), where)
+        part.n += count
+        part.batches += 1
+    return part
 
 
 # --------------------------------------------------------------------------- data
@@ -252,6 +286,12 @@ class _Accuracy:
             self.top5 += int((order[:, :5] == labels[:, None]).any(axis=1).sum())
         self.n += len(labels)
 
+    def merge(self, other: "_Accuracy") -> None:
+        self.top1 += other.top1
+        self.top5 += other.top5
+        self.n += other.n
+        self.classes = self.classes if other.classes is None else other.classes
+
     def result(self) -> dict[str, float]:
         out = {"top1": self.top1 / max(self.n, 1)}
         if self.classes is not None and self.classes >= 5:
@@ -279,6 +319,11 @@ class _UserMetric:
                                           "dict of floats") from None
             self.sums[key] = self.sums.get(key, 0.0) + v * weight
         self.n += weight
+
+    def merge(self, other: "_UserMetric") -> None:
+        for key, v in other.sums.items():
+            self.sums[key] = self.sums.get(key, 0.0) + v
+        self.n += other.n
 
     def result(self) -> dict[str, float]:
         return {k: v / max(self.n, 1) for k, v in self.sums.items()}
@@ -312,6 +357,13 @@ class _Fidelity:
             self.max_abs = max(self.max_abs, float(np.abs(a - b).max()))
             self.ref_scale = max(self.ref_scale, float(np.abs(b).max()))
         self.n += len(a)
+
+    def merge(self, other: "_Fidelity") -> None:
+        self.agree += other.agree
+        self.cos += other.cos
+        self.n += other.n
+        self.max_abs = max(self.max_abs, other.max_abs)
+        self.ref_scale = max(self.ref_scale, other.ref_scale)
 
     def result(self) -> dict[str, float]:
         n = max(self.n, 1)

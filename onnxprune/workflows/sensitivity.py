@@ -37,6 +37,7 @@ from onnxprune.allocation import check_ratio, find_layer
 from onnxprune.coupling import analyze
 from onnxprune.text import human, table
 from onnxprune.errors import InvalidRequestError, MissingExtraError
+from onnxprune.executor import resolve
 from onnxprune.workflows.metric_key import QuietStream, default_key, pick_value
 from onnxprune.options import Options
 from onnxprune.progress import Bar
@@ -248,7 +249,7 @@ def sensitivity(model, data, *, ratios=DEFAULT_RATIOS, method: str = "l2", metri
                 key: str | None = None, higher_is_better: bool = True, layers: list[str] | None = None,
                 options: Options | None = None, calibration=None, batch_size: int | None = None,
                 output: str | None = None, target: float | None = None, stream: TextIO | None = None,
-                verbose: bool = False) -> SensitivityResult:
+                verbose: bool = False, executor: Any = None) -> SensitivityResult:
     """Prune every prunable channel group alone at each ratio and measure the metric drop on `data`.
 
     data: as in `op.evaluate` ((inputs, labels) or an iterable of batches); labels None: agreement with the
@@ -257,10 +258,12 @@ def sensitivity(model, data, *, ratios=DEFAULT_RATIOS, method: str = "l2", metri
     method: the criterion choosing which channels go (as in `op.prune`); calibration: for data criteria.
     layers: only the groups of these layers (default: every prunable group).
     target: also make a recommendation for this fraction of MACs removed (`result.recommendation`).
-    verbose: one line per group on `stream` (default stderr), beside the progress bar (shown on a terminal).
+    verbose: one line per group on `stream` (default stderr), as its last ratio finishes, beside the progress bar
+        (shown on a terminal).
+    executor: where the (group, ratio) candidates are pruned and evaluated: None (this process), "ray" (one
+        Ray task per candidate; the model and data go to the object store once); see onnxprune.executor.
     """
     from onnxprune.workflows.evaluate import DEFAULT_BATCH_SIZE, evaluate
-    from onnxprune.pruning import prune
     from onnxprune.stats import stats
 
     ratios = _check_ratios(ratios)
@@ -270,52 +273,87 @@ def sensitivity(model, data, *, ratios=DEFAULT_RATIOS, method: str = "l2", metri
     groups = _groups(analysis, layers)
     batch_size = DEFAULT_BATCH_SIZE if batch_size is None else batch_size
     stream = sys.stderr if stream is None else stream
-    quiet = QuietStream()
+    executor = resolve(executor)
     labelled = _has_labels(data)
-    reference = None if labelled else model
     if not labelled:
         key = key or "agreement"
         metric = "accuracy"
-
-    def measure(candidate) -> tuple[float, int]:
-        values = evaluate(candidate, data, metric, reference=reference, batch_size=batch_size, output=output,
-                          stream=quiet)
-        return pick_value(values, key), int(values.get("n", 0))
-
     if labelled:
-        first = evaluate(model, data, metric, batch_size=batch_size, output=output, stream=quiet)
+        first = evaluate(model, data, metric, batch_size=batch_size, output=output, stream=QuietStream(),
+                         executor=executor)
         key = key or default_key(first, metric)
         baseline, n = pick_value(first, key), int(first.get("n", 0))
     else:
         baseline, n = 1.0, _count(data)
+    sweep = Sweep(model, data, method, options, calibration, metric, key, labelled, batch_size, output)
+    candidates = [(number, group.layers[0], ratio) for number, group in enumerate(groups) for ratio in ratios]
+    left = {number: len(ratios) for number in range(len(groups))}
     macs = stats(model, shapes=analysis.channels.shapes).macs
-    curves = []
-    with Bar("sensitivity", len(groups) * len(ratios), unit="model", stream=stream) as bar:
-        for number, group in enumerate(groups, 1):
-            layer = group.layers[0]
-            curve = SensitivityCurve(group=group.id, layer=layer, layers=list(group.layers), size=group.size)
-            for ratio in ratios:
-                result = prune(model, method, ratios={layer: ratio}, options=options, calibration=calibration)
-                if not result.pruned_groups:  # the ratio rounds to no channel removed
-                    value, after = baseline, macs
-                else:
-                    value, _ = measure(result.model)
-                    after = result.summary.after.macs
-                drop = baseline - value if higher_is_better else value - baseline
-                kept = group.size - round(result.achieved_ratio * group.size)
-                curve.points.append({"ratio": ratio, "kept": int(kept), "value": float(value), "drop": float(drop),
-                                     "macs": int(after), "macs_saved": int(macs - after)})
-                bar.update()
-            curves.append(curve)
-            if verbose:
-                bar.write(f"sensitivity: group {number}/{len(groups)} ({layer}, {group.size} channels): drops "
-                          + ", ".join(f"{p['drop']:+.4f}" for p in curve.points))
+    curves = [SensitivityCurve(group=g.id, layer=g.layers[0], layers=list(g.layers), size=g.size) for g in groups]
+
+    points: dict[int, dict] = {}
+
+    def finished(k: int, found: tuple[float, int, float] | None) -> None:
+        number, _, ratio = candidates[k]
+        group = groups[number]
+        if found is None:  # the ratio rounds to no channel removed
+            value, after, kept = baseline, macs, group.size
+        else:
+            value, after, achieved = found
+            kept = group.size - round(achieved * group.size)
+        drop = baseline - value if higher_is_better else value - baseline
+        points[k] = {"ratio": ratio, "kept": int(kept), "value": float(value), "drop": float(drop),
+                     "macs": int(after), "macs_saved": int(macs - after)}
+        left[number] -= 1
+        bar.update()
+        if verbose and not left[number]:
+            drops = [points[j]["drop"] for j, c in enumerate(candidates) if c[0] == number]
+            bar.write(f"sensitivity: group {number + 1}/{len(groups)} ({group.layers[0]}, {group.size} channels): "
+                      "drops " + ", ".join(f"{d:+.4f}" for d in drops))
+
+    with Bar("sensitivity", len(candidates), unit="model", stream=stream) as bar:
+        executor.map(measure_candidate, sweep, candidates, on_done=finished,
+                     names=lambda k, c: f"sensitivity of group {groups[c[0]].id} ({c[1]}) at ratio {c[2]:g}")
+    for k, (number, _, _) in enumerate(candidates):
+        curves[number].points.append(points[k])
     result = SensitivityResult(key=key, baseline=float(baseline), higher_is_better=higher_is_better,
                                method=str(method), ratios=list(ratios), macs=int(macs), curves=curves, n=n,
                                _model=model, _options=options, _calibration=calibration)
     if target is not None:
         result.recommend(target)
     return result
+
+
+@dataclass
+class Sweep:
+    """What every candidate of a sensitivity sweep needs (shared by all tasks)."""
+
+    model: onnx.ModelProto
+    data: Any
+    method: str
+    options: Options
+    calibration: Any
+    metric: Any
+    key: str
+    labelled: bool  # False: the metric is the agreement with `model`
+    batch_size: int
+    output: str | None
+
+
+def measure_candidate(sweep: Sweep, candidate: tuple[int, str, float]) -> tuple[float, int, float] | None:
+    """Prune one layer's group at one ratio and evaluate it: (value, MACs after, achieved ratio), or None when
+    the ratio rounds to no channel removed."""
+    from onnxprune.pruning import prune
+    from onnxprune.workflows.evaluate import evaluate
+
+    _, layer, ratio = candidate
+    result = prune(sweep.model, sweep.method, ratios={layer: ratio}, options=sweep.options,
+                   calibration=sweep.calibration)
+    if not result.pruned_groups:
+        return None
+    values = evaluate(result.model, sweep.data, sweep.metric, reference=None if sweep.labelled else sweep.model,
+                      batch_size=sweep.batch_size, output=sweep.output, stream=QuietStream())
+    return pick_value(values, sweep.key), result.summary.after.macs, result.achieved_ratio
 
 
 # ---- helpers ---------------------------------------------------------------------------
