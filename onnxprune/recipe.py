@@ -2,9 +2,9 @@
 
 With calibration data: the `activation` criterion, the global scope with `layer_norm="linear_scaling"` (a budget
 such as target_macs= is met by the smallest pooled ratio that reaches it, onnxprune.budget_ratio), then mean
-compensation and least-squares reconstruction. Without: `l2` scoring the consumer slices too
-(`score_consumers=True`), the same allocation, no recovery (both need data), and a note that calibration data
-would help. A latency budget keeps its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`.
+compensation and least-squares reconstruction; with reconstruct=False, `l2` scoring the consumer slices too
+(`score_consumers=True`), which keeps more under compensation alone. Without data: that `l2`, the same
+allocation, no recovery (both need data), and a note that calibration data would help. A latency budget keeps its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`.
 Each choice is the one measured best on the digits CNNs (benchmarks/recovery.py, README "The recommended
 pipeline").
 
@@ -84,12 +84,14 @@ def recommend(method: str | None, scope: str | None, options: Options | None, co
     elif scope is None:
         chosen.append("scope")
         scope = "knapsack" if budget_kind == "latency" else "global"
-    if options is None:
-        chosen.append("options")
-        options = Options(layer_norm=RECOMMENDED_LAYER_NORM, score_consumers=not data,
-                          **({"max_ratio": LATENCY_MAX_RATIO} if scope == "knapsack" else {}))
     if compensate is None or reconstruct is None:
         chosen.append("recovery")
-    return Recipe(DATA_METHOD if data else DATA_FREE_METHOD, scope, options,
-                  data if compensate is None else compensate, data if reconstruct is None else reconstruct,
-                  tuple(chosen), None if data else NO_DATA_NOTE)
+    compensate = data if compensate is None else compensate
+    reconstruct = data if reconstruct is None else reconstruct
+    # activation channels are the ones re-fitting recovers best; without re-fitting, consumer-aware l2 keeps more
+    method = DATA_METHOD if data and reconstruct else DATA_FREE_METHOD
+    if options is None:
+        chosen.append("options")
+        options = Options(layer_norm=RECOMMENDED_LAYER_NORM, score_consumers=method == DATA_FREE_METHOD,
+                          **({"max_ratio": LATENCY_MAX_RATIO} if scope == "knapsack" else {}))
+    return Recipe(method, scope, options, compensate, reconstruct, tuple(chosen), None if data else NO_DATA_NOTE)
