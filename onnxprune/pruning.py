@@ -359,7 +359,8 @@ def _plan_scope(scope: str, budget: Budget | None) -> str:
     knapsack, "global target_macs=0.5" by one pooled ratio)."""
     if budget is None:
         return scope
-    return f"{budget.keyword}={budget.fraction:g}" if scope == "knapsack" else f"{scope} {budget.keyword}={budget.fraction:g}"
+    target = f"{budget.keyword}={budget.fraction:g}"
+    return target if scope == "knapsack" else f"{scope} {target}"
 
 
 def _group_ratios(analysis: Analysis, targets: dict[int, float], counts: dict[int, int]) -> dict[int, float]:

@@ -4,7 +4,8 @@ With calibration data: the `activation` criterion, the global scope with `layer_
 such as target_macs= is met by the smallest pooled ratio that reaches it, onnxprune.budget_ratio), then mean
 compensation and least-squares reconstruction; with reconstruct=False, `l2` scoring the consumer slices too
 (`score_consumers=True`), which keeps more under compensation alone. Without data: that `l2`, the same
-allocation, no recovery (both need data), and a note that calibration data would help. A latency budget keeps its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`.
+allocation, no recovery (both need data), and a note that calibration data would help. A latency budget keeps
+its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`.
 Each choice is the one measured best on the digits CNNs (benchmarks/recovery.py, README "The recommended
 pipeline").
 

@@ -42,6 +42,7 @@ def test_given_knobs_win_and_a_method_is_the_explicit_pipeline():
     options = op.Options(step_size=1)
     r = recommend(None, "uniform", options, None, False, calibration=np.zeros(1), budget_kind="macs")
     assert r.scope == "uniform" and r.options is options and r.compensate and not r.reconstruct
+    assert r.method == DATA_FREE_METHOD  # compensation alone: consumer-aware l2 measured better than activation
     assert set(r.chosen) == {"method", "recovery"}
     explicit = recommend("l2", None, None, None, None, calibration=np.zeros(1), budget_kind=None)
     assert (explicit.method, explicit.scope, explicit.options) == ("l2", "uniform", op.Options())

@@ -21,7 +21,7 @@ def test_zoo_model_prunes_and_passes_oracle(name):
     original = op.load_model(path)
     analysis = op.analyze(original)
     assert any(g.prunable for g in analysis.groups)
-    result = op.prune(original, ratio=0.3, verify=True)
+    result = op.prune(original, "l2", ratio=0.3, verify=True)
     assert result.verification.ok and result.verification.max_rel_error <= 1e-4
     assert result.summary.after.params < result.summary.before.params
     assert result.summary.after.macs < result.summary.before.macs
