@@ -45,7 +45,8 @@ def pipeline_rows(name: str, model, data: _digits.Digits, calibration: np.ndarra
         rows.append({"model": name, "base": accuracy(model), "target": target, "reduction": macs_reduction(full),
                      "pipeline": accuracy(full.model), "seconds": seconds, "comp": accuracy(comp.model),
                      "random": float(np.mean(random_acc)), "random_min": min(random_acc),
-                     "random_max": max(random_acc), "chosen": str(full.summary.pipeline).splitlines()[0]})
+                     "random_max": max(random_acc), "chosen": str(full.summary.pipeline).splitlines()[0],
+                     "comp_chosen": str(comp.summary.pipeline).splitlines()[0]})
         r = rows[-1]
         print(f"  default pipeline {target:.0%}: MACs -{r['reduction']:.1%}, acc {r['pipeline']:.3f} "
               f"({seconds:.1f}s); compensation only {r['comp']:.3f} vs random {r['random']:.3f}", flush=True)
@@ -58,7 +59,8 @@ def print_pipeline(rows: list[dict], calibration: int) -> None:
     print()
     print(f"The recommended pipeline: op.prune(model, target_macs=1 - t, calibration=<{calibration} training images>), "
           "nothing else given; test accuracy right after pruning (no training)")
-    print(f"({rows[0]['chosen']})")
+    print(f"default: {rows[0]['chosen']}")
+    print(f"compensation only (reconstruct=False): {rows[0]['comp_chosen']}")
     head = (f"{'model':<9} {'unpruned':>8} {'t':>4} {'MACs -':>7} {'default':>7} {'s':>5} | "
             f"{'default, compensation only':>26} {'random (same allocation + comp.)':>32}")
     print(head)
