@@ -4,6 +4,7 @@
     python benchmarks/criteria_quality.py [--quick] [--seconds 60] [--epochs N] [--models residual,dwse,concat]
                                           [--criteria l2,gm,...] [--seeds 5] [--steps 7] [--size 12]
                                           [--consumers both|off|on] [--train-seed 0]
+                                          [--pipeline-targets 0.3,0.5,0.8] [--pipeline-only] [--cache DIR]
 
 Three small CNNs (benchmarks/_digits.py: residual, depthwise-separable + SE, inception-style concat) are
 trained on scikit-learn's load_digits (8x8 digits upsampled to --size, fixed stratified split: 1347 train /
@@ -44,6 +45,10 @@ A criterion that raises onnxprune.OnnxPruneError is reported as "n/a (message)".
 name the informed criteria whose accuracy beats random's mean (same scope and target); the final table sums
 that up over all models, scopes and targets per row: cells won against random and the mean and smallest
 margin (accuracy minus random's mean), plain and with mean compensation.
+Last, the recommended pipeline on each model (benchmarks/_pipeline.py: `op.prune(model, target_macs=1 - t,
+calibration=...)` with nothing else given, and the default criterion with compensation only beside random with
+the same allocation, mean of --seeds seeds); --pipeline-only runs that table alone, --cache DIR (with --epochs)
+keeps the trained models for later runs.
 Full run: ~3 x --seconds of training plus ~2 minutes of pruning (~5.5 min here); --quick: 20 s of training per
 model, 2 random seeds, 5 search steps.
 """
@@ -70,6 +75,7 @@ from onnxprune.criteria import CRITERIA  # noqa: E402
 from onnxprune.reconstruction import compensate_pruned  # noqa: E402
 
 import _digits  # noqa: E402
+import _pipeline  # noqa: E402
 
 SCOPES = (("uniform", {"scope": "uniform"}), ("slamp", {"recommendation": "slamp"}), ("global", {"scope": "global"}))
 BN_VARIANT = {"bn_scale", "taylor"}  # run on the export that keeps BatchNormalization and parameter names
@@ -289,7 +295,7 @@ def run_model(name: str, data: _digits.Digits, args, memo: Memo, criteria: list[
         except op.OnnxPruneError as e:
             folded_bn_message = short(e, 400)
 
-    return {"name": name, "log": log, "base_acc": base_acc, "bn_acc": bn_acc, "before": before, "rows": rows,
+    return {"name": name, "model": folded, "log": log, "base_acc": base_acc, "bn_acc": bn_acc, "before": before, "rows": rows,
             "t_train": t_train, "t_prune": t_prune, "unmapped": unmapped, "n_grads": len(gradients),
             "folded_bn_message": folded_bn_message, "shared": shared,
             "criterion_seconds": {c: memo.seconds.get(((name, "BN" if c in BN_VARIANT else "folded"), c))
@@ -415,6 +421,10 @@ def main(argv=None) -> int:
                              "default), on (rows '+cons'), or both (default)")
     parser.add_argument("--train-seed", type=int, default=0, help="seed of the models' initialisation and training")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for training")
+    parser.add_argument("--pipeline-targets", default="0.3,0.5,0.8",
+                        help="MACs reductions for the recommended pipeline's table (default 0.3,0.5,0.8)")
+    parser.add_argument("--pipeline-only", action="store_true", help="only the recommended pipeline's table")
+    parser.add_argument("--cache", metavar="DIR", help="with --epochs: keep / reuse the trained models in DIR")
     args = parser.parse_args(argv)
     args.seconds = args.seconds if args.seconds is not None else (20.0 if args.quick else 60.0)
     args.seeds = args.seeds if args.seeds is not None else (2 if args.quick else 5)
@@ -444,17 +454,27 @@ def main(argv=None) -> int:
           flush=True)
     memo = Memo()
     reports = []
+    pipeline = []
+    targets = [float(t) for t in args.pipeline_targets.split(",") if t.strip()]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", message=".*TracerWarning.*")
         for name in models:
-            report = run_model(name, data, args, memo, criteria)
-            print_report(report, args)
-            reports.append(report)
+            if not args.pipeline_only:
+                report = run_model(name, data, args, memo, criteria)
+                print_report(report, args)
+                reports.append(report)
+                model = report["model"]
+            else:
+                model = _pipeline.trained_model(name, data, args.epochs, args.seconds, args.cache, args.train_seed)
+            print(f"== {name}: the recommended pipeline", flush=True)
+            pipeline += _pipeline.pipeline_rows(name, model, data, data.calibration(args.calibration, seed=0),
+                                                targets, args.seeds)
             sys.stdout.flush()
     print_overall(reports, args)
+    _pipeline.print_pipeline(pipeline, args.calibration)
     print(f"\ntotal {time.perf_counter() - start:.0f} s")
     return 0
 

@@ -3,6 +3,7 @@
 
     python benchmarks/recovery.py [--quick] [--seconds 40] [--epochs N] [--models residual,dwse,concat,vit]
                                   [--criteria l2,activation] [--targets 0.3,0.5] [--calibration 256] [--ridge 1e-3]
+                                  [--pipeline-targets 0.3,0.5,0.8] [--seeds 5] [--pipeline-only] [--cache DIR]
 
 Four small models trained on scikit-learn's load_digits (benchmarks/_digits.py; 8x8 digits upsampled to
 --size, fixed stratified split 1347 train / 450 test, CPU, fixed seeds): residual, depthwise-separable + SE,
@@ -19,6 +20,10 @@ onnxruntime. Baseline in the same run: the unpruned model's test accuracy.
 
 The ViT's attention Q/K dims and MLP hidden units are pruned too; its groups through LayerNormalization are
 inexact (onnxprune marks them) and the residual stream is one group.
+Then, on the CNNs, the recommended pipeline (benchmarks/_pipeline.py): `op.prune(model, target_macs=1 - t,
+calibration=...)` with nothing else given, at every --pipeline-targets t, and at each t the default criterion
+and allocation with compensation only beside `random` (same allocation, compensated; mean of --seeds seeds).
+--pipeline-only skips the criterion tables; --cache DIR (with --epochs) keeps the trained CNNs for later runs.
 Full run: ~4 x --seconds of training plus ~1-2 minutes of pruning and fitting.
 """
 from __future__ import annotations
@@ -43,6 +48,7 @@ import onnxprune as op  # noqa: E402
 from onnxprune.reconstruction import FewSamplesWarning  # noqa: E402
 
 import _digits  # noqa: E402
+import _pipeline  # noqa: E402
 from criteria_quality import macs_reduction, search  # noqa: E402
 
 CNNS = ("residual", "dwse", "concat")
@@ -102,6 +108,11 @@ def accuracy(model, data) -> float:
 
 def run_model(name: str, data: _digits.Digits, args) -> list[dict]:
     t0 = time.perf_counter()
+    calibration = data.calibration(args.calibration)
+    if args.pipeline_only:
+        model = _pipeline.trained_model(name, data, args.epochs, args.seconds, args.cache)
+        print(f"{name}: test accuracy {accuracy(model, data):.3f}", flush=True)
+        return [], _pipeline.pipeline_rows(name, model, data, calibration, args.pipeline_targets, args.seeds)
     if name == "vit":
         torch.manual_seed(0)
         net = TinyViT(size=data.size)
@@ -113,7 +124,6 @@ def run_model(name: str, data: _digits.Digits, args) -> list[dict]:
     base = accuracy(model, data)
     print(f"{name}: {log.epochs} epochs in {log.seconds:.0f}s, test accuracy {base:.3f} "
           f"(torch {log.test_accuracy:.3f})", flush=True)
-    calibration = data.calibration(args.calibration)
     rows = []
     for criterion in args.criteria:
         for target in args.targets:
@@ -141,11 +151,15 @@ def run_model(name: str, data: _digits.Digits, args) -> list[dict]:
             print(f"  {criterion:<10} {target:.0%}: ratio {r['ratio']:.3f} -> MACs -{r['reduction']:.1%}, "
                   f"acc {r['plain']:.3f} -> comp {r['comp']:.3f} / recon {r['recon']:.3f} ({r['layers']} layers, {r['stages']} stages, "
                   f"{seconds:.1f}s)", flush=True)
+    pipeline = (_pipeline.pipeline_rows(name, model, data, calibration, args.pipeline_targets, args.seeds)
+                if name in CNNS else [])
     print(f"  ({time.perf_counter() - t0:.0f}s)", flush=True)
-    return rows
+    return rows, pipeline
 
 
 def print_table(rows: list[dict], args) -> None:
+    if not rows:
+        return
     print()
     print(f"Test accuracy right after pruning (no training), scope uniform; calibration: {args.calibration} training "
           f"images; ridge {args.ridge:g}")
@@ -181,17 +195,27 @@ def main(argv=None) -> int:
     parser.add_argument("--calibration", type=int, default=256, help="training images for calibration")
     parser.add_argument("--ridge", type=float, default=op_ridge(), help="reconstruction ridge (relative)")
     parser.add_argument("--threads", type=int, default=4, help="torch threads for training")
+    parser.add_argument("--pipeline-targets", default="0.3,0.5,0.8",
+                        help="MACs reductions for the recommended pipeline (default 0.3,0.5,0.8)")
+    parser.add_argument("--seeds", type=int, default=5, help="random seeds averaged beside the pipeline (default 5)")
+    parser.add_argument("--pipeline-only", action="store_true", help="only the recommended pipeline's table (CNNs)")
+    parser.add_argument("--cache", metavar="DIR", help="with --epochs: keep / reuse the trained CNNs in DIR")
     args = parser.parse_args(argv)
     args.seconds = args.seconds if args.seconds is not None else (15.0 if args.quick else 40.0)
     args.steps = args.steps if args.steps is not None else (5 if args.quick else 7)
     args.criteria = [c for c in args.criteria.split(",") if c]
     args.targets = [float(t) for t in args.targets.split(",") if t]
+    args.pipeline_targets = [float(t) for t in args.pipeline_targets.split(",") if t]
     torch.set_num_threads(args.threads)
     data = _digits.load_data(size=args.size)
-    rows = []
+    rows, pipeline = [], []
     for name in [m for m in args.models.split(",") if m]:
-        rows += run_model(name, data, args)
+        if args.pipeline_only and name not in CNNS:
+            continue
+        more, more_pipeline = run_model(name, data, args)
+        rows, pipeline = rows + more, pipeline + more_pipeline
     print_table(rows, args)
+    _pipeline.print_pipeline(pipeline, args.calibration)
     return 0
 
 

@@ -16,6 +16,7 @@ from onnxprune import ir
 from onnxprune.allocation import (check_ratio, emptied_axes, find_layer, group_targets, index_removal,
                                   lowest_removal, normalize, removal_counts, rescue_emptied_tensors)
 from onnxprune.budget import Budget, allocate_budget, budget_cost, budget_request, budget_summary
+from onnxprune.budget_ratio import ratio_for_budget
 from onnxprune.cost import CostModel
 from onnxprune.coupling import Analysis, analyze
 from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
@@ -25,28 +26,34 @@ from onnxprune.executor import uses_executor
 from onnxprune.latency_target import measured_removal
 from onnxprune.options import Options
 from onnxprune.plan import Plan, fingerprint, layers_digest, plan_removal, record_plan
+from onnxprune.recipe import recommend
 from onnxprune.reconstruction.refit import DEFAULT_RIDGE
 from onnxprune.result import PruneResult, PruneSummary
 from onnxprune.surgery.prune import apply
 
 __all__ = ["PruneResult", "PruneSummary", "apply_plan", "make_plan", "prune", "prune_by_index", "prune_with_plan"]
 
-SCOPES = ("uniform", "global")
+SCOPES = ("uniform", "global", "knapsack")  # knapsack: budgets only
 RECOMMENDATIONS = (None, "slamp")
 
 
 # --------------------------------------------------------------------------- the entry points
 
 @uses_executor
-def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict[str, float] | None = None,
-          scope: str = "uniform", recommendation: str | None = None, options: Options | None = None,
+def prune(model, method: str | None = None, ratio: float | None = None, *, ratios: dict[str, float] | None = None,
+          scope: str | None = None, recommendation: str | None = None, options: Options | None = None,
           calibration=None, gradients: dict[str, np.ndarray] | None = None, verify: bool = False,
-          seed: int = 0, compensate: bool = False, reconstruct: bool = False,
+          seed: int = 0, compensate: bool | None = None, reconstruct: bool | None = None,
           ridge: float = DEFAULT_RIDGE, target_macs: float | None = None, target_params: float | None = None,
           target_latency: float | None = None, cost: CostModel | None = None,
           threads: int | None = None) -> PruneResult:
     """Prune channels by a criterion (`method`: a registered criterion or its NetsPresso spelling).
 
+    method=None (default): the recommended pipeline (onnxprune.recipe) fills every knob not given: with
+        calibration data the `activation` criterion, scope="global" with layer_norm="linear_scaling", then
+        compensate and reconstruct; without data `l2` with score_consumers=True and no recovery (a note says data
+        would help). A given method= is the explicit pipeline: scope uniform (a budget: the knapsack), options as
+        given, compensate / reconstruct off unless asked. `result.summary.pipeline` says what ran.
     ratio: fraction of channels to remove.
         scope="uniform": from every prunable group.
         scope="global": over all prunable groups together; the criterion's scores are normalised per group by
@@ -84,8 +91,11 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
         `result.reconstruction` reports each layer's calibration error before and after its fit.
     """
     budget = budget_request(target_macs, target_params, target_latency, cost, threads)
+    recipe = recommend(method, scope, options, compensate, reconstruct, calibration, budget and budget.kind,
+                       allotted=ratios is not None or bool(recommendation))
+    method, scope, options = recipe.method, recipe.scope, recipe.options
+    compensate, reconstruct = recipe.compensate, recipe.reconstruct
     recommendation = _check_scope(scope, recommendation, ratio, ratios, budget)
-    options = options or Options()
     own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)  # ours to change
     calibration = _check_data_fixes(compensate, reconstruct, calibration)
     model = ir.load_model(model)
@@ -102,6 +112,7 @@ def prune(model, method: str = "l2", ratio: float | None = None, *, ratios: dict
         counts = _counts(context, scores, targets, scope, recommendation, ratio, budget, cost_model)
         removed, measurement = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, counts), scores), None
     result = _prune_removed(model, analysis, removed, verify, own, sorted(targets), str(method))
+    result.summary.pipeline = recipe
     if budget is not None:
         result.summary.budget = {**budget_summary(budget, cost_model, analysis, removed), **(measurement or {})}
     # the plan's layer values: the ratio asked for, or (global, SLAMP, budget) each group's computed ratio
@@ -131,7 +142,7 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
 
 
 @uses_executor
-def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: str = "uniform",
+def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: str | None = None,
               recommendation: str | None = None, options: Options | None = None, calibration=None,
               gradients: dict[str, np.ndarray] | None = None, seed: int = 0, target_macs: float | None = None,
               target_params: float | None = None, target_latency: float | None = None,
@@ -151,6 +162,7 @@ def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: s
     model = ir.load_model(model)
     key = _canonical_method(method)
     budget = budget_request(target_macs, target_params, target_latency, cost, threads)
+    scope = scope or ("knapsack" if budget is not None else "uniform")
     analysis = analyze(model, options)
     plan = Plan(fingerprint(model), options, [], key)
     if key == "index":
@@ -238,10 +250,16 @@ def _check_scope(scope: str, recommendation: str | None, ratio, ratios, budget: 
     if budget is not None:
         if ratio is not None or ratios is not None:
             raise InvalidRequestError(f"give exactly one of ratio=, ratios= or a budget ({budget.keyword}=), not both")
-        if scope != "uniform" or recommendation:
-            raise InvalidRequestError(f"{budget.keyword}= allots every group's count itself (a knapsack over the cost "
-                                      "model); scope= and recommendation= do not apply to it")
+        if recommendation:
+            raise InvalidRequestError(f"{budget.keyword}= allots every group's count itself; recommendation= does "
+                                      "not apply to it (scope= chooses how: knapsack, global or uniform)")
+        if budget.kind == "latency" and scope != "knapsack":
+            raise InvalidRequestError(f"target_latency= is allotted by the measured knapsack only; scope={scope!r} "
+                                      "applies to target_macs= / target_params= (drop scope= or use 'knapsack')")
         return None
+    if scope == "knapsack":
+        raise InvalidRequestError("scope='knapsack' allots a budget: give target_macs=, target_params= or "
+                                  "target_latency= with it (or scope 'uniform' / 'global' with ratio=)")
     if (ratio is None) == (ratios is None):
         raise InvalidRequestError("give exactly one of ratio= (every group) or ratios= ({layer: ratio}), or a budget: "
                                   "target_macs=, target_params= or target_latency=")
@@ -321,6 +339,8 @@ def _counts(context: CriterionContext, scores: dict[int, np.ndarray], targets: d
             cost: CostModel | None = None) -> dict[int, int]:
     """How many units leave each targeted group: the one place a request's ratios (or budget) become counts."""
     analysis, options = context.analysis, context.options
+    if budget is not None and scope != "knapsack":
+        return ratio_for_budget(analysis, scores, cost, budget.fraction, options, scope)[1]
     if budget is not None:
         return allocate_budget(analysis, scores, cost, budget.fraction, options).counts
     pool = None
@@ -340,8 +360,12 @@ def _measured_latency(context: CriterionContext, scores: dict[int, np.ndarray], 
 
 
 def _plan_scope(scope: str, budget: Budget | None) -> str:
-    """The plan header's `scope`: the scope, or the budget that allotted the ratios ("target_macs=0.5")."""
-    return scope if budget is None else f"{budget.keyword}={budget.fraction:g}"
+    """The plan header's `scope`: the scope, or the budget that allotted the ratios ("target_macs=0.5" by the
+    knapsack, "global target_macs=0.5" by one pooled ratio)."""
+    if budget is None:
+        return scope
+    target = f"{budget.keyword}={budget.fraction:g}"
+    return target if scope == "knapsack" else f"{scope} {target}"
 
 
 def _group_ratios(analysis: Analysis, targets: dict[int, float], counts: dict[int, int]) -> dict[int, float]:

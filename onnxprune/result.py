@@ -35,6 +35,7 @@ class PruneSummary:
         # target_*= runs: kind, target, total, predicted, predicted_fraction; latency also measured_fraction,
         # measured_ms, original_ms and attempts (onnxprune.latency_target)
         self.budget: dict | None = None
+        self.pipeline = None  # prune(): the onnxprune.recipe.Recipe that ran (what the recommended pipeline chose)
         self._model_after = model_after
         self._after = None
 
@@ -57,6 +58,7 @@ class PruneSummary:
                        for name, s in self.before.nodes.items() if s.params or s.macs},
             "groups": self.groups,
             **({"budget": self.budget} if self.budget is not None else {}),
+            **({"pipeline": self.pipeline.as_dict()} if self.pipeline is not None else {}),
         }
 
     def __str__(self) -> str:
@@ -70,4 +72,6 @@ class PruneSummary:
             if "measured_fraction" in b:
                 text += (f", measured {b['measured_fraction']:.3f} x ({b['measured_ms']:.3g} ms vs "
                          f"{b['original_ms']:.3g} ms, {len(b['attempts'])} measured attempt(s))")
+        if self.pipeline is not None and self.pipeline.recommended:
+            text += f"\n{self.pipeline}"
         return text

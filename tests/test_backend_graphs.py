@@ -105,7 +105,7 @@ def check_graph(name: str, model) -> tuple[str, str]:
         try:
             op.analyze(model)
             stage = "prune"
-            result = op.prune(model, ratio=RATIO)
+            result = op.prune(model, "l2", ratio=RATIO)
         except op.OnnxPruneError as exc:
             return "our-error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         stage = "check_model"
@@ -205,7 +205,7 @@ def check_between(name: str, model: onnx.ModelProto) -> tuple[str, str]:
     """As check_graph, at ratio 0.5 with no rounding, plus the mask oracle on exact results."""
     try:
         try:
-            result = op.prune(model, ratio=0.5, options=op.Options(step_size=1))
+            result = op.prune(model, "l2", ratio=0.5, options=op.Options(step_size=1))
         except op.OnnxPruneError as exc:
             return "our-error", f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         onnx.checker.check_model(result.model, full_check=True)

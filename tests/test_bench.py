@@ -19,7 +19,7 @@ FIXTURE = os.path.join(os.path.dirname(__file__), "..", "fixtures", "resnet_lega
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     path = tmp_path_factory.mktemp("bench") / "resnet_pruned.onnx"
-    result = op.prune(FIXTURE, ratio=0.5)
+    result = op.prune(FIXTURE, "l2", ratio=0.5)
     op.save_model(result.model, str(path), reference=result.reference)
     return str(path)
 

@@ -185,7 +185,7 @@ def test_cheap_units_go_first():
 @pytest.mark.parametrize("kind", ["macs", "params"])
 def test_prune_to_a_budget(name, kind):
     model = op.load_model(fixture(name))
-    result = op.prune(model, **{f"target_{kind}": 0.5}, options=FINE, verify=True)
+    result = op.prune(model, "l2", **{f"target_{kind}": 0.5}, options=FINE, verify=True)  # l2: the knapsack
     achieved = getattr(op.stats(result.model), kind) / getattr(op.stats(model), kind)
     budget = result.summary.budget
     assert budget["kind"] == kind and budget["target"] == 0.5
@@ -197,7 +197,7 @@ def test_prune_to_a_budget(name, kind):
 
 def test_budget_plan_replays_and_make_plan_agrees():
     model = op.load_model(fixture("resnet_legacy"))
-    result = op.prune(model, target_macs=0.6)
+    result = op.prune(model, "l2", target_macs=0.6)  # make_plan's method; a named method: the knapsack
     replay = op.apply_plan(model, result.plan)
     assert replay.model.SerializeToString() == result.model.SerializeToString()
     plan = op.make_plan(model, target_macs=0.6)
@@ -279,7 +279,8 @@ def test_an_unreachable_correction_ends_the_search():
     ({"target_macs": 0.0}, r"\(0, 1\]"), ({"target_params": 1.5}, r"\(0, 1\]"), ({"target_macs": True}, r"\(0, 1\]"),
     ({"target_macs": 0.5, "target_params": 0.5}, "one budget"),
     ({"target_macs": 0.5, "ratio": 0.3}, "exactly one"),
-    ({"target_macs": 0.5, "scope": "global"}, "do not apply"),
+    ({"target_macs": 0.5, "recommendation": "slamp"}, "not apply"),
+    ({"target_latency": 0.5, "scope": "global", "threads": 1}, "measured knapsack only"),
     ({"target_macs": 0.5, "cost": object()}, "go with target_latency"),
     ({"target_latency": 0.5, "cost": object()}, "cost model"),
     ({"target_latency": 0.5, "threads": 0}, "positive integer"),
@@ -328,7 +329,8 @@ def test_cli_target_macs(tmp_path, capsys):
 
 @pytest.mark.parametrize("flags", [["--target-macs", "0"], ["--target-params", "1.2"], ["--target-macs", "0.01"],
                                    ["--target-macs", "0.5", "--cost", "c.json"], ["--target-macs", "0.5", "--threads", "2"],
-                                   ["--target-macs", "0.5", "--scope", "global"]])
+                                   ["--target-macs", "0.5", "--recommend", "slamp"],
+                                   ["--target-latency", "0.5", "--scope", "uniform", "--threads", "1"]])
 def test_cli_bad_budget_exits_2_and_writes_nothing(tmp_path, flags):
     out = tmp_path / "small.onnx"
     assert main(["prune", fixture("resnet_legacy"), "-o", str(out), *flags]) == 2

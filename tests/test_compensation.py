@@ -450,8 +450,8 @@ def test_cli_prune_compensate(tmp_path, capsys):
     calibration = np.random.default_rng(10).standard_normal((12, 3, 6, 6)).astype(np.float32)
     np.save(data, calibration)
     out = tmp_path / "out.onnx"
-    assert main(["prune", str(source), "-o", str(out), "--ratio", "0.25", "--compensate", "--calibration",
-                 str(data), "--verify"]) == 0
+    assert main(["prune", str(source), "-o", str(out), "--method", "l2", "--ratio", "0.25", "--compensate",
+                 "--calibration", str(data), "--verify"]) == 0
     printed = capsys.readouterr().out
     assert "compensation oracle: ok" in printed and "mask oracle: ok" in printed
     written = onnx.load(out)

@@ -34,7 +34,7 @@ def test_residual_adds_join_one_group():
     assert groups["stem"] == groups["block1"] == groups["block2"]
     assert groups["head"] != groups["stem"]
     assert not a.groups[groups["head"]].prunable and "graph output" in a.groups[groups["head"]].reason
-    r = op.prune(model, ratio=0.5, verify=True)
+    r = op.prune(model, "l2", ratio=0.5, verify=True)
     assert r.channels["add2_out"]["axes"] == [1] and sum(r.channels["add2_out"]["mask"]) == 4
     oracle_ok(model, r)
 
@@ -75,7 +75,7 @@ def test_grouped_conv_prunes_same_positions_in_every_group():
     g.conv(d, 8, 4, "pw2", k=1)
     g.nodes[-1].output[0] = "y"
     model = g.model({"x": (1, 3, 8, 8)}, {"y": (1, 4, 8, 8)})
-    r = op.prune(model, ratio=0.5, verify=True)
+    r = op.prune(model, "l2", ratio=0.5, verify=True)
     mask = np.array(r.channels["pw1_out"]["mask"])
     assert (mask[:4] == mask[4:]).all()
     gconv = next(n for n in r.model.graph.node if n.name == "gconv")
@@ -93,7 +93,7 @@ def test_unknown_op_blocks_with_node_and_op_in_reason():
     group = a_.groups[a_.layer("c1").group]
     assert not group.prunable and "topk" in group.reason and "TopK" in group.reason
     with pytest.raises(op.UnsupportedError, match="TopK"):
-        op.prune(model, ratios={"c1": 0.5})
+        op.prune(model, "l2", ratios={"c1": 0.5})
 
 
 def attention_model():
@@ -123,7 +123,7 @@ def test_attention_heads_dims_and_whole_heads(axis):
     q, k, v = (a.groups[a.layer(n).group] for n in ("q_proj", "k_proj", "v_proj"))
     assert q.id == k.id and q.prunable and v.prunable
     assert q.size == (4 if axis == -1 else 2)
-    r = op.prune(model, ratio=0.5, options=options, verify=True)
+    r = op.prune(model, "l2", ratio=0.5, options=options, verify=True)
     oracle_ok(model, r)
     mask = np.array(r.channels["q_proj_out"]["mask"])
     if axis == 0:  # a whole head (4 consecutive channels) goes
@@ -142,7 +142,7 @@ def test_layernorm_group_is_inexact():
     a = op.analyze(model)
     group = a.groups[a.layer("fc1").group]
     assert group.prunable and not group.exact and "LayerNormalization" in group.reason
-    r = op.prune(model, ratio=0.5, verify=True)  # the oracle runs on the exact groups only
+    r = op.prune(model, "l2", ratio=0.5, verify=True)  # the oracle runs on the exact groups only
     assert not r.exact
     assert r.summary.after.params < r.summary.before.params
 
@@ -173,7 +173,7 @@ def test_split_sizes_rewritten_and_channel_shuffle():
     g.nodes[-1].output[0] = "y"
     model = g.model({"x": (1, 3, 8, 8)}, {"y": (1, 4, 8, 8)})
     for ratio in (0.25, 0.5):
-        r = op.prune(model, ratio=ratio, options=op.Options(step_size=1), verify=True)
+        r = op.prune(model, "l2", ratio=ratio, options=op.Options(step_size=1), verify=True)
         oracle_ok(model, r)
     r = op.prune_by_index(model, {"branch": [1]}, verify=True)
     oracle_ok(model, r)
@@ -182,12 +182,12 @@ def test_split_sizes_rewritten_and_channel_shuffle():
 def test_input_model_is_not_changed():
     model = residual_model()
     before = model.SerializeToString()
-    op.prune(model, ratio=0.5)
+    op.prune(model, "l2", ratio=0.5)
     op.prune_by_index(model, {"stem": [0]})
     assert model.SerializeToString() == before
 
 
 def test_pruning_is_deterministic():
     model = residual_model()
-    first = op.prune(model, ratio=0.3).model.SerializeToString()
-    assert op.prune(model, ratio=0.3).model.SerializeToString() == first
+    first = op.prune(model, "l2", ratio=0.3).model.SerializeToString()
+    assert op.prune(model, "l2", ratio=0.3).model.SerializeToString() == first

@@ -38,7 +38,7 @@ def test_every_layer_has_exact_mlp_and_head_groups(name):
 @pytest.mark.parametrize("name", FUSED + HELPER)
 def test_mask_oracle(name, ratio, options, tmp_path):
     original = op.load_model(fixture(name))
-    result = op.prune(original, ratio=ratio, options=options, verify=True)
+    result = op.prune(original, "l2", ratio=ratio, options=options, verify=True)
     assert result.verification.ok, str(result.verification)
     assert result.summary.after.params < result.summary.before.params
     assert op.verify(original, result.model).max_rel_error > 1e-3  # the oracle compared a real change
@@ -46,14 +46,14 @@ def test_mask_oracle(name, ratio, options, tmp_path):
 
 
 def test_fused_attention_head_counts_rewritten():
-    result = op.prune(fixture("bert_fused"), ratio=0.5, options=WHOLE_HEADS, verify=True)
+    result = op.prune(fixture("bert_fused"), "l2", ratio=0.5, options=WHOLE_HEADS, verify=True)
     attentions = [n for n in result.model.graph.node if n.op_type == "Attention"]
     assert [attribute(n, "num_heads") for n in attentions] == [2, 2]
     assert [list(attribute(n, "qkv_hidden_sizes")) for n in attentions] == [[16, 16, 16]] * 2
 
 
 def test_fused_attention_head_dims_keep_the_scale():
-    result = op.prune(fixture("vit_fused"), ratio=0.5, options=HEAD_DIMS, verify=True)
+    result = op.prune(fixture("vit_fused"), "l2", ratio=0.5, options=HEAD_DIMS, verify=True)
     attention = next(n for n in result.model.graph.node if n.op_type == "Attention")
     assert attribute(attention, "num_heads") == HEADS
     assert attribute(attention, "scale") == pytest.approx(1 / np.sqrt(8))  # the original head size's
@@ -63,7 +63,7 @@ def test_fused_attention_head_dims_keep_the_scale():
 
 
 def test_group_query_attention_prunes_whole_kv_groups():
-    result = op.prune(fixture("ms_gqa_rotary"), ratio=0.5, options=op.Options(step_size=1), verify=True)
+    result = op.prune(fixture("ms_gqa_rotary"), "l2", ratio=0.5, options=op.Options(step_size=1), verify=True)
     attrs = {(n.op_type, a.name): a.i for n in result.model.graph.node if n.domain for a in n.attribute}
     assert attrs[("GroupQueryAttention", "num_heads")] == 2
     assert attrs[("GroupQueryAttention", "kv_num_heads")] == 1

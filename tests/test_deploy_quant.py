@@ -32,7 +32,7 @@ def weight_bytes(model: onnx.ModelProto, types=None) -> int:
 @pytest.mark.parametrize("name", QUANTIZED)
 def test_quantized_prune_verifies_stays_quantized_and_shrinks(name, ratio, tmp_path):
     original = op.load_model(fixture(name))
-    result = op.prune(original, ratio=ratio, options=op.Options(step_size=1), verify=True)
+    result = op.prune(original, "l2", ratio=ratio, options=op.Options(step_size=1), verify=True)
     assert result.verification.ok and result.pruned_groups
     assert op.verify(original, result.model).max_rel_error > 1e-3  # the oracle compared a real change
     assert weight_bytes(result.model) < weight_bytes(original)
@@ -44,7 +44,7 @@ def test_quantized_prune_verifies_stays_quantized_and_shrinks(name, ratio, tmp_p
 
 def test_qdq_weights_are_sliced_as_integers():
     original = op.load_model(fixture("cnn_qdq_int8_per_channel"))
-    result = op.prune(original, ratio=0.5, verify=True)
+    result = op.prune(original, "l2", ratio=0.5, verify=True)
     inits = {t.name: t for t in result.model.graph.initializer}
     producers = {o: n for n in result.model.graph.node for o in n.output}
     convs = [n for n in result.model.graph.node if n.op_type == "Conv"]
@@ -60,7 +60,7 @@ def test_matmulnbits_prunes_k_in_whole_blocks():
     analysis = op.analyze(fixture("mlp_matmulnbits_4bit"))
     hidden = [g for g in analysis.groups if g.prunable]
     assert sorted(g.size for g in hidden) == [2, 4]  # 32 and 64 channels read by a 16-wide block quantisation
-    result = op.prune(fixture("mlp_matmulnbits_4bit"), ratio=0.5, options=op.Options(step_size=1), verify=True)
+    result = op.prune(fixture("mlp_matmulnbits_4bit"), "l2", ratio=0.5, options=op.Options(step_size=1), verify=True)
     sizes = [(a.name, a.i) for n in result.model.graph.node if n.op_type == "MatMulNBits" for a in n.attribute
              if a.name in ("K", "N")]
     assert sizes == [("K", 32), ("N", 32), ("K", 32), ("N", 16), ("K", 16), ("N", 10)]
@@ -71,7 +71,7 @@ def test_mask_oracle_uses_zero_points():
     from onnxprune.verify import channel_masks, masked_original
 
     original = op.load_model(fixture("cnn_qdq_uint8_per_tensor"))
-    result = op.prune(original, ratio=0.5, verify=True)
+    result = op.prune(original, "l2", ratio=0.5, verify=True)
     quantized = [t for t, m in channel_masks(original, result.channels).items() if m.elem_type == TensorProto.UINT8]
     assert quantized
     masked, _ = masked_original(original, channel_masks(original, result.channels))
@@ -113,7 +113,7 @@ def weight_only_mlp(element_type: int) -> onnx.ModelProto:
 @pytest.mark.parametrize("element_type", [TensorProto.INT8, TensorProto.INT4])
 def test_weight_only_quantized_weights_stay_quantized(element_type, tmp_path):
     original = weight_only_mlp(element_type)
-    result = op.prune(original, ratio=0.5, options=op.Options(step_size=1), verify=True)
+    result = op.prune(original, "l2", ratio=0.5, options=op.Options(step_size=1), verify=True)
     assert result.verification.ok and result.pruned_groups
     inits = {t.name: t for t in result.model.graph.initializer}
     dequantized = [(inits[n.input[0]], inits[n.input[1]]) for n in result.model.graph.node

@@ -55,14 +55,14 @@ def test_truncated_file(tmp_path):
     path = tmp_path / "cut.onnx"
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(op.InvalidModelError):
-        op.prune(str(path), ratio=0.3)
+        op.prune(str(path), "l2", ratio=0.3)
     code, out = cli(tmp_path, "prune", str(path), "--ratio", "0.3")
     assert code != 0 and not os.path.exists(out)
 
 
 def test_op_without_rule_on_requested_layer(model_file, tmp_path):
     with pytest.raises(op.UnsupportedError, match=r"topk.*TopK"):
-        op.prune(model_file, ratios={"c1": 0.5})
+        op.prune(model_file, "l2", ratios={"c1": 0.5})
     with pytest.raises(op.UnsupportedError, match="TopK"):
         op.prune_by_index(model_file, {"c1": [0]})
     ratios = tmp_path / "r.json"
@@ -83,7 +83,7 @@ def test_index_out_of_range(model_file, tmp_path):
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan")])
 def test_ratio_outside_range(model_file, tmp_path, ratio):
     with pytest.raises(op.InvalidRequestError, match=r"\[0, 1\)"):
-        op.prune(model_file, ratio=ratio)
+        op.prune(model_file, "l2", ratio=ratio)
     code, out = cli(tmp_path, "prune", model_file, "--ratio", str(ratio))
     assert code != 0 and not os.path.exists(out)
 
@@ -95,7 +95,7 @@ def test_request_that_empties_a_group(model_file):
 
 def test_unknown_layer(model_file, tmp_path):
     with pytest.raises(op.InvalidRequestError, match="no prunable layer named 'c9'"):
-        op.prune(model_file, ratios={"c9": 0.5})
+        op.prune(model_file, "l2", ratios={"c9": 0.5})
     indices = tmp_path / "i.json"
     indices.write_text(json.dumps({"conv_nope": [0]}))
     code, out = cli(tmp_path, "prune", model_file, "--indices", str(indices))
@@ -131,7 +131,7 @@ def test_input_file_is_never_overwritten(tmp_path):
     before = path.read_bytes()
     assert main(["prune", str(path), "--ratio", "0.3", "-o", str(path)]) != 0
     with pytest.raises(op.InvalidRequestError):
-        op.save_model(op.prune(str(path), ratio=0.3).model, str(path))
+        op.save_model(op.prune(str(path), "l2", ratio=0.3).model, str(path))
     assert path.read_bytes() == before
 
 

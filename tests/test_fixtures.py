@@ -40,7 +40,7 @@ def test_every_fixture_has_prunable_groups(path):
 @pytest.mark.parametrize("path", FIXTURES, ids=NAMES)
 def test_mask_oracle_at_ratio(path, ratio, tmp_path):
     original = op.load_model(path)
-    result = op.prune(original, ratio=ratio, verify=True)
+    result = op.prune(original, "l2", ratio=ratio, verify=True)
     assert result.verification.max_rel_error <= result.verification.tol, str(result.verification)  # 1e-4; fp16: 1e-2
     if ratio == 0.3 and "external" not in path:  # in memory, external tensors resolve against the cwd
         onnx.checker.check_model(result.model, full_check=True)

@@ -83,7 +83,7 @@ def test_verify_of_a_model_onnxruntime_cannot_run_is_refused_with_onnxprune_erro
     relu = next(n for n in bad.graph.node if n.name == "relu")
     relu.input[0] = "x"  # c2 now reads 4 channels where its weight wants 8: onnxruntime refuses to run it
     with pytest.raises(op.OnnxPruneError):
-        op.prune(bad, ratio=0.3, verify=True)
+        op.prune(bad, "l2", ratio=0.3, verify=True)
 
 
 def test_cli_prints_no_traceback_but_debug_does(tmp_path, capsys, monkeypatch):
@@ -120,7 +120,7 @@ def test_group_minus_one_is_blocked_at_analysis_with_a_reason():
     model = set_attr(source, second_conv, group=-1)
     analysis = op.analyze(model)
     assert any(g.reason and "group=-1" in g.reason for g in analysis.groups)
-    op.prune(model, ratio=0.3)  # the other groups still prune
+    op.prune(model, "l2", ratio=0.3)  # the other groups still prune
 
 
 def test_kernel_shape_other_than_the_weight_is_blocked():
@@ -148,7 +148,7 @@ def test_weight_through_if_is_not_prunable_and_prune_works():
     analysis = op.analyze(model)
     c1 = [g for g in analysis.groups if "c1" in g.layers]
     assert c1 and not c1[0].prunable and "cannot be evaluated" in c1[0].reason
-    op.prune(model, ratio=0.3, verify=True)
+    op.prune(model, "l2", ratio=0.3, verify=True)
 
 
 def test_shared_weight_on_inputs_of_another_width_is_refused_or_blocked():
@@ -183,7 +183,7 @@ def test_model_local_functions_are_inlined_and_dropped():
     relu.op_type, relu.domain = "F", "local"
     model.opset_import.append(helper.make_opsetid("local", 1))
     model.functions.extend([function, unused])
-    result = op.prune(model, ratio=0.5, verify=True)
+    result = op.prune(model, "l2", ratio=0.5, verify=True)
     assert not result.model.functions
     assert any(g.prunable for g in op.analyze(model).groups)
     assert len(model.functions) == 2  # the argument is not changed
@@ -208,7 +208,7 @@ def tensor_case(mutate) -> onnx.ModelProto:
 def test_bad_tensor_fields_are_refused_before_allocation(mutate, words, tmp_path):
     model = tensor_case(mutate)
     with pytest.raises(op.InvalidModelError, match=words):
-        op.prune(model, ratio=0.3)
+        op.prune(model, "l2", ratio=0.3)
     path = tmp_path / "m.onnx"
     onnx.save(model, path)
     with pytest.raises(op.InvalidModelError, match=words):
@@ -236,20 +236,20 @@ def test_zero_and_huge_input_dims_are_refused(dim):
     model = two_convs()
     model.graph.input[0].type.tensor_type.shape.dim[2].dim_value = dim
     with pytest.raises(op.InvalidModelError, match="static input dim"):
-        op.prune(model, ratio=0.3)
+        op.prune(model, "l2", ratio=0.3)
 
 
 def test_graph_without_outputs_is_refused():
     model = two_convs()
     del model.graph.output[:]
     with pytest.raises(op.InvalidModelError, match="no outputs"):
-        op.prune(model, ratio=0.3)
+        op.prune(model, "l2", ratio=0.3)
 
 
 # --------------------------------------------------------------------------- written models
 
 def test_written_model_loads_with_default_optimisations(tmp_path):
-    result = op.prune(fixture("resnet_legacy"), ratio=0.3)
+    result = op.prune(fixture("resnet_legacy"), "l2", ratio=0.3)
     path = tmp_path / "out.onnx"
     op.save_model(result.model, path, reference=fixture("resnet_legacy"))
     import onnxruntime as ort
@@ -287,7 +287,7 @@ def test_tolerance_follows_the_dtype():
 def test_weight_that_is_a_graph_output_is_compared_not_inf():
     model = two_convs()
     model.graph.output.append(helper.make_tensor_value_info("c1.weight", TensorProto.FLOAT, [8, 4, 3, 3]))
-    result = op.prune(model, ratio=0.5, verify=True)
+    result = op.prune(model, "l2", ratio=0.5, verify=True)
     report = op.verify_pruning(model, result)
     assert report.ok and report.outputs["c1.weight"]["rel"] == 0.0
 
@@ -304,7 +304,7 @@ def test_declared_output_dims_that_contradict_onnxruntime_are_refused():
     model = g.model({"x": (1, 4, 8, 8)}, {"y": (1, 4, 8, 8)})
     model.graph.output[0].type.tensor_type.shape.dim[3].dim_value = 16
     try:
-        result = op.prune(model, ratio=0.5)
+        result = op.prune(model, "l2", ratio=0.5)
     except op.InvalidModelError as exc:
         assert "declared" in str(exc) or "checker" in str(exc) or "inference" in str(exc)
         return

@@ -59,7 +59,7 @@ def test_step_rounding_end_to_end():
     model = chain_model()
     for step_op, kept in (("round", 4), ("round_up", 8), ("round_down", 4), ("none", 5)):
         options = op.Options(step_size=4, step_op=step_op)
-        result = op.prune(model, ratio=0.4, options=options, verify=True)  # 8 channels, exact kept count 5
+        result = op.prune(model, "l2", ratio=0.4, options=options, verify=True)  # 8 channels, exact kept count 5
         assert {g["kept"] for g in result.summary.groups} <= {kept, 8}
         assert all(g["kept"] == kept for g in result.summary.groups if g["size"] == 8), step_op
 
@@ -113,7 +113,7 @@ def test_sum_and_average_policies_differ_on_a_residual_group():
 
     def removed_per_group(policy):
         options = op.Options(policy=policy, layer_norm="none", step_size=1)
-        result = op.prune(model, ratio=0.25, scope="global", options=options, verify=True)
+        result = op.prune(model, "l2", ratio=0.25, scope="global", options=options, verify=True)
         return {g["id"]: g["size"] - g["kept"] for g in result.summary.groups}
 
     assert removed_per_group("average") == {residual: 4}  # residual scores ~1 < plain ~2
@@ -148,7 +148,7 @@ def grouped_model():
 def test_group_policies_on_a_grouped_conv(group_policy, removed_units):
     model = grouped_model()
     options = op.Options(group_policy=group_policy, step_size=1)
-    result = op.prune(model, ratios={"gconv": 0.5}, options=options, verify=True)
+    result = op.prune(model, "l2", ratios={"gconv": 0.5}, options=options, verify=True)
     mask = np.array(result.channels["gconv_out"]["mask"])
     assert (mask[:4] == mask[4:]).all()  # equal counts, same positions in both groups
     assert np.flatnonzero(~mask[:4]).tolist() == removed_units
@@ -163,7 +163,7 @@ def test_reshape_channel_axis_scores_heads_or_dims(axis):
     producers = ("wq", "wk", "wv") if heads else ("wq", "wk")
     per_head = sum(np.linalg.norm(w[name], axis=0) for name in producers).reshape(2, 4)  # (heads, dims)
     options = op.Options(reshape_channel_axis=axis, step_size=1, policy="sum", group_policy="sum")
-    result = op.prune(model, ratios={"q_proj": 0.5}, options=options, verify=True)
+    result = op.prune(model, "l2", ratios={"q_proj": 0.5}, options=options, verify=True)
     mask = np.array(result.channels["q_proj_out"]["mask"]).reshape(2, 4)
     if heads:
         gone = int(np.argmin(per_head.sum(axis=1)))

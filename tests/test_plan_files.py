@@ -177,7 +177,7 @@ def test_plan_errors_are_typed_like_prune(tmp_path):
     with pytest.raises(op.InvalidRequestError, match="no prunable layer named 'conv9'") as unknown:
         op.apply_plan(model, edited("conv9", ratio=0.5))
     with pytest.raises(type(unknown.value), match="no prunable layer named 'conv9'"):
-        op.prune(model, ratios={"conv9": 0.5})
+        op.prune(model, "l2", ratios={"conv9": 0.5})
     with pytest.raises(op.UnsupportedError, match="graph output"):
         op.apply_plan(model, edited("conv3", ratio=0.5))
     with pytest.raises(op.UnsupportedError, match="graph output"):

@@ -42,9 +42,9 @@ def prune_all_groups(path: str, tmp: str) -> str | None:
     if not wanted:
         return None
     try:
-        result = op.prune(path, ratio=0.5, options=op.Options(step_size=1), verify=True)
+        result = op.prune(path, "l2", ratio=0.5, options=op.Options(step_size=1), verify=True)
     except op.OnnxRuntimeError:
-        result = op.prune(path, ratio=0.5, options=op.Options(step_size=1))  # ORT cannot run it: no oracle
+        result = op.prune(path, "l2", ratio=0.5, options=op.Options(step_size=1))  # ORT cannot run it: no oracle
     missing = wanted - set(result.pruned_groups)
     if missing:
         return f"prunable groups {sorted(missing)} were not pruned"

@@ -44,7 +44,7 @@ def pooled_choice(scores: dict[str, np.ndarray], n: int) -> dict[str, list[int]]
 
 
 def test_uniform_scope_prunes_every_group_alike():
-    result = op.prune(scaled_chain(), ratio=0.5, options=EXACT, verify=True)
+    result = op.prune(scaled_chain(), "l2", ratio=0.5, options=EXACT, verify=True)
     assert [g["kept"] for g in result.summary.groups] == [4, 4] and result.achieved_ratio == 0.5
 
 
@@ -53,7 +53,7 @@ def test_global_scope_compares_normalised_scores(layer_norm):
     model = scaled_chain()
     scores = {name: normalize(norms(model, f"{name}.weight"), layer_norm) for name in ("conv1", "conv2")}
     options = op.Options(step_size=1, layer_norm=layer_norm)
-    result = op.prune(model, ratio=0.375, scope="global", options=options, verify=True)
+    result = op.prune(model, "l2", ratio=0.375, scope="global", options=options, verify=True)
     expected = pooled_choice(scores, 6)
     assert {name: removed(result, f"{name}_out") for name in scores} == expected
     assert result.achieved_ratio == 0.375
@@ -63,7 +63,7 @@ def test_global_scope_compares_normalised_scores(layer_norm):
 
 def test_global_scope_holds_each_group_to_max_ratio():
     options = op.Options(step_size=1, layer_norm="none", max_ratio=0.5)
-    result = op.prune(scaled_chain(), ratio=0.5, scope="global", options=options, verify=True)
+    result = op.prune(scaled_chain(), "l2", ratio=0.5, scope="global", options=options, verify=True)
     assert removed(result, "conv1_out") == [0, 1, 2, 3] and removed(result, "conv2_out") == [0, 2, 4, 6]
 
 
@@ -126,7 +126,7 @@ def test_plan_replays_and_can_be_edited(tmp_path):
 
 def test_plan_checks():
     model = scaled_chain()
-    plan = op.prune(model, ratio=0.5).plan
+    plan = op.prune(model, "l2", ratio=0.5).plan
     other = op.load_model(os.path.join(ROOT, "fixtures", "resnet_legacy.onnx"))
     with pytest.raises(op.InvalidRequestError, match="plan was made for another model"):
         op.prune_with_plan(other, plan)
@@ -145,7 +145,7 @@ def test_plan_checks():
 
 def test_plan_fingerprint_ignores_weight_values():
     model = scaled_chain()
-    plan = op.prune(model, ratio=0.5).plan
+    plan = op.prune(model, "l2", ratio=0.5).plan
     assert op.prune_with_plan(chain_model(), plan).plan.kept() == plan.kept()
 
 

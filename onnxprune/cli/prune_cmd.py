@@ -13,7 +13,7 @@ from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError
 
 # defaults of the flags a plan file carries itself (prune --plan refuses other values)
-PLAN_CARRIES = {"method": "l2", "scope": "uniform", "recommend": None, "seed": 0}
+PLAN_CARRIES = {"method": None, "scope": None, "recommend": None, "seed": 0}
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -43,10 +43,18 @@ def register(sub: argparse._SubParsersAction) -> None:
                           "prediction and the measurement are printed")
     aliases = ", ".join(f"{k.upper()}={v}" for k, v in sorted(ALIASES.items()) if v != "index")
     p.add_argument("--method", default=PLAN_CARRIES["method"],
-                   help=f"criterion for --ratio/--ratios: {', '.join(sorted(CRITERIA))} (default l2; "
-                        f"NetsPresso spellings {aliases})")
-    p.add_argument("--scope", default=PLAN_CARRIES["scope"], choices=["uniform", "global"],
-                   help="uniform: --ratio from every group (default); global: normalised scores compared across groups")
+                   help=f"criterion: {', '.join(sorted(CRITERIA))} (NetsPresso spellings {aliases}). Default: the "
+                        "recommended pipeline, which fills every knob not given: with --calibration the activation "
+                        "criterion, --scope global with --layer-norm linear_scaling, then --compensate and "
+                        "--reconstruct; without it l2 with --score-consumers and no recovery (a note says data would "
+                        "help); --target-latency keeps the knapsack with --max-ratio 0.7. Naming --method runs the "
+                        "explicit pipeline instead: --scope uniform (a budget: knapsack), the option flags as given, "
+                        "no compensation or reconstruction unless asked. The chosen pipeline is printed")
+    p.add_argument("--scope", default=PLAN_CARRIES["scope"], choices=["uniform", "global", "knapsack"],
+                   help="uniform: --ratio from every group; global: normalised scores compared across groups; with "
+                        "--target-macs/--target-params both search the ratio that meets the budget; knapsack (budgets "
+                        "only): the greedy knapsack (the only one for --target-latency). Default: global without "
+                        "--method, else uniform (a budget: knapsack)")
     p.add_argument("--recommend", choices=["slamp"], help="SLAMP: per-group ratios allotted from LAMP scores for --ratio")
     p.add_argument("--cost", metavar="COST.json",
                    help="--target-latency: the cost model written by `onnxprune profile MODEL -o COST.json` "
@@ -60,13 +68,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--save-plan", metavar="FILE.json",
                    help="also write the plan: layer values and the channels kept per group (replayable, editable)")
     p.add_argument("--verify", action="store_true", help="run the mask oracle; fail (and write nothing) if it fails")
-    p.add_argument("--compensate", action="store_true",
+    p.add_argument("--compensate", action=argparse.BooleanOptionalAction, default=None,
                    help="fold each removed channel's mean over --calibration into the bias of the layers that read it "
                         "(one pass, biases only): keeps a freshly pruned network from drifting; --verify also runs "
-                        "the compensation oracle")
-    p.add_argument("--reconstruct", action="store_true",
+                        "the compensation oracle. Default: on without --method when --calibration is given")
+    p.add_argument("--reconstruct", action=argparse.BooleanOptionalAction, default=None,
                    help="re-fit the layers that read pruned channels on --calibration (ridge least squares) so "
-                        "their outputs match the unpruned model's; --verify checks the surgery before the re-fit")
+                        "their outputs match the unpruned model's; --verify checks the surgery before the re-fit. "
+                        "Default: on without --method when --calibration is given")
     p.add_argument("--ridge", type=float, default=None,
                    help="--reconstruct: ridge regulariser relative to the mean diagonal of X^T X (default 1e-3)")
     p.add_argument("--external-data", action="store_true", help="write weights to OUT.data next to the model")
@@ -77,19 +86,21 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _correction_args(args: argparse.Namespace) -> dict:
-    """prune() keywords for --compensate / --reconstruct / --ridge ({} without either)."""
+    """prune() keywords for --compensate / --reconstruct / --ridge (None: the recommended pipeline decides)."""
     from onnxprune.reconstruction import DEFAULT_RIDGE
 
-    if args.ridge is not None and not args.reconstruct:
+    recommended = args.method is None and not args.plan and not args.indices
+    may_reconstruct = args.reconstruct or (args.reconstruct is None and recommended and args.calibration)
+    if args.ridge is not None and not may_reconstruct:
         raise InvalidRequestError("--ridge applies to --reconstruct only")
+    ridge = {"ridge": DEFAULT_RIDGE if args.ridge is None else args.ridge}
     if not (args.reconstruct or args.compensate):
-        return {}
+        return {"compensate": args.compensate, "reconstruct": args.reconstruct, **ridge}
     if not args.calibration:
         flag = "--reconstruct" if args.reconstruct else "--compensate"
         raise InvalidRequestError(f"{flag} needs --calibration FILE.npz|.npy (samples of the model's inputs, "
                                   "e.g. a few hundred training images)")
-    return {"compensate": args.compensate, "reconstruct": args.reconstruct, "calibration": args.calibration,
-            "ridge": DEFAULT_RIDGE if args.ridge is None else args.ridge}
+    return {"compensate": args.compensate, "reconstruct": args.reconstruct, "calibration": args.calibration, **ridge}
 
 
 def _correct_plan_result(args: argparse.Namespace, result, fixes: dict) -> None:
@@ -131,7 +142,8 @@ def _budget_args(args: argparse.Namespace) -> dict:
 
 def _refuse_flags_a_plan_carries(args: argparse.Namespace) -> None:
     """--plan brings its own method, scope, recommendation, seed and options: refuse those flags beside it."""
-    values = {**vars(args), "method": ALIASES.get(args.method.lower(), args.method.lower())}  # PR_L2 is l2
+    method = args.method and ALIASES.get(args.method.lower(), args.method.lower())  # PR_L2 is l2
+    values = {**vars(args), "method": method}
     given = ["--" + name for name, default in PLAN_CARRIES.items() if values[name] != default]
     given += changed_option_flags(args)
     if given:
@@ -150,7 +162,8 @@ def run(args: argparse.Namespace) -> int:
                 {"-o": args.output, "--record": args.record, "--save-plan": args.save_plan, "--report": args.report})
     args.calibration = data_source(args, args.calibration, "--calibration")
     eval_data = prepare_report(args)
-    options = options_from_args(args)
+    # no option flag given: None, so that the recommended pipeline (no --method) picks the options
+    options = options_from_args(args) if changed_option_flags(args) or args.method else None
     fixes = _correction_args(args)
     budget = _budget_args(args)
     if args.plan:
@@ -159,7 +172,8 @@ def run(args: argparse.Namespace) -> int:
         _correct_plan_result(args, result, fixes)
     elif args.indices:
         result = op.prune_by_index(args.model, read_json(args.indices, "indices"), options=options, verify=args.verify,
-                                   **fixes)
+                                   **{**fixes, "compensate": bool(fixes["compensate"]),
+                                      "reconstruct": bool(fixes["reconstruct"])})
     else:
         ratio, ratios = (None, read_json(args.ratios, "ratios")) if args.ratios else (args.ratio, None)
         result = op.prune(args.model, args.method, ratio, ratios=ratios, scope=args.scope,
@@ -174,7 +188,8 @@ def run(args: argparse.Namespace) -> int:
           f"{len(result.channels)} tensors shrank")
     if result.verification is not None:
         print(f"mask oracle: ok (max relative error {result.verification.max_rel_error:.2e})"
-              + (" (checked before compensation / reconstruction)" if fixes else ""))
+              + (" (checked before compensation / reconstruction)"
+                 if result.compensation is not None or result.reconstruction is not None else ""))
     if result.compensation is not None:
         print(result.compensation)
         if result.compensation.verification is not None:

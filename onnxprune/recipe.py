@@ -1,0 +1,98 @@
+"""The recommended pipeline: what `op.prune` does when no `method=` is named.
+
+With calibration data: the `activation` criterion, the global scope with `layer_norm="linear_scaling"` (a budget
+such as target_macs= is met by the smallest pooled ratio that reaches it, onnxprune.budget_ratio), then mean
+compensation and least-squares reconstruction; with reconstruct=False, `l2` scoring the consumer slices too
+(`score_consumers=True`), which keeps more under compensation alone. Without data: that `l2`, the same
+allocation, no recovery (both need data), and a note that calibration data would help. A latency budget keeps
+its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`.
+Each choice is the one measured best on the digits CNNs (benchmarks/recovery.py, README "The recommended
+pipeline").
+
+Naming `method=` is the explicit pipeline (NetsPresso's meaning): the knobs not given keep their explicit
+defaults (scope uniform, a budget by the knapsack, options as given or Options(), no compensation or
+reconstruction). Without `method=`, any knob given (scope=, options=, compensate=, reconstruct=) wins over the
+recipe's choice for it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnxprune.errors import InvalidRequestError
+from onnxprune.options import Options
+
+DATA_METHOD = "activation"
+DATA_FREE_METHOD = "l2"
+RECOMMENDED_LAYER_NORM = "linear_scaling"
+LATENCY_MAX_RATIO = 0.7
+NO_DATA_NOTE = ("no calibration data, so data-free choices (l2 with consumer slices, no compensation or "
+                "reconstruction); calibration data would help: with a few hundred training inputs (calibration=, "
+                "CLI --calibration) the pipeline picks the activation criterion and re-fits the pruned layers, "
+                "which keeps far more accuracy")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """The pipeline a prune() call runs; `chosen` names the knobs the recipe set (the others were given)."""
+
+    method: str
+    scope: str
+    options: Options
+    compensate: bool
+    reconstruct: bool
+    chosen: tuple[str, ...] = ()
+    note: str | None = None
+
+    @property
+    def recommended(self) -> bool:
+        return bool(self.chosen)
+
+    def as_dict(self) -> dict:
+        return {"method": self.method, "scope": self.scope, "layer_norm": self.options.layer_norm,
+                "score_consumers": self.options.score_consumers, "max_ratio": self.options.max_ratio,
+                "compensate": self.compensate, "reconstruct": self.reconstruct, "chosen": list(self.chosen),
+                **({"note": self.note} if self.note else {})}
+
+    def __str__(self) -> str:
+        def mark(knob: str, text: str) -> str:
+            return text + (" (recommended)" if knob in self.chosen else "")
+
+        recovery = [step for step, on in (("compensate", self.compensate), ("reconstruct", self.reconstruct)) if on]
+        parts = [mark("method", f"method {self.method}" + (" +consumers" if self.options.score_consumers else "")),
+                 mark("scope", f"scope {self.scope}"),
+                 mark("options", f"layer_norm {self.options.layer_norm}, max_ratio {self.options.max_ratio:g}"),
+                 mark("recovery", "then " + " + ".join(recovery) if recovery else "no recovery")]
+        text = "pipeline: " + "; ".join(parts)
+        return text + (f"\nnote: {self.note}" if self.note else "")
+
+
+def recommend(method: str | None, scope: str | None, options: Options | None, compensate: bool | None,
+              reconstruct: bool | None, calibration, budget_kind: str | None, allotted: bool = False) -> Recipe:
+    """The pipeline to run: given knobs as they are, the unset ones filled (see the module doc). `allotted`: the
+    request fixes each group's ratio itself (ratios= per layer, recommendation="slamp"), so the scope is uniform."""
+    for flag, value in (("compensate", compensate), ("reconstruct", reconstruct)):
+        if value is not None and not isinstance(value, bool):
+            raise InvalidRequestError(f"{flag}={value!r} must be True, False or None (None: the recommended choice)")
+    if options is not None and not isinstance(options, Options):
+        raise InvalidRequestError(f"options= must be an op.Options, not {type(options).__name__}")
+    if method is not None:
+        return Recipe(method, scope or ("knapsack" if budget_kind else "uniform"), options or Options(),
+                      bool(compensate), bool(reconstruct))
+    data = calibration is not None
+    chosen = ["method"]
+    if scope is None and allotted:
+        scope = "uniform"
+    elif scope is None:
+        chosen.append("scope")
+        scope = "knapsack" if budget_kind == "latency" else "global"
+    if compensate is None or reconstruct is None:
+        chosen.append("recovery")
+    compensate = data if compensate is None else compensate
+    reconstruct = data if reconstruct is None else reconstruct
+    # activation channels are the ones re-fitting recovers best; without re-fitting, consumer-aware l2 keeps more
+    method = DATA_METHOD if data and reconstruct else DATA_FREE_METHOD
+    if options is None:
+        chosen.append("options")
+        options = Options(layer_norm=RECOMMENDED_LAYER_NORM, score_consumers=method == DATA_FREE_METHOD,
+                          **({"max_ratio": LATENCY_MAX_RATIO} if scope == "knapsack" else {}))
+    return Recipe(method, scope, options, compensate, reconstruct, tuple(chosen), None if data else NO_DATA_NOTE)
