@@ -21,9 +21,12 @@ from onnxprune.errors import InvalidRequestError
 from onnxprune.graph import GraphIndex
 from onnxprune.reconstruction import layers
 from onnxprune.reconstruction.gram import Gram
-from onnxprune.runtime import session, with_outputs
+from onnxprune.reconstruction.upstream import upstream_model
+from onnxprune.runtime import session
 
 DEFAULT_RIDGE = 1e-3
+DEFAULT_PASSES = None
+DESIGN_BYTES = 64 * 2**20  # design rows held at once per layer (the rest of a batch waits)
 
 
 class FewSamplesWarning(RuntimeWarning):
@@ -80,9 +83,16 @@ class Reconstruction:
 
 def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[str, np.ndarray | None],
           calibration: Any, *, ridge: float = DEFAULT_RIDGE,
-          batch_size: int = calib.DEFAULT_BATCH_SIZE) -> Reconstruction:
+          batch_size: int = calib.DEFAULT_BATCH_SIZE, passes: int | None = DEFAULT_PASSES,
+          maps: Mapping[str, np.ndarray] | None = None) -> Reconstruction:
     """Re-fit the layers named in `targets` ({node name: kept positions of the reference output's channel
-    axis, or None for all}) of `model`, IN PLACE, to reproduce `reference`'s outputs of the same tensors."""
+    axis, or None for all}) of `model`, IN PLACE, to reproduce `reference`'s outputs of the same tensors.
+
+    passes: at most this many passes over the calibration data (None: one per stage). Consecutive stages
+    share a pass when there are more stages than passes: a layer then reads its input through the layers of
+    earlier stages of its own pass as surgery left them (not yet re-fitted).
+    maps: {node name: T} for MatMul / Gemm layers whose target is the reference output @ T (full output
+    columns x the layer's columns) rather than its kept columns (attention.query_maps)."""
     if calibration is None:
         raise InvalidRequestError("reconstruction needs calibration data: pass calibration=... (a dict of input "
                                   "arrays, an array for a single-input model, an iterable of either, or a path)")
@@ -98,6 +108,8 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
             report.layers.append(LayerReconstruction(name, node.op_type if node is not None else "?",
                                                      skipped=str(exc)))
             continue
+        if maps and name in maps and c.op_type != "Conv":
+            c.target_map = maps[name]
         consumers.append(c)
         report.layers.append(LayerReconstruction(name, c.op_type))
     if not consumers:
@@ -105,26 +117,68 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     by_name = {r.name: r for r in report.layers}
     stages = _stages(index, consumers)
     report.stages = len(stages)
-    source = _replayable(calibration, len(stages))
-    ref_session = None
-    for number, stage in enumerate(stages):
-        grams = {c.name: Gram() for c in stage}
-        fetch = list(dict.fromkeys(c.x for c in stage))
-        wanted = list(dict.fromkeys(c.y for c in stage))
-        sess = None
-        for _, feed in calib.batches(reference, source(), batch_size):
-            if ref_session is None:
-                ref_session = session(with_outputs(reference, [c.y for c in consumers]))
-            if sess is None:
-                sess = session(with_outputs(model, [t for t in fetch if t not in feed]))
-            xs = dict(zip(fetch, _run(sess, fetch, feed)))
-            ys = dict(zip(wanted, _run(ref_session, wanted, feed)))
-            for c in stage:
-                grams[c.name].update(c.design(xs[c.x]), c.target(ys[c.y]))
+    windows = _windows(stages, _check_passes(passes))
+    source = _replayable(calibration, len(windows))
+    for window in windows:
+        _fit_window(reference, model, window, source, ridge, batch_size, by_name)
         report.passes += 1
-        for c in stage:
-            _solve(model, c, grams[c.name], ridge, number, by_name[c.name])
     return report
+
+
+def _fit_window(reference: onnx.ModelProto, model: onnx.ModelProto, window: list[tuple[int, list[layers.Consumer]]],
+                source, ridge: float, batch_size: int, rows: dict[str, LayerReconstruction]) -> None:
+    """One pass over the calibration data for the stages of `window`, then their solves. Both models run only
+    as far as the window needs (upstream_model): a window early in the network costs little."""
+    fitted = [c for _, stage in window for c in stage]
+    grams = {c.name: Gram() for c in fitted}
+    fetch = list(dict.fromkeys(c.x for c in fitted))
+    wanted = list(dict.fromkeys(c.y for c in fitted))
+    inputs = {v.name for v in model.graph.input}
+    sess = ref_session = None
+    for _, feed in calib.batches(reference, source(), batch_size):
+        if sess is None:
+            inside = [t for t in fetch if t not in inputs]
+            sess = session(upstream_model(model, inside)) if inside else None
+            ref_session = session(upstream_model(reference, wanted))
+        xs = dict(zip(fetch, _run(sess, fetch, feed)))
+        ys = dict(zip(wanted, _run(ref_session, wanted, feed)))
+        for c in fitted:
+            for x, y in _slices(c, xs[c.x], ys[c.y]):
+                grams[c.name].update(c.design(x), c.target(y))
+    for number, stage in window:
+        for c in stage:
+            _solve(model, c, grams[c.name], ridge, number, rows[c.name])
+
+
+def _slices(c: layers.Consumer, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The batch in slices of samples whose design rows take at most DESIGN_BYTES (im2col multiplies a Conv's
+    input by its kernel size; float64)."""
+    n = len(x) if x.ndim > 1 and len(x) == len(y) else 1
+    per_sample = 8 * x[:1].size * (int(np.prod(c.attrs["kernel"])) if c.op_type == "Conv" else 1)
+    if c.op_type == "Conv":
+        per_sample //= max(1, int(np.prod(c.attrs["strides"])))
+    step = max(1, DESIGN_BYTES // max(per_sample, 1))
+    if n <= step:
+        yield x, y
+        return
+    for start in range(0, n, step):
+        yield x[start:start + step], y[start:start + step]
+
+
+def _windows(stages: list[list[layers.Consumer]], passes: int | None) -> list[list[tuple[int, list[layers.Consumer]]]]:
+    """The stages, numbered, split into at most `passes` runs of consecutive stages of near equal length."""
+    numbered = list(enumerate(stages))
+    count = len(numbered) if passes is None else min(passes, len(numbered))
+    bounds = [round(k * len(numbered) / count) for k in range(count + 1)]
+    return [numbered[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _check_passes(passes) -> int | None:
+    if passes is None:
+        return None
+    if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 1:
+        raise InvalidRequestError(f"passes must be an integer >= 1 or None (one pass per stage), not {passes!r}")
+    return int(passes)
 
 
 def _run(sess, names: list[str], feed: dict) -> list[np.ndarray]:
