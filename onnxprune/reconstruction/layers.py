@@ -49,6 +49,7 @@ class Consumer:
     def design(self, x: np.ndarray) -> np.ndarray:
         """(groups, rows, unknowns per output without the bias), float64, contiguous."""
         if self.op_type == "Conv":
+            self.attrs["every"] = _position_step(x.shape, self.attrs, self.groups)
             return _im2col(x, self.attrs, self.groups)
         return np.asarray(x, dtype=np.float64).reshape(1, -1, x.shape[-1])
 
@@ -62,6 +63,9 @@ class Consumer:
         if self.op_type != "Conv":
             return np.asarray(y, dtype=np.float64).reshape(1, -1, y.shape[-1])
         g = self.groups
+        step = self.attrs.get("every", 1)
+        if step > 1:
+            y = y[(slice(None), slice(None)) + (slice(None, None, step),) * (y.ndim - 2)]
         y = y.reshape(y.shape[0], g, y.shape[1] // g, -1)  # (N, g, k, positions)
         out = np.empty((g, y.shape[0], y.shape[3], y.shape[2]))
         out[...] = y.transpose(1, 0, 3, 2)  # one copy, straight into float64
@@ -134,8 +138,29 @@ def _text(value) -> str:
 
 # --------------------------------------------------------------------------- im2col
 
+MIN_ROWS_PER_UNKNOWN = 8  # output positions kept per sample and unknown before positions are thinned out
+MIN_POSITIONS = 64
+
+
+def _position_step(shape: tuple, attrs: dict, groups: int) -> int:
+    """Every how many output positions (along each spatial axis) a Conv's design rows are taken. Large
+    feature maps repeat themselves: a layer with d unknowns per output keeps at least max(MIN_POSITIONS,
+    MIN_ROWS_PER_UNKNOWN * d) positions per sample (ThiNet samples positions the same way)."""
+    k, s, d = attrs["kernel"], attrs["strides"], attrs["dilations"]
+    n = len(k)
+    pads = conv_pads(attrs, shape[2:])
+    out = [(shape[2 + a] + pads[a] + pads[a + n] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a in range(n)]
+    unknowns = shape[1] // groups * math.prod(k) + 1
+    wanted = max(MIN_POSITIONS, MIN_ROWS_PER_UNKNOWN * unknowns)
+    step = 1
+    while math.prod(-(-o // (step + 1)) for o in out) >= wanted:
+        step += 1
+    return step
+
+
 def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
-    """Conv input (N, C, *spatial) -> (groups, N * output positions, C / groups * prod(kernel)), float64."""
+    """Conv input (N, C, *spatial) -> (groups, N * output positions, C / groups * prod(kernel)), float64;
+    positions every attrs["every"] along each spatial axis (default all)."""
     k, s, d = attrs["kernel"], attrs["strides"], attrs["dilations"]
     n = len(k)
     c = x.shape[1]
@@ -143,6 +168,10 @@ def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
     if any(pads):
         x = np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[a + n]) for a in range(n)])
     out = [(x.shape[2 + a] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a in range(n)]
+    every = attrs.get("every", 1)
+    if every > 1:  # thin the output positions: a coarser stride over the same taps
+        s = [sa * every for sa in s]
+        out = [-(-o // every) for o in out]
     taps = list(itertools.product(*(range(ka) for ka in k)))
     positions = math.prod(out)
     # (g, N, *out, C/g, taps): rows in (sample, position) order, columns (channel, tap) as the weight is laid out
