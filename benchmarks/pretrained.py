@@ -18,6 +18,7 @@ Recipes (each at the same MAC reduction, counted by onnxprune.stats):
     python benchmarks/pretrained.py                       # both models, 256 calibration images, 300 evaluation
     python benchmarks/pretrained.py --models minilm --levels 0.2
     python benchmarks/pretrained.py --recipes default,l2_recon --calibration 128
+    python benchmarks/pretrained.py --models minilm --attention 0.3   # per-layer vs attention-aware re-fit
 """
 from __future__ import annotations
 
@@ -84,6 +85,22 @@ def model_setup(name: str, n_calib: int, n_eval: int):
     return model, calib, lambda pruned: P.mean_cosine(ref, P.run_batched(pruned, evaluation)), "mean cosine"
 
 
+def attention_comparison(name: str, ratio: float, n_calib: int, n_eval: int) -> None:
+    """Plain pruning, per-layer re-fit and attention-aware re-fit of one l2 uniform pruning."""
+    import copy
+    from onnxprune.reconstruction import reconstruct_pruned
+    model, calib, quality, metric = model_setup(name, n_calib, n_eval)
+    pruned = op.prune(model, method="l2", ratio=ratio)
+    print(f"{name}: l2 uniform ratio {ratio} ({1 - macs(pruned.model) / macs(model):.0%} fewer MACs), {metric}")
+    print(f"  plain {quality(pruned.model):.3f}", flush=True)
+    for attention in (False, True):
+        result = copy.deepcopy(pruned)
+        t = time.perf_counter()
+        reconstruct_pruned(model, result, calib, attention=attention)
+        label = "attention-aware re-fit" if attention else "per-layer re-fit"
+        print(f"  {label} {quality(result.model):.3f} ({time.perf_counter() - t:.0f} s)", flush=True)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="efficientnet,minilm")
@@ -91,8 +108,14 @@ def main(argv=None) -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--calibration", type=int, default=256, help="calibration images (text: all 105)")
     parser.add_argument("--evaluation", type=int, default=300, help="evaluation images (text: all 105)")
+    parser.add_argument("--attention", type=float, default=None, metavar="RATIO",
+                        help="instead of the table: plain / per-layer / attention-aware re-fit at this l2 ratio")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
+    if args.attention is not None:
+        for name in args.models.split(","):
+            attention_comparison(name, args.attention, args.calibration, args.evaluation)
+        return
     levels = [float(x) for x in args.levels.split(",")]
     recipes = args.recipes.split(",")
     for name in args.models.split(","):
