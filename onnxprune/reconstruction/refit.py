@@ -119,29 +119,43 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     report.stages = len(stages)
     windows = _windows(stages, _check_passes(passes))
     source = _replayable(calibration, len(windows))
+    # one session of the unpruned model for every pass (building a session can cost more than a small pass)
+    references = _Lazy(lambda: session(upstream_model(reference, list(dict.fromkeys(c.y for c in consumers)))))
     for window in windows:
-        _fit_window(reference, model, window, source, ridge, batch_size, by_name)
+        _fit_window(references, model, window, source, ridge, batch_size, by_name)
         report.passes += 1
     return report
 
 
-def _fit_window(reference: onnx.ModelProto, model: onnx.ModelProto, window: list[tuple[int, list[layers.Consumer]]],
+class _Lazy:
+    """A value made on first use."""
+
+    def __init__(self, make) -> None:
+        self.make, self.value = make, None
+
+    def get(self):
+        if self.value is None:
+            self.value = self.make()
+        return self.value
+
+
+def _fit_window(references: "_Lazy", model: onnx.ModelProto, window: list[tuple[int, list[layers.Consumer]]],
                 source, ridge: float, batch_size: int, rows: dict[str, LayerReconstruction]) -> None:
-    """One pass over the calibration data for the stages of `window`, then their solves. Both models run only
-    as far as the window needs (upstream_model): a window early in the network costs little."""
+    """One pass over the calibration data for the stages of `window`, then their solves. The model being
+    re-fitted runs only as far as the window needs (upstream_model)."""
     fitted = [c for _, stage in window for c in stage]
     grams = {c.name: Gram() for c in fitted}
     fetch = list(dict.fromkeys(c.x for c in fitted))
     wanted = list(dict.fromkeys(c.y for c in fitted))
     inputs = {v.name for v in model.graph.input}
-    sess = ref_session = None
-    for _, feed in calib.batches(reference, source(), batch_size):
-        if sess is None:
+    sess = None
+    started = False
+    for _, feed in calib.batches(model, source(), batch_size):
+        if not started:
             inside = [t for t in fetch if t not in inputs]
-            sess = session(upstream_model(model, inside)) if inside else None
-            ref_session = session(upstream_model(reference, wanted))
+            sess, started = (session(upstream_model(model, inside)) if inside else None), True
         xs = dict(zip(fetch, _run(sess, fetch, feed)))
-        ys = dict(zip(wanted, _run(ref_session, wanted, feed)))
+        ys = dict(zip(wanted, _run(references.get(), wanted, feed)))
         for c in fitted:
             for x, y in _slices(c, xs[c.x], ys[c.y]):
                 grams[c.name].update(c.design(x), c.target(y))
