@@ -9,7 +9,8 @@ import onnx
 from onnxprune import ir
 from onnxprune.graph import GraphIndex
 from onnxprune.reconstruction import layers
-from onnxprune.reconstruction.refit import DEFAULT_RIDGE, Reconstruction, refit
+from onnxprune.reconstruction.attention import drifted_layers, find_attention, query_maps
+from onnxprune.reconstruction.refit import DEFAULT_RIDGE, LayerReconstruction, Reconstruction, refit
 
 
 def pruned_consumers(model: onnx.ModelProto, channels: dict[str, dict]) -> dict[str, np.ndarray | None]:
@@ -48,17 +49,37 @@ def _out_keep(node: onnx.NodeProto, model: onnx.ModelProto, channels: dict) -> n
 
 
 def reconstruct_pruned(original, result, calibration: Any, *, ridge: float = DEFAULT_RIDGE,
-                       batch_size: int | None = None) -> Reconstruction:
+                       batch_size: int | None = None, attention: bool = True) -> Reconstruction:
     """Re-fit, in place on `result.model`, every layer that reads pruned channels; sets and returns
-    `result.reconstruction`. `original` is the unpruned model (ModelProto or path)."""
+    `result.reconstruction`. `original` is the unpruned model (ModelProto or path).
+
+    attention: also re-fit every layer downstream of a pruned tensor (its input drifted), and fit the query
+    projection of a block whose query/key dims were pruned against the unpruned attention logits
+    (onnxprune.reconstruction.attention); False re-fits only the layers reading pruned channels, each against
+    its own unpruned output."""
     original = ir.load_model(original)
     targets = pruned_consumers(result.model, result.channels)
+    maps = {}
+    if attention:
+        index = GraphIndex.build(result.model.graph)
+        for name in drifted_layers(result.model, set(result.channels)):
+            targets.setdefault(name, _out_keep(index.nodes[index.by_name[name]], result.model, result.channels))
+        keeps = {}
+        blocks = find_attention(original)
+        for b in blocks:
+            for name in (b.query, b.key):
+                if name in index.by_name:
+                    keep = _out_keep(index.nodes[index.by_name[name]], result.model, result.channels)
+                    if keep is not None and len(keep):
+                        keeps[name] = keep
+        maps = query_maps(original, blocks, keeps, calibration, **({} if batch_size is None else
+                                                                   {"batch_size": batch_size}))
+        for name in maps:
+            targets[name] = keeps[name]
     usable = {n: k for n, k in targets.items() if k is None or len(k)}
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
-    report = refit(original, result.model, usable, calibration, ridge=ridge, **kwargs)
+    report = refit(original, result.model, usable, calibration, ridge=ridge, maps=maps, **kwargs)
     for name in targets.keys() - usable.keys():
-        from onnxprune.reconstruction.refit import LayerReconstruction
-
         report.layers.append(LayerReconstruction(name, "?", skipped="its output is pruned along several axes"))
     result.reconstruction = report
     return report

@@ -21,22 +21,25 @@ class Gram:
         self.rows = 0
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        """x: (rows, groups, d), y: (rows, groups, k) for one batch."""
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        ones = np.ones(x.shape[:2] + (1,), dtype=np.float64)
-        xa = np.concatenate([x, ones], axis=2)
-        xt = xa.transpose(1, 2, 0)  # (groups, d + 1, rows): batched BLAS products below
-        g = xt @ xa.transpose(1, 0, 2)
-        b = xt @ y.transpose(1, 0, 2)
-        yy = np.einsum("rgk,rgk->gk", y, y)
+        """x: (groups, rows, d), y: (groups, rows, k) for one batch (float64, as Consumer.design / target give)."""
+        groups, rows, d = x.shape
+        xt = x.transpose(0, 2, 1)
+        g = np.empty((groups, d + 1, d + 1))
+        if groups == 1:  # a 2-D x.T @ x: BLAS's symmetric rank-k update, half the work
+            g[0, :d, :d] = x[0].T @ x[0]
+        else:
+            g[:, :d, :d] = xt @ x
+        g[:, :d, d] = g[:, d, :d] = x.sum(axis=1)
+        g[:, d, d] = rows
+        b = np.concatenate([xt @ y, y.sum(axis=1)[:, None, :]], axis=1)
+        yy = np.einsum("grk,grk->gk", y, y)
         if self.G is None:
             self.G, self.B, self.yy = g, b, yy
         else:
             self.G += g
             self.B += b
             self.yy += yy
-        self.rows += x.shape[0]
+        self.rows += rows
 
     def merge(self, other: "Gram") -> None:
         """Add the sums of `other` (the same problem over other calibration rows)."""
@@ -72,15 +75,20 @@ class Gram:
         eye = np.eye(n)
         if fit_bias:
             eye[d, d] = 0.0
-        for k in range(len(self.G)):
-            a = self.G[k, :n, :n] + lam[k] * eye
-            b = self.B[k, :n]
+        a = self.G[:, :n, :n] + lam[:, None, None] * eye
+        b = self.B[:, :n]
+        try:
+            out[:, :n] = np.linalg.solve(a, b)
+            bad = ~np.all(np.isfinite(out[:, :n]), axis=(1, 2))
+        except np.linalg.LinAlgError:  # a singular group: solve one by one, least squares where needed
+            bad = np.ones(len(a), dtype=bool)
+        for k in np.flatnonzero(bad):
             try:
-                out[k, :n] = np.linalg.solve(a, b)
+                out[k, :n] = np.linalg.solve(a[k], b[k])
                 if not np.all(np.isfinite(out[k])):
                     raise np.linalg.LinAlgError
             except np.linalg.LinAlgError:
-                out[k, :n] = np.linalg.lstsq(a, b, rcond=None)[0]
+                out[k, :n] = np.linalg.lstsq(a[k], b[k], rcond=None)[0]
         return out
 
     def residual(self, theta: np.ndarray) -> float:

@@ -39,6 +39,7 @@ class Consumer:
     bias_node: int | None = None  # MatMul: index of the Add node holding the bias
     fit_bias: bool = True
     attrs: dict = field(default_factory=dict)  # Conv: kernel, strides, dilations, pads, auto_pad
+    target_map: np.ndarray | None = None  # MatMul / Gemm: target = reference output @ target_map (instead of out_keep)
 
     @property
     def groups(self) -> int:
@@ -46,19 +47,29 @@ class Consumer:
 
     # ---- design rows / targets --------------------------------------------------------------
     def design(self, x: np.ndarray) -> np.ndarray:
-        """(rows, groups, unknowns per output without the bias)."""
+        """(groups, rows, unknowns per output without the bias), float64, contiguous."""
         if self.op_type == "Conv":
+            self.attrs["every"] = _position_step(x.shape, self.attrs, self.groups)
             return _im2col(x, self.attrs, self.groups)
-        return x.reshape(-1, 1, x.shape[-1])
+        return np.asarray(x, dtype=np.float64).reshape(1, -1, x.shape[-1])
 
     def target(self, y: np.ndarray) -> np.ndarray:
-        """(rows, groups, outputs per group), restricted to the kept output channels."""
+        """(groups, rows, outputs per group), float64, restricted to the kept output channels."""
+        if self.target_map is not None:
+            y = np.asarray(y, dtype=np.float64)
+            return (y.reshape(-1, y.shape[-1]) @ self.target_map)[None]
         if self.out_keep is not None:
             y = np.take(y, self.out_keep, axis=self.layout.y_axis)
-        if self.op_type == "Conv":
-            y = np.moveaxis(y, 1, -1)
-        y = y.reshape(-1, y.shape[-1])
-        return y.reshape(len(y), self.groups, -1)
+        if self.op_type != "Conv":
+            return np.asarray(y, dtype=np.float64).reshape(1, -1, y.shape[-1])
+        g = self.groups
+        step = self.attrs.get("every", 1)
+        if step > 1:
+            y = y[(slice(None), slice(None)) + (slice(None, None, step),) * (y.ndim - 2)]
+        y = y.reshape(y.shape[0], g, y.shape[1] // g, -1)  # (N, g, k, positions)
+        out = np.empty((g, y.shape[0], y.shape[3], y.shape[2]))
+        out[...] = y.transpose(1, 0, 3, 2)  # one copy, straight into float64
+        return out.reshape(g, -1, y.shape[2])
 
 
 def find(model: onnx.ModelProto, index: GraphIndex, name: str, out_keep: np.ndarray | None) -> Consumer:
@@ -127,24 +138,51 @@ def _text(value) -> str:
 
 # --------------------------------------------------------------------------- im2col
 
-def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
-    """Conv input (N, C, *spatial) -> (N * output positions, groups, C / groups * prod(kernel))."""
+MIN_ROWS_PER_UNKNOWN = 8  # output positions kept per sample and unknown before positions are thinned out
+MIN_POSITIONS = 64
+
+
+def _position_step(shape: tuple, attrs: dict, groups: int) -> int:
+    """Every how many output positions (along each spatial axis) a Conv's design rows are taken. Large
+    feature maps repeat themselves: a layer with d unknowns per output keeps at least max(MIN_POSITIONS,
+    MIN_ROWS_PER_UNKNOWN * d) positions per sample (ThiNet samples positions the same way)."""
     k, s, d = attrs["kernel"], attrs["strides"], attrs["dilations"]
     n = len(k)
-    spatial = x.shape[2:]
-    pads = conv_pads(attrs, spatial)
-    x = np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[a + n]) for a in range(n)])
-    out = [(x.shape[2 + a] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a in range(n)]
-    cols = []
-    for offset in itertools.product(*(range(ka) for ka in k)):
-        index = (slice(None), slice(None)) + tuple(
-            slice(offset[a] * d[a], offset[a] * d[a] + s[a] * (out[a] - 1) + 1, s[a]) for a in range(n))
-        cols.append(x[index])
+    pads = conv_pads(attrs, shape[2:])
+    out = [(shape[2 + a] + pads[a] + pads[a + n] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a in range(n)]
+    unknowns = shape[1] // groups * math.prod(k) + 1
+    wanted = max(MIN_POSITIONS, MIN_ROWS_PER_UNKNOWN * unknowns)
+    step = 1
+    while math.prod(-(-o // (step + 1)) for o in out) >= wanted:
+        step += 1
+    return step
+
+
+def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
+    """Conv input (N, C, *spatial) -> (groups, N * output positions, C / groups * prod(kernel)), float64;
+    positions every attrs["every"] along each spatial axis (default all)."""
+    k, s, d = attrs["kernel"], attrs["strides"], attrs["dilations"]
+    n = len(k)
     c = x.shape[1]
-    stacked = np.stack(cols, axis=2)  # (N, C, K, *out)
-    stacked = stacked.reshape(x.shape[0], groups, c // groups, len(cols), *out)
-    stacked = np.moveaxis(stacked, (1, 2, 3), (n + 1, n + 2, n + 3))  # (N, *out, g, C/g, K)
-    return stacked.reshape(-1, groups, (c // groups) * len(cols))
+    pads = conv_pads(attrs, x.shape[2:])
+    if any(pads):
+        x = np.pad(x, [(0, 0), (0, 0)] + [(pads[a], pads[a + n]) for a in range(n)])
+    out = [(x.shape[2 + a] - d[a] * (k[a] - 1) - 1) // s[a] + 1 for a in range(n)]
+    every = attrs.get("every", 1)
+    if every > 1:  # thin the output positions: a coarser stride over the same taps
+        s = [sa * every for sa in s]
+        out = [-(-o // every) for o in out]
+    taps = list(itertools.product(*(range(ka) for ka in k)))
+    positions = math.prod(out)
+    # (g, N, *out, C/g, taps): rows in (sample, position) order, columns (channel, tap) as the weight is laid out
+    cols = np.empty((groups, x.shape[0], positions, c // groups, len(taps)))
+    grouped = x.reshape(x.shape[0], groups, c // groups, *x.shape[2:])
+    for t, offset in enumerate(taps):
+        index = (slice(None), slice(None), slice(None)) + tuple(
+            slice(offset[a] * d[a], offset[a] * d[a] + s[a] * (out[a] - 1) + 1, s[a]) for a in range(n))
+        part = grouped[index].reshape(x.shape[0], groups, c // groups, positions)  # (N, g, C/g, positions)
+        cols[..., t] = part.transpose(1, 0, 3, 2)
+    return cols.reshape(groups, x.shape[0] * positions, (c // groups) * len(taps))
 
 
 def conv_pads(attrs: dict, spatial) -> list[int]:

@@ -4,8 +4,8 @@ A stage holds layers none of which feeds another (a layer's stage = the number o
 longest path from the inputs), so a stage needs ONE pass over the calibration data: per batch, the model
 being re-fitted (already re-fitted in earlier stages) gives each layer's input, the reference (unpruned)
 model gives its target output, and both feed that layer's Gram statistics. Then every layer of the stage is
-solved and written before the next stage runs. Each pass is a calibration.collect, so it runs on the
-executor in scope (onnxprune.executor).
+solved and written before the next stage runs (with `passes`, consecutive stages may share a pass). Each
+pass is a calibration.collect, so it runs on the executor in scope (onnxprune.executor).
 """
 from __future__ import annotations
 
@@ -23,8 +23,11 @@ from onnxprune.graph import GraphIndex
 from onnxprune.progress import Bar
 from onnxprune.reconstruction import layers
 from onnxprune.reconstruction.gram import Gram
+from onnxprune.reconstruction.upstream import upstream_model
 
 DEFAULT_RIDGE = 1e-3
+DEFAULT_PASSES = None
+DESIGN_BYTES = 64 * 2**20  # design rows held at once per layer (the rest of a batch waits)
 
 
 class FewSamplesWarning(RuntimeWarning):
@@ -81,9 +84,16 @@ class Reconstruction:
 
 def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[str, np.ndarray | None],
           calibration: Any, *, ridge: float = DEFAULT_RIDGE,
-          batch_size: int = calib.DEFAULT_BATCH_SIZE) -> Reconstruction:
+          batch_size: int = calib.DEFAULT_BATCH_SIZE, passes: int | None = DEFAULT_PASSES,
+          maps: Mapping[str, np.ndarray] | None = None) -> Reconstruction:
     """Re-fit the layers named in `targets` ({node name: kept positions of the reference output's channel
-    axis, or None for all}) of `model`, IN PLACE, to reproduce `reference`'s outputs of the same tensors."""
+    axis, or None for all}) of `model`, IN PLACE, to reproduce `reference`'s outputs of the same tensors.
+
+    passes: at most this many passes over the calibration data (None: one per stage). Consecutive stages
+    share a pass when there are more stages than passes: a layer then reads its input through the layers of
+    earlier stages of its own pass as surgery left them (not yet re-fitted).
+    maps: {node name: T} for MatMul / Gemm layers whose target is the reference output @ T (full output
+    columns x the layer's columns) rather than its kept columns (attention.query_maps)."""
     if calibration is None:
         raise InvalidRequestError("reconstruction needs calibration data: pass calibration=... (a dict of input "
                                   "arrays, an array for a single-input model, an iterable of either, or a path)")
@@ -99,6 +109,8 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
             report.layers.append(LayerReconstruction(name, node.op_type if node is not None else "?",
                                                      skipped=str(exc)))
             continue
+        if maps and name in maps and c.op_type != "Conv":
+            c.target_map = maps[name]
         consumers.append(c)
         report.layers.append(LayerReconstruction(name, c.op_type))
     if not consumers:
@@ -106,21 +118,37 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     by_name = {r.name: r for r in report.layers}
     stages = _stages(index, consumers)
     report.stages = len(stages)
-    source = _replayable(calibration, len(stages))
-    with Bar("reconstruction", len(stages), unit="stage") as bar:
-        for number, stage in enumerate(stages):
-            requests = {c.name: LayerGram(c) for c in stage}
-            grams = calib.collect(model, source(), requests, reference=reference, batch_size=batch_size)
+    windows = _windows(stages, _check_passes(passes))
+    source = _replayable(calibration, len(windows))
+    with Bar("reconstruction", len(windows), unit="pass") as bar:
+        for window in windows:
+            _fit_window(reference, model, window, source, ridge, batch_size, by_name)
             report.passes += 1
-            for c in stage:
-                _solve(model, c, grams[c.name], ridge, number, by_name[c.name])
             bar.update()
     return report
 
 
+def _fit_window(reference: onnx.ModelProto, model: onnx.ModelProto, window: list[tuple[int, list[layers.Consumer]]],
+                source, ridge: float, batch_size: int, rows: dict[str, LayerReconstruction]) -> None:
+    """One pass over the calibration data for the stages of `window` (a calibration.collect: in this process or
+    on the executor in scope), then their solves. Both models run only as far as the window needs
+    (upstream_model)."""
+    fitted = [c for _, stage in window for c in stage]
+    inputs = {v.name for v in model.graph.input}
+    inside = [t for t in dict.fromkeys(c.x for c in fitted) if t not in inputs]
+    wanted = [t for t in dict.fromkeys(c.y for c in fitted) if t not in inputs]
+    grams = calib.collect(upstream_model(model, inside) if inside else model, source(),
+                          {c.name: LayerGram(c) for c in fitted},
+                          reference=upstream_model(reference, wanted) if wanted else reference, batch_size=batch_size)
+    for number, stage in window:
+        for c in stage:
+            _solve(model, c, grams[c.name], ridge, number, rows[c.name])
+
+
 class LayerGram:
     """The calibration statistic of one layer: its design rows from the model being re-fitted (`tensors`),
-    its targets from the reference (`reference_tensors`), summed into a Gram."""
+    its targets from the reference (`reference_tensors`), summed into a Gram (a batch in slices of at most
+    DESIGN_BYTES of design rows)."""
 
     def __init__(self, consumer: layers.Consumer) -> None:
         self.consumer = consumer
@@ -129,13 +157,45 @@ class LayerGram:
         self.gram = Gram()
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        self.gram.update(self.consumer.design(x), self.consumer.target(y))
+        for xs, ys in _slices(self.consumer, x, y):
+            self.gram.update(self.consumer.design(xs), self.consumer.target(ys))
 
     def merge(self, other: "LayerGram") -> None:
         self.gram.merge(other.gram)
 
     def result(self) -> Gram:
         return self.gram
+
+
+def _slices(c: layers.Consumer, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """The batch in slices of samples whose design rows take at most DESIGN_BYTES (im2col multiplies a Conv's
+    input by its kernel size; float64)."""
+    n = len(x) if x.ndim > 1 and len(x) == len(y) else 1
+    per_sample = 8 * x[:1].size * (int(np.prod(c.attrs["kernel"])) if c.op_type == "Conv" else 1)
+    if c.op_type == "Conv":
+        per_sample //= max(1, int(np.prod(c.attrs["strides"])))
+    step = max(1, DESIGN_BYTES // max(per_sample, 1))
+    if n <= step:
+        yield x, y
+        return
+    for start in range(0, n, step):
+        yield x[start:start + step], y[start:start + step]
+
+
+def _windows(stages: list[list[layers.Consumer]], passes: int | None) -> list[list[tuple[int, list[layers.Consumer]]]]:
+    """The stages, numbered, split into at most `passes` runs of consecutive stages of near equal length."""
+    numbered = list(enumerate(stages))
+    count = len(numbered) if passes is None else min(passes, len(numbered))
+    bounds = [round(k * len(numbered) / count) for k in range(count + 1)]
+    return [numbered[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _check_passes(passes) -> int | None:
+    if passes is None:
+        return None
+    if isinstance(passes, bool) or not isinstance(passes, (int, np.integer)) or passes < 1:
+        raise InvalidRequestError(f"passes must be an integer >= 1 or None (one pass per stage), not {passes!r}")
+    return int(passes)
 
 
 def _solve(model, c: layers.Consumer, gram: Gram, ridge: float, stage: int, row: LayerReconstruction) -> None:
