@@ -3,11 +3,10 @@
     load -> analyze -> score -> allocate -> record -> surgery -> verify -> recover
 
 (ir.load_model -> coupling.analyze -> criteria -> allocation -> plan.record_plan -> surgery.apply ->
-verify.verify_pruning -> reconstruction.compensate / reconstruct).
+recover.mask_oracle -> recover.recovered: reconstruction.compensate / reconstruct). With no method= named,
+recipe.recommend chooses the criterion, scope, options and recovery first.
 """
 from __future__ import annotations
-
-from collections.abc import Iterator
 
 import numpy as np
 import onnx
@@ -21,12 +20,13 @@ from onnxprune.cost import CostModel
 from onnxprune.coupling import Analysis, analyze
 from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.criteria.registry import ALIASES
-from onnxprune.errors import InvalidRequestError, UnsupportedError, VerificationError
+from onnxprune.errors import InvalidRequestError, UnsupportedError
 from onnxprune.executor import uses_executor
 from onnxprune.latency_target import measured_removal
 from onnxprune.options import Options
 from onnxprune.plan import Plan, fingerprint, layers_digest, plan_removal, record_plan
 from onnxprune.recipe import recommend
+from onnxprune.recover import check_data_fixes, mask_oracle, recovered
 from onnxprune.reconstruction.refit import DEFAULT_RIDGE
 from onnxprune.result import PruneResult, PruneSummary
 from onnxprune.surgery.prune import apply
@@ -97,7 +97,7 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
     compensate, reconstruct = recipe.compensate, recipe.reconstruct
     recommendation = _check_scope(scope, recommendation, ratio, ratios, budget)
     own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)  # ours to change
-    calibration = _check_data_fixes(compensate, reconstruct, calibration)
+    calibration = check_data_fixes(compensate, reconstruct, calibration)
     model = ir.load_model(model)
     criterion = criterion_for(method)
     analysis = analyze(model, options)
@@ -120,7 +120,7 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
     requested = _group_ratios(analysis, targets, counts) if allotted else targets
     result.plan.describe(analysis, ratios=requested, scope=_plan_scope(scope, budget), recommendation=recommendation,
                          ratio=None if ratio is None else float(ratio), seed=seed)
-    return _recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
+    return recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
 
 
 @uses_executor
@@ -130,7 +130,7 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     """Remove exactly these output channels of these layers, and every channel coupled to them.
     compensate / reconstruct / calibration / ridge: as in prune()."""
     own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)
-    calibration = _check_data_fixes(compensate, reconstruct, calibration)
+    calibration = check_data_fixes(compensate, reconstruct, calibration)
     model = ir.load_model(model)
     if not isinstance(indices, dict) or not indices:
         raise InvalidRequestError("indices must be a non-empty {layer name: [channel indices]} mapping")
@@ -138,7 +138,7 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     removed = index_removal(analysis, indices)
     result = _prune_removed(model, analysis, removed, verify, own, sorted(removed), "index")
     result.plan.describe(analysis, indices={name: list(chosen) for name, chosen in indices.items()})
-    return _recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
+    return recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
 
 
 @uses_executor
@@ -280,44 +280,6 @@ def _canonical_method(method) -> str:
     return key
 
 
-def _check_data_fixes(compensate: bool, reconstruct: bool, calibration):
-    """The calibration data, kept as a list when compensation's own pass would use up a one-shot iterator."""
-    for flag, on in (("compensate", compensate), ("reconstruct", reconstruct)):
-        if on and calibration is None:
-            raise InvalidRequestError(f"{flag}=True needs calibration data: pass calibration=... (a dict of input "
-                                      "arrays, an array for a single-input model, an iterable of either, or a path)")
-    if compensate and isinstance(calibration, Iterator):
-        return list(calibration)
-    return calibration
-
-
-# --------------------------------------------------------------------------- recover
-
-def _recovered(model: onnx.ModelProto, result: PruneResult, compensate: bool, reconstruct: bool, calibration,
-               ridge: float, verify: bool, analysis: Analysis, removed: dict[int, np.ndarray]) -> PruneResult:
-    """The result with mean compensation and/or re-fitting applied in place, after the mask oracle (which
-    checks the surgery); with verify, the compensation oracle checks the compensated model (its exact groups)."""
-    if compensate:
-        from onnxprune.reconstruction.compensate import compensate_pruned, verify_compensation
-
-        done = compensate_pruned(model, result, calibration)
-        if verify:
-            target = _exact_part(analysis, removed, result)
-            if target is not result:
-                compensate_pruned(model, target, None, tensor_means=done.tensor_means)
-            report = verify_compensation(model, target)
-            done.verification = report
-            if not report.ok:
-                raise VerificationError(f"compensation oracle failed (max relative error "
-                                        f"{report.max_rel_error:.3g}):\n{report}")
-    if reconstruct:
-        from onnxprune.reconstruction import reconstruct_pruned
-
-        reconstruct_pruned(model, result, calibration, ridge=ridge)
-    return result
-
-
-
 # --------------------------------------------------------------------------- score and allocate
 
 def _checked_scores(scores, analysis: Analysis, targets: dict[int, float], method: str) -> dict[int, np.ndarray]:
@@ -440,7 +402,7 @@ def _prune_removed(model: onnx.ModelProto, analysis: Analysis, removed: dict[int
                          pruned_groups=sorted(removed), achieved_ratio=achieved, reference=reference,
                          weights=surgery.weights)
     if verify:
-        result.verification = _oracle(model, analysis, removed, result)
+        result.verification = mask_oracle(model, analysis, removed, result)
     return result
 
 
@@ -455,21 +417,3 @@ def _signature(model: onnx.ModelProto) -> onnx.ModelProto:
     return light
 
 
-def _exact_part(analysis: Analysis, removed: dict[int, np.ndarray],
-                result: PruneResult) -> PruneResult:
-    """`result` when every pruned group is exact, else the surgery of its exact groups alone (a new model)."""
-    if result.exact:
-        return result
-    exact_only = {g: p for g, p in removed.items() if analysis.groups[g].exact}
-    surgery = apply(analysis, analysis.channels.keep_mask(exact_only))
-    return PruneResult(surgery.model, surgery.channels, None, result.summary, True)
-
-
-def _oracle(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.ndarray], result: PruneResult):
-    """The mask oracle on the exact groups (inexact ones legitimately change values)."""
-    from onnxprune.verify import verify_pruning
-
-    report = verify_pruning(model, _exact_part(analysis, removed, result))
-    if not report.ok:
-        raise VerificationError(f"mask oracle failed (max relative error {report.max_rel_error:.3g}):\n{report}")
-    return report
