@@ -50,6 +50,7 @@ class _Surgeon:
         # constants sliced under their own name (initializers, and ConstantOfShape fills given a smaller shape)
         self.sliced_in_place: dict[str, dict[int, np.ndarray]] = {}
         self.after: dict[int, list[onnx.NodeProto]] = {}  # nodes to place right after node i
+        self.folded_shapes: dict[int, onnx.NodeProto] = {}  # Shape of a sliced constant -> its Constant
 
     # ---- the view rewrites read (coupling.registry.RewriteContext) -------------------
     def shape(self, tensor: str) -> tuple | None:
@@ -108,6 +109,9 @@ class _Surgeon:
         nodes: list[onnx.NodeProto] = []
         for i, node in enumerate(self.index.nodes):
             nodes.extend(pending.get(i, []))
+            if i in self.folded_shapes:
+                nodes.append(self.folded_shapes[i])
+                continue
             new_inputs = {slot: redirects[(i, slot)] for slot in range(len(node.input)) if (i, slot) in redirects}
             nodes.append(self._rewrite(i, node, new_inputs, nodes))
             nodes.extend(self.after.pop(i, []))
@@ -141,7 +145,7 @@ class _Surgeon:
             if len(keys) == 1:
                 only = next(iter(uses.values()))
                 weights[name] = {int(axis): kept.tolist() for axis, kept in sorted(only.items())}
-            all_uses = self.index.consumers.get(name, [])
+            all_uses = [u for u in self.index.consumers.get(name, []) if not self._fold_shape(u[0], name)]
             shared = len(all_uses) > len(uses) or name in self.index.graph_outputs
             if len(keys) == 1 and not shared and self.slicer.slice_in_place(name, next(iter(uses.values()))):
                 self.sliced_in_place[name] = next(iter(uses.values()))
@@ -156,6 +160,22 @@ class _Surgeon:
                     self.slicer.nodes.clear()
                 redirects[use] = made[key]
         return redirects, pending, weights
+
+    def _fold_shape(self, i: int, name: str) -> bool:
+        """Whether node i is a Shape of the constant `name` (which is being sliced): it then becomes a Constant of
+        the shape it read, so the unsliced constant is not kept for it alone (exporters read a weight's shape to
+        size its bias). The value is what the Shape read, unchanged."""
+        node = self.index.nodes[i]
+        dims = self.shape(name)
+        if node.op_type != "Shape" or node.domain not in ("", "ai.onnx") or dims is None:
+            return False
+        if not all(isinstance(d, int) for d in dims):
+            return False
+        attrs = {a.name: a.i for a in node.attribute}
+        value = np.array(dims, dtype=np.int64)[attrs.get("start", 0):attrs.get("end", len(dims))]
+        self.folded_shapes[i] = onnx.helper.make_node("Constant", [], list(node.output), name=node.name,
+                                                      value=numpy_helper.from_array(value))
+        return True
 
     def _gather_inputs(self, redirects: dict[tuple[int, int], str], pending: dict[int, list[onnx.NodeProto]]) -> None:
         """Slice each input without channels (coupling's `gathered`) for its reader: one Gather per axis, shared by
