@@ -40,6 +40,7 @@ class Consumer:
     fit_bias: bool = True
     attrs: dict = field(default_factory=dict)  # Conv: kernel, strides, dilations, pads, auto_pad
     target_map: np.ndarray | None = None  # MatMul / Gemm: target = reference output @ target_map (instead of out_keep)
+    thin: bool = True  # Conv: design rows from a sample of a large feature map's output positions (_position_step)
 
     @property
     def groups(self) -> int:
@@ -49,7 +50,7 @@ class Consumer:
     def design(self, x: np.ndarray) -> np.ndarray:
         """(groups, rows, unknowns per output without the bias), float64, contiguous."""
         if self.op_type == "Conv":
-            self.attrs["every"] = _position_step(x.shape, self.attrs, self.groups)
+            self.attrs["every"] = _position_step(x.shape, self.attrs, self.groups) if self.thin else 1
             return _im2col(x, self.attrs, self.groups)
         return np.asarray(x, dtype=np.float64).reshape(1, -1, x.shape[-1])
 

@@ -21,17 +21,18 @@ CHUNK_BYTES = 64 << 20  # im2col is built for this many bytes of rows at a time
 
 
 def design(layer: WeightLayer) -> Callable[[np.ndarray], np.ndarray]:
-    """x -> X (rows, groups, columns) for this layer's input."""
+    """x -> X (groups, rows, columns) for this layer's input (reconstruction's design rows, every output position:
+    the Hessian is the layer's own, so the re-fit is exact on the calibration data)."""
     if layer.op_type == "Conv":
         layout = WeightLayout("Conv", 1, out_axis=0, in_axis=1, group=layer.group, per_group_axis=1)
         view = Consumer(layer.name, "Conv", -1, layer.input, layer.output, None, layer.weight, None, layout,
-                        attrs=layer.conv)
+                        attrs=dict(layer.conv), thin=False)
         return view.design
     axis = layer.input_axis
 
     def flat(x: np.ndarray) -> np.ndarray:
         x = np.moveaxis(x, axis, -1)
-        return x.reshape(-1, 1, x.shape[-1])
+        return x.reshape(1, -1, x.shape[-1])
 
     return flat
 
@@ -69,10 +70,10 @@ class InputGram:
             self.add(self.design(x[start : start + step]))
 
     def add(self, rows: np.ndarray) -> None:
-        t = np.asarray(rows, dtype=np.float64).transpose(1, 2, 0)  # (groups, d, rows)
-        h = t @ t.transpose(0, 2, 1)
+        x = np.asarray(rows, dtype=np.float64)  # (groups, rows, d)
+        h = x.transpose(0, 2, 1) @ x
         self.H = h if self.H is None else self.H + h
-        self.rows += rows.shape[0]
+        self.rows += x.shape[1]
 
     def merge(self, other: "InputGram") -> None:
         """Add the partial sums of `other` (the same statistic, updated on other batches)."""
