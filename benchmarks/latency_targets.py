@@ -4,6 +4,7 @@
     python benchmarks/latency_targets.py [--quick] [--models resnet50,mobilenetv2,densenet121,efficientnetb0,vit]
                                          [--threads 1,2] [--targets 0.7,0.5] [--repeats N] [--steps N]
     python benchmarks/latency_targets.py --accuracy [--quick] [--acc-models residual,dwse,concat] [--seconds S]
+                                         [--acc-pipeline l2|recommended]
 
 Latency part, per model (benchmarks/_models.py, 224x224, batch 1, random weights) and thread count:
 `op.profile(model, threads=n, cache=<fresh temp folder>)` is timed twice (first: everything measured; cached:
@@ -17,7 +18,9 @@ ratio 0.3 and 0.5 with step 8 (the issue's reference setting) joins the same rou
 Accuracy part (--accuracy): the digits CNNs of benchmarks/recovery.py trained on load_digits, pruned with l2
 and least-squares reconstruction (calibration: training images, as recovery.py) by `target_latency=t` and by
 uniform ratio pruning whose ratio is bisected until its measured latency matches the latency-aware model's
-(both timed interleaved, 1 thread, at --acc-batch); test accuracy of both.
+(both timed interleaved, 1 thread, at --acc-batch); test accuracy of both. --acc-pipeline recommended: both
+run the recommended pipeline instead (no method named: activation criterion, compensation and reconstruction;
+the latency-aware model by its knapsack, the uniform one with scope="uniform"), so only the allocation differs.
 """
 from __future__ import annotations
 
@@ -326,8 +329,13 @@ def run_accuracy(name: str, data, args) -> list[AccuracyRow]:
         shutil.rmtree(folder, ignore_errors=True)
     rows = []
     for target in args.targets:
+        recommended = args.acc_pipeline == "recommended"
         try:
-            aware = op.prune(model, "l2", target_latency=target, cost=cost, calibration=calibration, reconstruct=True)
+            if recommended:
+                aware = op.prune(model, target_latency=target, cost=cost, calibration=calibration)
+            else:
+                aware = op.prune(model, "l2", target_latency=target, cost=cost, calibration=calibration,
+                                 reconstruct=True)
         except OnnxPruneError as exc:
             print(f"  target {target:g}: {type(exc).__name__}: {exc}", flush=True)
             continue
@@ -340,7 +348,10 @@ def run_accuracy(name: str, data, args) -> list[AccuracyRow]:
 
         search = bisect_ratio(uniform_at, 1.0, args.steps)
         ratio = search.best.ratio
-        uniform = op.prune(model, "l2", ratio, calibration=calibration, reconstruct=True)
+        if recommended:
+            uniform = op.prune(model, ratio=ratio, scope="uniform", calibration=calibration)
+        else:
+            uniform = op.prune(model, "l2", ratio, calibration=calibration, reconstruct=True)
         base_ms, a_ms, u_ms = measure([model, aware.model, uniform.model], 1, args.acc_repeats, batch=args.acc_batch)
         rows.append(AccuracyRow(name, base, target, aware.summary.budget["predicted_fraction"], a_ms / base_ms,
                                 u_ms / base_ms, ratio, macs_fraction(aware, macs), macs_fraction(uniform, macs),
@@ -353,7 +364,10 @@ def run_accuracy(name: str, data, args) -> list[AccuracyRow]:
 
 
 def print_accuracy_table(rows: list[AccuracyRow], args) -> None:
-    print(f"\nTable 5. Test accuracy at equal measured latency (digits CNNs, l2 + reconstruction on {args.calibration} "
+    recommended = args.acc_pipeline == "recommended"
+    pipeline = "the recommended pipeline (activation, compensation, reconstruction)" if recommended else \
+        "l2 + reconstruction"
+    print(f"\nTable 5. Test accuracy at equal measured latency (digits CNNs, {pipeline} on {args.calibration} "
           f"training images; 1 thread, batch {args.acc_batch}; latency = fraction of the original's, interleaved "
           "medians). Uniform's ratio is bisected on its latency / the latency-aware model's. bar: aware acc >= uni acc")
     print(table([[r.model, f"{r.base:.3f}", f"{r.target:g}", f"{r.predicted:.3f}", f"{r.aware_latency:.3f}",
@@ -394,6 +408,9 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None, help="bisection evaluations (default 10, quick 7)")
     parser.add_argument("--accuracy", action="store_true", help="run the accuracy part (digits CNNs) instead")
     parser.add_argument("--acc-models", default="residual,dwse,concat")
+    parser.add_argument("--acc-pipeline", choices=["l2", "recommended"], default="l2",
+                        help="accuracy part: l2 + reconstruction on both sides (default), or the recommended "
+                             "pipeline on both (only the allocation differs)")
     parser.add_argument("--acc-batch", type=int, default=64, help="batch at which the digits CNNs are profiled/timed")
     parser.add_argument("--acc-repeats", type=int, default=None, help="timing rounds per comparison (default 100, "
                                                                        "quick 40)")
