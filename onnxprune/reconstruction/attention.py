@@ -32,6 +32,7 @@ import onnx
 from onnxprune import calibration as calib
 from onnxprune.graph import GraphIndex
 from onnxprune.reconstruction import layers
+from onnxprune.workflows.metric_key import QuietStream
 
 _PASS = ("Reshape", "Transpose", "Identity", "Mul", "Div", "Squeeze", "Unsqueeze")
 _SCORE = ("Mul", "Div", "Add", "Sub", "Where", "Cast")
@@ -175,7 +176,7 @@ def query_maps(original: onnx.ModelProto, blocks: list[Attention], keeps: Mappin
     if not pruned:
         return {}
     grams = calib.collect(original, calibration, {b.key: HeadGram(b.key_output, b.head_size) for b in pruned},
-                          batch_size=batch_size, stream=_Quiet())
+                          batch_size=batch_size, stream=QuietStream())
     maps = {}
     for b in pruned:
         gram = grams[b.key]
@@ -208,17 +209,6 @@ def _query_map(gram: np.ndarray, head_size: int, keep: np.ndarray) -> np.ndarray
         coef = np.linalg.lstsq(a, g[np.ix_(sa, r)], rcond=None)[0]  # (s + 1, r): k_R ~ k_S coef[:s] + coef[s]
         t[np.ix_(h * head_size + r, targets)] = coef[:-1].T
     return t
-
-
-class _Quiet:
-    def write(self, text: str) -> int:
-        return len(text)
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return False
 
 
 # --------------------------------------------------------------------------- drifted layers
