@@ -27,7 +27,7 @@ from onnxprune.sparsity.base import (
     nm_skip_reason,
     register_strategy,
 )
-from onnxprune.sparsity.inputs import InputGram, from_rows, input_square_sums, weight_rows
+from onnxprune.sparsity.inputs import InputGram, from_rows, per_channel, weight_rows
 from onnxprune.sparsity.layers import WeightLayer
 
 
@@ -63,7 +63,7 @@ class Wanda(LayerStrategy):
         return unsupported(layer, ctx)
 
     def statistics(self, layers):
-        return {("wanda", layer.weight): SampleMean((layer.input,), input_square_sums(layer.input_axis))
+        return {("wanda", layer.weight): SampleMean((layer.input,), per_channel(layer.input_axis, np.square))
                 for layer in layers}
 
     def layer_mask(self, layer, ctx):

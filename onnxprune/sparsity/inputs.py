@@ -5,7 +5,7 @@ A layer computes y = X W^T per group, where a row of X is one sample position of
   * Conv: the im2col view of the input, (samples x output positions, groups, C / group x prod(kernel)), columns
     ordered (input channel, kernel offset), the order of the weight's reshape (O, C / group x prod(kernel)).
 `InputGram` streams H = X^T X per group (float64, in the one calibration pass; memory d x d per group, whatever
-the number of samples), `input_square_sums` the per-sample sums of x^2 of every input channel (Wanda's norms).
+the number of samples), `per_channel` per-sample reductions of every input channel (Wanda's sums of x^2).
 """
 from __future__ import annotations
 
@@ -85,14 +85,16 @@ class InputGram:
         return self.H, self.rows
 
 
-def input_square_sums(axis: int):
-    """Per sample: sum over every position of x_c^2 for each input channel c (channel axis `axis`)."""
+def per_channel(axis: int, transform: Callable[[np.ndarray], np.ndarray],
+                reduce: Callable[..., np.ndarray] = np.sum) -> Callable[[np.ndarray], np.ndarray]:
+    """Per sample: `reduce` of transform(x) over every position of each channel (channel axis `axis`), as
+    (samples, channels); e.g. (np.square, np.sum) gives Wanda's squared input norms."""
 
     def per_sample(x: np.ndarray) -> np.ndarray:
-        x = np.square(np.asarray(x, dtype=np.float64))
+        x = transform(np.asarray(x, dtype=np.float64))
         if x.ndim == 1:
             return x[None]
         y = np.moveaxis(x, axis, -1)
-        return y.reshape(y.shape[0], -1, y.shape[-1]).sum(axis=1)
+        return reduce(y.reshape(y.shape[0], -1, y.shape[-1]), axis=1)
 
     return per_sample

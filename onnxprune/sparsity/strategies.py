@@ -32,6 +32,7 @@ from onnxprune.sparsity.base import (
     nm_skip_reason,
     register_strategy,
 )
+from onnxprune.sparsity.inputs import per_channel
 from onnxprune.sparsity.layers import WeightLayer
 
 
@@ -39,24 +40,11 @@ def magnitude(layer: WeightLayer) -> np.ndarray:
     return np.abs(np.asarray(layer.value, dtype=np.float64))
 
 
-def input_magnitudes(axis: int):
-    """Per sample: mean |x| over every position of each channel (channel axis `axis`)."""
-
-    def per_sample(x: np.ndarray) -> np.ndarray:
-        x = np.abs(np.asarray(x, dtype=np.float64))
-        if x.ndim == 1:
-            return x[None]
-        y = np.moveaxis(x, axis, -1)
-        return y.reshape(y.shape[0], -1, y.shape[-1]).mean(axis=1)
-
-    return per_sample
-
-
 class _ActivationMagnitude:
     needs_calibration = True
 
     def statistics(self, layers):
-        return {("input", layer.weight): SampleMean((layer.input,), input_magnitudes(layer.input_axis))
+        return {("input", layer.weight): SampleMean((layer.input,), per_channel(layer.input_axis, np.abs, np.mean))
                 for layer in layers}
 
     def importance(self, layer: WeightLayer, ctx: Context) -> np.ndarray:
