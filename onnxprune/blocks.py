@@ -151,14 +151,7 @@ def _branch(index: GraphIndex, add: int, stream: str, branch_out: str, outputs: 
     producer = index.producer_node(stream)
     if producer is not None and producer.op_type in _FUSED_JOINS and list(producer.output).index(stream) == 3:
         roots.append(producer.output[0])  # a fused pre-norm join: the next branch reads its normalised output
-    descend, stack = set(), [k for r in roots for k, _ in index.consumers.get(r, []) if k in ancestors]
-    while stack:
-        k = stack.pop()
-        if k in descend:
-            continue
-        descend.add(k)
-        for t in index.nodes[k].output:
-            stack.extend(c for c, _ in index.consumers.get(t, []) if c in ancestors)
+    descend = index.downstream(roots, within=ancestors)
     if last[0] not in descend:
         return None
     for k in descend:

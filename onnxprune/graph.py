@@ -60,6 +60,20 @@ class GraphIndex:
         found = self.producer.get(tensor)
         return self.nodes[found[0]] if found else None
 
+    def downstream(self, tensors, within: set[int] | None = None) -> set[int]:
+        """Indices of the nodes that read any of `tensors`, directly or through other nodes (only nodes in
+        `within`, when given, are entered)."""
+        seen: set[int] = set()
+        todo = [i for t in tensors for i, _ in self.consumers.get(t, []) if within is None or i in within]
+        while todo:
+            i = todo.pop()
+            if i in seen:
+                continue
+            seen.add(i)
+            for t in self.nodes[i].output:
+                todo.extend(j for j, _ in self.consumers.get(t, []) if within is None or j in within)
+        return seen
+
 
 def attribute(node: onnx.NodeProto, name: str, default=None):
     """The value of a node attribute, or `default` when it is absent."""

@@ -217,14 +217,6 @@ def drifted_layers(model: onnx.ModelProto, changed: set[str]) -> list[str]:
     """Node names (GraphIndex names) of the Conv / Gemm / MatMul layers with a constant weight downstream of
     any tensor in `changed` (tensors whose values differ from the original's)."""
     index = GraphIndex.build(model.graph)
-    seen: set[int] = set()
-    todo = [i for t in changed for i, _ in index.consumers.get(t, [])]
-    while todo:
-        i = todo.pop()
-        if i in seen:
-            continue
-        seen.add(i)
-        for t in index.nodes[i].output:
-            todo.extend(j for j, _ in index.consumers.get(t, []))
+    seen = index.downstream(changed)
     return [index.names[i] for i in sorted(seen) if index.nodes[i].op_type in layers.OPS
             and len(index.nodes[i].input) > 1 and index.nodes[i].input[1] in index.initializers]
