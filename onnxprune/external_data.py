@@ -19,6 +19,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from .errors import ExternalDataError, VerificationError
 from .graph import copy_field, copy_fields_except
+from .wire import graph_initializer_raw_sizes, initializer_raw_sizes
 
 PROTO_LIMIT = 2**31 - 2**26  # serialized size above which external data is required (2 GB minus margin)
 EXTERNAL_MIN_BYTES = 1024  # only tensors at least this large go to the external data file
@@ -285,12 +286,16 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def write_proto(model: onnx.ModelProto, path: str) -> None:
-    """Write the model's bytes (without the origin record) to `path`."""
+def write_proto(model: onnx.ModelProto, path: str) -> list[int | None]:
+    """Write the model's bytes (without the origin record) to `path`; returns the initializers' raw_data lengths,
+    read from the bytes written (reading them from the proto would copy every weight)."""
     parts = serialized_parts(model)
     with open(path, "wb") as f:
         for part in parts:
             f.write(part)
+    if len(parts) == 1:
+        return initializer_raw_sizes(parts[0])
+    return graph_initializer_raw_sizes(parts[2]) if len(parts) == 4 else []  # head, graph key, graph, tail
 
 
 # --------------------------------------------------------------------------- writing a data file

@@ -53,11 +53,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, reference: on
         out = ext.build_output(model, tmp_data if external_data else None, data_name, source)
         if check and reference is not None:
             check_io(reference, out)
+        raw_sizes = ext.write_proto(out, tmp_model)
         if check:
             check_model_structure(out, path)  # the real tensors' fields (the checker below sees stubs)
-            check_tensor_sizes(out, path)
+            check_tensor_sizes(out, path, raw_sizes=raw_sizes)
             structure = _structure_copy(out, os.path.join(tmp, "structure"))
-        ext.write_proto(out, tmp_model)
         del out
         if check:
             validate_file(tmp_model, structure=structure)

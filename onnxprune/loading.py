@@ -161,7 +161,10 @@ def _parse(path: str) -> tuple[onnx.ModelProto, bytes]:
 def check_tensor_sizes(model: onnx.ModelProto, path: str, *, raw_sizes: list[int | None] | None = None) -> None:
     """Raw and external tensors hold exactly the bytes their shape and type need.
 
-    raw_sizes: the initializers' raw_data lengths, when known without reading the fields (wire.py)."""
+    raw_sizes: the initializers' raw_data lengths, when known without reading the fields (wire.py); ignored unless
+    it has one entry per initializer."""
+    if raw_sizes is not None and len(raw_sizes) != len(model.graph.initializer):
+        raw_sizes = None
     for k, tensor in enumerate(ext.iter_tensors(model)):  # initializers first
         if tensor.data_type in (TensorProto.STRING, TensorProto.UNDEFINED):
             continue

@@ -13,6 +13,7 @@ is reordered; a rebuild through it would change node content and order of every 
 from __future__ import annotations
 
 import heapq
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
@@ -64,7 +65,9 @@ def rebuild(source: onnx.ModelProto, nodes: Sequence[onnx.NodeProto], *,
         for tensor in source.graph.initializer:
             if kept(tensor):
                 if tensor.name in replaced:
-                    tensor = numpy_helper.from_array(replaced.pop(tensor.name), tensor.name)
+                    fresh = onnx.TensorProto(name=tensor.name, doc_string=tensor.doc_string)
+                    _overwrite(fresh, replaced.pop(tensor.name))
+                    tensor = fresh
                 graph.initializer.append(tensor)
     new_dims = {t.name: list(t.dims) for t in graph.initializer if t.name in input_names and t.name in replaced_names}
     # value_info is dropped unless asked: shapes of activations and of values computed from weights change
@@ -145,10 +148,21 @@ def _overwrite(tensor: onnx.TensorProto, array: np.ndarray) -> None:
     tensor.name = name
     if doc:
         tensor.doc_string = doc
-    packed = numpy_helper.from_array(np.ascontiguousarray(array))  # 4-bit types: two values per byte
-    tensor.data_type = packed.data_type
+    array = np.ascontiguousarray(array)
     tensor.dims.extend(array.shape)
+    data_type = _PLAIN_TYPES.get(array.dtype) if sys.byteorder == "little" else None
+    if data_type is not None:  # one copy into the proto (numpy_helper.from_array makes three)
+        tensor.data_type = data_type
+        tensor.raw_data = array.tobytes()
+        return
+    packed = numpy_helper.from_array(array)  # 4-bit and other special types, byte order
+    tensor.data_type = packed.data_type
     tensor.raw_data = packed.raw_data
+
+
+_PLAIN_TYPES = {np.dtype(t): onnx.helper.np_dtype_to_tensor_dtype(np.dtype(t)) for t in (
+    np.float32, np.float16, np.float64, np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64,
+    np.uint64, np.bool_)}
 
 
 def _set_dims(value: onnx.ValueInfoProto, dims: list[int]) -> None:

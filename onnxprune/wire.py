@@ -48,9 +48,20 @@ def initializer_raw_sizes(buffer: bytes) -> list[int | None]:
     """len(raw_data) of each initializer (None: no raw_data field), in the order the parsed model lists them."""
     sizes: list[int | None] = []
     for graph in _messages(buffer, 0, len(buffer), _GRAPH):
-        for tensor in _messages(buffer, *graph, _INITIALIZER):
-            size = None
-            for raw in _messages(buffer, *tensor, _RAW_DATA):
-                size = raw[1] - raw[0]  # a repeated scalar field: the last one wins, as in parsing
-            sizes.append(size)
+        sizes += _graph_raw_sizes(buffer, *graph)
+    return sizes
+
+
+def graph_initializer_raw_sizes(buffer: bytes) -> list[int | None]:
+    """The same for a serialized GraphProto."""
+    return _graph_raw_sizes(buffer, 0, len(buffer))
+
+
+def _graph_raw_sizes(buffer: bytes, start: int, end: int) -> list[int | None]:
+    sizes: list[int | None] = []
+    for tensor in _messages(buffer, start, end, _INITIALIZER):
+        size = None
+        for raw in _messages(buffer, *tensor, _RAW_DATA):
+            size = raw[1] - raw[0]  # a repeated scalar field: the last one wins, as in parsing
+        sizes.append(size)
     return sizes
