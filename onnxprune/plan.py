@@ -56,6 +56,7 @@ import numpy as np
 import onnx
 
 from onnxprune.errors import InvalidRequestError
+from onnxprune.files import write_text
 from onnxprune.options import Options
 
 FORMAT = "onnxprune-plan/1"
@@ -159,8 +160,7 @@ class Plan:
         return text + "\n}\n"
 
     def save(self, path: str | os.PathLike) -> None:
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(self.to_json())
+        write_text(path, self.to_json())
 
     @classmethod
     def load(cls, source: "Plan | dict | str | os.PathLike") -> "Plan":

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune.cli.common import add_data_flags, check_paths, data_source, load_gradients, make_parent, write_text
+from onnxprune.cli.common import add_data_flags, check_paths, data_source, load_gradients, make_parent
+from onnxprune.files import write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:

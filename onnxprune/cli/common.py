@@ -6,8 +6,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import tempfile
 from dataclasses import fields
 from typing import Any
 
@@ -25,7 +23,7 @@ def check_paths(inputs: dict[str, str | None], outputs: dict[str, str | None]) -
     """Refuse, before any work, an output that is one of the inputs or another output of the same command, or that
     cannot be written (a folder, or under a file). `inputs` names each input ("model", "plan", ...), `outputs` each
     output by its flag ("-o", "--record", ...); None entries are flags not given. Missing output folders are fine:
-    write_text and make_parent create them once the result is ready."""
+    onnxprune.files.write_text and make_parent create them once the result is ready."""
     given_inputs = {what: path for what, path in inputs.items() if path}
     seen: dict[str, str] = {}
     for flag, path in outputs.items():
@@ -66,20 +64,6 @@ def make_parent(path: str) -> None:
     """Create the output's folder (called once the result is ready to be written)."""
     parent = os.path.dirname(os.path.abspath(path))
     os.makedirs(parent, exist_ok=True)
-
-
-def write_text(path: str, text: str) -> None:
-    """Write `text` to `path` atomically (written in a temporary folder beside it, then renamed), creating the
-    folder."""
-    make_parent(path)
-    tmp = tempfile.mkdtemp(prefix=".onnxprune-", dir=os.path.dirname(os.path.abspath(path)))
-    try:
-        staged = os.path.join(tmp, os.path.basename(path))
-        with open(staged, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(staged, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def read_json(path: str, what: str):

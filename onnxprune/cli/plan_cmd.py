@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 
 from onnxprune.cli.common import (add_data_flags, add_option_flags, check_paths, data_source, load_gradients,
-                                  options_from_args, write_text)
+                                  options_from_args)
+from onnxprune.files import write_text
 from onnxprune.criteria import CRITERIA
 from onnxprune.errors import InvalidRequestError
 from onnxprune.text import table

@@ -6,7 +6,8 @@ import argparse
 import json
 import os
 
-from onnxprune.cli.common import add_ray_flag, check_paths, write_text
+from onnxprune.cli.common import add_ray_flag, check_paths
+from onnxprune.files import write_text
 from onnxprune.errors import InvalidRequestError
 from onnxprune.text import table
 

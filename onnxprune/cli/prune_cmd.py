@@ -7,7 +7,8 @@ import json
 
 from onnxprune.cli.common import (add_data_flags, add_option_flags, add_ray_flag, add_report_flags,
                                   changed_option_flags, check_paths, data_source, load_gradients, make_parent,
-                                  options_from_args, prepare_report, read_json, report_from_args, write_text)
+                                  options_from_args, prepare_report, read_json, report_from_args)
+from onnxprune.files import write_text
 from onnxprune.criteria import CRITERIA
 from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import InvalidRequestError

@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from onnxprune.cli.common import add_image_flags, add_ray_flag, check_paths, data_source, write_text
+from onnxprune.cli.common import add_image_flags, add_ray_flag, check_paths, data_source
+from onnxprune.files import write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:

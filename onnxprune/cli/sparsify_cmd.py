@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from onnxprune.cli.common import (add_image_flags, add_ray_flag, check_paths, data_source, load_gradients, make_parent,
-                                  write_text)
+from onnxprune.cli.common import add_image_flags, add_ray_flag, check_paths, data_source, load_gradients, make_parent
+from onnxprune.files import write_text
 
 
 def register(sub: argparse._SubParsersAction) -> None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from onnxprune import ir
 from onnxprune.errors import InvalidRequestError
+from onnxprune.files import write_text
 from onnxprune.stats import ModelStats, stats
 
 __all__ = ["REPORT_FORMATS", "build_report", "check_report_path", "load_eval_data", "to_markdown", "write_report"]
@@ -154,8 +155,7 @@ def write_report(report: dict[str, Any], path: str) -> None:
     check_report_path(path)
     ext = os.path.splitext(path)[1].lower()
     text = json.dumps(report, indent=2) if ext == ".json" else to_markdown(report)
-    with open(path, "w", encoding="utf-8") as handle:
-        handle.write(text + "\n")
+    write_text(path, text + "\n")
 
 
 def _fmt(value: Any) -> str:

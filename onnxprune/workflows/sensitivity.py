@@ -37,6 +37,7 @@ from onnxprune.allocation import check_ratio, find_layer
 from onnxprune.coupling import analyze
 from onnxprune.text import human, table
 from onnxprune.errors import InvalidRequestError, MissingExtraError
+from onnxprune.files import write_text
 from onnxprune.executor import resolve
 from onnxprune.workflows.metric_key import QuietStream, default_key, pick_value
 from onnxprune.options import Options
@@ -127,9 +128,7 @@ class SensitivityResult:
         return json.dumps(self.as_dict(), indent=1)
 
     def save_json(self, path: str | os.PathLike) -> None:
-        _make_parent(path)
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(self.to_json() + "\n")
+        write_text(path, self.to_json() + "\n")
 
     def table(self) -> str:
         header = ["group", "layer", "size"] + [f"drop@{r:g}" for r in self.ratios] + \
