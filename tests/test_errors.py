@@ -80,6 +80,15 @@ def test_index_out_of_range(model_file, tmp_path):
     assert code != 0 and not os.path.exists(out)
 
 
+@pytest.mark.parametrize("flags", [["--method", "l1"], ["--scope", "global"], ["--seed", "3"]])
+def test_indices_refuse_flags_that_choose_channels(model_file, tmp_path, capsys, flags):
+    indices = tmp_path / "i.json"
+    indices.write_text(json.dumps({"c2": [0]}))
+    code, out = cli(tmp_path, "prune", model_file, "--indices", str(indices), *flags)
+    assert code != 0 and not os.path.exists(out)
+    assert f"{flags[0]} cannot be used with --indices" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("ratio", [-0.1, 1.0, 1.5, float("nan")])
 def test_ratio_outside_range(model_file, tmp_path, ratio):
     with pytest.raises(op.InvalidRequestError, match=r"\[0, 1\)"):

@@ -152,11 +152,21 @@ def _refuse_flags_a_plan_carries(args: argparse.Namespace) -> None:
                                   "scope, recommendation, seed and options; edit the plan, or drop --plan")
 
 
+def _refuse_flags_indices_ignore(args: argparse.Namespace) -> None:
+    """--indices names the channels to remove: a method, scope, recommendation or seed would choose none of them."""
+    given = ["--" + name for name, default in PLAN_CARRIES.items() if getattr(args, name) != default]
+    if given:
+        raise InvalidRequestError(f"{', '.join(given)} cannot be used with --indices: the indices file names the "
+                                  "channels to remove; drop those flags, or use --ratio/--ratios to let a method choose")
+
+
 def run(args: argparse.Namespace) -> int:
     import onnxprune as op
 
     if args.plan:
         _refuse_flags_a_plan_carries(args)
+    elif args.indices:
+        _refuse_flags_indices_ignore(args)
     check_paths({"model": args.model, "plan": args.plan, "ratios file": args.ratios, "indices file": args.indices,
                  "calibration data": args.calibration, "gradients": args.gradients, "evaluation data": args.eval_data,
                  "cost file": args.cost},
