@@ -292,6 +292,8 @@ class ConsumerSlice:
     """A weight axis of role "in" (a layer reading a group across channels): the layer's input, its channel axis,
     ||W[:, c]||^2 per position, and per position its group and unit position."""
 
+    node: int
+    ids: np.ndarray
     tensor: str
     axis: int
     weight_energy: np.ndarray
@@ -317,7 +319,7 @@ def consumer_slices(analysis: Analysis, groups: list[int]) -> list[ConsumerSlice
             if x_axis is None or value is None:
                 continue
             energy = np.square(slice_rows(value, axis)).sum(axis=1)
-            found.append(ConsumerSlice(x, x_axis, energy, channels.group[ids], channels.position[ids]))
+            found.append(ConsumerSlice(i, ids, x, x_axis, energy, channels.group[ids], channels.position[ids]))
     return found
 
 
@@ -337,25 +339,37 @@ def fluctuation(ctx: CriterionContext) -> dict[int, np.ndarray]:
     """sqrt(sum over consumers of ||W[:, c]||^2 Var(x_c)): the output error left by removing c under mean
     compensation (see the module doc); groups without such a consumer by `activation`, in the same pass."""
     calibration.require(ctx.calibration, "fluctuation")
+    requests, finish = fluctuation_requests(ctx)
+    return finish(calibration.collect(ctx.analysis.model, ctx.calibration, requests))
+
+
+def fluctuation_requests(ctx: CriterionContext) -> tuple[dict, Callable[[dict], dict[int, np.ndarray]]]:
+    """The statistics `fluctuation` reads (keys ("slice", k) and ("site", k)), and the function from their
+    results to its scores: for a criterion that adds its own statistics to the same pass."""
     a = ctx.analysis
     slices = consumer_slices(a, ctx.groups)
     rest = sorted(set(ctx.groups).difference(g for s in slices for g in s.groups.tolist()))
     sites = feature_sites(a, rest)
-    stats = {("slice", k): calibration.SampleMean((s.tensor,), channel_moments(s.axis)) for k, s in enumerate(slices)}
-    stats.update({("site", k): calibration.SampleMean((s.tensor,), channel_norms(s.axis)) for k, s in enumerate(sites)})
-    results = calibration.collect(a.model, ctx.calibration, stats)
-    per_group: dict[int, list[np.ndarray]] = {g: [] for g in ctx.groups}
-    for k, s in enumerate(slices):
-        mean, square = np.split(results["slice", k], 2)
-        energy = s.weight_energy * np.clip(square - mean ** 2, 0.0, None)
-        for g in sorted(set(per_group).intersection(s.groups.tolist())):
-            chosen = s.groups == g
-            per_group[g].append(group_slices(energy[chosen], s.positions[chosen], a.groups[g].size, "sum"))
-    scores = {g: np.sqrt(combine_layers(v, a.groups[g].size, "sum")) for g, v in per_group.items() if v}
-    features: dict[int, list[np.ndarray]] = {g: [] for g in rest}
-    for k, site in enumerate(sites):
-        for g, values in unit_scores(a, site, results["site", k], ctx.options.group_policy).items():
-            if g in features:
-                features[g].append(values)
-    scores.update(combined(ctx, features))
-    return {g: scores[g] for g in ctx.groups}
+    requests = {("slice", k): calibration.SampleMean((s.tensor,), channel_moments(s.axis))
+                for k, s in enumerate(slices)}
+    requests.update({("site", k): calibration.SampleMean((s.tensor,), channel_norms(s.axis))
+                     for k, s in enumerate(sites)})
+
+    def finish(results: dict) -> dict[int, np.ndarray]:
+        per_group: dict[int, list[np.ndarray]] = {g: [] for g in ctx.groups}
+        for k, s in enumerate(slices):
+            mean, square = np.split(results["slice", k], 2)
+            energy = s.weight_energy * np.clip(square - mean ** 2, 0.0, None)
+            for g in sorted(set(per_group).intersection(s.groups.tolist())):
+                chosen = s.groups == g
+                per_group[g].append(group_slices(energy[chosen], s.positions[chosen], a.groups[g].size, "sum"))
+        scores = {g: np.sqrt(combine_layers(v, a.groups[g].size, "sum")) for g, v in per_group.items() if v}
+        features: dict[int, list[np.ndarray]] = {g: [] for g in rest}
+        for k, site in enumerate(sites):
+            for g, values in unit_scores(a, site, results["site", k], ctx.options.group_policy).items():
+                if g in features:
+                    features[g].append(values)
+        scores.update(combined(ctx, features))
+        return {g: scores[g] for g in ctx.groups}
+
+    return requests, finish
