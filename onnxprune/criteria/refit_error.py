@@ -8,8 +8,8 @@ re-fitted rest is W - H^-1[:, B] [H^-1]_BB^-1 W_B (ZipLM / OBC, Kurtic et al. 20
 unit's columns are its input channel x kernel offsets (Conv), or every column it feeds (Gemm after Flatten).
 
 Per group, units are eliminated greedily (the unit whose removal adds the least error, summed over the group's
-consumer layers, goes next; the rest is re-fitted after each step; in steps of ceil(alive / STEPS) units for
-large groups); a unit's score is the cumulative error when it goes, so the lowest scores are the units to remove
+consumer layers, goes next; the rest is re-fitted after each step; a group of more than STEPS units
+removes ceil(size / STEPS) per step); a unit's score is the cumulative error when it goes, so the lowest scores are the units to remove
 at any count. Groups with no such layer (or only layers with more than MAX_COLUMNS columns, or grouped ones)
 are scored by `fluctuation`, computed in the same pass.
 """
@@ -28,7 +28,7 @@ from onnxprune.graph import GraphIndex
 from onnxprune.reconstruction import layers
 from onnxprune.reconstruction.refit import DEFAULT_RIDGE
 
-STEPS = 128  # at most this many elimination steps per group (larger groups remove several units per step)
+STEPS = 128  # elimination steps per group at most (a larger group removes ceil(size / STEPS) units per step)
 MAX_COLUMNS = 4096  # layers with more input columns are left to `fluctuation` (their Gram is d x d)
 
 
@@ -100,6 +100,7 @@ def eliminate(group_size: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndar
         ridge = DEFAULT_RIDGE * max(float(np.mean(np.diag(H))), 1e-12)
         inverse = np.linalg.inv(H + ridge * np.eye(len(H)))
         states.append([inverse, W.astype(np.float64).copy(), units])
+    n = max(1, math.ceil(group_size / STEPS))  # units per step
     alive = np.ones(group_size, dtype=bool)
     score = np.zeros(group_size)
     total = 0.0
@@ -108,10 +109,9 @@ def eliminate(group_size: int, parts: list[tuple[np.ndarray, np.ndarray, np.ndar
         for inverse, W, units in states:
             delta += unit_errors(inverse, W, units, group_size)
         delta[~alive] = np.inf
-        n = max(1, math.ceil(alive.sum() / STEPS))
         chosen = np.argsort(delta, kind="stable")[:n]
         chosen = chosen[np.isfinite(delta[chosen])]
-        joint = sum(remove(state, np.flatnonzero(np.isin(state[2], chosen))) for state in states)
+        joint = sum(remove(state, chosen) for state in states)
         # within a step: in order of the units' own errors, spread over the step's joint error
         score[chosen] = total + joint * np.arange(1, len(chosen) + 1) / len(chosen)
         total += joint
@@ -127,35 +127,35 @@ def unit_errors(inverse: np.ndarray, W: np.ndarray, units: np.ndarray, size: int
         return errors
     order = present[np.argsort(units[present], kind="stable")]
     unit_ids, counts = np.unique(units[order], return_counts=True)
-    if np.all(counts == counts[0]):
+    if np.all(counts == 1):
+        errors[unit_ids] = np.einsum("um,um->u", W[order], W[order]) / inverse[order, order]
+    elif np.all(counts == counts[0]):
         blocks = order.reshape(len(unit_ids), counts[0])  # (units, columns per unit)
-        h = inverse[blocks[:, :, None], blocks[:, None, :]]
         w = W[blocks]
-        solved = np.linalg.solve(h, w)
+        solved = np.linalg.solve(inverse[blocks[:, :, None], blocks[:, None, :]], w)
         errors[unit_ids] = np.einsum("ukm,ukm->u", w, solved)
-        return errors
-    for u in unit_ids:
-        block = order[units[order] == u]
-        errors[u] = float(np.sum(W[block] * np.linalg.solve(inverse[np.ix_(block, block)], W[block])))
+    else:
+        for u in unit_ids:
+            block = order[units[order] == u]
+            errors[u] = float(np.sum(W[block] * np.linalg.solve(inverse[np.ix_(block, block)], W[block])))
     return errors
 
 
-def remove(state: list, block: np.ndarray) -> float:
-    """Remove columns `block` from one layer's state (re-fit the rest); the error it adds."""
+def remove(state: list, gone: np.ndarray) -> float:
+    """Remove the columns of units `gone` from one layer's state (the rest re-fitted, the state shrunk to the
+    kept columns); the error it adds."""
     inverse, W, units = state
-    if not len(block):
+    drop = np.isin(units, gone)
+    if not drop.any():
         return 0.0
+    block, keep = np.flatnonzero(drop), np.flatnonzero(~drop)
     h = inverse[np.ix_(block, block)]
     solved = np.linalg.solve(h, W[block])
     error = float(np.sum(W[block] * solved))
-    column = inverse[:, block]
-    W -= column @ solved
-    inverse -= column @ np.linalg.solve(h, inverse[block, :])
-    W[block] = 0.0
-    inverse[block, :] = 0.0
-    inverse[:, block] = 0.0
-    inverse[block, block] = 1.0  # removed columns: inert (W is 0 there, never chosen again)
-    units[block] = -1
+    column = inverse[np.ix_(keep, block)]
+    state[1] = W[keep] - column @ solved
+    state[0] = inverse[np.ix_(keep, keep)] - column @ np.linalg.solve(h, column.T)
+    state[2] = units[keep]
     return error
 
 
