@@ -8,10 +8,10 @@ re-fitted rest is W - H^-1[:, B] [H^-1]_BB^-1 W_B (ZipLM / OBC, Kurtic et al. 20
 unit's columns are its input channel x kernel offsets (Conv), or every column it feeds (Gemm after Flatten).
 
 Per group, units are eliminated greedily (the unit whose removal adds the least error, summed over the group's
-consumer layers, goes next; the rest is re-fitted after each step; a group of more than STEPS units
-removes ceil(size / STEPS) per step); a unit's score is the cumulative error when it goes, so the lowest scores are the units to remove
-at any count. Groups with no such layer (or only layers with more than MAX_COLUMNS columns, or grouped ones)
-are scored by `fluctuation`, computed in the same pass.
+consumer layers, goes next; the rest is re-fitted after each step; a group of more than STEPS units removes
+ceil(size / STEPS) per step); a unit's score is the cumulative error when it goes, so the lowest scores are the
+units to remove at any count. Groups with no such layer (or only layers with more than MAX_COLUMNS columns, or
+grouped ones) are scored by `fluctuation`, computed in the same pass.
 """
 from __future__ import annotations
 
