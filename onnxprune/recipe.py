@@ -1,11 +1,13 @@
 """The recommended pipeline: what `op.prune` does when no `method=` is named.
 
-With calibration data: the `activation` criterion, the global scope with `layer_norm="linear_scaling"` (a budget
-such as target_macs= is met by the smallest pooled ratio that reaches it, onnxprune.budget_ratio), then mean
-compensation and least-squares reconstruction; with reconstruct=False, `l2` scoring the consumer slices too
-(`score_consumers=True`), which keeps more under compensation alone. Without data: that `l2`, the same
-allocation, no recovery (both need data), and a note that calibration data would help. A latency budget keeps
-its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`.
+With calibration data: the `obs` criterion (the error a channel's removal leaves after the least-squares re-fit
+of the layers reading it, onnxprune.criteria.refit_error), the global scope with `layer_norm="linear_scaling"`
+(a budget such as target_macs= is met by the smallest pooled ratio that reaches it, onnxprune.budget_ratio),
+then mean compensation and least-squares reconstruction; with reconstruct=False (compensation alone) the
+`fluctuation` criterion (the error left under mean compensation, onnxprune.criteria.data).
+Without data: `l2` scoring the consumer slices too (`score_consumers=True`), the same allocation, no recovery
+(both need data), and a note that calibration data would help; that `l2` too when both recoveries are turned
+off. A latency budget keeps its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`.
 Each choice is the one measured best on the digits CNNs (benchmarks/recovery.py, README "The recommended
 pipeline").
 
@@ -21,13 +23,14 @@ from dataclasses import dataclass
 from onnxprune.errors import InvalidRequestError
 from onnxprune.options import Options
 
-DATA_METHOD = "activation"
+DATA_METHOD = "obs"  # scores the error left after the re-fit that reconstruction performs
+COMPENSATION_METHOD = "fluctuation"  # scores the error left under mean compensation alone
 DATA_FREE_METHOD = "l2"
 RECOMMENDED_LAYER_NORM = "linear_scaling"
 LATENCY_MAX_RATIO = 0.7
 NO_DATA_NOTE = ("no calibration data, so data-free choices (l2 with consumer slices, no compensation or "
                 "reconstruction); calibration data would help: with a few hundred training inputs (calibration=, "
-                "CLI --calibration) the pipeline picks the activation criterion and re-fits the pruned layers, "
+                "CLI --calibration) the pipeline picks a data-aware criterion and re-fits the pruned layers, "
                 "which keeps far more accuracy")
 
 
@@ -89,8 +92,9 @@ def recommend(method: str | None, scope: str | None, options: Options | None, co
         chosen.append("recovery")
     compensate = data if compensate is None else compensate
     reconstruct = data if reconstruct is None else reconstruct
-    # activation channels are the ones re-fitting recovers best; without re-fitting, consumer-aware l2 keeps more
-    method = DATA_METHOD if data and reconstruct else DATA_FREE_METHOD
+    # each data criterion scores the error its recovery leaves; without any recovery, consumer-aware l2
+    method = (DATA_METHOD if reconstruct else COMPENSATION_METHOD if compensate else DATA_FREE_METHOD) if data \
+        else DATA_FREE_METHOD
     if options is None:
         chosen.append("options")
         options = Options(layer_norm=RECOMMENDED_LAYER_NORM, score_consumers=method == DATA_FREE_METHOD,

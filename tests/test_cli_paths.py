@@ -206,7 +206,7 @@ def _help(capsys, command: str) -> str:
 
 def test_help_names_what_the_files_hold_and_who_needs_them(capsys):
     prune = _help(capsys, "prune")
-    assert "calibration data for data-based methods (nn, activation, snp), --compensate and --reconstruct" in prune
+    assert "calibration data for data-based methods (nn, activation, snp, fluctuation, obs), --compensate and --reconstruct" in prune
     for command in ("prune", "decompose"):
         assert ("class labels under 'y' (or 'labels' when there is no 'y') and the input arrays keyed by input name "
                 "(a single-input model may use 'x')") in _help(capsys, command)

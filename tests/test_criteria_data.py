@@ -5,6 +5,8 @@ import io
 import os
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
 import onnxprune as op
@@ -230,3 +232,41 @@ def test_bare_arrays_need_a_single_input_model():
         scores(a, "activation", np.zeros((2, 3, 8, 8), np.float32))
     with pytest.raises(InvalidRequestError, match=r"missing: \['b'\]"):
         scores(a, "activation", {"a": np.zeros((2, 3, 8, 8), np.float32)})
+
+
+def test_fluctuation_is_the_error_left_under_mean_compensation():
+    """score^2 of a channel = ||W_consumer[:, c]||^2 x Var(x_c) (FLAP), x_c the consumer's input channel."""
+    model = conv_chain()
+    a = op.analyze(model)
+    data = batches_for(model)
+    feature = stacked(data, "act_out", model)  # what c2 reads: (samples, 8, 8, 8)
+    weight = next(t for t in model.graph.initializer if t.name == model.graph.node[-1].input[1])
+    w = onnx.numpy_helper.to_array(weight).astype(np.float64)  # (4, 8, 1, 1)
+    expected = np.sqrt(np.square(w).sum(axis=(0, 2, 3)) * feature.astype(np.float64).var(axis=(0, 2, 3)))
+    np.testing.assert_allclose(scores(a, "fluctuation", data)[a.layer("c1").group], expected, rtol=1e-5)
+
+
+def test_fluctuation_zero_means_compensation_removes_the_channel_exactly():
+    """A channel the consumer sees as a constant scores 0, and pruning it with compensation changes nothing."""
+    model = conv_chain()
+    weight, bias = model.graph.node[0].input[1:3]
+    for t in model.graph.initializer:  # c1's channel 5: zero filter, positive bias -> a constant after the Relu
+        if t.name in (weight, bias):
+            value = onnx.numpy_helper.to_array(t).copy()
+            value[5] = 0.0 if t.name == weight else 0.7
+            t.CopyFrom(onnx.numpy_helper.from_array(value, t.name))
+    a = op.analyze(model)
+    data = batches_for(model)
+    score = scores(a, "fluctuation", data)[a.layer("c1").group]
+    assert score[5] == pytest.approx(0.0, abs=1e-6) and score.argmin() == 5
+    result = op.prune(model, "fluctuation", ratios={"c1": 1 / 8}, options=op.Options(step_size=1),
+                      calibration=data, compensate=True)
+    for batch in data:
+        np.testing.assert_allclose(run(result.model, batch, ["y"])["y"], run(model, batch, ["y"])["y"], atol=1e-4)
+
+
+def test_fluctuation_scores_groups_without_a_consumer_weight_by_activation():
+    a = op.analyze(fixture("vit_attention_legacy"))
+    data = batches_for(a.model)
+    q_group = a.layer("/block/attn/q/MatMul").group  # Q dims meet K in an activation MatMul: no weight reads them
+    np.testing.assert_allclose(scores(a, "fluctuation", data)[q_group], scores(a, "activation", data)[q_group])

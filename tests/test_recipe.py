@@ -10,7 +10,7 @@ import pytest
 import onnxprune as op
 from onnxprune.budget import analytic_cost
 from onnxprune.cli import main
-from onnxprune.recipe import DATA_FREE_METHOD, DATA_METHOD, recommend
+from onnxprune.recipe import COMPENSATION_METHOD, DATA_FREE_METHOD, DATA_METHOD, recommend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESNET = os.path.join(os.path.dirname(HERE), "fixtures", "resnet_legacy.onnx")
@@ -23,7 +23,7 @@ def calibration():
 
 # --------------------------------------------------------------------------- the choice itself
 
-def test_with_data_the_recipe_picks_activation_global_and_both_recoveries():
+def test_with_data_the_recipe_picks_obs_global_and_both_recoveries():
     r = recommend(None, None, None, None, None, calibration=np.zeros(1), budget_kind="macs")
     assert (r.method, r.scope, r.options.layer_norm) == (DATA_METHOD, "global", "linear_scaling")
     assert r.compensate and r.reconstruct and r.note is None
@@ -42,7 +42,9 @@ def test_given_knobs_win_and_a_method_is_the_explicit_pipeline():
     options = op.Options(step_size=1)
     r = recommend(None, "uniform", options, None, False, calibration=np.zeros(1), budget_kind="macs")
     assert r.scope == "uniform" and r.options is options and r.compensate and not r.reconstruct
-    assert r.method == DATA_FREE_METHOD  # compensation alone: consumer-aware l2 measured better than activation
+    assert r.method == COMPENSATION_METHOD  # compensation alone: the criterion that scores the error it leaves
+    no_recovery = recommend(None, None, None, False, False, calibration=np.zeros(1), budget_kind="macs")
+    assert no_recovery.method == DATA_FREE_METHOD and no_recovery.options.score_consumers
     assert set(r.chosen) == {"method", "recovery"}
     explicit = recommend("l2", None, None, None, None, calibration=np.zeros(1), budget_kind=None)
     assert (explicit.method, explicit.scope, explicit.options) == ("l2", "uniform", op.Options())
@@ -63,12 +65,12 @@ def test_recovery_flags_are_checked():
 def test_default_prune_with_calibration_runs_the_recommended_pipeline(calibration):
     result = op.prune(RESNET, target_macs=0.5, calibration=calibration)
     pipeline = result.summary.pipeline
-    assert pipeline.method == "activation" and pipeline.recommended
+    assert pipeline.method == "obs" and pipeline.recommended
     assert result.compensation is not None and result.reconstruction is not None
     assert result.summary.budget["predicted_fraction"] <= 0.5
     assert op.stats(result.model).macs <= 0.5 * op.stats(RESNET).macs
-    assert result.plan.scope == "global target_macs=0.5" and result.plan.method == "activation"
-    assert "pipeline: method activation (recommended)" in str(result.summary)
+    assert result.plan.scope == "global target_macs=0.5" and result.plan.method == "obs"
+    assert "pipeline: method obs (recommended)" in str(result.summary)
     assert result.summary.as_dict()["pipeline"]["reconstruct"] is True
 
 
@@ -117,7 +119,7 @@ def test_cli_uses_the_same_defaults_and_prints_them(tmp_path, calibration, capsy
     out = tmp_path / "out.onnx"
     assert main(["prune", RESNET, "-o", str(out), "--target-macs", "0.5", "--calibration", str(data)]) == 0
     text = capsys.readouterr().out
-    assert "pipeline: method activation (recommended)" in text and "reconstruction:" in text
+    assert "pipeline: method obs (recommended)" in text and "reconstruction:" in text
     assert main(["prune", RESNET, "-o", str(out), "--target-macs", "0.5", "--calibration", str(data),
                  "--no-reconstruct"]) == 0
     text = capsys.readouterr().out

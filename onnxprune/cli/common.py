@@ -126,7 +126,7 @@ def changed_option_flags(args: argparse.Namespace) -> list[str]:
 def add_data_flags(p: argparse.ArgumentParser, *, corrections: bool = False) -> None:
     """--calibration and --gradients of the data-based criteria (`corrections`: the command also has
     --compensate and --reconstruct, which need --calibration too)."""
-    users = "data-based methods (nn, activation, snp)" + (", --compensate and --reconstruct" if corrections else "")
+    users = "data-based methods (nn, activation, snp, fluctuation, obs)" + (", --compensate and --reconstruct" if corrections else "")
     p.add_argument("--calibration", metavar="FILE.npz|.npy|DIR",
                    help=f"calibration data for {users}: a .npz of arrays keyed by input name, or a .npy array for "
                         "a single-input model (one batch; split into batches of 32), or an image folder (see "

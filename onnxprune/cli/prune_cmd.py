@@ -45,8 +45,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     aliases = ", ".join(f"{k.upper()}={v}" for k, v in sorted(ALIASES.items()) if v != "index")
     p.add_argument("--method", default=PLAN_CARRIES["method"],
                    help=f"criterion: {', '.join(sorted(CRITERIA))} (NetsPresso spellings {aliases}). Default: the "
-                        "recommended pipeline, which fills every knob not given: with --calibration the activation "
-                        "criterion, --scope global with --layer-norm linear_scaling, then --compensate and "
+                        "recommended pipeline, which fills every knob not given: with --calibration the obs "
+                        "criterion (fluctuation with --no-reconstruct), --scope global with --layer-norm linear_scaling, then --compensate and "
                         "--reconstruct; without it l2 with --score-consumers and no recovery (a note says data would "
                         "help); --target-latency keeps the knapsack with --max-ratio 0.7. Naming --method runs the "
                         "explicit pipeline instead: --scope uniform (a budget: knapsack), the option flags as given, "

@@ -31,6 +31,13 @@ snp (PR_SNP, arXiv 2404.11630): on attention, found from the graph: a MatMul of 
     Whole heads (Options.reshape_channel_axis 0 / -2, Q, K and V of a head are one unit): score of head h =
     mean over samples of ||o[n, h]||_F, the head's output from the value MatMul.
     Groups with no attention site (MLPs, convolutions) are scored by `l2`, with a RuntimeWarning naming them.
+fluctuation: the error mean compensation leaves (FLAP's weighted input feature variance, An et al., AAAI 2024).
+    Removing channel c and folding its calibration mean into the bias of a consumer layer W (a Conv / Gemm /
+    MatMul reading c through a weight axis of role "in") leaves the consumer's output off by W[:, c] (x_c - mean
+    x_c), of expected energy ||W[:, c]||^2 Var(x_c) (Var over samples and positions of the consumer's input
+    channel). Score of c: sqrt of that energy summed over every consumer of the group (slices of a grouped
+    weight summed too; `policy` does not apply: energies add). Groups no weight reads across channels (Q/K
+    dims, channels only a graph output reads) are scored by `activation`.
 """
 from __future__ import annotations
 
@@ -45,7 +52,7 @@ from onnxprune import calibration
 from onnxprune.coupling.analysis import Analysis
 from onnxprune.coupling.rules_elementwise import UNARY
 from onnxprune.criteria.registry import CriterionContext, register_criterion
-from onnxprune.criteria.weight import combined, group_slices, l2
+from onnxprune.criteria.weight import combine_layers, combined, group_slices, l2, slice_rows
 
 _PER_ELEMENT = set(UNARY) | {"Clip", "BatchNormalization", "Dropout"}
 _WITH_CONSTANT = {"Add", "Sub", "Mul", "Div"}
@@ -276,3 +283,93 @@ def snp(ctx: CriterionContext) -> dict[int, np.ndarray]:
 def _site_groups(analysis: Analysis, site: Site) -> set[int]:
     """Public ids of the groups a site's positions belong to."""
     return analysis.channels.groups_of(site.ids)
+
+
+# --------------------------------------------------------------------------- fluctuation
+
+@dataclass(frozen=True)
+class ConsumerSlice:
+    """A weight axis of role "in" (a layer reading a group across channels): the layer's input, its channel axis,
+    ||W[:, c]||^2 per position, and per position its group and unit position."""
+
+    node: int
+    ids: np.ndarray
+    tensor: str
+    axis: int
+    weight_energy: np.ndarray
+    groups: np.ndarray
+    positions: np.ndarray
+
+
+def consumer_slices(analysis: Analysis, groups: list[int]) -> list[ConsumerSlice]:
+    """Every weight axis of role "in" touching `groups` whose layer input tracks the same channel ids."""
+    channels = analysis.channels
+    wanted = set(groups)
+    found = []
+    for (i, slot), use in channels.const_uses.items():
+        node = channels.index.nodes[i]
+        for axis, role in use.roles.items():
+            ids = use.axes[axis]
+            if role != "in" or not wanted.intersection(channels.group[ids].tolist()):
+                continue
+            x = next((t for k, t in enumerate(node.input[:2]) if k != slot and t and not channels.is_const(t)), None)
+            value = channels.resolver.value(node.input[slot])
+            tracked = channels.tracked(x).items() if x is not None else ()
+            x_axis = next((a for a, t in tracked if np.array_equal(t, ids)), None)
+            if x_axis is None or value is None:
+                continue
+            energy = np.square(slice_rows(value, axis)).sum(axis=1)
+            found.append(ConsumerSlice(i, ids, x, x_axis, energy, channels.group[ids], channels.position[ids]))
+    return found
+
+
+def channel_moments(axis: int) -> Callable[[np.ndarray], np.ndarray]:
+    """Per sample: each channel's mean, then its mean square, over every other axis ((samples, 2 x channels))."""
+
+    def per_sample(x: np.ndarray) -> np.ndarray:
+        y = _channels_second(x, axis)
+        y = y.reshape(y.shape[0], y.shape[1], -1).astype(np.float64)
+        return np.concatenate([y.mean(axis=2), np.square(y).mean(axis=2)], axis=1)
+
+    return per_sample
+
+
+@register_criterion("fluctuation")
+def fluctuation(ctx: CriterionContext) -> dict[int, np.ndarray]:
+    """sqrt(sum over consumers of ||W[:, c]||^2 Var(x_c)): the output error left by removing c under mean
+    compensation (see the module doc); groups without such a consumer by `activation`, in the same pass."""
+    calibration.require(ctx.calibration, "fluctuation")
+    requests, finish = fluctuation_requests(ctx)
+    return finish(calibration.collect(ctx.analysis.model, ctx.calibration, requests))
+
+
+def fluctuation_requests(ctx: CriterionContext) -> tuple[dict, Callable[[dict], dict[int, np.ndarray]]]:
+    """The statistics `fluctuation` reads (keys ("slice", k) and ("site", k)), and the function from their
+    results to its scores: for a criterion that adds its own statistics to the same pass."""
+    a = ctx.analysis
+    slices = consumer_slices(a, ctx.groups)
+    rest = sorted(set(ctx.groups).difference(g for s in slices for g in s.groups.tolist()))
+    sites = feature_sites(a, rest)
+    requests = {("slice", k): calibration.SampleMean((s.tensor,), channel_moments(s.axis))
+                for k, s in enumerate(slices)}
+    requests.update({("site", k): calibration.SampleMean((s.tensor,), channel_norms(s.axis))
+                     for k, s in enumerate(sites)})
+
+    def finish(results: dict) -> dict[int, np.ndarray]:
+        per_group: dict[int, list[np.ndarray]] = {g: [] for g in ctx.groups}
+        for k, s in enumerate(slices):
+            mean, square = np.split(results["slice", k], 2)
+            energy = s.weight_energy * np.clip(square - mean ** 2, 0.0, None)
+            for g in sorted(set(per_group).intersection(s.groups.tolist())):
+                chosen = s.groups == g
+                per_group[g].append(group_slices(energy[chosen], s.positions[chosen], a.groups[g].size, "sum"))
+        scores = {g: np.sqrt(combine_layers(v, a.groups[g].size, "sum")) for g, v in per_group.items() if v}
+        features: dict[int, list[np.ndarray]] = {g: [] for g in rest}
+        for k, site in enumerate(sites):
+            for g, values in unit_scores(a, site, results["site", k], ctx.options.group_policy).items():
+                if g in features:
+                    features[g].append(values)
+        scores.update(combined(ctx, features))
+        return {g: scores[g] for g in ctx.groups}
+
+    return requests, finish
