@@ -4,8 +4,14 @@ A stage holds layers none of which feeds another (a layer's stage = the number o
 longest path from the inputs), so a stage needs ONE pass over the calibration data: per batch, the model
 being re-fitted (already re-fitted in earlier stages) gives each layer's input, the reference (unpruned)
 model gives its target output, and both feed that layer's Gram statistics. Then every layer of the stage is
-solved and written before the next stage runs (with `passes`, consecutive stages may share a pass). Each
-pass is a calibration.collect, so it runs on the executor in scope (onnxprune.executor).
+solved and written before the next stage runs.
+
+Consecutive stages share a pass (`passes`, DEFAULT_PASSES: the cost stops growing with depth). In a
+shared pass only the first stage reads the re-fitted model; a later stage reads its input from the reference
+model at the kept channels (an InputView), i.e. what the layers before it are being fitted to reproduce, and
+is kept only while those reproduce it to within SHARE_TOLERANCE (else the next pass starts there). Reading them through the not-yet-re-fitted layers instead fits them to inputs they will not see (on
+EfficientNet-lite0 that loses the model: README, "Recovering accuracy"). Each pass is a calibration.collect, so
+it runs on the executor in scope (onnxprune.executor).
 """
 from __future__ import annotations
 
@@ -26,7 +32,9 @@ from onnxprune.reconstruction.gram import Gram
 from onnxprune.reconstruction.upstream import upstream_model
 
 DEFAULT_RIDGE = 1e-3
-DEFAULT_PASSES = 5  # passes over the calibration data at most (stages share them): the cost stops growing with depth
+DEFAULT_PASSES = 5  # stages share passes so that there are this many when the fits are close (see SHARE_TOLERANCE)
+SHARE_TOLERANCE = 0.25  # a later stage of a pass is kept only while the layers solved before it in the pass
+#                         reproduce their unpruned outputs to this relative error (else the next pass re-fits it)
 DESIGN_BYTES = 64 * 2**20  # design rows held at once per layer (the rest of a batch waits)
 
 
@@ -90,11 +98,13 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     """Re-fit the layers named in `targets` ({node name: kept positions of the reference output's channel
     axis, or None for all}) of `model`, IN PLACE, to reproduce `reference`'s outputs of the same tensors.
 
-    passes: at most this many passes over the calibration data (None: one per stage). Consecutive stages
-    share a pass when there are more stages than passes. The first stage of a pass reads its inputs from
-    `model` (re-fitted up to there); a layer of a later stage of the pass reads its input from `reference`
-    through its InputView in `views` (the unpruned tensor at its kept channels: what the layers before it in
-    the pass are being fitted to produce). A stage with a layer whose input has no view starts a new pass.
+    passes: consecutive stages share a pass, ceil(stages / passes) at most (None: one pass per stage). The first
+    stage of a pass reads its inputs from `model` (re-fitted up to there); a layer of a later stage reads its
+    input from `reference` through its InputView in `views` (the unpruned tensor at its kept channels: what the
+    layers before it in the pass are being fitted to produce). That holds only while those layers get close:
+    once one of them keeps a relative error above SHARE_TOLERANCE, the rest of the pass is discarded and the
+    next pass starts there, so badly fitting (heavily pruned) models fall back to one pass per stage. A stage
+    with a layer whose input has no view starts a new pass.
     maps: {node name: T} for MatMul / Gemm layers whose target is the reference output @ T (full output
     columns x the layer's columns) rather than its kept columns (attention.query_maps)."""
     if calibration is None:
@@ -122,23 +132,28 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     stages = _stages(index, consumers)
     report.stages = len(stages)
     views = views or {}
-    windows = _windows(stages, _check_passes(passes), lambda c: c.x in views)
-    source = _replayable(calibration, len(windows))
-    with Bar("reconstruction", len(windows), unit="pass") as bar:
-        for window in windows:
-            _fit_window(reference, model, window, source, ridge, batch_size, by_name, views)
+    passes = _check_passes(passes)
+    size = 1 if passes is None else -(-len(stages) // passes)  # stages a pass serves at most
+    numbered = list(enumerate(stages))
+    source = _replayable(calibration, len(stages))
+    start = 0
+    with Bar("reconstruction", len(stages), unit="stage") as bar:
+        while start < len(numbered):
+            window = _window(numbered[start:start + size], lambda c: c.x in views)
+            start += _fit_window(reference, model, window, source, ridge, batch_size, by_name, views)
             report.passes += 1
-            bar.update()
+            bar.update_to(start)
     return report
 
 
 def _fit_window(reference: onnx.ModelProto, model: onnx.ModelProto, window: list[tuple[int, list[layers.Consumer]]],
                 source, ridge: float, batch_size: int, rows: dict[str, LayerReconstruction],
-                views: Mapping[str, InputView]) -> None:
+                views: Mapping[str, InputView]) -> int:
     """One pass over the calibration data for the stages of `window` (a calibration.collect: in this process or
-    on the executor in scope), then their solves. Both models run only as far as the window needs
-    (upstream_model): `model` to the inputs of the first stage, `reference` to the targets (and the inputs
-    of the later stages)."""
+    on the executor in scope), then their solves, in order, while every layer solved so far in the window
+    reproduces its unpruned output to within SHARE_TOLERANCE; the number of stages solved (at least one). Both
+    models run only as far as the window needs (upstream_model): `model` to the inputs of the first stage,
+    `reference` to the targets (and the inputs of the later stages)."""
     grams_of = {c.name: LayerGram(c, None if k == 0 else views[c.x]) for k, (_, stage) in enumerate(window)
                 for c in stage}
     inputs = {v.name for v in model.graph.input}
@@ -147,9 +162,14 @@ def _fit_window(reference: onnx.ModelProto, model: onnx.ModelProto, window: list
               if t not in inputs]
     grams = calib.collect(upstream_model(model, inside) if inside else model, source(), grams_of,
                           reference=upstream_model(reference, wanted) if wanted else reference, batch_size=batch_size)
-    for number, stage in window:
+    worst = 0.0
+    for k, (number, stage) in enumerate(window):
+        if k and worst > SHARE_TOLERANCE:
+            return k  # the layers before it miss the unpruned input it was fitted on: the next pass re-fits it
         for c in stage:
             _solve(model, c, grams[c.name], ridge, number, rows[c.name])
+            worst = max(worst, rows[c.name].error_after)
+    return len(window)
 
 
 @dataclass(frozen=True)
@@ -203,16 +223,14 @@ def _slices(c: layers.Consumer, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[
         yield x[start:start + step], y[start:start + step]
 
 
-def _windows(stages: list[list[layers.Consumer]], passes: int | None,
-             viewed: Callable[[layers.Consumer], bool]) -> list[list[tuple[int, list[layers.Consumer]]]]:
-    """The stages, numbered, split into at most `passes` runs of consecutive stages of near equal length; a
-    stage with a layer that is not `viewed` (its input cannot be read from the reference) starts a new run."""
-    numbered = list(enumerate(stages))
-    count = len(numbered) if passes is None else min(passes, len(numbered))
-    bounds = [round(k * len(numbered) / count) for k in range(count + 1)]
-    starts = set(bounds[:-1]) | {k for k, stage in numbered if not all(viewed(c) for c in stage)}
-    cuts = sorted(starts) + [len(numbered)]
-    return [numbered[a:b] for a, b in zip(cuts, cuts[1:])]
+def _window(numbered: list[tuple[int, list[layers.Consumer]]],
+            viewed: Callable[[layers.Consumer], bool]) -> list[tuple[int, list[layers.Consumer]]]:
+    """The leading stages of `numbered` up to (not including) the next stage with a layer that is not `viewed`
+    (its input cannot be read from the reference)."""
+    for k in range(1, len(numbered)):
+        if not all(viewed(c) for c in numbered[k][1]):
+            return numbered[:k]
+    return numbered
 
 
 def _check_passes(passes) -> int | None:
@@ -295,8 +313,8 @@ def _replayable(calibration: Any, passes: int):
     if callable(calibration):
         return calibration
     if passes > 1 and isinstance(calibration, Iterator):
-        raise InvalidRequestError("reconstruction reads the calibration data once per stage "
-                                  f"({passes} stages here), but it was given a one-shot iterator/generator: pass "
+        raise InvalidRequestError("reconstruction reads the calibration data once per pass "
+                                  f"({passes} passes here), but it was given a one-shot iterator/generator: pass "
                                   "a list, an array, a dict, a .npz/.npy path, or a function returning a fresh "
                                   "iterable")
     return lambda: calibration
