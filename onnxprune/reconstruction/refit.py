@@ -9,9 +9,10 @@ solved and written before the next stage runs.
 Consecutive stages share a pass (`passes`, DEFAULT_PASSES: the cost stops growing with depth). In a
 shared pass only the first stage reads the re-fitted model; a later stage reads its input from the reference
 model at the kept channels (an InputView), i.e. what the layers before it are being fitted to reproduce, and
-is kept only while those reproduce it to within SHARE_TOLERANCE (else the next pass starts there). Reading them through the not-yet-re-fitted layers instead fits them to inputs they will not see (on
-EfficientNet-lite0 that loses the model: README, "Recovering accuracy"). Each pass is a calibration.collect, so
-it runs on the executor in scope (onnxprune.executor).
+is kept only while those reproduce it to within SHARE_TOLERANCE (else the next pass starts there). Reading
+it through the not-yet-re-fitted layers instead fits it to inputs it will not see (on EfficientNet-lite0 that
+loses the model: README, "Recovering accuracy"). Each pass is a calibration.collect, so it runs on the
+executor in scope (onnxprune.executor).
 """
 from __future__ import annotations
 
