@@ -12,7 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune as op
 from onnxprune import ir
-from onnxprune.reconstruction import FewSamplesWarning, refit
+from onnxprune.reconstruction import FewSamplesWarning, reconstruct_pruned, refit
+from onnxprune.reconstruction.refit import DEFAULT_PASSES, SHARE_TOLERANCE
 from onnxprune.runtime import make_inputs, run
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
@@ -83,6 +84,57 @@ def test_linear_dependent_channels_are_reconstructed_exactly():
     assert _output_error(model, default.model, [{"x": data}]) < 1e-2
 
 
+def _chain_model(seed: int = 0) -> onnx.ModelProto:
+    """_linear_model's conv1 -> conv2, then Relu -> conv3 (5 -> 3, 1x1, no bias)."""
+    model = _linear_model(seed)
+    w3 = np.random.default_rng(seed + 10).standard_normal((3, 5, 1, 1)).astype(np.float32)
+    graph = model.graph
+    graph.node[1].output[0] = "z"
+    graph.node.extend([helper.make_node("Relu", ["z"], ["r"], name="relu"),
+                       helper.make_node("Conv", ["r", "w3"], ["y"], name="conv3")])
+    graph.initializer.append(numpy_helper.from_array(w3, "w3"))
+    graph.output[0].type.tensor_type.shape.dim[1].dim_value = 3
+    return model
+
+
+def test_one_pass_serves_several_stages():
+    """conv2 (stage 0) and conv3 (stage 1) fitted from one pass: conv3 reads the unpruned Relu output at its kept
+    channels, what conv2 is being fitted to produce. conv2's fit is exact here (conv1's removed channels are
+    combinations of the kept ones), so the one-pass fit equals the stage-by-stage one."""
+    model = _chain_model()
+    data = np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    runs = {}
+    for passes in (None, 1):
+        runs[passes] = op.prune_by_index(model, {"conv1": [4, 5, 6, 7], "conv2": [0]})
+        reconstruct_pruned(model, runs[passes], data, ridge=1e-10, passes=passes)
+    assert runs[None].reconstruction.passes == 2 and runs[1].reconstruction.passes == 1
+    rows = {p: {r.name: r for r in run.reconstruction.fitted} for p, run in runs.items()}
+    assert rows[1]["conv3"].stage == 1 and rows[1]["conv3"].updated and rows[1]["conv2"].error_after < 1e-5
+    assert rows[1]["conv3"].error_after == pytest.approx(rows[None]["conv3"].error_after, rel=1e-3, abs=1e-6)
+
+    def weights(run) -> np.ndarray:
+        node = next(n for n in run.model.graph.node if n.name == "conv3")
+        return numpy_helper.to_array(next(t for t in run.model.graph.initializer if t.name == node.input[1]))
+
+    np.testing.assert_allclose(weights(runs[1]), weights(runs[None]), rtol=1e-3, atol=1e-4)
+    assert _output_error(runs[None].model, runs[1].model, [{"x": data}]) < 1e-4
+
+
+def test_a_shared_pass_stops_where_a_fit_stays_far():
+    """conv1 keeps one channel of eight: conv2 cannot reproduce its unpruned output, so conv3 is not fitted on the
+    unpruned input in the same pass but in a second one, on conv2's re-fitted output, as stage by stage."""
+    model = _chain_model()
+    data = np.random.default_rng(1).standard_normal((16, 3, 8, 8)).astype(np.float32)
+    runs = {}
+    for passes in (None, 1):
+        runs[passes] = op.prune_by_index(model, {"conv1": [1, 2, 3, 4, 5, 6, 7], "conv2": [0]})
+        reconstruct_pruned(model, runs[passes], data, passes=passes)
+    conv2 = next(r for r in runs[1].reconstruction.fitted if r.name == "conv2")
+    assert conv2.error_after > SHARE_TOLERANCE and runs[1].reconstruction.passes == 2
+    for a, b in zip(runs[None].model.graph.initializer, runs[1].model.graph.initializer):
+        np.testing.assert_array_equal(numpy_helper.to_array(a), numpy_helper.to_array(b))
+
+
 def test_grouped_conv_is_fitted_per_group():
     model = _linear_model()
     conv2 = model.graph.node[1]
@@ -113,7 +165,7 @@ def test_fixture_reconstruction_is_valid_and_closer(name):
         result = op.prune(model, "l2", 0.5, calibration=calibration, reconstruct=True)
     _valid(model, result.model)
     report = result.reconstruction
-    assert report.fitted and report.passes == report.stages
+    assert report.fitted and min(report.stages, DEFAULT_PASSES) <= report.passes <= report.stages  # shared passes
     assert any(r.updated for r in report.layers)
     for r in report.fitted:
         assert r.error_after <= r.error_before
@@ -133,6 +185,8 @@ def test_decompose_refits_last_factor():
     _valid(model, result.model)
     names = {r.name for r in result.reconstruction.fitted}
     assert names == {layer.nodes[-1] for layer in result.decomposed}
+    # a chain's last factor reads a tensor the source model lacks: no stage reads the source, one pass each
+    assert result.reconstruction.passes == result.reconstruction.stages
     assert all(r.error_after <= r.error_before for r in result.reconstruction.fitted)
     assert _output_error(model, result.model, calibration) < _output_error(model, plain.model, calibration)
     assert plain.reconstruction is None

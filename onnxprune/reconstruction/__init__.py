@@ -3,7 +3,7 @@ chain) on calibration data so their outputs match the unpruned model's (ThiNet; 
 
     gram.py    streamed X^T X, X^T Y, sum Y^2 and the ridge solve
     layers.py  per consumer type: design rows (im2col for Conv), targets, reading and writing weights
-    refit.py   topological stages, one onnxruntime pass per stage, the per-layer report
+    refit.py   topological stages, consecutive stages sharing a pass (at most DEFAULT_PASSES), the per-layer report
     api.py     reconstruct_pruned (prune(..., reconstruct=True)), reconstruct_chains (decompose(...))
     compensate.py  mean compensation (prune(..., compensate=True)) and its oracle
 """

@@ -10,7 +10,8 @@ from onnxprune import ir
 from onnxprune.graph import GraphIndex
 from onnxprune.reconstruction import layers
 from onnxprune.reconstruction.attention import drifted_layers, find_attention, query_maps
-from onnxprune.reconstruction.refit import DEFAULT_RIDGE, LayerReconstruction, Reconstruction, refit
+from onnxprune.reconstruction.refit import (DEFAULT_PASSES, DEFAULT_RIDGE, InputView, LayerReconstruction,
+                                            Reconstruction, refit)
 
 
 def pruned_consumers(model: onnx.ModelProto, channels: dict[str, dict]) -> dict[str, np.ndarray | None]:
@@ -49,7 +50,8 @@ def _out_keep(node: onnx.NodeProto, model: onnx.ModelProto, channels: dict) -> n
 
 
 def reconstruct_pruned(original, result, calibration: Any, *, ridge: float = DEFAULT_RIDGE,
-                       batch_size: int | None = None, attention: bool = True) -> Reconstruction:
+                       batch_size: int | None = None, attention: bool = True,
+                       passes: int | None = DEFAULT_PASSES) -> Reconstruction:
     """Re-fit, in place on `result.model`, every layer that reads pruned channels; sets and returns
     `result.reconstruction`. `original` is the unpruned model (ModelProto or path).
 
@@ -78,11 +80,36 @@ def reconstruct_pruned(original, result, calibration: Any, *, ridge: float = DEF
             targets[name] = keeps[name]
     usable = {n: k for n, k in targets.items() if k is None or len(k)}
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
-    report = refit(original, result.model, usable, calibration, ridge=ridge, maps=maps, **kwargs)
+    report = refit(original, result.model, usable, calibration, ridge=ridge, maps=maps, passes=passes,
+                   views=input_views(original, result.model, result.channels, usable), **kwargs)
     for name in targets.keys() - usable.keys():
         report.layers.append(LayerReconstruction(name, "?", skipped="its output is pruned along several axes"))
     result.reconstruction = report
     return report
+
+
+def input_views(original: onnx.ModelProto, model: onnx.ModelProto, channels: dict[str, dict],
+                names) -> dict[str, InputView]:
+    """{input tensor: InputView} for the layers `names` of the pruned `model` whose input is a tensor of
+    `original` too, whole or pruned along its channel axis alone (Conv, Gemm: 1; MatMul: last): a pass of
+    several stages reads those from the unpruned model (refit's `views`)."""
+    index = GraphIndex.build(model.graph)
+    shapes = ir.infer_shapes(model)
+    known = {v.name for v in original.graph.input} | {t for n in original.graph.node for t in n.output}
+    views = {}
+    for name in names:
+        node = index.nodes[index.by_name[name]] if name in index.by_name else None
+        if node is None or not node.input or node.input[0] not in known:
+            continue
+        x = node.input[0]
+        rank = len(shapes.get(x) or ())
+        axis = 1 if node.op_type in ("Conv", "Gemm") else rank - 1
+        entry = channels.get(x)
+        if entry is None:
+            views[x] = InputView(x, axis)
+        elif axis >= 0 and _axes(entry, rank) == [axis]:
+            views[x] = InputView(x, axis, np.flatnonzero(np.asarray(entry["mask"], dtype=bool)))
+    return views
 
 
 def reconstruct_chains(source: onnx.ModelProto, model: onnx.ModelProto, last_nodes: list[str], calibration: Any, *,

@@ -21,7 +21,8 @@ class Gram:
         self.rows = 0
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        """x: (groups, rows, d), y: (groups, rows, k) for one batch (float64, as Consumer.design / target give)."""
+        """x: (groups, rows, d), y: (groups, rows, k) for one batch (float64, as Consumer.design / target give;
+        fastest when x and y are transposed views of (groups, d, rows) and (groups, k, rows) arrays)."""
         groups, rows, d = x.shape
         xt = x.transpose(0, 2, 1)
         g = np.empty((groups, d + 1, d + 1))
@@ -93,7 +94,7 @@ class Gram:
 
     def residual(self, theta: np.ndarray) -> float:
         """sum over groups and outputs of ||[X 1] theta - Y||^2, from the statistics alone."""
-        quad = np.einsum("gik,gij,gjk->", theta, self.G, theta)
+        quad = np.einsum("gik,gik->", theta, self.G @ theta)  # one matrix product (a 3-operand einsum loops)
         cross = np.einsum("gik,gik->", theta, self.B)
         return float(max(quad - 2.0 * cross + self.yy.sum(), 0.0))
 

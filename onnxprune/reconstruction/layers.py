@@ -48,7 +48,9 @@ class Consumer:
 
     # ---- design rows / targets --------------------------------------------------------------
     def design(self, x: np.ndarray) -> np.ndarray:
-        """(groups, rows, unknowns per output without the bias), float64, contiguous."""
+        """(groups, rows, unknowns per output without the bias), float64. A Conv's is the transposed view of a
+        contiguous (groups, unknowns, rows) array: each column is contiguous, so X^T X and X^T Y run as plain
+        matrix products and im2col writes whole runs of positions."""
         if self.op_type == "Conv":
             self.attrs["every"] = _position_step(x.shape, self.attrs, self.groups) if self.thin else 1
             return _im2col(x, self.attrs, self.groups)
@@ -68,9 +70,9 @@ class Consumer:
         if step > 1:
             y = y[(slice(None), slice(None)) + (slice(None, None, step),) * (y.ndim - 2)]
         y = y.reshape(y.shape[0], g, y.shape[1] // g, -1)  # (N, g, k, positions)
-        out = np.empty((g, y.shape[0], y.shape[3], y.shape[2]))
-        out[...] = y.transpose(1, 0, 3, 2)  # one copy, straight into float64
-        return out.reshape(g, -1, y.shape[2])
+        out = np.empty((g, y.shape[2], y.shape[0], y.shape[3]))
+        out[...] = y.transpose(1, 2, 0, 3)  # one copy, straight into float64, positions contiguous
+        return out.reshape(g, y.shape[2], -1).transpose(0, 2, 1)
 
 
 def find(model: onnx.ModelProto, index: GraphIndex, name: str, out_keep: np.ndarray | None) -> Consumer:
@@ -160,8 +162,9 @@ def _position_step(shape: tuple, attrs: dict, groups: int) -> int:
 
 
 def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
-    """Conv input (N, C, *spatial) -> (groups, N * output positions, C / groups * prod(kernel)), float64;
-    positions every attrs["every"] along each spatial axis (default all)."""
+    """Conv input (N, C, *spatial) -> (groups, N * output positions, C / groups * prod(kernel)), float64, the
+    transposed view of a contiguous (groups, columns, rows) array; positions every attrs["every"] along each
+    spatial axis (default all)."""
     k, s, d = attrs["kernel"], attrs["strides"], attrs["dilations"]
     n = len(k)
     c = x.shape[1]
@@ -175,15 +178,14 @@ def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
         out = [-(-o // every) for o in out]
     taps = list(itertools.product(*(range(ka) for ka in k)))
     positions = math.prod(out)
-    # (g, N, *out, C/g, taps): rows in (sample, position) order, columns (channel, tap) as the weight is laid out
-    cols = np.empty((groups, x.shape[0], positions, c // groups, len(taps)))
+    # (g, C/g, taps, N, *out): columns (channel, tap) as the weight is laid out, rows in (sample, position) order
+    cols = np.empty((groups, c // groups, len(taps), x.shape[0], *out))
     grouped = x.reshape(x.shape[0], groups, c // groups, *x.shape[2:])
     for t, offset in enumerate(taps):
         index = (slice(None), slice(None), slice(None)) + tuple(
             slice(offset[a] * d[a], offset[a] * d[a] + s[a] * (out[a] - 1) + 1, s[a]) for a in range(n))
-        part = grouped[index].reshape(x.shape[0], groups, c // groups, positions)  # (N, g, C/g, positions)
-        cols[..., t] = part.transpose(1, 0, 3, 2)
-    return cols.reshape(groups, x.shape[0] * positions, (c // groups) * len(taps))
+        cols[:, :, t] = grouped[index].transpose(1, 2, 0, *range(3, 3 + n))  # (g, C/g, N, *out)
+    return cols.reshape(groups, (c // groups) * len(taps), x.shape[0] * positions).transpose(0, 2, 1)
 
 
 def conv_pads(attrs: dict, spatial) -> list[int]:

@@ -4,13 +4,20 @@ A stage holds layers none of which feeds another (a layer's stage = the number o
 longest path from the inputs), so a stage needs ONE pass over the calibration data: per batch, the model
 being re-fitted (already re-fitted in earlier stages) gives each layer's input, the reference (unpruned)
 model gives its target output, and both feed that layer's Gram statistics. Then every layer of the stage is
-solved and written before the next stage runs (with `passes`, consecutive stages may share a pass). Each
-pass is a calibration.collect, so it runs on the executor in scope (onnxprune.executor).
+solved and written before the next stage runs.
+
+Consecutive stages share a pass (`passes`, DEFAULT_PASSES: the cost stops growing with depth). In a
+shared pass only the first stage reads the re-fitted model; a later stage reads its input from the reference
+model at the kept channels (an InputView), i.e. what the layers before it are being fitted to reproduce, and
+is kept only while those reproduce it to within SHARE_TOLERANCE (else the next pass starts there). Reading
+it through the not-yet-re-fitted layers instead fits it to inputs it will not see (on EfficientNet-lite0 that
+loses the model: README, "Recovering accuracy"). Each pass is a calibration.collect, so it runs on the
+executor in scope (onnxprune.executor).
 """
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,7 +33,9 @@ from onnxprune.reconstruction.gram import Gram
 from onnxprune.reconstruction.upstream import upstream_model
 
 DEFAULT_RIDGE = 1e-3
-DEFAULT_PASSES = None
+DEFAULT_PASSES = 5  # stages share passes so that there are this many when the fits are close (see SHARE_TOLERANCE)
+SHARE_TOLERANCE = 0.25  # a later stage of a pass is kept only while the layers solved before it in the pass
+#                         reproduce their unpruned outputs to this relative error (else the next pass re-fits it)
 DESIGN_BYTES = 64 * 2**20  # design rows held at once per layer (the rest of a batch waits)
 
 
@@ -85,13 +94,18 @@ class Reconstruction:
 def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[str, np.ndarray | None],
           calibration: Any, *, ridge: float = DEFAULT_RIDGE,
           batch_size: int = calib.DEFAULT_BATCH_SIZE, passes: int | None = DEFAULT_PASSES,
-          maps: Mapping[str, np.ndarray] | None = None) -> Reconstruction:
+          maps: Mapping[str, np.ndarray] | None = None,
+          views: Mapping[str, InputView] | None = None) -> Reconstruction:
     """Re-fit the layers named in `targets` ({node name: kept positions of the reference output's channel
     axis, or None for all}) of `model`, IN PLACE, to reproduce `reference`'s outputs of the same tensors.
 
-    passes: at most this many passes over the calibration data (None: one per stage). Consecutive stages
-    share a pass when there are more stages than passes: a layer then reads its input through the layers of
-    earlier stages of its own pass as surgery left them (not yet re-fitted).
+    passes: consecutive stages share a pass, ceil(stages / passes) at most (None: one pass per stage). The first
+    stage of a pass reads its inputs from `model` (re-fitted up to there); a layer of a later stage reads its
+    input from `reference` through its InputView in `views` (the unpruned tensor at its kept channels: what the
+    layers before it in the pass are being fitted to produce). That holds only while those layers get close:
+    once one of them keeps a relative error above SHARE_TOLERANCE, the rest of the pass is discarded and the
+    next pass starts there, so badly fitting (heavily pruned) models fall back to one pass per stage. A stage
+    with a layer whose input has no view starts a new pass.
     maps: {node name: T} for MatMul / Gemm layers whose target is the reference output @ T (full output
     columns x the layer's columns) rather than its kept columns (attention.query_maps)."""
     if calibration is None:
@@ -118,45 +132,73 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     by_name = {r.name: r for r in report.layers}
     stages = _stages(index, consumers)
     report.stages = len(stages)
-    windows = _windows(stages, _check_passes(passes))
-    source = _replayable(calibration, len(windows))
-    with Bar("reconstruction", len(windows), unit="pass") as bar:
-        for window in windows:
-            _fit_window(reference, model, window, source, ridge, batch_size, by_name)
+    views = views or {}
+    passes = _check_passes(passes)
+    size = 1 if passes is None else -(-len(stages) // passes)  # stages a pass serves at most
+    numbered = list(enumerate(stages))
+    source = _replayable(calibration, len(stages))
+    start = 0
+    with Bar("reconstruction", len(stages), unit="stage") as bar:
+        while start < len(numbered):
+            window = _window(numbered[start:start + size], lambda c: c.x in views)
+            start += _fit_window(reference, model, window, source, ridge, batch_size, by_name, views)
             report.passes += 1
-            bar.update()
+            bar.update_to(start)
     return report
 
 
 def _fit_window(reference: onnx.ModelProto, model: onnx.ModelProto, window: list[tuple[int, list[layers.Consumer]]],
-                source, ridge: float, batch_size: int, rows: dict[str, LayerReconstruction]) -> None:
+                source, ridge: float, batch_size: int, rows: dict[str, LayerReconstruction],
+                views: Mapping[str, InputView]) -> int:
     """One pass over the calibration data for the stages of `window` (a calibration.collect: in this process or
-    on the executor in scope), then their solves. Both models run only as far as the window needs
-    (upstream_model)."""
-    fitted = [c for _, stage in window for c in stage]
+    on the executor in scope), then their solves, in order, while every layer solved so far in the window
+    reproduces its unpruned output to within SHARE_TOLERANCE; the number of stages solved (at least one). Both
+    models run only as far as the window needs (upstream_model): `model` to the inputs of the first stage,
+    `reference` to the targets (and the inputs of the later stages)."""
+    grams_of = {c.name: LayerGram(c, None if k == 0 else views[c.x]) for k, (_, stage) in enumerate(window)
+                for c in stage}
     inputs = {v.name for v in model.graph.input}
-    inside = [t for t in dict.fromkeys(c.x for c in fitted) if t not in inputs]
-    wanted = [t for t in dict.fromkeys(c.y for c in fitted) if t not in inputs]
-    grams = calib.collect(upstream_model(model, inside) if inside else model, source(),
-                          {c.name: LayerGram(c) for c in fitted},
+    inside = [t for t in dict.fromkeys(t for g in grams_of.values() for t in g.tensors) if t not in inputs]
+    wanted = [t for t in dict.fromkeys(t for g in grams_of.values() for t in g.reference_tensors)
+              if t not in inputs]
+    grams = calib.collect(upstream_model(model, inside) if inside else model, source(), grams_of,
                           reference=upstream_model(reference, wanted) if wanted else reference, batch_size=batch_size)
-    for number, stage in window:
+    worst = 0.0
+    for k, (number, stage) in enumerate(window):
+        if k and worst > SHARE_TOLERANCE:
+            return k  # the layers before it miss the unpruned input it was fitted on: the next pass re-fits it
         for c in stage:
             _solve(model, c, grams[c.name], ridge, number, rows[c.name])
+            worst = max(worst, rows[c.name].error_after)
+    return len(window)
+
+
+@dataclass(frozen=True)
+class InputView:
+    """A layer's input as the reference model's tensor `name` restricted to `keep` along `axis` (None: whole)."""
+
+    name: str
+    axis: int
+    keep: np.ndarray | None = None
+
+    def read(self, value: np.ndarray) -> np.ndarray:
+        return value if self.keep is None else np.take(value, self.keep, axis=self.axis)
 
 
 class LayerGram:
-    """The calibration statistic of one layer: its design rows from the model being re-fitted (`tensors`),
-    its targets from the reference (`reference_tensors`), summed into a Gram (a batch in slices of at most
-    DESIGN_BYTES of design rows)."""
+    """The calibration statistic of one layer: its design rows from the model being re-fitted (`tensors`), or
+    from the reference through `view`, its targets from the reference (`reference_tensors`), summed into a
+    Gram (a batch in slices of at most DESIGN_BYTES of design rows)."""
 
-    def __init__(self, consumer: layers.Consumer) -> None:
+    def __init__(self, consumer: layers.Consumer, view: InputView | None = None) -> None:
         self.consumer = consumer
-        self.tensors = (consumer.x,)
-        self.reference_tensors = (consumer.y,)
+        self.view = view
+        self.tensors = (consumer.x,) if view is None else ()
+        self.reference_tensors = (consumer.y,) if view is None else (view.name, consumer.y)
         self.gram = Gram()
 
-    def update(self, x: np.ndarray, y: np.ndarray) -> None:
+    def update(self, *arrays: np.ndarray) -> None:
+        x, y = arrays if self.view is None else (self.view.read(arrays[0]), arrays[1])
         for xs, ys in _slices(self.consumer, x, y):
             self.gram.update(self.consumer.design(xs), self.consumer.target(ys))
 
@@ -182,12 +224,14 @@ def _slices(c: layers.Consumer, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[
         yield x[start:start + step], y[start:start + step]
 
 
-def _windows(stages: list[list[layers.Consumer]], passes: int | None) -> list[list[tuple[int, list[layers.Consumer]]]]:
-    """The stages, numbered, split into at most `passes` runs of consecutive stages of near equal length."""
-    numbered = list(enumerate(stages))
-    count = len(numbered) if passes is None else min(passes, len(numbered))
-    bounds = [round(k * len(numbered) / count) for k in range(count + 1)]
-    return [numbered[a:b] for a, b in zip(bounds, bounds[1:])]
+def _window(numbered: list[tuple[int, list[layers.Consumer]]],
+            viewed: Callable[[layers.Consumer], bool]) -> list[tuple[int, list[layers.Consumer]]]:
+    """The leading stages of `numbered` up to (not including) the next stage with a layer that is not `viewed`
+    (its input cannot be read from the reference)."""
+    for k in range(1, len(numbered)):
+        if not all(viewed(c) for c in numbered[k][1]):
+            return numbered[:k]
+    return numbered
 
 
 def _check_passes(passes) -> int | None:
@@ -270,8 +314,8 @@ def _replayable(calibration: Any, passes: int):
     if callable(calibration):
         return calibration
     if passes > 1 and isinstance(calibration, Iterator):
-        raise InvalidRequestError("reconstruction reads the calibration data once per stage "
-                                  f"({passes} stages here), but it was given a one-shot iterator/generator: pass "
+        raise InvalidRequestError("reconstruction reads the calibration data once per pass "
+                                  f"({passes} passes here), but it was given a one-shot iterator/generator: pass "
                                   "a list, an array, a dict, a .npz/.npy path, or a function returning a fresh "
                                   "iterable")
     return lambda: calibration
