@@ -19,9 +19,11 @@ from onnxprune.cli import main
 from onnxprune.criteria import CriterionContext, criterion_for
 from onnxprune.coupling import analyze
 from onnxprune.errors import InvalidRequestError
+from onnxprune.profile.activations import source_node
 from onnxprune.profile.costmodel import LatencyCostModel
 from onnxprune.profile.curves import axis_curve, axis_grid, grid_points, isotonic, stair_value
 from onnxprune.profile.layers import WeightPool, layer_specs, micro_graph
+from onnxprune.profile.timing import node_ms_per_run
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 RESNET = os.path.join(FIXTURES, "resnet_legacy.onnx")
@@ -295,6 +297,58 @@ def test_latency_outside_the_layers_is_spread_over_prunable_activation_tensors()
     assert cost.predict(half) == pytest.approx(cost.total - ms * (1 - max(1, size_out // 2) / size_out))
     # and survive a cost file
     assert LatencyCostModel.from_dict(json.loads(json.dumps(cost.as_dict()))).tensors == cost.tensors
+
+
+class NodeTimer(FakeTimer):
+    """A fake timer that also gives the whole model's per-node kernel times (optimised-graph names)."""
+
+    def __init__(self, node_ms, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.node_ms = node_ms
+        self.node_calls = 0
+
+    def nodes(self, source, feed):
+        self.node_calls += 1
+        return dict(self.node_ms)
+
+
+def test_source_node_follows_onnxruntime_names_back_to_the_model():
+    nodes = {"mul_45": "swish", "/se/Mul": "se", "add_1": "add"}
+    producers = {"clip_37_out": "conv", "bn_82_out": "bn", "/se/Mul_output_0": "se"}
+    assert source_node("add_1", nodes, producers) == "add"
+    assert source_node("mul_45/QuickGeluFusion/", nodes, producers) == "swish"
+    assert source_node("/se/Mul/QuickGeluFusion/", nodes, producers) == "se"
+    assert source_node("clip_37_out_nchwc", nodes, producers) == "conv"
+    assert source_node("bn_82_out_bn_nchwc", nodes, producers) == "bn"
+    assert source_node("/se/Mul_output_0_nchwc", nodes, producers) == "se"
+    for made_up in ("Gelu_token_4", "ReorderOutput", "ReorderInput_token_7", "SkipLayerNormalization"):
+        assert source_node(made_up, nodes, producers) is None
+
+
+def test_node_ms_per_run_takes_medians_without_the_first_run():
+    events = [{"cat": "Session", "name": "model_run", "ts": t, "dur": 90} for t in (0, 100, 200, 300)]
+    for run, dur in enumerate((500, 10, 30, 20)):  # the first run (warm-up) is slow and left out
+        events.append({"cat": "Node", "name": "a_kernel_time", "ts": 100 * run + 5, "dur": dur})
+        events.append({"cat": "Node", "name": "b_fence_before", "ts": 100 * run + 6, "dur": 99})
+    events.append({"cat": "Node", "name": "b_kernel_time", "ts": 205, "dur": 40})
+    assert node_ms_per_run(events) == pytest.approx({"a": 0.02, "b": 0.0})
+
+
+def test_measured_node_times_are_put_on_the_tensors_their_nodes_write(tmp_path):
+    # the SE fixture: the Relus after convs are fused into them, the pool, Sigmoid and Mul are not
+    node_ms = {"/se/Mul": 2.0, "/se/pool/GlobalAveragePool": 1.0, "/body/body.2/Relu": 5.0,
+               "/body/body.0/Conv_output_0_nchwc": 7.0, "ReorderOutput": 3.0}
+    timer = NodeTimer(node_ms, latency=lambda i, o: 1e-3 * i * o, total=100.0)
+    cost = op.profile(SE, cache=str(tmp_path), timer=timer)
+    assert {t: ms for t, (_, _, ms) in cost.tensors.items()} == pytest.approx(
+        {"/se/Mul_output_0": 2.0, "/se/pool/GlobalAveragePool_output_0": 1.0})
+    again = op.profile(SE, cache=str(tmp_path), timer=timer)
+    assert timer.node_calls == 1 and again.tensors == cost.tensors  # cached with the model's total
+    # never more than the latency outside the layers: scaled down to it
+    layers = sum(cost.layer_latencies().values())
+    small = op.profile(SE, cache=False, timer=NodeTimer({"/se/Mul": 1e3}, latency=lambda i, o: 1e-3 * i * o,
+                                                        total=layers + 0.5))
+    assert sum(ms for _, _, ms in small.tensors.values()) == pytest.approx(0.5)
 
 
 def test_tensor_terms_do_not_stop_a_group_off_its_layers_stairs():

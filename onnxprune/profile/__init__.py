@@ -16,7 +16,7 @@ from onnxprune.executor import resolve
 from onnxprune.ir import load_model
 from onnxprune.plan import fingerprint
 from onnxprune.progress import Bar
-from onnxprune.profile.activations import activation_terms
+from onnxprune.profile.activations import activation_terms, measured_terms
 from onnxprune.profile.cache import LatencyCache
 from onnxprune.profile.chains import measure_chains, methods_asked
 from onnxprune.cost import CostModel
@@ -63,10 +63,12 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
         for signature, (counts, times) in zip(todo, timed):
             store.put_layer(signature, [[i, o, ms] for (i, o), ms in zip(counts, times)])
         key = fingerprint(proto)
-        if key not in store.totals:
-            from onnxprune.workflows.bench import bench_inputs
+        from onnxprune.workflows.bench import bench_inputs
 
+        if key not in store.totals:
             store.put_total(key, timer.model(model_source(model, proto), bench_inputs(proto, batch)))
+        if key not in store.nodes and hasattr(timer, "nodes"):
+            store.put_nodes(key, timer.nodes(model_source(model, proto), bench_inputs(proto, batch)))
     finally:
         store.save()
     curves = {s: LayerCurve(spec.in_channels, spec.out_channels, spec.tied,
@@ -83,7 +85,10 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
         info={s.name: LayerInfo(s.op_type, s.tied, s.signature()) for s in specs}, curves=curves,
         fingerprint=key, environment=env, skipped=skipped, chains=chains)
     rest = cost.total - sum(cost.layer_latencies().values())
-    cost.tensors = activation_terms(analysis, [*cost.layers, *skipped], rest, batch)
+    modelled = [*cost.layers, *skipped]
+    node_ms = store.nodes.get(key)
+    cost.tensors = measured_terms(analysis, modelled, node_ms, rest) if node_ms else activation_terms(
+        analysis, modelled, rest, batch)
     return cost
 
 

@@ -8,7 +8,9 @@ the median over its runs of the time onnxruntime's profile gives its kernels, wi
 (ReorderInput / ReorderOutput) at the micro-graph's edges, which a layer between two blocked neighbours does
 not pay in a model (and without the Python call overhead, which a layer inside a model does not add either),
 scaled by the reference so that chunks timed under different load agree (see points). The whole model is
-timed by the wall clock, the same way, in one session with its own inputs.
+timed by the wall clock, the same way, in one session with its own inputs; and once more with onnxruntime's
+profile on (Timer.nodes), which gives each of its (optimised) nodes' kernel time in context: what the part
+outside the layers really costs, node by node (profile.activations).
 """
 from __future__ import annotations
 
@@ -139,6 +141,26 @@ def kernel_ms_per_run(events: list[dict[str, Any]]) -> list[float]:
     return totals
 
 
+def node_ms_per_run(events: list[dict[str, Any]]) -> dict[str, float]:
+    """{node name in the optimised graph: median ms per model run} from an onnxruntime profile (its chrome-trace
+    events); the first run is left out (warm-up)."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    if len(runs) < 2:
+        return {}
+    starts = np.array([start for start, _ in runs])
+    times: dict[str, list[float]] = {}
+    for event in events:
+        name = str(event.get("name", ""))
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        k = int(np.searchsorted(starts, event["ts"], side="right")) - 1
+        if k >= 1 and event["ts"] <= runs[k][1]:
+            per_run = times.setdefault(name[:-len("_kernel_time")], [0.0] * len(runs))
+            per_run[k] += event["dur"] / 1e3
+    return {name: float(np.median(per_run[1:])) for name, per_run in sorted(times.items())}
+
+
 def _interleaved(runners: Sequence[_Runner], warmup: int, min_repeats: int, target_ms: float) -> list[float]:
     """Median ms of each runner after warm-up and interleaved repeats (more repeats for faster runners)."""
     first = [min(r.run(record=False) for _ in range(max(warmup, 1))) for r in runners]
@@ -206,6 +228,19 @@ class Timer:
         """Median ms of the whole model on `feed` (wall clock)."""
         runner = _Runner(make_session(model, self.provider, self.threads), feed)
         return _interleaved([runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)[0]
+
+    def nodes(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> dict[str, float]:
+        """{node name in onnxruntime's optimised graph: median kernel ms per run} of the whole model on `feed`
+        (node_ms_per_run), from MODEL_MIN_REPEATS profiled runs after a warm-up."""
+        with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as folder:
+            session = runtime.optimized_session(model, self.threads, provider=self.provider,
+                                                profile_prefix=os.path.join(folder, "model"), spinning=False)
+            runner = _Runner(session, feed)
+            for _ in range(1 + MODEL_MIN_REPEATS):
+                runner.run()
+            path = session.end_profiling()
+            with open(path, encoding="utf-8") as handle:
+                return node_ms_per_run(json.load(handle))
 
 
 class ModelMeter:
