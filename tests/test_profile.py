@@ -261,7 +261,8 @@ def test_real_profile_of_a_fixture(tmp_path, capsys):
     latencies = cost.layer_latencies()
     for name, (cin, cout) in cost.layers.items():
         curve = cost.curves[cost.info[name].signature]
-        assert latencies[name] == pytest.approx(curve.points[(cin, cout)], rel=1e-12)  # full counts give the measured full point
+        # full counts give the measured full point, scaled to the layers' time in the model
+        assert latencies[name] == pytest.approx(cost.scale * curve.points[(cin, cout)], rel=1e-12)
         assert all(math.isfinite(ms) and ms > 0 for ms in curve.points.values())
         value = cost.layer_cost(name, max(1, cin - 1.5), max(1, cout // 2))
         assert math.isfinite(value) and value > 0
@@ -302,14 +303,15 @@ def test_latency_outside_the_layers_is_spread_over_prunable_activation_tensors()
 class NodeTimer(FakeTimer):
     """A fake timer that also gives the whole model's per-node kernel times (optimised-graph names)."""
 
-    def __init__(self, node_ms, **kwargs) -> None:
+    def __init__(self, node_ms, outside_ms: float, **kwargs) -> None:
         super().__init__(**kwargs)
         self.node_ms = node_ms
+        self.outside_ms = outside_ms
         self.node_calls = 0
 
     def nodes(self, source, feed):
         self.node_calls += 1
-        return dict(self.node_ms)
+        return self.outside_ms, dict(self.node_ms)
 
 
 def test_source_node_follows_onnxruntime_names_back_to_the_model():
@@ -326,29 +328,36 @@ def test_source_node_follows_onnxruntime_names_back_to_the_model():
 
 
 def test_node_ms_per_run_takes_medians_without_the_first_run():
-    events = [{"cat": "Session", "name": "model_run", "ts": t, "dur": 90} for t in (0, 100, 200, 300)]
+    events = [{"cat": "Session", "name": "model_run", "ts": t, "dur": d} for t, d in ((0, 90), (100, 90),
+                                                                                         (200, 90), (300, 60))]
     for run, dur in enumerate((500, 10, 30, 20)):  # the first run (warm-up) is slow and left out
         events.append({"cat": "Node", "name": "a_kernel_time", "ts": 100 * run + 5, "dur": dur})
         events.append({"cat": "Node", "name": "b_fence_before", "ts": 100 * run + 6, "dur": 99})
     events.append({"cat": "Node", "name": "b_kernel_time", "ts": 205, "dur": 40})
-    assert node_ms_per_run(events) == pytest.approx({"a": 0.02, "b": 0.0})
+    outside_ms, node_ms = node_ms_per_run(events)
+    assert node_ms == pytest.approx({"a": 0.02, "b": 0.0})
+    assert outside_ms == pytest.approx(0.02)  # the least time outside the kernels: the last run's 60 - 20 us
 
 
-def test_measured_node_times_are_put_on_the_tensors_their_nodes_write(tmp_path):
-    # the SE fixture: the Relus after convs are fused into them, the pool, Sigmoid and Mul are not
-    node_ms = {"/se/Mul": 2.0, "/se/pool/GlobalAveragePool": 1.0, "/body/body.2/Relu": 5.0,
-               "/body/body.0/Conv_output_0_nchwc": 7.0, "ReorderOutput": 3.0}
-    timer = NodeTimer(node_ms, latency=lambda i, o: 1e-3 * i * o, total=100.0)
+def test_the_whole_model_profile_splits_the_total_into_tensors_layers_and_a_fixed_part(tmp_path):
+    # the SE fixture: the Relus and the Sigmoid after convs are fused into them; the pool and Mul are not. Its
+    # profile (in a run of 40 ms, half the total's 80 ms): 3 ms of kernels the tensors' nodes took, 27 ms the
+    # layers (with what the runtime fused into them and made up), 10 ms outside the kernels
+    node_ms = {"/se/Mul": 2.0, "/se/pool/GlobalAveragePool": 1.0, "/se/Sigmoid": 5.0, "/body/body.2/Relu": 4.0,
+               "/body/body.0/Conv_output_0_nchwc": 7.0, "/stem/stem.0/Conv": 6.0, "ReorderOutput": 5.0}
+    layer_ms = lambda i, o: 1e-3 * i * o  # noqa: E731
+    timer = NodeTimer(node_ms, 10.0, latency=layer_ms, total=80.0)
     cost = op.profile(SE, cache=str(tmp_path), timer=timer)
     assert {t: ms for t, (_, _, ms) in cost.tensors.items()} == pytest.approx(
-        {"/se/Mul_output_0": 2.0, "/se/pool/GlobalAveragePool_output_0": 1.0})
-    again = op.profile(SE, cache=str(tmp_path), timer=timer)
-    assert timer.node_calls == 1 and again.tensors == cost.tensors  # cached with the model's total
-    # never more than the latency outside the layers: scaled down to it
+        {"/se/Mul_output_0": 4.0, "/se/pool/GlobalAveragePool_output_0": 2.0})
     layers = sum(cost.layer_latencies().values())
-    small = op.profile(SE, cache=False, timer=NodeTimer({"/se/Mul": 1e3}, latency=lambda i, o: 1e-3 * i * o,
-                                                        total=layers + 0.5))
-    assert sum(ms for _, _, ms in small.tensors.values()) == pytest.approx(0.5)
+    assert layers == pytest.approx(2 * 27.0)  # the micro-graphs scaled to the layers' time in the model
+    assert cost.scale == pytest.approx(54.0 / sum(layer_ms(*size) for size in cost.layers.values()))
+    assert cost.total - layers - sum(ms for _, _, ms in cost.tensors.values()) == pytest.approx(2 * 10.0)
+    again = op.profile(SE, cache=str(tmp_path), timer=timer)
+    assert timer.node_calls == 1 and again.tensors == cost.tensors and again.scale == cost.scale  # cached
+    assert LatencyCostModel.from_dict(json.loads(json.dumps(cost.as_dict()))).layer_latencies() == \
+        pytest.approx(cost.layer_latencies())
 
 
 def test_tensor_terms_do_not_stop_a_group_off_its_layers_stairs():

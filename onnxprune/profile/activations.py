@@ -6,14 +6,18 @@ products of activations, and the per-run overhead. Part of it shrinks with the c
 EfficientNet-B0-like model spends about 40 % of its latency there). A tensor with channel axes becomes a term
 of the cost model (onnxprune.cost: `tensors`) that scales with its kept elements; the rest stays fixed.
 
-`measured_terms` puts on a tensor what onnxruntime's profile of the whole model (timing.Timer.nodes) measured
-for the node writing it, in context. A node's name in the optimised graph leads back to the model's node
-(`source_node`): a fused node keeps the name of the node it grew from ("mul_45/QuickGeluFusion/"), a node of
-the blocked layout is named after the tensor it writes ("clip_37_out_nchwc"); nodes the runtime made up
-(layout reorders, "Gelu_token_12") and the gap between the kernels and the wall clock stay fixed. What
-onnxruntime fuses into a layer costs nothing apart: MobileNetV2's residual Add runs inside the convolution
-before it (the blocked conv's sum fusion), which a spread by elements got wrong (it put 1.4 of 9.7 ms on the
-Add of a 24-channel stream, so the allocator cut that stream to 4 channels for a saving the model never showed).
+`in_context` puts on a tensor what onnxruntime's profile of the whole model (timing.Timer.nodes) measured for
+the node writing it, in context, and scales the layers' micro-graph curves to what the layers took in the
+model. A node's name in the optimised graph leads back to the model's node (`source_node`): a fused node keeps
+the name of the node it grew from ("mul_45/QuickGeluFusion/"), a node of the blocked layout is named after the
+tensor it writes ("clip_37_out_nchwc"); nodes the runtime made up (layout reorders, "Gelu_token_12") count
+with the layers, the gap between the kernels and the wall clock is fixed. What onnxruntime fuses into a layer
+costs nothing apart: MobileNetV2's residual Add runs inside the convolution before it (the blocked conv's sum
+fusion), which a spread by elements got wrong (it put 1.4 of 9.7 ms on the Add of a 24-channel stream, so the
+allocator cut that stream to 4 channels for a saving the model never showed). And the part outside the layers
+is not all fixed: a whole model timed on a loaded machine is stretched evenly, kernels and all, so leaving
+everything but the layers' micro-graphs fixed made the predictions of an EfficientNet-B0-like model save a
+third of what its measurements saved.
 
 `activation_terms` is the fallback when no per-node profile is at hand (a runtime whose profile has no node
 events): the rest spread over the outputs of the model's other nodes in proportion to their elements (an
@@ -23,6 +27,7 @@ layer (a BatchNormalization or activation right after it, a MatMul's bias Add).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -72,12 +77,34 @@ def source_node(name: str, nodes: Mapping[str, object], producers: Mapping[str, 
     return None
 
 
-def measured_terms(analysis: Analysis, layers: Iterable[str], node_ms: Mapping[str, float],
-                   rest_ms: float) -> dict[str, tuple[int, int, float]]:
-    """{tensor: (size_in, size_out, ms at full size)} for the prunable activation tensors written by the model's
-    non-layer, non-fused nodes, each the kernel time onnxruntime's profile measured for its node in the whole
-    model (`node_ms`: optimised-graph node name -> ms, see source_node); scaled down when they sum to more than
-    `rest_ms` (the latency outside the layers)."""
+@dataclass(frozen=True)
+class InContext:
+    """The whole model's measured latency split as its profile saw it (in the total's ms): `tensors` (terms of
+    the non-layer nodes writing prunable tensors), `scale` (the layers' time in context over their micro-graphs'
+    sum), `fixed` (what no pruning changes: the time outside the kernels, the non-layer nodes writing tensors
+    without channel axes)."""
+
+    tensors: dict[str, tuple[int, int, float]]
+    scale: float
+    fixed: float
+
+
+def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, node_ms: Mapping[str, float],
+               total: float, layer_sum: float) -> InContext | None:
+    """The split of `total` (the whole model's measured ms) by its profile (`outside_ms` per run outside the
+    kernels, `node_ms`: kernel ms per optimised-graph node, see source_node; timing.node_ms_per_run) given the
+    modelled layers' micro-graph sum `layer_sum`; None when the profile has no kernel time.
+
+    Each non-layer, non-fused node's kernel time goes to the tensor it writes (a term when the tensor has
+    channel axes, else fixed); the run's time outside the kernels is fixed; the remaining kernels (the layers with
+    what the runtime fused into them, and the layout conversions the runtime put between them) are the layers in
+    context: the layers' curves are scaled by that over `layer_sum`. The profile's ms are brought to the total's
+    (total / the profile's run): the two were timed apart, and machine load stretches a run evenly."""
+    kernels = sum(node_ms.values())
+    if kernels <= 0 or layer_sum <= 0:
+        return None
+    run_ms = kernels + max(outside_ms, 0.0)
+    to_total = total / run_ms
     layers = set(layers)
     skip = layers | fused_nodes(analysis, layers)
     graph = analysis.model.graph
@@ -88,16 +115,15 @@ def measured_terms(analysis: Analysis, layers: Iterable[str], node_ms: Mapping[s
         node = source_node(name, nodes, producers)
         if node is not None and node.name not in skip and node.op_type not in SKIPPED_OPS and node.output:
             spent[node.output[0]] = spent.get(node.output[0], 0.0) + float(ms)
-    terms = {}
+    tensors, untracked = {}, 0.0
     for tensor, ms in sorted(spent.items()):
         sizes = _term_sizes(analysis, tensor)
-        if sizes is not None and ms > 0:
-            terms[tensor] = (*sizes, ms)
-    total = sum(ms for _, _, ms in terms.values())
-    if rest_ms <= 0:
-        return {}
-    scale = min(1.0, rest_ms / total) if total else 1.0
-    return {tensor: (i, o, ms * scale) for tensor, (i, o, ms) in terms.items()}
+        if sizes is None:
+            untracked += ms
+        elif ms > 0:
+            tensors[tensor] = (*sizes, ms * to_total)
+    in_layers = kernels - sum(spent.values())
+    return InContext(tensors, in_layers * to_total / layer_sum, (max(run_ms - kernels, 0.0) + untracked) * to_total)
 
 
 def _term_sizes(analysis: Analysis, tensor: str) -> tuple[int, int] | None:

@@ -51,7 +51,7 @@ class LatencyCache:
         self.key = json.dumps(dict(environment), sort_keys=True)
         self.layers: dict[str, list[list[float]]] = {}
         self.totals: dict[str, float] = {}
-        self.nodes: dict[str, dict[str, float]] = {}
+        self.nodes: dict[str, list] = {}  # fingerprint -> [ms outside kernels, {node: kernel ms}]
         self.changed = False
         if path is not None:
             entry = self._read().get(self.key, {})
@@ -93,8 +93,8 @@ class LatencyCache:
         self.totals[fingerprint] = total
         self.changed = True
 
-    def put_nodes(self, fingerprint: str, node_ms: dict[str, float]) -> None:
-        self.nodes[fingerprint] = node_ms
+    def put_nodes(self, fingerprint: str, outside_ms: float, node_ms: dict[str, float]) -> None:
+        self.nodes[fingerprint] = [outside_ms, node_ms]
         self.changed = True
 
     def save(self) -> None:

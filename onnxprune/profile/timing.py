@@ -141,13 +141,15 @@ def kernel_ms_per_run(events: list[dict[str, Any]]) -> list[float]:
     return totals
 
 
-def node_ms_per_run(events: list[dict[str, Any]]) -> dict[str, float]:
-    """{node name in the optimised graph: median ms per model run} from an onnxruntime profile (its chrome-trace
-    events); the first run is left out (warm-up)."""
+def node_ms_per_run(events: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
+    """(ms of a model run outside its kernels, {node name in the optimised graph: median kernel ms per run}) from
+    an onnxruntime profile (its chrome-trace events); the first run is left out (warm-up). The time outside the
+    kernels is the least any run spent there: on a loaded machine the gaps between kernels stretch with the
+    load, the runtime's own work between them does not."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") == "Session" and e.get("name") == "model_run")
     if len(runs) < 2:
-        return {}
+        return 0.0, {}
     starts = np.array([start for start, _ in runs])
     times: dict[str, list[float]] = {}
     for event in events:
@@ -158,7 +160,9 @@ def node_ms_per_run(events: list[dict[str, Any]]) -> dict[str, float]:
         if k >= 1 and event["ts"] <= runs[k][1]:
             per_run = times.setdefault(name[:-len("_kernel_time")], [0.0] * len(runs))
             per_run[k] += event["dur"] / 1e3
-    return {name: float(np.median(per_run[1:])) for name, per_run in sorted(times.items())}
+    in_kernels = np.sum([per_run for per_run in times.values()], axis=0) if times else np.zeros(len(runs))
+    outside = min((end - start) / 1e3 - in_kernels[k] for k, (start, end) in enumerate(runs) if k >= 1)
+    return max(float(outside), 0.0), {name: float(np.median(per_run[1:])) for name, per_run in sorted(times.items())}
 
 
 def _interleaved(runners: Sequence[_Runner], warmup: int, min_repeats: int, target_ms: float) -> list[float]:
@@ -229,9 +233,10 @@ class Timer:
         runner = _Runner(make_session(model, self.provider, self.threads), feed)
         return _interleaved([runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)[0]
 
-    def nodes(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> dict[str, float]:
-        """{node name in onnxruntime's optimised graph: median kernel ms per run} of the whole model on `feed`
-        (node_ms_per_run), from MODEL_MIN_REPEATS profiled runs after a warm-up."""
+    def nodes(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> tuple[float, dict[str, float]]:
+        """(ms of a run outside its kernels, {node name in onnxruntime's optimised graph: median kernel ms per
+        run}) of the whole model on `feed` (node_ms_per_run), from MODEL_MIN_REPEATS profiled runs after a
+        warm-up."""
         with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as folder:
             session = runtime.optimized_session(model, self.threads, provider=self.provider,
                                                 profile_prefix=os.path.join(folder, "model"), spinning=False)
