@@ -23,7 +23,7 @@ from onnxprune.profile.activations import source_node
 from onnxprune.profile.costmodel import LatencyCostModel
 from onnxprune.profile.curves import axis_curve, axis_grid, grid_points, isotonic, stair_value
 from onnxprune.profile.layers import WeightPool, layer_specs, micro_graph
-from onnxprune.profile.timing import node_ms_per_run
+from onnxprune.profile.timing import node_ms_per_run, paired_ratio
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 RESNET = os.path.join(FIXTURES, "resnet_legacy.onnx")
@@ -337,6 +337,13 @@ def test_node_ms_per_run_takes_medians_without_the_first_run():
     outside_ms, node_ms = node_ms_per_run(events)
     assert node_ms == pytest.approx({"a": 0.02, "b": 0.0})
     assert outside_ms == pytest.approx(0.02)  # the least time outside the kernels: the last run's 60 - 20 us
+
+
+def test_paired_ratio_compares_runs_of_the_same_round():
+    # the load changed after the first round; the candidate is half the reference in every round but one
+    reference, candidate = [1.0, 10.0, 10.0], [0.5, 0.5, 5.0]
+    assert paired_ratio(candidate, reference) == pytest.approx(0.5)
+    assert np.median(candidate) / np.median(reference) == pytest.approx(0.05)  # what the ratio of medians says
 
 
 def test_the_whole_model_profile_splits_the_total_into_tensors_layers_and_a_fixed_part(tmp_path):

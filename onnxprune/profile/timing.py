@@ -259,11 +259,19 @@ class ModelMeter:
         self.reference = _Runner(make_session(reference, provider, threads), feed)
 
     def measure(self, candidate: onnx.ModelProto | str) -> tuple[float, float]:
-        """(reference ms, candidate ms): medians of interleaved runs after a warm-up."""
+        """(reference ms, candidate ms) from interleaved runs after a warm-up: the reference's median, and the
+        candidate's as that times the median of its per-round ratios to the reference (paired_ratio)."""
         runner = _Runner(make_session(candidate, self.provider, self.threads), self.feed)
         self.reference.times.clear()
-        reference, measured = _interleaved([self.reference, runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)
-        return reference, measured
+        reference, _ = _interleaved([self.reference, runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)
+        return reference, reference * paired_ratio(runner.times, self.reference.times)
+
+
+def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
+    """The median over interleaved rounds of a run's time over the reference's run in the same round: on a
+    loaded machine the load changes from round to round, and a pair of runs side by side shares it, where the
+    ratio of the two medians mixes rounds of different load."""
+    return float(np.median(np.asarray(times, float) / np.asarray(reference, float)))
 
 
 def model_source(model: Any, proto: onnx.ModelProto) -> onnx.ModelProto | str:
