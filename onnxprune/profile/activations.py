@@ -80,13 +80,12 @@ def source_node(name: str, nodes: Mapping[str, object], producers: Mapping[str, 
 @dataclass(frozen=True)
 class InContext:
     """The whole model's measured latency split as its profile saw it (in the total's ms): `tensors` (terms of
-    the non-layer nodes writing prunable tensors), `scale` (the layers' time in context over their micro-graphs'
-    sum), `fixed` (what no pruning changes: the time outside the kernels, the non-layer nodes writing tensors
+    the non-layer nodes writing prunable tensors) and `scale` (the layers' time in context over their
+    micro-graphs' sum); the rest is fixed (the time outside the kernels, the non-layer nodes writing tensors
     without channel axes)."""
 
     tensors: dict[str, tuple[int, int, float]]
     scale: float
-    fixed: float
 
 
 def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, node_ms: Mapping[str, float],
@@ -115,15 +114,13 @@ def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, nod
         node = source_node(name, nodes, producers)
         if node is not None and node.name not in skip and node.op_type not in SKIPPED_OPS and node.output:
             spent[node.output[0]] = spent.get(node.output[0], 0.0) + float(ms)
-    tensors, untracked = {}, 0.0
+    tensors = {}
     for tensor, ms in sorted(spent.items()):
         sizes = _term_sizes(analysis, tensor)
-        if sizes is None:
-            untracked += ms
-        elif ms > 0:
+        if sizes is not None and ms > 0:
             tensors[tensor] = (*sizes, ms * to_total)
     in_layers = kernels - sum(spent.values())
-    return InContext(tensors, in_layers * to_total / layer_sum, (max(run_ms - kernels, 0.0) + untracked) * to_total)
+    return InContext(tensors, in_layers * to_total / layer_sum)
 
 
 def _term_sizes(analysis: Analysis, tensor: str) -> tuple[int, int] | None:

@@ -43,6 +43,7 @@ MIN_REPEATS = 10
 MAX_REPEATS = 40
 TARGET_MS = 15.0
 MODEL_MIN_REPEATS = 10
+MODEL_MAX_REPEATS = 200  # a whole model is timed for about MODEL_TARGET_MS: small models many rounds
 MODEL_TARGET_MS = 1500.0
 
 
@@ -165,11 +166,12 @@ def node_ms_per_run(events: list[dict[str, Any]]) -> tuple[float, dict[str, floa
     return max(float(outside), 0.0), {name: float(np.median(per_run[1:])) for name, per_run in sorted(times.items())}
 
 
-def _interleaved(runners: Sequence[_Runner], warmup: int, min_repeats: int, target_ms: float) -> list[float]:
+def _interleaved(runners: Sequence[_Runner], warmup: int, min_repeats: int, target_ms: float,
+                 max_repeats: int = MAX_REPEATS) -> list[float]:
     """Median ms of each runner after warm-up and interleaved repeats (more repeats for faster runners)."""
     first = [min(r.run(record=False) for _ in range(max(warmup, 1))) for r in runners]
     fastest = max(min(first), 1e-3)
-    repeats = int(min(MAX_REPEATS, max(min_repeats, math.ceil(target_ms / fastest))))
+    repeats = int(min(max_repeats, max(min_repeats, math.ceil(target_ms / fastest))))
     for _ in range(repeats):
         for runner in runners:
             runner.run()
@@ -231,7 +233,7 @@ class Timer:
     def model(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> float:
         """Median ms of the whole model on `feed` (wall clock)."""
         runner = _Runner(make_session(model, self.provider, self.threads), feed)
-        return _interleaved([runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)[0]
+        return _interleaved([runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS, MODEL_MAX_REPEATS)[0]
 
     def nodes(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> tuple[float, dict[str, float]]:
         """(ms of a run outside its kernels, {node name in onnxruntime's optimised graph: median kernel ms per
@@ -263,7 +265,8 @@ class ModelMeter:
         candidate's as that times the median of its per-round ratios to the reference (paired_ratio)."""
         runner = _Runner(make_session(candidate, self.provider, self.threads), self.feed)
         self.reference.times.clear()
-        reference, _ = _interleaved([self.reference, runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)
+        reference, _ = _interleaved([self.reference, runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS,
+                                    MODEL_MAX_REPEATS)
         return reference, reference * paired_ratio(runner.times, self.reference.times)
 
 
