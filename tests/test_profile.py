@@ -23,7 +23,7 @@ from onnxprune.profile.activations import source_node
 from onnxprune.profile.costmodel import LatencyCostModel
 from onnxprune.profile.curves import axis_curve, axis_grid, grid_points, isotonic, stair_value
 from onnxprune.profile.layers import WeightPool, layer_specs, micro_graph
-from onnxprune.profile.timing import node_ms_per_run, paired_ratio
+from onnxprune.profile.timing import kernel_ms_per_run, node_ms_per_run, paired_ratio
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 RESNET = os.path.join(FIXTURES, "resnet_legacy.onnx")
@@ -337,6 +337,18 @@ def test_node_ms_per_run_takes_medians_without_the_first_run():
     outside_ms, node_ms = node_ms_per_run(events)
     assert node_ms == pytest.approx({"a": 0.02, "b": 0.0})
     assert outside_ms == pytest.approx(0.02)  # the least time outside the kernels: the last run's 60 - 20 us
+
+
+def test_kernel_time_leaves_out_only_the_edge_layout_conversions():
+    def node(ts, dur, op):
+        return {"cat": "Node", "name": f"n{ts}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}]
+    events += [node(1, 5, "ReorderInput"), node(10, 20, "Conv"), node(31, 7, "ReorderOutput"),
+               node(40, 3, "ReorderInput"), node(50, 30, "Conv"), node(90, 6, "ReorderOutput")]
+    # a chain of two convolutions with a conversion out of and back into the blocked layout between them: those
+    # two count, the first ReorderInput and the last ReorderOutput (the micro-graph's edges) do not
+    assert kernel_ms_per_run(events) == pytest.approx([(20 + 7 + 3 + 30) / 1e3])
 
 
 def test_paired_ratio_compares_runs_of_the_same_round():

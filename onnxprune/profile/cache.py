@@ -17,7 +17,7 @@ from typing import Any
 from onnxprune.errors import InvalidRequestError
 
 FILE_NAME = "latency-cache.json"
-FORMAT = "onnxprune-latency-cache/2"  # /2: kernel times without edge layout conversions, no spinning
+FORMAT = "onnxprune-latency-cache/3"  # /3: conversions inside a micro-graph count; whole-model node times
 
 
 def default_folder() -> str:

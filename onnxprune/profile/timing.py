@@ -125,20 +125,30 @@ class _Runner:
 
 def kernel_ms_per_run(events: list[dict[str, Any]]) -> list[float]:
     """Per model run of an onnxruntime profile (its chrome-trace events): ms spent in node kernels, not counting
-    the layout conversions (ReorderInput / ReorderOutput) that a micro-graph pays at its edges and a layer between
-    two blocked neighbours does not."""
+    the layout conversions a micro-graph pays at its edges and a layer between two blocked neighbours does not:
+    a run's first ReorderInput and its last ReorderOutput. Conversions inside the graph count (a factor chain
+    whose inner ranks are off the runtime's block converts between its convolutions, in a model too)."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") == "Session" and e.get("name") == "model_run")
     starts = np.array([start for start, _ in runs])
     totals = [0.0] * len(runs)
+    edges: dict[tuple[int, str], tuple[float, float]] = {}  # (run, op) -> (ts, ms) of the edge conversion
     for event in events:
         if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
             continue
-        if str(event.get("args", {}).get("op_name", "")).startswith("Reorder"):
-            continue
         k = int(np.searchsorted(starts, event["ts"], side="right")) - 1
-        if k >= 0 and event["ts"] <= runs[k][1]:
-            totals[k] += event["dur"] / 1e3
+        if k < 0 or event["ts"] > runs[k][1]:
+            continue
+        ms = event["dur"] / 1e3
+        totals[k] += ms
+        op = str(event.get("args", {}).get("op_name", ""))
+        if op in ("ReorderInput", "ReorderOutput"):
+            seen = edges.get((k, op))
+            first = op == "ReorderInput"
+            if seen is None or (event["ts"] < seen[0] if first else event["ts"] > seen[0]):
+                edges[(k, op)] = (event["ts"], ms)
+    for (k, _), (_, ms) in edges.items():
+        totals[k] -= ms
     return totals
 
 
