@@ -12,8 +12,9 @@ the second call reads the cache). For each target t, `op.prune(model, target_lat
 the latency-aware result; uniform ratio pruning (`op.prune(model, ratio=r)`, l2, library default step) at the
 same MACs is found by bisection on r (MACs counted by onnxprune.stats). The original and every pruned model of
 the (model, threads) pair are then timed round-robin (interleaved, so load drift hits all alike) after warm-up;
-medians; every latency is a ratio to the original measured in the same rounds. At 1 thread, uniform pruning at
-ratio 0.3 and 0.5 with step 8 (the issue's reference setting) joins the same rounds.
+medians; every latency is a ratio to the original measured in the same rounds (the median of the per-round
+ratios). At 1 thread, uniform pruning at ratio 0.3 and 0.5 with step 8 (the issue's reference setting) joins the
+same rounds.
 
 Accuracy part (--accuracy): the digits CNNs of benchmarks/recovery.py trained on load_digits, pruned with l2
 and least-squares reconstruction (calibration: training images, as recovery.py) by `target_latency=t` and by
@@ -46,7 +47,7 @@ import onnxprune as op  # noqa: E402
 from onnxprune import runtime  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
 from onnxprune.options import Options  # noqa: E402
-from onnxprune.profile.timing import cpu_model  # noqa: E402
+from onnxprune.profile.timing import cpu_model, paired_ratio  # noqa: E402
 from onnxprune.text import table  # noqa: E402
 from onnxprune.workflows.bench import bench_inputs  # noqa: E402
 
@@ -73,8 +74,10 @@ MAX_RATIO = 0.9
 # --------------------------------------------------------------------------- measuring
 
 def measure(models: Sequence, threads: int | None, repeats: int, warmup: int = 3, batch: int = 1) -> list[float]:
-    """Median ms of each model on one random feed (of models[0]), all run round-robin `repeats` times after
-    `warmup` uncounted rounds, each in a session as a user's (runtime.optimized_session, `threads`)."""
+    """Ms of each model on one random feed (of models[0]), all run round-robin `repeats` times after `warmup`
+    uncounted rounds, each in a session as a user's (runtime.optimized_session, `threads`): models[0]'s median,
+    every other model's as that times the median of its per-round ratios to models[0] (paired_ratio: the runs of
+    one round share the machine's load)."""
     feed = bench_inputs(op.load_model(models[0]), batch)
     sessions = [runtime.optimized_session(m, threads, spinning=False) for m in models]
     outputs = [[o.name for o in s.get_outputs()] for s in sessions]
@@ -85,7 +88,8 @@ def measure(models: Sequence, threads: int | None, repeats: int, warmup: int = 3
             session.run(outputs[i], feed)
             if k >= warmup:
                 times[i].append((time.perf_counter() - start) * 1e3)
-    return [float(np.median(t)) for t in times]
+    base = float(np.median(times[0]))
+    return [base] + [base * paired_ratio(t, times[0]) for t in times[1:]]
 
 
 @dataclass

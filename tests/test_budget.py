@@ -7,11 +7,13 @@ import os
 from dataclasses import dataclass
 
 import numpy as np
+import onnx
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune as op
 from onnxprune.allocation import emptied_axes, lowest_removal, removable
-from onnxprune.budget import allocate_budget, layer_kept
+from onnxprune.budget import allocate_budget, layer_kept, unit_weights
 from onnxprune.cli import main
 from onnxprune.cost import CostModel, analytic_cost, predicted_cost
 from onnxprune.criteria import CriterionContext, criterion_for
@@ -176,6 +178,50 @@ def test_cheap_units_go_first():
     cost = analytic_cost(analysis, "macs")
     done = allocate_budget(analysis, flat, cost, 0.9, options)
     assert 0 < sum(done.counts.values()) and done.predicted <= 0.9 * cost.total
+
+
+@dataclass
+class ChannelCost:
+    """A fake cost model: every kept input or output channel of every layer costs 1."""
+
+    layers: dict
+    total: float
+
+    def layer_cost(self, node: str, kept_in: int, kept_out: int) -> float:
+        return float(kept_in + kept_out)
+
+
+def chain_model() -> onnx.ModelProto:
+    """x (3 ch) -> Conv a 3x3 (8) -> Relu -> Conv b 1x1 (8) -> Relu -> Conv c 1x1 (4): a's 8 channels carry
+    27 + 8 weights each, b's 8 + 4."""
+    rng = np.random.default_rng(0)
+    shapes = {"a": (8, 3, 3, 3), "b": (8, 8, 1, 1), "c": (4, 8, 1, 1)}
+    nodes, inits, last = [], [], "x"
+    for name, shape in shapes.items():
+        inits.append(numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), f"w{name}"))
+        nodes.append(helper.make_node("Conv", [last, f"w{name}"], [f"{name}_out"], name=name,
+                                      kernel_shape=list(shape[2:]), pads=[shape[2] // 2] * 4))
+        last = f"{name}_out"
+        if name != "c":
+            nodes.append(helper.make_node("Relu", [last], [f"{name}_relu"], name=f"{name}_relu"))
+            last = f"{name}_relu"
+    graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info(last, TensorProto.FLOAT, [1, 4, 8, 8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def test_a_unit_weighs_as_many_weights_as_go_with_it():
+    """Equal scores, equal cost saved per unit: the group whose units carry fewer weights loses more of them."""
+    options = op.Options(step_size=1)
+    analysis = op.analyze(chain_model(), options)
+    group = {layer: g.id for g in analysis.groups if g.prunable for layer in g.layers}
+    heavy, light = group["a"], group["b"]
+    assert unit_weights(analysis, heavy) == 27 + 8 and unit_weights(analysis, light) == 8 + 4
+    scores = {g: np.arange(8.0) for g in (heavy, light)}
+    cost = ChannelCost({name: tuple(analytic_cost(analysis, "macs").layers[name]) for name in "abc"}, 0.0)
+    cost.total = sum(cost.layer_cost(name, *size) for name, size in cost.layers.items())
+    done = allocate_budget(analysis, scores, cost, (cost.total - 8) / cost.total, options)
+    assert done.counts[light] > done.counts[heavy] and done.predicted <= cost.total - 8
 
 
 # --------------------------------------------------------------------------- prune(target_*=)

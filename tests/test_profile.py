@@ -19,9 +19,11 @@ from onnxprune.cli import main
 from onnxprune.criteria import CriterionContext, criterion_for
 from onnxprune.coupling import analyze
 from onnxprune.errors import InvalidRequestError
+from onnxprune.profile.activations import source_node
 from onnxprune.profile.costmodel import LatencyCostModel
 from onnxprune.profile.curves import axis_curve, axis_grid, grid_points, isotonic, stair_value
 from onnxprune.profile.layers import WeightPool, layer_specs, micro_graph
+from onnxprune.profile.timing import kernel_ms_per_run, node_ms_per_run, paired_ratio
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 RESNET = os.path.join(FIXTURES, "resnet_legacy.onnx")
@@ -259,7 +261,8 @@ def test_real_profile_of_a_fixture(tmp_path, capsys):
     latencies = cost.layer_latencies()
     for name, (cin, cout) in cost.layers.items():
         curve = cost.curves[cost.info[name].signature]
-        assert latencies[name] == pytest.approx(curve.points[(cin, cout)], rel=1e-12)  # full counts give the measured full point
+        # full counts give the measured full point, scaled to the layers' time in the model
+        assert latencies[name] == pytest.approx(cost.scale * curve.points[(cin, cout)], rel=1e-12)
         assert all(math.isfinite(ms) and ms > 0 for ms in curve.points.values())
         value = cost.layer_cost(name, max(1, cin - 1.5), max(1, cout // 2))
         assert math.isfinite(value) and value > 0
@@ -295,6 +298,85 @@ def test_latency_outside_the_layers_is_spread_over_prunable_activation_tensors()
     assert cost.predict(half) == pytest.approx(cost.total - ms * (1 - max(1, size_out // 2) / size_out))
     # and survive a cost file
     assert LatencyCostModel.from_dict(json.loads(json.dumps(cost.as_dict()))).tensors == cost.tensors
+
+
+class NodeTimer(FakeTimer):
+    """A fake timer that also gives the whole model's per-node kernel times (optimised-graph names)."""
+
+    def __init__(self, node_ms, outside_ms: float, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.node_ms = node_ms
+        self.outside_ms = outside_ms
+        self.node_calls = 0
+
+    def nodes(self, source, feed):
+        self.node_calls += 1
+        return self.outside_ms, dict(self.node_ms)
+
+
+def test_source_node_follows_onnxruntime_names_back_to_the_model():
+    nodes = {"mul_45": "swish", "/se/Mul": "se", "add_1": "add"}
+    producers = {"clip_37_out": "conv", "bn_82_out": "bn", "/se/Mul_output_0": "se"}
+    assert source_node("add_1", nodes, producers) == "add"
+    assert source_node("mul_45/QuickGeluFusion/", nodes, producers) == "swish"
+    assert source_node("/se/Mul/QuickGeluFusion/", nodes, producers) == "se"
+    assert source_node("clip_37_out_nchwc", nodes, producers) == "conv"
+    assert source_node("bn_82_out_bn_nchwc", nodes, producers) == "bn"
+    assert source_node("/se/Mul_output_0_nchwc", nodes, producers) == "se"
+    for made_up in ("Gelu_token_4", "ReorderOutput", "ReorderInput_token_7", "SkipLayerNormalization"):
+        assert source_node(made_up, nodes, producers) is None
+
+
+def test_node_ms_per_run_takes_medians_without_the_first_run():
+    events = [{"cat": "Session", "name": "model_run", "ts": t, "dur": d} for t, d in ((0, 90), (100, 90),
+                                                                                         (200, 90), (300, 60))]
+    for run, dur in enumerate((500, 10, 30, 20)):  # the first run (warm-up) is slow and left out
+        events.append({"cat": "Node", "name": "a_kernel_time", "ts": 100 * run + 5, "dur": dur})
+        events.append({"cat": "Node", "name": "b_fence_before", "ts": 100 * run + 6, "dur": 99})
+    events.append({"cat": "Node", "name": "b_kernel_time", "ts": 205, "dur": 40})
+    outside_ms, node_ms = node_ms_per_run(events)
+    assert node_ms == pytest.approx({"a": 0.02, "b": 0.0})
+    assert outside_ms == pytest.approx(0.02)  # the least time outside the kernels: the last run's 60 - 20 us
+
+
+def test_kernel_time_leaves_out_only_the_edge_layout_conversions():
+    def node(ts, dur, op):
+        return {"cat": "Node", "name": f"n{ts}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+
+    events = [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 100}]
+    events += [node(1, 5, "ReorderInput"), node(10, 20, "Conv"), node(31, 7, "ReorderOutput"),
+               node(40, 3, "ReorderInput"), node(50, 30, "Conv"), node(90, 6, "ReorderOutput")]
+    # a chain of two convolutions with a conversion out of and back into the blocked layout between them: those
+    # two count, the first ReorderInput and the last ReorderOutput (the micro-graph's edges) do not
+    assert kernel_ms_per_run(events) == pytest.approx([(20 + 7 + 3 + 30) / 1e3])
+
+
+def test_paired_ratio_compares_runs_of_the_same_round():
+    # the load changed after the first round; the candidate is half the reference in every round but one
+    reference, candidate = [1.0, 10.0, 10.0], [0.5, 0.5, 5.0]
+    assert paired_ratio(candidate, reference) == pytest.approx(0.5)
+    assert np.median(candidate) / np.median(reference) == pytest.approx(0.05)  # what the ratio of medians says
+
+
+def test_the_whole_model_profile_splits_the_total_into_tensors_layers_and_a_fixed_part(tmp_path):
+    # the SE fixture: the Relus and the Sigmoid after convs are fused into them; the pool and Mul are not. Its
+    # profile (in a run of 40 ms, half the total's 80 ms): 3 ms of kernels the tensors' nodes took, 27 ms the
+    # layers (with what the runtime fused into them and made up), 10 ms outside the kernels
+    node_ms = {"/se/Mul": 2.0, "/se/pool/GlobalAveragePool": 1.0, "/se/Sigmoid": 5.0, "/body/body.2/Relu": 4.0,
+               "/body/body.0/Conv_output_0_nchwc": 7.0, "/stem/stem.0/Conv": 6.0, "ReorderOutput": 5.0}
+    layer_ms = lambda i, o: 1e-3 * i * o  # noqa: E731
+    timer = NodeTimer(node_ms, 10.0, latency=layer_ms, total=80.0)
+    cost = op.profile(SE, cache=str(tmp_path), timer=timer)
+    assert {t: ms for t, (_, _, ms) in cost.tensors.items()} == pytest.approx(
+        {"/se/Mul_output_0": 4.0, "/se/pool/GlobalAveragePool_output_0": 2.0})
+    layers = sum(cost.layer_latencies().values())
+    assert layers == pytest.approx(2 * 27.0)  # the micro-graphs scaled to the layers' time in the model
+    assert cost.scale == pytest.approx(54.0 / sum(layer_ms(*size) for size in cost.layers.values()))
+    assert cost.total - layers - sum(ms for _, _, ms in cost.tensors.values()) == pytest.approx(2 * 10.0)
+    again = op.profile(SE, cache=str(tmp_path), timer=timer)
+    assert timer.node_calls == 1 and again.tensors == cost.tensors and again.scale == cost.scale  # cached
+    assert LatencyCostModel.from_dict(json.loads(json.dumps(cost.as_dict()))).layer_latencies() == \
+        pytest.approx(cost.layer_latencies())
 
 
 def test_tensor_terms_do_not_stop_a_group_off_its_layers_stairs():

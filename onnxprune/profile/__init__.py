@@ -16,7 +16,7 @@ from onnxprune.executor import resolve
 from onnxprune.ir import load_model
 from onnxprune.plan import fingerprint
 from onnxprune.progress import Bar
-from onnxprune.profile.activations import activation_terms
+from onnxprune.profile.activations import activation_terms, in_context
 from onnxprune.profile.cache import LatencyCache
 from onnxprune.profile.chains import measure_chains, methods_asked
 from onnxprune.cost import CostModel
@@ -63,27 +63,36 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
         for signature, (counts, times) in zip(todo, timed):
             store.put_layer(signature, [[i, o, ms] for (i, o), ms in zip(counts, times)])
         key = fingerprint(proto)
-        if key not in store.totals:
-            from onnxprune.workflows.bench import bench_inputs
+        from onnxprune.workflows.bench import bench_inputs
 
+        if key not in store.totals:
             store.put_total(key, timer.model(model_source(model, proto), bench_inputs(proto, batch)))
+        if key not in store.nodes and hasattr(timer, "nodes"):
+            store.put_nodes(key, *timer.nodes(model_source(model, proto), bench_inputs(proto, batch)))
     finally:
         store.save()
     curves = {s: LayerCurve(spec.in_channels, spec.out_channels, spec.tied,
                             {(int(i), int(o)): ms for i, o, ms in store.layers[s]}) for s, spec in unique.items()}
+    modelled = [*(s.name for s in specs), *skipped]
+    layer_sum = sum(curves[s.signature()].full_ms for s in specs)
+    outside_ms, node_ms = store.nodes.get(key) or (0.0, {})
+    split = in_context(analysis, modelled, outside_ms, node_ms, store.totals[key], layer_sum)
+    scale = split.scale if split is not None else 1.0
     chains = None
     if methods:
         try:
-            layer_ms = {spec.name: curves[spec.signature()].full_ms for spec in specs}
+            layer_ms = {spec.name: scale * curves[spec.signature()].full_ms for spec in specs}
             chains = measure_chains(proto, specs, methods, store, timer, layer_ms, stream)
         finally:
             store.save()
     cost = LatencyCostModel(
         total=store.totals[key], layers={s.name: (s.in_channels, s.out_channels) for s in specs},
         info={s.name: LayerInfo(s.op_type, s.tied, s.signature()) for s in specs}, curves=curves,
-        fingerprint=key, environment=env, skipped=skipped, chains=chains)
-    rest = cost.total - sum(cost.layer_latencies().values())
-    cost.tensors = activation_terms(analysis, [*cost.layers, *skipped], rest, batch)
+        fingerprint=key, environment=env, skipped=skipped, chains=chains, scale=scale)
+    if split is not None:
+        cost.tensors = split.tensors
+    else:
+        cost.tensors = activation_terms(analysis, modelled, cost.total - sum(cost.layer_latencies().values()), batch)
     return cost
 
 

@@ -1,17 +1,33 @@
-"""The latency outside the modelled layers, spread over the activation tensors it reads and writes.
+"""The latency outside the modelled layers, put on the activation tensors it reads and writes.
 
 A model's measured latency minus its layers' (micro-graphs at full counts) is the work the micro-graphs do not
-see: elementwise ops (a squeeze-excitation's Sigmoid and Mul, a swish), pooling, Concat, Resize, and what a layer
-costs more inside a model than alone. Much of it shrinks with the channels pruning removes (an EfficientNet-B0-
-like model spends about 40 % of its latency there). `activation_terms` spreads it over the outputs of the
-model's other nodes in proportion to their elements (an elementwise op's work is proportional to the tensor it
-writes), skipping the nodes onnxruntime fuses into a layer (a BatchNormalization or activation right after it,
-a MatMul's bias Add). A tensor with channel axes becomes a term of the cost model (onnxprune.cost: `tensors`)
-that scales with its kept elements; the share of the other tensors stays fixed.
+see: elementwise ops (a squeeze-excitation's Sigmoid and Mul, a swish), pooling, Concat, Resize, attention's
+products of activations, and the per-run overhead. Part of it shrinks with the channels pruning removes (an
+EfficientNet-B0-like model spends about 40 % of its latency there). A tensor with channel axes becomes a term
+of the cost model (onnxprune.cost: `tensors`) that scales with its kept elements; the rest stays fixed.
+
+`in_context` puts on a tensor what onnxruntime's profile of the whole model (timing.Timer.nodes) measured for
+the node writing it, in context, and scales the layers' micro-graph curves to what the layers took in the
+model. A node's name in the optimised graph leads back to the model's node (`source_node`): a fused node keeps
+the name of the node it grew from ("mul_45/QuickGeluFusion/"), a node of the blocked layout is named after the
+tensor it writes ("clip_37_out_nchwc"); nodes the runtime made up (layout reorders, "Gelu_token_12") count
+with the layers, the gap between the kernels and the wall clock is fixed. What onnxruntime fuses into a layer
+costs nothing apart: MobileNetV2's residual Add runs inside the convolution before it (the blocked conv's sum
+fusion), which a spread by elements got wrong (it put 1.4 of 9.7 ms on the Add of a 24-channel stream, so the
+allocator cut that stream to 4 channels for a saving the model never showed). And the part outside the layers
+is not all fixed: a whole model timed on a loaded machine is stretched evenly, kernels and all, so leaving
+everything but the layers' micro-graphs fixed made the predictions of an EfficientNet-B0-like model save a
+third of what its measurements saved.
+
+`activation_terms` is the fallback when no per-node profile is at hand (a runtime whose profile has no node
+events): the rest spread over the outputs of the model's other nodes in proportion to their elements (an
+elementwise op's work is proportional to the tensor it writes), skipping the nodes onnxruntime fuses into a
+layer (a BatchNormalization or activation right after it, a MatMul's bias Add).
 """
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -43,6 +59,81 @@ def fused_nodes(analysis: Analysis, layers: Iterable[str]) -> set[str]:
     return fused
 
 
+def source_node(name: str, nodes: Mapping[str, object], producers: Mapping[str, object]):
+    """The model's node an onnxruntime node name (of its optimised graph) stands for, or None: the name itself,
+    the name without trailing "/part"s (a fusion: "mul_45/QuickGeluFusion/" of "mul_45"), or the producer of the
+    tensor named by the name without one or two trailing "_word" parts (a blocked-layout node
+    "clip_37_out_nchwc", a normalisation turned into one "batchnormalization_82_out_bn_nchwc")."""
+    base = name
+    while base:
+        if base in nodes:
+            return nodes[base]
+        base = base.rstrip("/").rpartition("/")[0]
+    base = name
+    for _ in range(2):
+        base = base.rpartition("_")[0]
+        if base in producers:
+            return producers[base]
+    return None
+
+
+@dataclass(frozen=True)
+class InContext:
+    """The whole model's measured latency split as its profile saw it (in the total's ms): `tensors` (terms of
+    the non-layer nodes writing prunable tensors) and `scale` (the layers' time in context over their
+    micro-graphs' sum); the rest is fixed (the time outside the kernels, the non-layer nodes writing tensors
+    without channel axes)."""
+
+    tensors: dict[str, tuple[int, int, float]]
+    scale: float
+
+
+def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, node_ms: Mapping[str, float],
+               total: float, layer_sum: float) -> InContext | None:
+    """The split of `total` (the whole model's measured ms) by its profile (`outside_ms` per run outside the
+    kernels, `node_ms`: kernel ms per optimised-graph node, see source_node; timing.node_ms_per_run) given the
+    modelled layers' micro-graph sum `layer_sum`; None when the profile has no kernel time.
+
+    Each non-layer, non-fused node's kernel time goes to the tensor it writes (a term when the tensor has
+    channel axes, else fixed); the run's time outside the kernels is fixed; the remaining kernels (the layers with
+    what the runtime fused into them, and the layout conversions the runtime put between them) are the layers in
+    context: the layers' curves are scaled by that over `layer_sum`. The profile's ms are brought to the total's
+    (total / the profile's run): the two were timed apart, and machine load stretches a run evenly."""
+    kernels = sum(node_ms.values())
+    if kernels <= 0 or layer_sum <= 0:
+        return None
+    run_ms = kernels + max(outside_ms, 0.0)
+    to_total = total / run_ms
+    layers = set(layers)
+    skip = layers | fused_nodes(analysis, layers)
+    graph = analysis.model.graph
+    nodes = {node.name: node for node in graph.node}
+    producers = {out: node for node in graph.node for out in node.output if out}
+    spent: dict[str, float] = {}
+    for name, ms in sorted(node_ms.items()):
+        node = source_node(name, nodes, producers)
+        if node is not None and node.name not in skip and node.op_type not in SKIPPED_OPS and node.output:
+            spent[node.output[0]] = spent.get(node.output[0], 0.0) + float(ms)
+    tensors = {}
+    for tensor, ms in sorted(spent.items()):
+        sizes = _term_sizes(analysis, tensor)
+        if sizes is not None and ms > 0:
+            tensors[tensor] = (*sizes, ms * to_total)
+    in_layers = kernels - sum(spent.values())
+    return InContext(tensors, in_layers * to_total / layer_sum)
+
+
+def _term_sizes(analysis: Analysis, tensor: str) -> tuple[int, int] | None:
+    """(size_in, size_out) of a tensor term: its last two channel axes' sizes (one axis: size_in = 1), as
+    onnxprune.budget.term_axes reads them; None when the tensor carries no channel axis."""
+    axes = analysis.channels.tracked(tensor)
+    if not axes:
+        return None
+    sizes = [len(axes[axis]) for axis in sorted(axes)][-2:]
+    size_in, size_out = ([1] + sizes)[-2:]
+    return int(size_in), int(size_out)
+
+
 def activation_terms(analysis: Analysis, layers: Iterable[str], rest_ms: float,
                      batch: int) -> dict[str, tuple[int, int, float]]:
     """{tensor: (size_in, size_out, ms at full size)} for the prunable activation tensors: `rest_ms` (the
@@ -66,10 +157,8 @@ def activation_terms(analysis: Analysis, layers: Iterable[str], rest_ms: float,
         return {}
     terms = {}
     for tensor, count in sorted(elements.items()):
-        axes = channels.tracked(tensor)
-        if not axes or not count:
+        sizes = _term_sizes(analysis, tensor)
+        if sizes is None or not count:
             continue
-        sizes = [len(axes[axis]) for axis in sorted(axes)][-2:]
-        size_in, size_out = ([1] + sizes)[-2:]
-        terms[tensor] = (int(size_in), int(size_out), rest_ms * count / total)
+        terms[tensor] = (*sizes, rest_ms * count / total)
     return terms

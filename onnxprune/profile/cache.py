@@ -3,7 +3,7 @@
 One JSON file, `latency-cache.json`, in $XDG_CACHE_HOME/onnxprune (default ~/.cache/onnxprune) or the folder
 given as `cache=`. Entries are keyed by the environment (provider, threads, batch, onnxruntime version, CPU
 model) and then by layer signature (its measured points) or, for whole models, by graph fingerprint (the
-measured total). Saving merges with what another process may have written meanwhile and replaces the file
+measured total, and each node's kernel time in context). Saving merges with what another process may have written meanwhile and replaces the file
 atomically; an unreadable cache file counts as empty.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from onnxprune.errors import InvalidRequestError
 
 FILE_NAME = "latency-cache.json"
-FORMAT = "onnxprune-latency-cache/2"  # /2: kernel times without edge layout conversions, no spinning
+FORMAT = "onnxprune-latency-cache/3"  # /3: conversions inside a micro-graph count; whole-model node times
 
 
 def default_folder() -> str:
@@ -51,11 +51,13 @@ class LatencyCache:
         self.key = json.dumps(dict(environment), sort_keys=True)
         self.layers: dict[str, list[list[float]]] = {}
         self.totals: dict[str, float] = {}
+        self.nodes: dict[str, list] = {}  # fingerprint -> [ms outside kernels, {node: kernel ms}]
         self.changed = False
         if path is not None:
             entry = self._read().get(self.key, {})
             self.layers = dict(entry.get("layers", {}))
             self.totals = dict(entry.get("totals", {}))
+            self.nodes = dict(entry.get("nodes", {}))
 
     @classmethod
     def open(cls, cache: Any, environment: Mapping[str, Any]) -> LatencyCache:
@@ -91,6 +93,10 @@ class LatencyCache:
         self.totals[fingerprint] = total
         self.changed = True
 
+    def put_nodes(self, fingerprint: str, outside_ms: float, node_ms: dict[str, float]) -> None:
+        self.nodes[fingerprint] = [outside_ms, node_ms]
+        self.changed = True
+
     def save(self) -> None:
         """Merge this environment's entries into the file (no-op when disabled or nothing new)."""
         if self.path is None or not self.changed:
@@ -99,6 +105,7 @@ class LatencyCache:
         entry = entries.setdefault(self.key, {})
         entry.setdefault("layers", {}).update(self.layers)
         entry.setdefault("totals", {}).update(self.totals)
+        entry.setdefault("nodes", {}).update(self.nodes)
         try:
             write_json(self.path, {"format": FORMAT, "entries": entries})
         except OSError as exc:

@@ -4,12 +4,13 @@ A cost file (`cost.save(path)`, `onnxprune profile MODEL -o cost.json`) is JSON:
 
     {"format": "onnxprune-cost/1", "fingerprint": "<onnxprune.plan.fingerprint of the model>",
      "environment": {"provider": ..., "threads": ..., "batch": ..., "onnxruntime": ..., "cpu": ...},
-     "total_ms": 12.3, "skipped": {layer: reason},
+     "total_ms": 12.3, "scale": 1.1, "skipped": {layer: reason},
      "layers": {name: {"op_type": "Conv", "in": 64, "out": 128, "tied": false, "signature": "<key>"}},
      "curves": {"<signature>": [[kept_in, kept_out, ms], ...]},
      "tensors": {tensor: [size_in, size_out, ms]},
      "chains": {...}}   (only when profiled with decomposition=: profile.chains.ChainCosts.as_dict)
 
+"scale" multiplies every curve: the layers' time in the whole model over their micro-graphs' (1 when absent).
 load_cost refuses a file made for another model, provider, thread count, batch, onnxruntime version or CPU.
 """
 from __future__ import annotations
@@ -41,8 +42,9 @@ class LatencyCostModel:
     """Measured onnxruntime latency (ms): `total` of the whole model, `layer_cost` per layer and kept counts.
 
     Predicted latency of a pruned model = total - sum(layer_cost(n, *layers[n])) + sum(layer_cost(n, kin, kout))
-    plus the change of the `tensors` terms (the latency outside the layers spread over the activation tensors,
-    profile.activations): `predict` and onnxprune.cost.predicted_cost compute it. Layers listed in `skipped` are
+    plus the change of the `tensors` terms (the latency outside the layers put on the activation tensors,
+    profile.activations); layer_cost is the measured curve times `scale` (the layers' time in the whole model
+    over their micro-graphs', from its profile): `predict` and onnxprune.cost.predicted_cost compute it. Layers listed in `skipped` are
     not modelled (their cost is in the part outside the layers).
     Its curves are staircases (`stepped`): the budget allocator snaps kept counts to the top of their stair.
     """
@@ -52,7 +54,7 @@ class LatencyCostModel:
     def __init__(self, *, total: float, layers: Mapping[str, tuple[int, int]], info: Mapping[str, LayerInfo],
                  curves: Mapping[str, LayerCurve], fingerprint: str, environment: Mapping[str, Any],
                  skipped: Mapping[str, str] | None = None, chains: ChainCosts | None = None,
-                 tensors: Mapping[str, tuple[int, int, float]] | None = None) -> None:
+                 tensors: Mapping[str, tuple[int, int, float]] | None = None, scale: float = 1.0) -> None:
         self.total = float(total)
         self.layers = dict(layers)
         self.info = dict(info)
@@ -62,6 +64,7 @@ class LatencyCostModel:
         self.skipped = dict(skipped or {})
         self.chains = chains  # measured factor chains (op.profile(..., decomposition=...)), else None
         self.tensors = dict(tensors or {})
+        self.scale = float(scale)
 
     def layer_cost(self, node: str, kept_in: float, kept_out: float) -> float:
         """Latency in ms of layer `node` with kept_in input and kept_out output channels (depthwise: pass the
@@ -70,7 +73,7 @@ class LatencyCostModel:
             raise InvalidRequestError(f"layer '{node}' is not in the cost model"
                                       + (f" ({self.skipped[node]})" if node in self.skipped else ""))
         check_counts(node, self.layers[node], kept_in, kept_out)
-        return self.curves[self.info[node].signature].cost(kept_in, kept_out)
+        return self.scale * self.curves[self.info[node].signature].cost(kept_in, kept_out)
 
     def predict(self, kept: Mapping[str, tuple[int, int]]) -> float:
         """Predicted latency (ms) of the model with these terms (layers by node name, tensor terms by
@@ -95,7 +98,7 @@ class LatencyCostModel:
                          "signature": self.info[name].signature} for name, c in self.layers.items()}
         used = {i.signature for i in self.info.values()}
         return {"format": FORMAT, "fingerprint": self.fingerprint, "environment": self.environment,
-                "total_ms": self.total, "skipped": self.skipped, "layers": layers,
+                "total_ms": self.total, "scale": self.scale, "skipped": self.skipped, "layers": layers,
                 "curves": {s: self.curves[s].as_list() for s in sorted(used)},
                 "tensors": {name: list(term) for name, term in sorted(self.tensors.items())},
                 **({"chains": self.chains.as_dict()} if self.chains is not None else {})}
@@ -120,7 +123,8 @@ class LatencyCostModel:
         return cls(total=data["total_ms"], layers=layers, info=info, curves=curves,
                    fingerprint=data["fingerprint"], environment=data["environment"], skipped=data.get("skipped"),
                    chains=ChainCosts.from_dict(data["chains"]) if "chains" in data else None,
-                   tensors={name: (int(i), int(o), float(ms)) for name, (i, o, ms) in data.get("tensors", {}).items()})
+                   tensors={name: (int(i), int(o), float(ms)) for name, (i, o, ms) in data.get("tensors", {}).items()},
+                   scale=float(data.get("scale", 1.0)))
 
     def __repr__(self) -> str:
         return (f"LatencyCostModel(total={self.total:.3f} ms, {len(self.layers)} layers, "

@@ -8,7 +8,9 @@ the median over its runs of the time onnxruntime's profile gives its kernels, wi
 (ReorderInput / ReorderOutput) at the micro-graph's edges, which a layer between two blocked neighbours does
 not pay in a model (and without the Python call overhead, which a layer inside a model does not add either),
 scaled by the reference so that chunks timed under different load agree (see points). The whole model is
-timed by the wall clock, the same way, in one session with its own inputs.
+timed by the wall clock, the same way, in one session with its own inputs; and once more with onnxruntime's
+profile on (Timer.nodes), which gives each of its (optimised) nodes' kernel time in context: what the part
+outside the layers really costs, node by node (profile.activations).
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ MIN_REPEATS = 10
 MAX_REPEATS = 40
 TARGET_MS = 15.0
 MODEL_MIN_REPEATS = 10
+MODEL_MAX_REPEATS = 200  # a whole model is timed for about MODEL_TARGET_MS: small models many rounds
 MODEL_TARGET_MS = 1500.0
 
 
@@ -122,28 +125,63 @@ class _Runner:
 
 def kernel_ms_per_run(events: list[dict[str, Any]]) -> list[float]:
     """Per model run of an onnxruntime profile (its chrome-trace events): ms spent in node kernels, not counting
-    the layout conversions (ReorderInput / ReorderOutput) that a micro-graph pays at its edges and a layer between
-    two blocked neighbours does not."""
+    the layout conversions a micro-graph pays at its edges and a layer between two blocked neighbours does not:
+    a run's first ReorderInput and its last ReorderOutput. Conversions inside the graph count (a factor chain
+    whose inner ranks are off the runtime's block converts between its convolutions, in a model too)."""
     runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
                   if e.get("cat") == "Session" and e.get("name") == "model_run")
     starts = np.array([start for start, _ in runs])
     totals = [0.0] * len(runs)
+    edges: dict[tuple[int, str], tuple[float, float]] = {}  # (run, op) -> (ts, ms) of the edge conversion
     for event in events:
         if event.get("cat") != "Node" or not str(event.get("name", "")).endswith("_kernel_time"):
             continue
-        if str(event.get("args", {}).get("op_name", "")).startswith("Reorder"):
-            continue
         k = int(np.searchsorted(starts, event["ts"], side="right")) - 1
-        if k >= 0 and event["ts"] <= runs[k][1]:
-            totals[k] += event["dur"] / 1e3
+        if k < 0 or event["ts"] > runs[k][1]:
+            continue
+        ms = event["dur"] / 1e3
+        totals[k] += ms
+        op = str(event.get("args", {}).get("op_name", ""))
+        if op in ("ReorderInput", "ReorderOutput"):
+            seen = edges.get((k, op))
+            first = op == "ReorderInput"
+            if seen is None or (event["ts"] < seen[0] if first else event["ts"] > seen[0]):
+                edges[(k, op)] = (event["ts"], ms)
+    for (k, _), (_, ms) in edges.items():
+        totals[k] -= ms
     return totals
 
 
-def _interleaved(runners: Sequence[_Runner], warmup: int, min_repeats: int, target_ms: float) -> list[float]:
+def node_ms_per_run(events: list[dict[str, Any]]) -> tuple[float, dict[str, float]]:
+    """(ms of a model run outside its kernels, {node name in the optimised graph: median kernel ms per run}) from
+    an onnxruntime profile (its chrome-trace events); the first run is left out (warm-up). The time outside the
+    kernels is the least any run spent there: on a loaded machine the gaps between kernels stretch with the
+    load, the runtime's own work between them does not."""
+    runs = sorted((e["ts"], e["ts"] + e["dur"]) for e in events
+                  if e.get("cat") == "Session" and e.get("name") == "model_run")
+    if len(runs) < 2:
+        return 0.0, {}
+    starts = np.array([start for start, _ in runs])
+    times: dict[str, list[float]] = {}
+    for event in events:
+        name = str(event.get("name", ""))
+        if event.get("cat") != "Node" or not name.endswith("_kernel_time"):
+            continue
+        k = int(np.searchsorted(starts, event["ts"], side="right")) - 1
+        if k >= 1 and event["ts"] <= runs[k][1]:
+            per_run = times.setdefault(name[:-len("_kernel_time")], [0.0] * len(runs))
+            per_run[k] += event["dur"] / 1e3
+    in_kernels = np.sum([per_run for per_run in times.values()], axis=0) if times else np.zeros(len(runs))
+    outside = min((end - start) / 1e3 - in_kernels[k] for k, (start, end) in enumerate(runs) if k >= 1)
+    return max(float(outside), 0.0), {name: float(np.median(per_run[1:])) for name, per_run in sorted(times.items())}
+
+
+def _interleaved(runners: Sequence[_Runner], warmup: int, min_repeats: int, target_ms: float,
+                 max_repeats: int = MAX_REPEATS) -> list[float]:
     """Median ms of each runner after warm-up and interleaved repeats (more repeats for faster runners)."""
     first = [min(r.run(record=False) for _ in range(max(warmup, 1))) for r in runners]
     fastest = max(min(first), 1e-3)
-    repeats = int(min(MAX_REPEATS, max(min_repeats, math.ceil(target_ms / fastest))))
+    repeats = int(min(max_repeats, max(min_repeats, math.ceil(target_ms / fastest))))
     for _ in range(repeats):
         for runner in runners:
             runner.run()
@@ -205,7 +243,21 @@ class Timer:
     def model(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> float:
         """Median ms of the whole model on `feed` (wall clock)."""
         runner = _Runner(make_session(model, self.provider, self.threads), feed)
-        return _interleaved([runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)[0]
+        return _interleaved([runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS, MODEL_MAX_REPEATS)[0]
+
+    def nodes(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> tuple[float, dict[str, float]]:
+        """(ms of a run outside its kernels, {node name in onnxruntime's optimised graph: median kernel ms per
+        run}) of the whole model on `feed` (node_ms_per_run), from MODEL_MIN_REPEATS profiled runs after a
+        warm-up."""
+        with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as folder:
+            session = runtime.optimized_session(model, self.threads, provider=self.provider,
+                                                profile_prefix=os.path.join(folder, "model"), spinning=False)
+            runner = _Runner(session, feed)
+            for _ in range(1 + MODEL_MIN_REPEATS):
+                runner.run()
+            path = session.end_profiling()
+            with open(path, encoding="utf-8") as handle:
+                return node_ms_per_run(json.load(handle))
 
 
 class ModelMeter:
@@ -219,11 +271,20 @@ class ModelMeter:
         self.reference = _Runner(make_session(reference, provider, threads), feed)
 
     def measure(self, candidate: onnx.ModelProto | str) -> tuple[float, float]:
-        """(reference ms, candidate ms): medians of interleaved runs after a warm-up."""
+        """(reference ms, candidate ms) from interleaved runs after a warm-up: the reference's median, and the
+        candidate's as that times the median of its per-round ratios to the reference (paired_ratio)."""
         runner = _Runner(make_session(candidate, self.provider, self.threads), self.feed)
         self.reference.times.clear()
-        reference, measured = _interleaved([self.reference, runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS)
-        return reference, measured
+        reference, _ = _interleaved([self.reference, runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS,
+                                    MODEL_MAX_REPEATS)
+        return reference, reference * paired_ratio(runner.times, self.reference.times)
+
+
+def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
+    """The median over interleaved rounds of a run's time over the reference's run in the same round: on a
+    loaded machine the load changes from round to round, and a pair of runs side by side shares it, where the
+    ratio of the two medians mixes rounds of different load."""
+    return float(np.median(np.asarray(times, float) / np.asarray(reference, float)))
 
 
 def model_source(model: Any, proto: onnx.ModelProto) -> onnx.ModelProto | str:
