@@ -17,7 +17,8 @@ Inputs:
   small rotations, brightness / contrast / saturation jitter), resized to 224x224, ImageNet preprocessing.
   `calibration_images` and `evaluation_images` draw from separate random streams (disjoint crops).
 - sentences: SENTENCES, 240 sentences written for this benchmark; calibration and evaluation are disjoint
-  halves (`calibration_sentences`, `evaluation_sentences`), tokenised to one fixed length.
+  halves (`calibration_sentences`, `evaluation_sentences`), tokenised to one fixed length; `calibration_pairs`
+  adds random pairs of calibration sentences as more calibration data.
 
 Metrics: `top1_agreement` (fraction of images whose arg-max class is the original's) and `mean_cosine`
 (mean cosine similarity of each sentence's embedding with the original's).
@@ -507,6 +508,21 @@ def evaluation_sentences() -> list[str]:
 def calibration_text() -> dict[str, np.ndarray]:
     """Tokenised calibration sentences: {input_ids, attention_mask} int64 [N, TEXT_LENGTH]."""
     return tokenize(calibration_sentences())
+
+
+def calibration_pairs(n: int, seed: int = 0) -> dict[str, np.ndarray]:
+    """`calibration_text()` plus n sentence pairs ([CLS] a [SEP] b [SEP], a and b drawn at random from the
+    calibration sentences, truncated to TEXT_LENGTH): more calibration rows and fewer padding tokens, still
+    disjoint from evaluation_sentences."""
+    single = calibration_text()
+    if n <= 0:
+        return single
+    sentences = calibration_sentences()
+    rng = np.random.default_rng(seed)
+    first, second = ([sentences[i] for i in rng.integers(0, len(sentences), n)] for _ in range(2))
+    enc = minilm_tokenizer()(first, second, padding="max_length", truncation=True, max_length=TEXT_LENGTH,
+                             return_tensors="np")
+    return {key: np.concatenate([single[key], enc[key].astype(np.int64)]) for key in single}
 
 
 def evaluation_text() -> dict[str, np.ndarray]:

@@ -1,7 +1,8 @@
 """Structured pruning of two pretrained models at 10/20/30/50% fewer MACs: how close does each recipe stay?
 
 Models and inputs come from benchmarks/_pretrained.py (EfficientNet-lite0 ImageNet, MiniLM-L6 sentence
-encoder; skimage.data crops and written sentences; calibration and evaluation disjoint). Quality is measured
+encoder; skimage.data crops and written sentences; calibration and evaluation disjoint; text calibration: the
+105 calibration sentences plus --text-pairs random pairs of them, `calibration_pairs`). Quality is measured
 against the unpruned model: top-1 agreement (images) and mean cosine of the embeddings (text).
 
 Recipes (each at the same MAC reduction, counted by onnxprune.stats):
@@ -19,6 +20,7 @@ Recipes (each at the same MAC reduction, counted by onnxprune.stats):
     python benchmarks/pretrained.py --models minilm --levels 0.2
     python benchmarks/pretrained.py --recipes default,l2_recon --calibration 128
     python benchmarks/pretrained.py --models minilm --attention 0.3   # per-layer vs attention-aware re-fit
+    python benchmarks/pretrained.py --models minilm --text-pairs 0    # only the 105 calibration sentences
 """
 from __future__ import annotations
 
@@ -72,7 +74,7 @@ def prune_recipe(model: onnx.ModelProto, recipe: str, fewer: float, ratio: float
     raise ValueError(recipe)
 
 
-def model_setup(name: str, n_calib: int, n_eval: int):
+def model_setup(name: str, n_calib: int, n_eval: int, text_pairs: int = 0):
     """(model, calibration data, evaluation data, quality function(pruned model) -> float, metric name)."""
     if name == "efficientnet":
         model = onnx.load(P.efficientnet_lite0_onnx())
@@ -80,7 +82,7 @@ def model_setup(name: str, n_calib: int, n_eval: int):
         ref = P.run_batched(model, evaluation)
         return model, calib, lambda pruned: P.top1_agreement(ref, P.run_batched(pruned, evaluation)), "top-1 agreement"
     model = onnx.load(P.minilm_onnx())
-    calib, evaluation = P.calibration_text(), P.evaluation_text()
+    calib, evaluation = P.calibration_pairs(text_pairs), P.evaluation_text()
     ref = P.run_batched(model, evaluation)
     return model, calib, lambda pruned: P.mean_cosine(ref, P.run_batched(pruned, evaluation)), "mean cosine"
 
@@ -108,6 +110,8 @@ def main(argv=None) -> None:
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--calibration", type=int, default=256, help="calibration images (text: all 105)")
     parser.add_argument("--evaluation", type=int, default=300, help="evaluation images (text: all 105)")
+    parser.add_argument("--text-pairs", type=int, default=400,
+                        help="text: calibration adds this many random pairs of calibration sentences")
     parser.add_argument("--attention", type=float, default=None, metavar="RATIO",
                         help="instead of the table: plain / per-layer / attention-aware re-fit at this l2 ratio")
     args = parser.parse_args(argv)
@@ -119,7 +123,7 @@ def main(argv=None) -> None:
     levels = [float(x) for x in args.levels.split(",")]
     recipes = args.recipes.split(",")
     for name in args.models.split(","):
-        model, calib, quality, metric = model_setup(name, args.calibration, args.evaluation)
+        model, calib, quality, metric = model_setup(name, args.calibration, args.evaluation, args.text_pairs)
         n_calib = len(calib) if not isinstance(calib, dict) else len(calib["input_ids"])
         print(f"\n{name}: {metric} with the original ({n_calib} calibration samples; {macs(model) / 1e6:.1f} M MACs)")
         header = f"{'fewer MACs':>10} {'uniform ratio':>13} " + " ".join(f"{LABELS[r]:>13}" for r in recipes)
