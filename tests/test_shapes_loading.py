@@ -44,3 +44,29 @@ def test_a_valid_file_loads(tmp_path):
     path = tmp_path / "ok.onnx"
     onnx.save(_model(b"\0" * 16), path)
     assert len(op.load_model(str(path)).graph.initializer) == 2
+
+
+@pytest.mark.parametrize("loaded", [True, False], ids=["loaded", "in_memory"])
+def test_a_short_raw_tensor_is_refused_at_save(tmp_path, loaded):
+    """save_model reads the sizes from the bytes it wrote (one serialized part, or the graph part beside the
+    origin record of a loaded model) and writes nothing when a tensor is short."""
+    if loaded:
+        path = tmp_path / "ok.onnx"
+        onnx.save(_model(b"\0" * 16), path)
+        model = op.load_model(str(path))
+        model.graph.initializer[1].raw_data = b"\0" * 12
+    else:
+        model = _model(b"\0" * 12)
+    out = tmp_path / "out.onnx"
+    with pytest.raises(InvalidModelError, match="'w' holds 12 bytes but its shape \\[4\\] needs 16"):
+        op.save_model(model, str(out))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("path", sorted(ROOT.glob("fixtures/*.onnx"))[::6], ids=lambda p: p.stem)
+def test_write_proto_returns_the_written_raw_data_lengths(tmp_path, path):
+    from onnxprune import external_data
+
+    for model in (op.load_model(str(path)), onnx.load(str(path))):  # with and without the origin record
+        expected = [len(t.raw_data) if t.HasField("raw_data") else None for t in model.graph.initializer]
+        assert external_data.write_proto(model, str(tmp_path / "w.onnx")) == expected
