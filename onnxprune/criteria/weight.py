@@ -129,8 +129,8 @@ _CHUNK_ELEMENTS = 1 << 22
 def axis_power_sums(value: np.ndarray, axis: int, order: int) -> np.ndarray:
     """sum(|w|^order) over every axis but `axis`, as float64.
 
-    Squares are summed by one einsum pass over the weight (no temporary array: a ResNet-50's weights in about
-    15 ms); other orders and other element types go through float32 chunks of at most 4M elements.
+    Read in chunks of at most 4M elements (element types other than float32/float64 cast to float32); squares
+    are summed by einsum, one pass with no temporary array; other orders take |w|^order of each chunk first.
     """
     value = np.asarray(value) if not isinstance(value, np.ndarray) else value
     if value.ndim == 0:
