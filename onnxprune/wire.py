@@ -1,4 +1,4 @@
-"""Byte counts of a serialized model's initializers, read from the protobuf wire format.
+"""The protobuf wire format: byte counts of a serialized model's initializers, and length-delimited fields.
 
 Reading `tensor.raw_data` from a parsed ModelProto copies the bytes (and ByteSize() serializes them), so checking
 that every weight holds the bytes its shape needs would copy all the weights once more. The serialized file has
@@ -52,11 +52,6 @@ def initializer_raw_sizes(buffer: bytes) -> list[int | None]:
     return sizes
 
 
-def graph_initializer_raw_sizes(buffer: bytes) -> list[int | None]:
-    """The same for a serialized GraphProto."""
-    return _graph_raw_sizes(buffer, 0, len(buffer))
-
-
 def _graph_raw_sizes(buffer: bytes, start: int, end: int) -> list[int | None]:
     sizes: list[int | None] = []
     for tensor in _messages(buffer, start, end, _INITIALIZER):
@@ -65,3 +60,17 @@ def _graph_raw_sizes(buffer: bytes, start: int, end: int) -> list[int | None]:
             size = raw[1] - raw[0]  # a repeated scalar field: the last one wins, as in parsing
         sizes.append(size)
     return sizes
+
+
+def encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def length_delimited(number: int, parts: list[bytes]) -> list[bytes]:
+    """Field `number` (wire type 2) holding the concatenated `parts`: its key and length, then the parts."""
+    return [encode_varint(number << 3 | 2) + encode_varint(sum(map(len, parts))), *parts]

@@ -146,14 +146,14 @@ def test_prune_and_save_serialise_the_model_once(monkeypatch, tmp_path):
     path = tmp_path / "llama.onnx"
     _llama.write_llama(str(path), _llama.LlamaConfig.small())
     sizes, builds = [], []
-    parts, build = external_data.serialized_parts, external_data.build_output
+    encode, build = external_data.encode, external_data.build_output
 
-    def counted_parts(model):
-        out = parts(model)
-        sizes.append(sum(len(p) for p in out))
+    def counted_encode(model):
+        out = encode(model)
+        sizes.append(sum(len(p) for p in out.parts))
         return out
 
-    monkeypatch.setattr(external_data, "serialized_parts", counted_parts)
+    monkeypatch.setattr(external_data, "encode", counted_encode)
     monkeypatch.setattr(external_data, "build_output", lambda *a, **k: builds.append(1) or build(*a, **k))
     monkeypatch.setattr(runtime, "observe", lambda *a, **k: pytest.fail("observed"))
     monkeypatch.setattr(runtime, "run", lambda *a, **k: pytest.fail("ran the model"))

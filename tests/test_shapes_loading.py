@@ -23,6 +23,44 @@ def test_wire_sizes_are_the_raw_data_lengths(path):
     assert initializer_raw_sizes(data) == expected
 
 
+def _fielded_model() -> onnx.ModelProto:
+    """Large and small raw_data, a large float_data tensor, and fields on both sides of initializer / raw_data."""
+    big = numpy_helper.from_array(np.arange(40000, dtype=np.float32).reshape(200, 200), "big")
+    big.doc_string = "after raw_data"
+    big.metadata_props.add(key="k", value="v")
+    listed = helper.make_tensor("listed", TensorProto.FLOAT, [20000], np.ones(20000, np.float32).tolist())
+    small = numpy_helper.from_array(np.arange(3, dtype=np.int64), "small")
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "big"], ["y"], name="mm")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 200])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 200])],
+                              [small, big, listed], doc_string="graph doc")
+    graph.value_info.add(name="unused")
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], doc_string="model doc")
+    model.metadata_props.add(key="author", value="test")
+    return model
+
+
+def test_encode_gives_protobufs_own_bytes_with_large_raw_data_apart(tmp_path):
+    from onnxprune import external_data
+
+    model = _fielded_model()
+    encoded = external_data.encode(model)
+    assert b"".join(encoded.parts) == model.SerializeToString()
+    assert model.graph.initializer[1].raw_data in encoded.parts  # written as it is, not re-encoded
+    assert encoded.raw_sizes == [24, 160000, None]
+    onnx.save(model, tmp_path / "m.onnx")
+    loaded = op.load_model(str(tmp_path / "m.onnx"))  # carries the origin record, which is left out
+    assert external_data.serialize(loaded) == model.SerializeToString()
+
+
+def test_a_short_large_raw_tensor_is_refused_at_save(tmp_path):
+    model = _fielded_model()
+    model.graph.initializer[1].raw_data = model.graph.initializer[1].raw_data[:-4]
+    with pytest.raises(InvalidModelError, match="'big' holds 159996 bytes but its shape \\[200, 200\\] needs 160000"):
+        op.save_model(model, str(tmp_path / "out.onnx"))
+    assert not (tmp_path / "out.onnx").exists()
+
+
 def _model(raw: bytes) -> onnx.ModelProto:
     w = TensorProto(name="w", dims=[4], data_type=TensorProto.FLOAT, raw_data=raw)
     b = numpy_helper.from_array(np.arange(3, dtype=np.int64), "unused_int")
