@@ -290,12 +290,11 @@ def encode(model: onnx.ModelProto) -> Encoded:
 
 
 def _graph_parts(graph: onnx.GraphProto) -> tuple[list[bytes], list[int | None]]:
-    before, after = _split_around(graph, _INITIALIZER_FIELD)
+    before, initializers, after = _split_around(graph, _INITIALIZER_FIELD)
     parts, raw_sizes = [before], []
-    for tensor in graph.initializer:
+    for tensor in initializers or []:
         if tensor.HasField("raw_data") and tensor_nbytes(tensor) >= _RAW_PIECE_MIN:
-            raw = tensor.raw_data
-            low, high = _split_around(tensor, _RAW_DATA_FIELD)
+            low, raw, high = _split_around(tensor, _RAW_DATA_FIELD)
             parts += length_delimited(_INITIALIZER_FIELD, [low, *length_delimited(_RAW_DATA_FIELD, [raw]), high])
             raw_sizes.append(len(raw))
         else:
@@ -305,13 +304,16 @@ def _graph_parts(graph: onnx.GraphProto) -> tuple[list[bytes], list[int | None]]
     return parts, raw_sizes
 
 
-def _split_around(message, number: int) -> tuple[bytes, bytes]:
-    """The bytes of `message`'s fields numbered below `number`, and of those above it."""
-    low, high = type(message)(), type(message)()
+def _split_around(message, number: int) -> tuple[bytes, object, bytes]:
+    """The bytes of `message`'s fields numbered below `number`, the value of field `number` (None when unset;
+    read once: reading a bytes field copies it), and the bytes of the fields numbered above it."""
+    low, high, middle = type(message)(), type(message)(), None
     for field, value in message.ListFields():
-        if field.number != number:
+        if field.number == number:
+            middle = value
+        else:
             copy_field(low if field.number < number else high, field, value)
-    return low.SerializeToString(), high.SerializeToString()
+    return low.SerializeToString(), middle, high.SerializeToString()
 
 
 def write_proto(model: onnx.ModelProto, path: str) -> list[int | None]:
