@@ -255,10 +255,17 @@ def serialize(model: onnx.ModelProto) -> bytes:
 
 
 @dataclass
+class RawLayout:
+    """Where the graph initializers' raw_data are in a model's bytes."""
+    sizes: list[int | None]  # len(raw_data) of each graph initializer, None where it has none
+    offsets: list[int | None]  # byte offset of each raw_data written as a piece of its own, else None
+
+
+@dataclass
 class Encoded:
-    """A model's protobuf bytes in pieces to concatenate or write in turn, and what they hold."""
+    """A model's protobuf bytes in pieces to concatenate or write in turn, and where its weights are in them."""
     parts: list[bytes]
-    raw_sizes: list[int | None]  # len(raw_data) of each graph initializer, None where it has none
+    raw: RawLayout
 
 
 def encode(model: onnx.ModelProto) -> Encoded:
@@ -279,29 +286,35 @@ def encode(model: onnx.ModelProto) -> Encoded:
                 target.metadata_props.extend(p for p in value if p.key != ORIGIN_KEY)
             else:
                 copy_field(target, field, value)
-        graph, raw_sizes = _graph_parts(model.graph) if model.HasField("graph") else ([], [])
-        parts = [head.SerializeToString(), *(length_delimited(_GRAPH_FIELD, graph) if graph else []),
-                 tail.SerializeToString()]
+        graph, sizes, raw_parts = _graph_parts(model.graph) if model.HasField("graph") else ([], [], [])
+        head_bytes = head.SerializeToString()
+        framed = length_delimited(_GRAPH_FIELD, graph) if graph else []  # [graph key and length, *graph]
+        parts = [head_bytes, *framed, tail.SerializeToString()]
     except ValueError as exc:
         raise VerificationError(f"cannot serialize the model ({exc}); save it with external_data=True") from exc
     if sum(map(len, parts)) > 2**31 - 1:
         raise VerificationError("the model is over 2 GB, the protobuf limit; save it with external_data=True")
-    return Encoded(parts, raw_sizes)
+    graph_start = len(head_bytes) + (len(framed[0]) if framed else 0)
+    starts = np.cumsum([graph_start, *map(len, graph)]).tolist()  # where each graph piece begins
+    return Encoded(parts, RawLayout(sizes, [None if k is None else starts[k] for k in raw_parts]))
 
 
-def _graph_parts(graph: onnx.GraphProto) -> tuple[list[bytes], list[int | None]]:
+def _graph_parts(graph: onnx.GraphProto) -> tuple[list[bytes], list[int | None], list[int | None]]:
+    """The graph's bytes in pieces, the initializers' raw_data lengths, and which piece is each one's raw_data."""
     before, initializers, after = _split_around(graph, _INITIALIZER_FIELD)
-    parts, raw_sizes = [before], []
+    parts, sizes, raw_parts = [before], [], []
     for tensor in initializers or []:
         if tensor.HasField("raw_data") and tensor_nbytes(tensor) >= _RAW_PIECE_MIN:
             low, raw, high = _split_around(tensor, _RAW_DATA_FIELD)
             parts += length_delimited(_INITIALIZER_FIELD, [low, *length_delimited(_RAW_DATA_FIELD, [raw]), high])
-            raw_sizes.append(len(raw))
+            sizes.append(len(raw))
+            raw_parts.append(len(parts) - 2)
         else:
             parts += length_delimited(_INITIALIZER_FIELD, [tensor.SerializeToString()])
-            raw_sizes.append(len(tensor.raw_data) if tensor.HasField("raw_data") else None)
+            sizes.append(len(tensor.raw_data) if tensor.HasField("raw_data") else None)
+            raw_parts.append(None)
     parts.append(after)
-    return parts, raw_sizes
+    return parts, sizes, raw_parts
 
 
 def _split_around(message, number: int) -> tuple[bytes, object, bytes]:
@@ -316,13 +329,13 @@ def _split_around(message, number: int) -> tuple[bytes, object, bytes]:
     return low.SerializeToString(), middle, high.SerializeToString()
 
 
-def write_proto(model: onnx.ModelProto, path: str) -> list[int | None]:
-    """Write the model's bytes (without the origin record) to `path`; returns the initializers' raw_data lengths."""
+def write_proto(model: onnx.ModelProto, path: str) -> RawLayout:
+    """Write the model's bytes (without the origin record) to `path`; returns where its raw_data are in the file."""
     encoded = encode(model)
     with open(path, "wb") as f:
         for part in encoded.parts:
             f.write(part)
-    return encoded.raw_sizes
+    return encoded.raw
 
 
 # --------------------------------------------------------------------------- writing a data file

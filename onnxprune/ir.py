@@ -53,11 +53,11 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, reference: on
         out = ext.build_output(model, tmp_data if external_data else None, data_name, source)
         if check and reference is not None:
             check_io(reference, out)
-        raw_sizes = ext.write_proto(out, tmp_model)
+        raw = ext.write_proto(out, tmp_model)
         if check:
-            check_model_structure(out, path)  # the real tensors' fields (the checker below sees stubs)
-            check_tensor_sizes(out, path, raw_sizes=raw_sizes)
-            structure = _structure_copy(out, os.path.join(tmp, "structure"))
+            check_model_structure(out, path)  # the real tensors' fields (the checks below see references)
+            check_tensor_sizes(out, path, raw_sizes=raw.sizes)
+            structure = _structure_copy(out, tmp_model, raw.offsets)
         del out
         if check:
             validate_file(tmp_model, structure=structure)
@@ -80,25 +80,28 @@ def _refuse_overwrite(model: onnx.ModelProto, source: str | None, *targets: str)
             raise InvalidRequestError(f"refusing to overwrite input file {target}; choose another output path")
 
 
-def _structure_copy(model: onnx.ModelProto, folder: str) -> str:
-    """Write `model` with every heavy tensor as an external reference to an empty stub file.
+def _structure_copy(model: onnx.ModelProto, written: str, raw_offsets: list[int | None]) -> str:
+    """Write beside `written` (the file `model` was just written to) the same model whose large inline
+    initializers are external references to their raw_data's bytes inside `written` (`raw_offsets`).
 
-    onnx.checker (full_check: graph, types, shape inference) then runs without reading or parsing
-    the weights a second time; their byte sizes are checked by check_tensor_sizes.
+    onnx.checker (full_check: graph, types, shape inference) and onnxruntime then check the graph of the written
+    file and read its weights where they are, without parsing them a second time (onnxruntime maps the file).
+    The written file's bytes are protobuf's own (external_data.encode); their byte sizes are checked by
+    check_tensor_sizes.
     """
-    os.makedirs(folder, exist_ok=True)
-    open(os.path.join(folder, "stub.bin"), "wb").close()
     light = onnx.ModelProto()
     copy_fields_except(model, light, {"graph"})
     copy_fields_except(model.graph, light.graph, {"initializer"})
-    for tensor in model.graph.initializer:
-        if ext.is_heavy(tensor):
-            stub = light.graph.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type,
-                                               data_location=onnx.TensorProto.EXTERNAL)
-            stub.external_data.add(key="location", value="stub.bin")
-        else:
+    location = os.path.basename(written)
+    for tensor, offset in zip(model.graph.initializer, raw_offsets):
+        if offset is None:
             light.graph.initializer.append(tensor)
-    path = os.path.join(folder, "structure.onnx")
+            continue
+        reference = light.graph.initializer.add(name=tensor.name, dims=tensor.dims, data_type=tensor.data_type,
+                                                data_location=onnx.TensorProto.EXTERNAL)
+        for key, value in (("location", location), ("offset", offset), ("length", ext.tensor_nbytes(tensor))):
+            reference.external_data.add(key=key, value=str(value))
+    path = written + ".structure.onnx"
     ext.write_proto(light, path)
     return path
 
@@ -106,13 +109,13 @@ def _structure_copy(model: onnx.ModelProto, folder: str) -> str:
 def validate_file(path: str, *, structure: str | None = None) -> None:
     """Oracle 3 on a written file: onnx.checker with full_check, and onnxruntime loads it.
 
-    `structure`: the same model with weights stubbed (see _structure_copy) for the checker.
+    `structure`: the same model reading its weights out of `path` (see _structure_copy), checked instead.
     """
     try:
         onnx.checker.check_model(structure or path, full_check=True)
     except Exception as exc:
         raise VerificationError(f"written model fails onnx.checker (full_check): {exc}") from exc
-    check_loads(path)
+    check_loads(structure or path)
 
 
 # --------------------------------------------------------------------------- graph I/O and opsets

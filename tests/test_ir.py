@@ -168,6 +168,31 @@ def test_save_leaves_nothing_when_checker_fails(tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def _big_mlp(op_type: str = "MatMul", domain: str = "") -> onnx.ModelProto:
+    """A 256 KiB weight: inline, so the checks read it out of the written file (see ir._structure_copy)."""
+    weight = RNG.standard_normal((256, 256)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node(op_type, ["x", "W"], ["y"], name="mm", domain=domain)], "big",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 256])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 256])], [numpy_helper.from_array(weight, "W")])
+    opsets = [helper.make_opsetid("", 17)] + ([helper.make_opsetid(domain, 1)] if domain else [])
+    return helper.make_model(graph, ir_version=10, opset_imports=opsets)
+
+
+def test_save_leaves_nothing_when_onnxruntime_refuses_the_written_model(tmp_path):
+    model = _big_mlp("NoKernel", domain="com.example")  # the checker knows no schema for it; onnxruntime no kernel
+    with pytest.raises(VerificationError, match="does not load in onnxruntime"):
+        ir.save_model(model, tmp_path / "out.onnx")
+    assert os.listdir(tmp_path) == []
+
+
+def test_save_checks_inline_weights_in_the_written_file_and_leaves_only_it(tmp_path):
+    model = _big_mlp()
+    ir.save_model(model, tmp_path / "out.onnx")
+    assert os.listdir(tmp_path) == ["out.onnx"]
+    assert (tmp_path / "out.onnx").read_bytes() == model.SerializeToString()
+
+
 def test_save_refuses_to_overwrite_input(tmp_path):
     path = write(tmp_path / "in.onnx", mlp())
     before = open(path, "rb").read()

@@ -46,8 +46,11 @@ def test_encode_gives_protobufs_own_bytes_with_large_raw_data_apart(tmp_path):
     model = _fielded_model()
     encoded = external_data.encode(model)
     assert b"".join(encoded.parts) == model.SerializeToString()
-    assert model.graph.initializer[1].raw_data in encoded.parts  # written as it is, not re-encoded
-    assert encoded.raw_sizes == [24, 160000, None]
+    data = b"".join(encoded.parts)
+    raw = model.graph.initializer[1].raw_data
+    assert raw in encoded.parts  # written as it is, not re-encoded
+    assert encoded.raw.sizes == [24, 160000, None] and encoded.raw.offsets[::2] == [None, None]
+    assert data[encoded.raw.offsets[1]:][:len(raw)] == raw
     onnx.save(model, tmp_path / "m.onnx")
     loaded = op.load_model(str(tmp_path / "m.onnx"))  # carries the origin record, which is left out
     assert external_data.serialize(loaded) == model.SerializeToString()
@@ -107,4 +110,4 @@ def test_write_proto_returns_the_written_raw_data_lengths(tmp_path, path):
 
     for model in (op.load_model(str(path)), onnx.load(str(path))):  # with and without the origin record
         expected = [len(t.raw_data) if t.HasField("raw_data") else None for t in model.graph.initializer]
-        assert external_data.write_proto(model, str(tmp_path / "w.onnx")) == expected
+        assert external_data.write_proto(model, str(tmp_path / "w.onnx")).sizes == expected
