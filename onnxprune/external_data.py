@@ -28,6 +28,8 @@ _GRAPH_FIELD = onnx.ModelProto.DESCRIPTOR.fields_by_name["graph"].number
 _INITIALIZER_FIELD = onnx.GraphProto.DESCRIPTOR.fields_by_name["initializer"].number
 _RAW_DATA_FIELD = TensorProto.DESCRIPTOR.fields_by_name["raw_data"].number
 _RAW_PIECE_MIN = 64 * 2**10  # raw_data at least this large is written as a piece of its own
+_TENSOR_ATTRIBUTE_TYPES = {onnx.AttributeProto.UNDEFINED, onnx.AttributeProto.TENSOR, onnx.AttributeProto.TENSORS,
+                           onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS}  # those that may hold tensors
 _ALIGN = 64
 _CHUNK = 64 * 2**20
 _PACKED = {getattr(TensorProto, n) for n in
@@ -93,6 +95,8 @@ def non_initializer_tensors(graph: onnx.GraphProto) -> Iterator[TensorProto]:
         yield sparse.indices
     for node in graph.node:
         for attr in node.attribute:
+            if attr.type not in _TENSOR_ATTRIBUTE_TYPES:
+                continue
             if attr.HasField("t"):
                 yield attr.t
             yield from attr.tensors
