@@ -36,6 +36,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # factorisations: no BLAS th
 
 import onnxprune as op  # noqa: E402
 from onnxprune import runtime  # noqa: E402
+from onnxprune.decomposition.latency import LatencyModel  # noqa: E402
 from onnxprune.text import table  # noqa: E402
 
 import _models  # noqa: E402
@@ -57,12 +58,12 @@ QUICK = {"tucker rank_ratio=0.5", "tucker rank_ratio=0.5 +cost", "tucker target_
 def prediction(cost, result) -> tuple[float, int]:
     """(predicted latency ms of the result, chains written that the cost model measured slower than their layer)."""
     predicted, slower = cost.total, 0
+    latency = LatencyModel(cost, result.method)
     for record in result.decomposed:
-        curve = cost.chains.curve(record.name, result.method)
-        if curve is None or record.name not in cost.layers:
+        pair = latency.pair(record.name, record.ranks)
+        if pair is None:
             continue
-        before = cost.layer_cost(record.name, *cost.layers[record.name])
-        after = cost.chains.cost(record.name, result.method, record.ranks)
+        before, after = pair
         predicted += after - before
         slower += after >= before
     return predicted, slower
