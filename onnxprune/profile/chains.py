@@ -267,8 +267,8 @@ class ChainCosts:
     and why; the methods profiled; per layer its `context`: its own time in the whole model over that (from the
     model's profile, profile.activations.in_context; 1 when unknown). A layer and its chain are both taken at
     the layer's context: one scale for all layers put the saving of a VGG-like model's 8x8 convs, whose
-    micro-graphs measure 1.25x their time in the model, 25 % too high, and the latency target picked exactly
-    those (a prediction of 0.70 measured 0.77)."""
+    micro-graphs measure 1.25x their time in the model, about a quarter too high, and the latency target
+    picked exactly those (a prediction of 0.70 measured 0.77 on a busy machine)."""
 
     def __init__(self, methods: Iterable[str], layers: Mapping[str, Mapping[str, str]],
                  curves: Mapping[str, ChainCurve], skipped: Mapping[str, str] | None = None,
