@@ -10,13 +10,14 @@ latency, meaningless for energy / VBMF ranks, so ranks here are rank_ratio or ta
   2. decomposes it several ways: computed ranks (rank_ratio) with the default settings (no cost model: the MACs
      rule and rank_step 16) and the same with the cost model (cost=: only chains measured faster than their layer,
      ranks snapped to their latency step), and target_latency= 0.7 / 0.5;
-  3. times the original and each decomposed model interleaved (op.bench(a, b): a, b, a, b, ..., medians) in the
-     same run, and prints the measured speed-up beside the cost model's prediction (for runs without cost= the
-     prediction of the chains written, from the same cost model).
+  3. times the original and each decomposed model interleaved (op.bench(a, b): a, b, a, b, ...) in the same
+     run, and prints the measured speed-up (the median over rounds of the original's run over the decomposed
+     one's in the same round: paired_ratio, robust to load changing between rounds) beside the cost model's
+     prediction (for runs without cost= the prediction of the chains written, from the same cost model).
 
 Columns: chains = layers decomposed; slower = chains written that the cost model measured slower than their
 layer (the acceptance bar: 0 for every run with a cost model); MACs = MACs after / before; pred. = predicted
-speed-up (original measured / predicted); meas. = measured speed-up (median original / median decomposed);
+speed-up (original measured / predicted); meas. = measured speed-up (per-round original / decomposed, median);
 meas./pred. (the bar: >= 0.9).
 """
 from __future__ import annotations
@@ -36,6 +37,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # factorisations: no BLAS th
 
 import onnxprune as op  # noqa: E402
 from onnxprune import runtime  # noqa: E402
+from onnxprune.decomposition.latency import LatencyModel  # noqa: E402
+from onnxprune.profile.timing import paired_ratio  # noqa: E402
 from onnxprune.text import table  # noqa: E402
 
 import _models  # noqa: E402
@@ -57,12 +60,12 @@ QUICK = {"tucker rank_ratio=0.5", "tucker rank_ratio=0.5 +cost", "tucker target_
 def prediction(cost, result) -> tuple[float, int]:
     """(predicted latency ms of the result, chains written that the cost model measured slower than their layer)."""
     predicted, slower = cost.total, 0
+    latency = LatencyModel(cost, result.method)
     for record in result.decomposed:
-        curve = cost.chains.curve(record.name, result.method)
-        if curve is None or record.name not in cost.layers:
+        pair = latency.pair(record.name, record.ranks)
+        if pair is None:
             continue
-        before = cost.layer_cost(record.name, *cost.layers[record.name])
-        after = cost.chains.cost(record.name, result.method, record.ranks)
+        before, after = pair
         predicted += after - before
         slower += after >= before
     return predicted, slower
@@ -101,7 +104,7 @@ def run_model(name: str, threads: int, repeats: int, quick: bool) -> tuple[list[
             rows.append([name, label, 0, 0, "1.00", "1.00", "-", "-", "nothing decomposed"])
             continue
         timed = op.bench(model, result.model, repeats=repeats, warmup=3, threads=threads)
-        measured = timed.a.median_ms / timed.b.median_ms
+        measured = 1.0 / paired_ratio(timed.b.times_ms, timed.a.times_ms)
         expected = cost.total / predicted
         rows.append([name, label, len(result.decomposed), slower, f"{op.stats(result.model).macs / base_macs:.2f}",
                      f"{expected:.3f}", f"{measured:.3f}", f"{measured / expected:.3f}", ""])

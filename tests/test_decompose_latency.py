@@ -19,8 +19,8 @@ from onnxprune.coupling import analyze
 from onnxprune.decomposition import decomposable_layers
 from onnxprune.decomposition.latency import LatencyModel, Option, front, hull, rank_loss, target_ranks
 from onnxprune.errors import InvalidRequestError
-from onnxprune.profile.chains import (ChainCurve, ChainSpec, chain_graph, chain_specs, rank_axis, rank_points,
-                                      snap)
+from onnxprune.profile.chains import (ChainCosts, ChainCurve, ChainSpec, chain_graph, chain_specs, rank_axis,
+                                      rank_points, snap)
 from onnxprune.profile.layers import WeightPool, layer_specs
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
@@ -142,6 +142,47 @@ def test_profile_measures_each_chain_signature_once_and_scales_to_the_layer():
     assert op.profile(model, cache=False, timer=FakeTimer()).chains is None  # chains only when asked
 
 
+class ContextTimer(FakeTimer):
+    """FakeTimer with the whole model's profile: per node of the optimised graph its kernel ms."""
+
+    def __init__(self, node_ms, **kwargs) -> None:
+        super().__init__(total=sum(node_ms.values()), **kwargs)
+        self.node_ms = node_ms
+
+    def nodes(self, source, feed):
+        return 0.0, dict(self.node_ms)
+
+
+def test_a_layer_and_its_chain_are_taken_at_the_layer_s_time_in_the_model(tmp_path):
+    # conv1 and conv2 are the same signature (one micro-graph, one chain curve) but in the model conv1 with its
+    # fused Relu takes 3 ms and conv2 1 ms: each layer and its chain are predicted at its own time, not at one
+    # scale for all layers (which put the saving of the layers whose micro-graphs over-state them too high)
+    model = conv_model((16, 64, 64, 64, 96))
+    node_ms = {"conv0": 0.5, "conv1": 2.0, "relu1": 1.0, "r2_nchwc": 1.0, "conv3": 1.5, "ReorderOutput": 0.1}
+    cost = op.profile(model, cache=False, timer=ContextTimer(node_ms), decomposition="tucker")
+    latency = LatencyModel(cost, "tucker")
+    assert latency.before("conv1") == pytest.approx(3.0) and latency.before("conv2") == pytest.approx(1.0)
+    assert latency.before("conv3") == pytest.approx(1.5) and latency.before("conv0") == pytest.approx(0.5)
+    curve = cost.chains.curve("conv1", "tucker")
+    assert curve is cost.chains.curve("conv2", "tucker")
+    spec = chain_specs(decomposable_layers(model), layer_specs(analyze(model), 1)[0], ["tucker"])[0]["conv1"]
+    for ranks in rank_points(spec["tucker"]):
+        for name, ms in (("conv1", 3.0), ("conv2", 1.0)):
+            assert latency.chain_ms(name, ranks) == pytest.approx(chain_ratio(spec["tucker"], ranks) * ms)
+    d = op.decompose(model, "tucker", rank_ratio=0.5, cost=cost)
+    saved = {r.name: r.latency_before - r.latency_after for r in d.decomposed}
+    assert saved["conv1"] == pytest.approx(3 * saved["conv2"])
+    assert d.latency["predicted"] == pytest.approx(cost.total - sum(saved.values()))
+    path = tmp_path / "cost.json"
+    cost.save(path)
+    assert LatencyModel(op.load_cost(path, model), "tucker").before("conv1") == pytest.approx(3.0)
+    # a layer the profile does not name keeps the one scale
+    partial = op.profile(model, cache=False, timer=ContextTimer({"conv1": 2.0, "x_made_up": 1.0}),
+                         decomposition="tucker")
+    assert "conv2" not in partial.chains.context
+    assert LatencyModel(partial, "tucker").before("conv2") == pytest.approx(partial.layer_cost("conv2", 64, 64))
+
+
 def test_chain_cache_hit_and_cost_file_round_trip(tmp_path):
     model = conv_model()
     first = fake_cost(model, FakeTimer())
@@ -222,21 +263,12 @@ def test_target_latency_is_reached_on_a_fake_cost_model():
 
 
 def test_target_ranks_prefer_the_least_energy_lost_per_ms():
-    class Chains:
-        methods = ("svd",)
-        skipped: dict = {}
-
-        def __init__(self):
-            self.curves = {"a": ChainCurve((8,), {(r,): 2.4 * r / 8 for r in range(1, 9)}),
-                           "b": ChainCurve((8,), {(r,): 2.4 * r / 8 for r in range(1, 9)})}
-
-        def curve(self, layer, method):
-            return self.curves[layer]
+    curve = ChainCurve((8,), {(r,): 2.4 * r / 8 for r in range(1, 9)})
 
     class Cost:
         total = 10.0
         layers = {"a": (8, 8), "b": (8, 8)}
-        chains = Chains()
+        chains = ChainCosts(("svd",), {"a": {"svd": "a"}, "b": {"svd": "b"}}, {"a": curve, "b": curve})
 
         def layer_cost(self, name, i, o):
             return 2.0

@@ -323,6 +323,7 @@ def test_source_node_follows_onnxruntime_names_back_to_the_model():
     assert source_node("clip_37_out_nchwc", nodes, producers) == "conv"
     assert source_node("bn_82_out_bn_nchwc", nodes, producers) == "bn"
     assert source_node("/se/Mul_output_0_nchwc", nodes, producers) == "se"
+    assert source_node("fused add_1", nodes, producers) == "add"  # a Gemm fused with its activation
     for made_up in ("Gelu_token_4", "ReorderOutput", "ReorderInput_token_7", "SkipLayerNormalization"):
         assert source_node(made_up, nodes, producers) is None
 

@@ -52,13 +52,18 @@ class LatencyModel:
         return f"its {self.method} chain is not in the cost model" + (f" ({why})" if why else "")
 
     def before(self, layer: str) -> float:
-        return float(self.cost.layer_cost(layer, *self.cost.layers[layer]))
+        """The layer's ms in the model (its curve at full channels times its context, profile.chains.ChainCosts)."""
+        return float(self.cost.layer_cost(layer, *self.cost.layers[layer])) * self.cost.chains.factor(layer)
+
+    def chain_ms(self, layer: str, ranks: tuple[int, ...]) -> float:
+        """The layer's chain's predicted ms at `ranks` in the model."""
+        return float(self.cost.chains.cost(layer, self.method, tuple(ranks)))
 
     def pair(self, layer: str, ranks: tuple[int, ...]) -> tuple[float, float] | None:
         """(the layer's latency, its chain's at `ranks`) in ms, or None when the chain was not measured."""
         if self.curve(layer) is None or layer not in self.cost.layers:
             return None
-        return self.before(layer), float(self.cost.chains.cost(layer, self.method, tuple(ranks)))
+        return self.before(layer), self.chain_ms(layer, ranks)
 
     def snap(self, layer: str, ranks: tuple[int, ...]) -> tuple[int, ...]:
         from onnxprune.profile.chains import snap
@@ -186,7 +191,7 @@ def target_ranks(latency: LatencyModel, layers: list[DecomposableLayer], kernel:
             continue
         before = latency.before(layer.name)
         loss = rank_loss(latency.method, kernel(layer))
-        options = [Option(r, curve.cost(r), loss(r)) for r in curve.grid()]
+        options = [Option(r, latency.chain_ms(layer.name, r), loss(r)) for r in curve.grid()]
         states = front(before, options)
         if len(states) == 1:
             fastest = min(o.ms for o in options)

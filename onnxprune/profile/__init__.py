@@ -82,7 +82,8 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
     if methods:
         try:
             layer_ms = {spec.name: scale * curves[spec.signature()].full_ms for spec in specs}
-            chains = measure_chains(proto, specs, methods, store, timer, layer_ms, stream)
+            chains = measure_chains(proto, specs, methods, store, timer, layer_ms,
+                                    split.layers if split is not None else None, stream)
         finally:
             store.save()
     cost = LatencyCostModel(

@@ -37,25 +37,29 @@ from onnxprune.profile.layers import ACTIVATIONS
 SKIPPED_OPS = ("Constant", "Shape", "Size", "ConstantOfShape")
 
 
-def fused_nodes(analysis: Analysis, layers: Iterable[str]) -> set[str]:
-    """Names of the nodes onnxruntime fuses into a layer: a BatchNormalization, an activation or (after a MatMul)
-    an Add of a constant that alone reads a layer's (or such a fused node's) output."""
+def fused_nodes(analysis: Analysis, layers: Iterable[str]) -> dict[str, str]:
+    """{node: the layer it is fused into} for the nodes onnxruntime fuses into a layer: a BatchNormalization, an
+    activation or (after a MatMul) an Add of a constant that alone reads a layer's (or such a fused node's)
+    output."""
     graph = analysis.model.graph
     producer = {out: node for node in graph.node for out in node.output}
     readers: dict[str, int] = {}
     for node in graph.node:
         for name in node.input:
             readers[name] = readers.get(name, 0) + 1
-    owners = set(layers)
-    fused: set[str] = set()
+    owners = {name: name for name in layers}
+    fused: dict[str, str] = {}
     for node in graph.node:  # topological order: a chain is followed link by link
         source = producer.get(node.input[0]) if node.input else None
-        if source is None or source.name not in owners | fused or readers.get(node.input[0], 0) != 1:
+        if source is None or readers.get(node.input[0], 0) != 1:
+            continue
+        owner = owners.get(source.name) or fused.get(source.name)
+        if owner is None:
             continue
         bias_add = node.op_type == "Add" and source.op_type == "MatMul" and any(
             analysis.channels.is_const(name) for name in node.input)
         if node.op_type == "BatchNormalization" or node.op_type in ACTIVATIONS or bias_add:
-            fused.add(node.name)
+            fused[node.name] = owner
     return fused
 
 
@@ -63,7 +67,9 @@ def source_node(name: str, nodes: Mapping[str, object], producers: Mapping[str, 
     """The model's node an onnxruntime node name (of its optimised graph) stands for, or None: the name itself,
     the name without trailing "/part"s (a fusion: "mul_45/QuickGeluFusion/" of "mul_45"), or the producer of the
     tensor named by the name without one or two trailing "_word" parts (a blocked-layout node
-    "clip_37_out_nchwc", a normalisation turned into one "batchnormalization_82_out_bn_nchwc")."""
+    "clip_37_out_nchwc", a normalisation turned into one "batchnormalization_82_out_bn_nchwc"); a Gemm with its
+    activation is "fused gemm_61"."""
+    name = name.removeprefix("fused ")
     base = name
     while base:
         if base in nodes:
@@ -82,10 +88,12 @@ class InContext:
     """The whole model's measured latency split as its profile saw it (in the total's ms): `tensors` (terms of
     the non-layer nodes writing prunable tensors) and `scale` (the layers' time in context over their
     micro-graphs' sum); the rest is fixed (the time outside the kernels, the non-layer nodes writing tensors
-    without channel axes)."""
+    without channel axes). `layers`: each layer's own kernel time in the model, with what the runtime fused into
+    it ({layer: ms}; layers the profile's names do not lead back to are left out)."""
 
     tensors: dict[str, tuple[int, int, float]]
     scale: float
+    layers: dict[str, float]
 
 
 def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, node_ms: Mapping[str, float],
@@ -97,7 +105,9 @@ def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, nod
     Each non-layer, non-fused node's kernel time goes to the tensor it writes (a term when the tensor has
     channel axes, else fixed); the run's time outside the kernels is fixed; the remaining kernels (the layers with
     what the runtime fused into them, and the layout conversions the runtime put between them) are the layers in
-    context: the layers' curves are scaled by that over `layer_sum`. The profile's ms are brought to the total's
+    context: the layers' curves are scaled by that over `layer_sum`; what each layer's own nodes took is kept
+    apart (`layers`: a layer's micro-graph can be off its time in the model either way, by up to a third on a
+    VGG-like model, which one scale for all cannot see). The profile's ms are brought to the total's
     (total / the profile's run): the two were timed apart, and machine load stretches a run evenly."""
     kernels = sum(node_ms.values())
     if kernels <= 0 or layer_sum <= 0:
@@ -105,14 +115,17 @@ def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, nod
     run_ms = kernels + max(outside_ms, 0.0)
     to_total = total / run_ms
     layers = set(layers)
-    skip = layers | fused_nodes(analysis, layers)
+    owner = {**fused_nodes(analysis, layers), **{name: name for name in layers}}
     graph = analysis.model.graph
     nodes = {node.name: node for node in graph.node}
     producers = {out: node for node in graph.node for out in node.output if out}
     spent: dict[str, float] = {}
+    own: dict[str, float] = {}
     for name, ms in sorted(node_ms.items()):
         node = source_node(name, nodes, producers)
-        if node is not None and node.name not in skip and node.op_type not in SKIPPED_OPS and node.output:
+        if node is not None and node.name in owner:
+            own[owner[node.name]] = own.get(owner[node.name], 0.0) + float(ms) * to_total
+        elif node is not None and node.op_type not in SKIPPED_OPS and node.output:
             spent[node.output[0]] = spent.get(node.output[0], 0.0) + float(ms)
     tensors = {}
     for tensor, ms in sorted(spent.items()):
@@ -120,7 +133,8 @@ def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, nod
         if sizes is not None and ms > 0:
             tensors[tensor] = (*sizes, ms * to_total)
     in_layers = kernels - sum(spent.values())
-    return InContext(tensors, in_layers * to_total / layer_sum)
+    return InContext(tensors, in_layers * to_total / layer_sum, {name: ms for name, ms in sorted(own.items())
+                                                                  if ms > 0})
 
 
 def _term_sizes(analysis: Analysis, tensor: str) -> tuple[int, int] | None:
@@ -141,7 +155,7 @@ def activation_terms(analysis: Analysis, layers: Iterable[str], rest_ms: float,
     (symbolic dims = `batch`); size_in / size_out are the tensor's last two channel axes' sizes (one axis:
     size_in = 1), as onnxprune.budget.term_axes reads them."""
     layers = set(layers)
-    skip = layers | fused_nodes(analysis, layers)
+    skip = layers | fused_nodes(analysis, layers).keys()
     channels = analysis.channels
     elements: dict[str, int] = {}
     for node in analysis.model.graph.node:
