@@ -135,6 +135,14 @@ def find_at(model: onnx.ModelProto, index: GraphIndex, i: int, out_keep: np.ndar
                     fit_bias=bias is not None)
 
 
+def gram_bytes(c: Consumer, weight_dims) -> int:
+    """Bytes of the layer's Gram sums (float64 X^T X and X^T Y over all its groups), from its weight's shape."""
+    out = c.layout.out_channels(weight_dims)
+    unknowns = math.prod(weight_dims) // out + 1  # per output, bias included
+    outputs = c.target_map.shape[1] if c.target_map is not None else out if c.out_keep is None else len(c.out_keep)
+    return 8 * unknowns * (c.groups * unknowns + outputs)
+
+
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
