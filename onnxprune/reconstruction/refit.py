@@ -44,6 +44,8 @@ DEFAULT_PASSES = 5  # stages share passes so that there are this many when the f
 SHARE_TOLERANCE = 0.25  # a later stage of a pass is kept only while the layers solved before it in the pass
 #                         reproduce their unpruned outputs to this relative error (else the next pass re-fits it)
 DESIGN_BYTES = 64 * 2**20  # design rows held at once per layer (the rest of a batch waits)
+FLOAT32_WORK = 2**28  # batches whose Gram products take about this many multiply-adds form them in float32 (the
+#                      sums stay float64): halves the time of the products and of im2col; small ones stay float64
 LOOKAHEAD_BYTES = 2**30  # Gram sums a reference-only pass computes ahead for the later stages of shared passes
 
 
@@ -266,8 +268,10 @@ class LayerGram:
 
     def update(self, *arrays: np.ndarray) -> None:
         x, y = arrays if self.view is None else (self.view.read(arrays[0]), arrays[1])
-        for xs, ys in _slices(self.consumer, x, y):
-            self.gram.update(self.consumer.design(xs), self.consumer.target(ys))
+        c = self.consumer
+        dtype = np.float32 if _design_size(c, x) * c.columns(x.shape) >= FLOAT32_WORK else np.float64
+        for xs, ys in _slices(c, x, y):
+            self.gram.update(self.consumer.design(xs, dtype), self.consumer.target(ys, dtype))
 
     def merge(self, other: "LayerGram") -> None:
         self.gram.merge(other.gram)
@@ -276,14 +280,18 @@ class LayerGram:
         return self.gram
 
 
+def _design_size(c: layers.Consumer, x: np.ndarray) -> int:
+    """About how many elements the design rows of `x` have (im2col multiplies a Conv's input by its kernel size
+    over its strides; position thinning not counted)."""
+    if c.op_type != "Conv":
+        return x.size
+    return x.size * int(np.prod(c.attrs["kernel"])) // max(1, int(np.prod(c.attrs["strides"])))
+
+
 def _slices(c: layers.Consumer, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The batch in slices of samples whose design rows take at most DESIGN_BYTES (im2col multiplies a Conv's
-    input by its kernel size; float64)."""
+    """The batch in slices of samples whose design rows take at most DESIGN_BYTES (float64)."""
     n = len(x) if x.ndim > 1 and len(x) == len(y) else 1
-    per_sample = 8 * x[:1].size * (int(np.prod(c.attrs["kernel"])) if c.op_type == "Conv" else 1)
-    if c.op_type == "Conv":
-        per_sample //= max(1, int(np.prod(c.attrs["strides"])))
-    step = max(1, DESIGN_BYTES // max(per_sample, 1))
+    step = max(1, DESIGN_BYTES // max(8 * _design_size(c, x[:1]), 1))
     if n <= step:
         yield x, y
         return
