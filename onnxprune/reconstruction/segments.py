@@ -52,8 +52,8 @@ class Segments:
         done = self.done | segment
         later = [index.nodes[i] for i in self.nested - done]
         boundary = [t for i in sorted(done) for t in index.nodes[i].output
-                    if any(j in self.useful and j not in done for j, _ in index.consumers.get(t, []))
-                    or any(t in node_reads(n) for n in later)]
+                    if t and (any(j in self.useful and j not in done for j, _ in index.consumers.get(t, []))
+                              or any(t in node_reads(n) for n in later))]
         new = [t for t in boundary if t not in self.kept]
         stems = {t: f"{self.tag}{self.count + k}" for k, t in enumerate(new)}
         self.count += len(new)
