@@ -13,8 +13,10 @@ is kept only while those reproduce it to within SHARE_TOLERANCE (else the next p
 it through the not-yet-re-fitted layers instead fits it to inputs it will not see (on EfficientNet-lite0 that
 loses the model: README, "Recovering accuracy"). The later stages' sums depend on the reference alone, so one
 reference-only pass computes them ahead for many passes (within LOOKAHEAD_BYTES of Gram sums); a shared pass
-then runs both models only as far as its first stage. Each pass is a calibration.collect, so it runs on the
-executor in scope (onnxprune.executor).
+then runs both models only as far as its first stage, and in this process only from where the previous pass
+stopped (segments.Segments: boundary activations kept on disk; valid because a pass only changes layers
+downstream of everything earlier passes ran). The reference-only passes, and every pass on another executor,
+are a calibration.collect, so they run on the executor in scope (onnxprune.executor).
 """
 from __future__ import annotations
 
@@ -116,7 +118,8 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     layers before it in the pass are being fitted to produce). That holds only while those layers get close:
     once one of them keeps a relative error above SHARE_TOLERANCE, the rest of the pass is discarded and the
     next pass starts there, so badly fitting (heavily pruned) models fall back to one pass per stage. A stage
-    with a layer whose input has no view starts a new pass.
+    with a layer whose input has no view starts a new pass. The calibration data must give the same batches on
+    every pass (the later stages' sums and the kept boundary activations come from earlier passes).
     maps: {node name: T} for MatMul / Gemm layers whose target is the reference output @ T (full output
     columns x the layer's columns) rather than its kept columns (attention.query_maps)."""
     if calibration is None:
