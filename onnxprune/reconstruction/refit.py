@@ -163,7 +163,8 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
         while start < len(numbered):
             window = _window(numbered[start:start + size], lambda c: c.x in views)
             if any(c.name not in ahead for _, stage in window[1:] for c in stage):
-                ahead = _look_ahead(reference, model, numbered[start + 1:], source, batch_size, views)
+                ahead = _look_ahead(reference, model, numbered[start + 1:], source, batch_size, views,
+                                    None if segments is None else (segments[1].folder, size))
                 report.reference_passes += 1
             window = window[:1] + list(itertools.takewhile(lambda s: all(c.name in ahead for c in s[1]), window[1:]))
             for c in window[0][1]:
@@ -176,10 +177,13 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
 
 
 def _look_ahead(reference: onnx.ModelProto, model: onnx.ModelProto, numbered: list[tuple[int, list[layers.Consumer]]],
-                source, batch_size: int, views: Mapping[str, InputView]) -> dict[str, Gram]:
+                source, batch_size: int, views: Mapping[str, InputView],
+                segmented: tuple[str, int] | None) -> dict[str, Gram]:
     """{layer name: Gram} for the leading stages of `numbered` whose every layer reads its input through a view,
-    as far as LOOKAHEAD_BYTES of Gram sums go (at least one stage), from one pass of the reference alone."""
-    chosen: list[layers.Consumer] = []
+    as far as LOOKAHEAD_BYTES of Gram sums go (at least one stage), from one run of the reference alone. With
+    `segmented` = (folder, stages per part), in this process: the reference runs in segments of that many stages
+    (segments.Segments), so a batch holds one part's activations, not all of them."""
+    chosen: list[list[layers.Consumer]] = []
     budget = LOOKAHEAD_BYTES
     dims = {t.name: list(t.dims) for t in model.graph.initializer}
     for _, stage in numbered:
@@ -188,10 +192,22 @@ def _look_ahead(reference: onnx.ModelProto, model: onnx.ModelProto, numbered: li
         cost = sum(layers.gram_bytes(c, dims[c.weight]) for c in stage)
         if chosen and cost > budget:
             break
-        chosen.extend(stage)
+        chosen.append(stage)
         budget -= cost
-    requests = {c.name: LayerGram(c, views[c.x]) for c in chosen}
-    return _collect(reference, None, requests, source, batch_size)
+    requests = {c.name: LayerGram(c, views[c.x]) for stage in chosen for c in stage}
+    if segmented is None:
+        return _collect(reference, None, requests, source, batch_size)
+    folder, size = segmented
+    run = Segments(reference, [t for r in requests.values() for t in r.tensors], folder, f"ahead{numbered[0][0]}_")
+    for k in range(0, len(chosen), size):
+        part = [requests[c.name] for stage in chosen[k:k + size] for c in stage]
+        run.plan(list(dict.fromkeys(t for r in part for t in r.tensors)))
+        for _, feed in calib.batches(reference, source(), batch_size):
+            values = run.run(feed)
+            for r in part:
+                r.update(*(values[t] for t in r.tensors))
+        run.commit()
+    return {name: r.result() for name, r in requests.items()}
 
 
 def _collect(reference: onnx.ModelProto, model: onnx.ModelProto | None, requests: dict[str, "LayerGram"], source,
