@@ -13,10 +13,10 @@ is kept only while those reproduce it to within SHARE_TOLERANCE (else the next p
 it through the not-yet-re-fitted layers instead fits it to inputs it will not see (on EfficientNet-lite0 that
 loses the model: README, "Recovering accuracy"). The later stages' sums depend on the reference alone, so one
 reference-only pass computes them ahead for many passes (within LOOKAHEAD_BYTES of Gram sums); a shared pass
-then runs both models only as far as its first stage, and in this process only from where the previous pass
-stopped (segments.Segments: boundary activations kept on disk; valid because a pass only changes layers
-downstream of everything earlier passes ran). The reference-only passes, and every pass on another executor,
-are a calibration.collect, so they run on the executor in scope (onnxprune.executor).
+then runs both models only as far as its first stage. In this process, every model runs in segments, each
+pass from where the previous one stopped (segments.Segments: boundary activations kept on disk; valid because a
+pass only changes layers downstream of everything earlier passes ran). On another executor in scope
+(onnxprune.executor: Ray), every pass is a calibration.collect running the models from their inputs.
 """
 from __future__ import annotations
 
