@@ -133,12 +133,16 @@ def test_calibration_statistics_and_reconstruction_equal_in_process(cluster):
     there = op.prune(model, "activation", ratio=0.4, calibration=data, compensate=True, reconstruct=True,
                      executor=cluster)
     assert here.channels == there.channels
+    # in this process the re-fit's passes run the models in segments (reconstruction/segments.py), whose
+    # onnxruntime graphs differ from the whole models' on Ray: the same sums up to float32 rounding, not bit for bit
     for a, b in zip(here.reconstruction.layers, there.reconstruction.layers):
         assert (a.name, a.rows, a.updated) == (b.name, b.rows, b.updated)
-        assert abs(a.error_after - b.error_after) <= 1e-9
+        assert abs(a.error_after - b.error_after) <= 1e-6
     x = labelled(16)[0]
     np.testing.assert_allclose(run(there.model, {"x": x})["logits"], run(here.model, {"x": x})["logits"], atol=1e-4)
-    assert here.model.SerializeToString() == there.model.SerializeToString()  # same shards, same sums
+    weights = {t.name: numpy_helper.to_array(t) for t in there.model.graph.initializer}
+    for t in here.model.graph.initializer:
+        np.testing.assert_allclose(numpy_helper.to_array(t), weights[t.name], rtol=1e-4, atol=1e-5)
 
 
 def test_decompose_reconstruction_equals_in_process(cluster):
@@ -192,8 +196,12 @@ def test_cli_prune_reconstruct_on_ray(cluster, tmp_path):
         out = tmp_path / f"pruned{len(extra)}.onnx"
         assert main(["prune", str(path), "-o", str(out), "--method", "activation", "--ratio", "0.5",
                      "--calibration", str(data), "--reconstruct", *extra]) == 0
-        written.append(out.read_bytes())
-    assert written[0] == written[1]
+        written.append(onnx.load(out))
+    # the same model up to float32 rounding (in this process the re-fit's passes run in segments: see above)
+    assert [n.input for n in written[0].graph.node] == [n.input for n in written[1].graph.node]
+    weights = {t.name: numpy_helper.to_array(t) for t in written[1].graph.initializer}
+    for t in written[0].graph.initializer:
+        np.testing.assert_allclose(numpy_helper.to_array(t), weights[t.name], rtol=1e-4, atol=1e-5)
 
 
 def test_profile_maps_layer_signatures_on_ray(cluster):

@@ -4,7 +4,9 @@ For one consumer (per group of a grouped Conv) the design matrix X (rows = sampl
 columns = the layer's inputs it reads, plus a column of ones for the bias) and the targets Y (the unpruned
 model's output of that layer) are never stored: only G = X^T X, B = X^T Y and the per-output sums of Y^2
 are accumulated, in float64, batch by batch. Memory depends on the number of unknowns, not on the number
-of calibration samples.
+of calibration samples. A batch's products run in the dtype of its rows: float32 rows (large layers, see
+refit.FLOAT32_WORK) halve the time of the products, each batch's sums then added in float64; the column
+sums and sum(Y^2) are taken in float64 either way.
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ class Gram:
         self.rows = 0
 
     def update(self, x: np.ndarray, y: np.ndarray) -> None:
-        """x: (groups, rows, d), y: (groups, rows, k) for one batch (float64, as Consumer.design / target give;
-        fastest when x and y are transposed views of (groups, d, rows) and (groups, k, rows) arrays)."""
+        """x: (groups, rows, d), y: (groups, rows, k) for one batch (float64 or float32, as Consumer.design /
+        target give; fastest when x and y are transposed views of (groups, d, rows) and (groups, k, rows) arrays).
+        The products run in x's dtype; the sums kept are float64."""
         groups, rows, d = x.shape
         xt = x.transpose(0, 2, 1)
         g = np.empty((groups, d + 1, d + 1))
@@ -30,10 +33,10 @@ class Gram:
             g[0, :d, :d] = x[0].T @ x[0]
         else:
             g[:, :d, :d] = xt @ x
-        g[:, :d, d] = g[:, d, :d] = x.sum(axis=1)
+        g[:, :d, d] = g[:, d, :d] = x.sum(axis=1, dtype=np.float64)
         g[:, d, d] = rows
-        b = np.concatenate([xt @ y, y.sum(axis=1)[:, None, :]], axis=1)
-        yy = np.einsum("grk,grk->gk", y, y)
+        b = np.concatenate([xt @ y, y.sum(axis=1, dtype=np.float64)[:, None, :]], axis=1)
+        yy = np.einsum("grk,grk->gk", y, y, dtype=np.float64)
         if self.G is None:
             self.G, self.B, self.yy = g, b, yy
         else:

@@ -47,31 +47,37 @@ class Consumer:
         return self.layout.group
 
     # ---- design rows / targets --------------------------------------------------------------
-    def design(self, x: np.ndarray) -> np.ndarray:
-        """(groups, rows, unknowns per output without the bias), float64. A Conv's is the transposed view of a
+    def columns(self, x_shape: tuple) -> int:
+        """Design columns (unknowns per output without the bias) for an input of shape `x_shape`."""
+        if self.op_type == "Conv":
+            return x_shape[1] // self.groups * math.prod(self.attrs["kernel"])
+        return x_shape[-1]
+
+    def design(self, x: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """(groups, rows, unknowns per output without the bias), in `dtype`. A Conv's is the transposed view of a
         contiguous (groups, unknowns, rows) array: each column is contiguous, so X^T X and X^T Y run as plain
         matrix products and im2col writes whole runs of positions."""
         if self.op_type == "Conv":
             self.attrs["every"] = _position_step(x.shape, self.attrs, self.groups) if self.thin else 1
-            return _im2col(x, self.attrs, self.groups)
-        return np.asarray(x, dtype=np.float64).reshape(1, -1, x.shape[-1])
+            return _im2col(x, self.attrs, self.groups, dtype)
+        return np.asarray(x, dtype=dtype).reshape(1, -1, x.shape[-1])
 
-    def target(self, y: np.ndarray) -> np.ndarray:
-        """(groups, rows, outputs per group), float64, restricted to the kept output channels."""
+    def target(self, y: np.ndarray, dtype=np.float64) -> np.ndarray:
+        """(groups, rows, outputs per group), in `dtype`, restricted to the kept output channels."""
         if self.target_map is not None:
             y = np.asarray(y, dtype=np.float64)
-            return (y.reshape(-1, y.shape[-1]) @ self.target_map)[None]
+            return (y.reshape(-1, y.shape[-1]) @ self.target_map).astype(dtype, copy=False)[None]
         if self.out_keep is not None:
             y = np.take(y, self.out_keep, axis=self.layout.y_axis)
         if self.op_type != "Conv":
-            return np.asarray(y, dtype=np.float64).reshape(1, -1, y.shape[-1])
+            return np.asarray(y, dtype=dtype).reshape(1, -1, y.shape[-1])
         g = self.groups
         step = self.attrs.get("every", 1)
         if step > 1:
             y = y[(slice(None), slice(None)) + (slice(None, None, step),) * (y.ndim - 2)]
         y = y.reshape(y.shape[0], g, y.shape[1] // g, -1)  # (N, g, k, positions)
-        out = np.empty((g, y.shape[2], y.shape[0], y.shape[3]))
-        out[...] = y.transpose(1, 2, 0, 3)  # one copy, straight into float64, positions contiguous
+        out = np.empty((g, y.shape[2], y.shape[0], y.shape[3]), dtype=dtype)
+        out[...] = y.transpose(1, 2, 0, 3)  # one copy, straight into dtype, positions contiguous
         return out.reshape(g, y.shape[2], -1).transpose(0, 2, 1)
 
 
@@ -135,6 +141,14 @@ def find_at(model: onnx.ModelProto, index: GraphIndex, i: int, out_keep: np.ndar
                     fit_bias=bias is not None)
 
 
+def gram_bytes(c: Consumer, weight_dims) -> int:
+    """Bytes of the layer's Gram sums (float64 X^T X and X^T Y over all its groups), from its weight's shape."""
+    out = c.layout.out_channels(weight_dims)
+    unknowns = math.prod(weight_dims) // out + 1  # per output, bias included
+    outputs = c.target_map.shape[1] if c.target_map is not None else out if c.out_keep is None else len(c.out_keep)
+    return 8 * unknowns * (c.groups * unknowns + outputs)
+
+
 def _text(value) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
@@ -161,8 +175,8 @@ def _position_step(shape: tuple, attrs: dict, groups: int) -> int:
     return step
 
 
-def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
-    """Conv input (N, C, *spatial) -> (groups, N * output positions, C / groups * prod(kernel)), float64, the
+def _im2col(x: np.ndarray, attrs: dict, groups: int, dtype=np.float64) -> np.ndarray:
+    """Conv input (N, C, *spatial) -> (groups, N * output positions, C / groups * prod(kernel)), in dtype, the
     transposed view of a contiguous (groups, columns, rows) array; positions every attrs["every"] along each
     spatial axis (default all)."""
     k, s, d = attrs["kernel"], attrs["strides"], attrs["dilations"]
@@ -179,7 +193,7 @@ def _im2col(x: np.ndarray, attrs: dict, groups: int) -> np.ndarray:
     taps = list(itertools.product(*(range(ka) for ka in k)))
     positions = math.prod(out)
     # (g, C/g, taps, N, *out): columns (channel, tap) as the weight is laid out, rows in (sample, position) order
-    cols = np.empty((groups, c // groups, len(taps), x.shape[0], *out))
+    cols = np.empty((groups, c // groups, len(taps), x.shape[0], *out), dtype=dtype)
     grouped = x.reshape(x.shape[0], groups, c // groups, *x.shape[2:])
     for t, offset in enumerate(taps):
         index = (slice(None), slice(None), slice(None)) + tuple(

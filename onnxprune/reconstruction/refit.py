@@ -11,11 +11,18 @@ shared pass only the first stage reads the re-fitted model; a later stage reads 
 model at the kept channels (an InputView), i.e. what the layers before it are being fitted to reproduce, and
 is kept only while those reproduce it to within SHARE_TOLERANCE (else the next pass starts there). Reading
 it through the not-yet-re-fitted layers instead fits it to inputs it will not see (on EfficientNet-lite0 that
-loses the model: README, "Recovering accuracy"). Each pass is a calibration.collect, so it runs on the
-executor in scope (onnxprune.executor).
+loses the model: README, "Recovering accuracy"). The later stages' sums depend on the reference alone, so one
+reference-only pass computes them ahead for many passes (within LOOKAHEAD_BYTES of Gram sums); a shared pass
+then runs both models only as far as its first stage. In this process, every model runs in segments, each
+pass from where the previous one stopped (segments.Segments: boundary activations kept on disk; valid because a
+pass only changes layers downstream of everything earlier passes ran). On another executor in scope
+(onnxprune.executor: Ray), every pass is a calibration.collect running the models from their inputs.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
+import tempfile
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -26,10 +33,12 @@ import onnx
 
 from onnxprune import calibration as calib
 from onnxprune.errors import InvalidRequestError
+from onnxprune.executor import current
 from onnxprune.graph import GraphIndex
 from onnxprune.progress import Bar
 from onnxprune.reconstruction import layers
 from onnxprune.reconstruction.gram import Gram
+from onnxprune.reconstruction.segments import Segments
 from onnxprune.reconstruction.upstream import upstream_model
 
 DEFAULT_RIDGE = 1e-3
@@ -37,6 +46,9 @@ DEFAULT_PASSES = 5  # stages share passes so that there are this many when the f
 SHARE_TOLERANCE = 0.25  # a later stage of a pass is kept only while the layers solved before it in the pass
 #                         reproduce their unpruned outputs to this relative error (else the next pass re-fits it)
 DESIGN_BYTES = 64 * 2**20  # design rows held at once per layer (the rest of a batch waits)
+FLOAT32_WORK = 2**28  # batches whose Gram products take about this many multiply-adds form them in float32 (the
+#                      sums stay float64): halves the time of the products and of im2col; small ones stay float64
+LOOKAHEAD_BYTES = 2**30  # Gram sums a reference-only pass computes ahead for the later stages of shared passes
 
 
 class FewSamplesWarning(RuntimeWarning):
@@ -67,7 +79,8 @@ class Reconstruction:
     layers: list[LayerReconstruction] = field(default_factory=list)
     ridge: float = DEFAULT_RIDGE
     stages: int = 0
-    passes: int = 0
+    passes: int = 0  # passes that run the model being re-fitted (one per shared pass)
+    reference_passes: int = 0  # passes that run only the reference (the later stages' sums, computed ahead)
 
     @property
     def fitted(self) -> list[LayerReconstruction]:
@@ -75,7 +88,7 @@ class Reconstruction:
 
     def as_dict(self) -> dict:
         return {"ridge": self.ridge, "stages": self.stages, "passes": self.passes,
-                "layers": [vars(r).copy() for r in self.layers]}
+                "reference_passes": self.reference_passes, "layers": [vars(r).copy() for r in self.layers]}
 
     def __str__(self) -> str:
         rows = [f"reconstruction: {len(self.fitted)} layers re-fitted in {self.stages} stages "
@@ -105,7 +118,8 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     layers before it in the pass are being fitted to produce). That holds only while those layers get close:
     once one of them keeps a relative error above SHARE_TOLERANCE, the rest of the pass is discarded and the
     next pass starts there, so badly fitting (heavily pruned) models fall back to one pass per stage. A stage
-    with a layer whose input has no view starts a new pass.
+    with a layer whose input has no view starts a new pass. The calibration data must give the same batches on
+    every pass (the later stages' sums and the kept boundary activations come from earlier passes).
     maps: {node name: T} for MatMul / Gemm layers whose target is the reference output @ T (full output
     columns x the layer's columns) rather than its kept columns (attention.query_maps)."""
     if calibration is None:
@@ -137,38 +151,112 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     size = 1 if passes is None else -(-len(stages) // passes)  # stages a pass serves at most
     numbered = list(enumerate(stages))
     source = _replayable(calibration, len(stages))
+    ahead: dict[str, Gram] = {}  # the later stages' sums, from a reference-only pass
     start = 0
-    with Bar("reconstruction", len(stages), unit="stage") as bar:
+    with contextlib.ExitStack() as stack:
+        bar = stack.enter_context(Bar("reconstruction", len(stages), unit="stage"))
+        segments = None
+        if current().name == "in-process":  # boundary files are local: not across Ray tasks
+            folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="onnxprune-refit-"))
+            segments = (Segments(model, [c.x for c in consumers], folder, "model"),
+                        Segments(reference, [c.y for c in consumers], folder, "reference"))
         while start < len(numbered):
             window = _window(numbered[start:start + size], lambda c: c.x in views)
-            start += _fit_window(reference, model, window, source, ridge, batch_size, by_name, views)
+            if any(c.name not in ahead for _, stage in window[1:] for c in stage):
+                ahead = _look_ahead(reference, model, numbered[start + 1:], source, batch_size, views,
+                                    None if segments is None else (segments[1].folder, size))
+                report.reference_passes += 1
+            window = window[:1] + list(itertools.takewhile(lambda s: all(c.name in ahead for c in s[1]), window[1:]))
+            for c in window[0][1]:
+                ahead.pop(c.name, None)  # the first stage reads the re-fitted model
+            first = _first_stage(reference, model, window[0][1], source, batch_size, segments)
+            start += _fit_window(model, window, first, ahead, ridge, by_name)
             report.passes += 1
             bar.update_to(start)
     return report
 
 
-def _fit_window(reference: onnx.ModelProto, model: onnx.ModelProto, window: list[tuple[int, list[layers.Consumer]]],
-                source, ridge: float, batch_size: int, rows: dict[str, LayerReconstruction],
-                views: Mapping[str, InputView]) -> int:
-    """One pass over the calibration data for the stages of `window` (a calibration.collect: in this process or
-    on the executor in scope), then their solves, in order, while every layer solved so far in the window
-    reproduces its unpruned output to within SHARE_TOLERANCE; the number of stages solved (at least one). Both
-    models run only as far as the window needs (upstream_model): `model` to the inputs of the first stage,
-    `reference` to the targets (and the inputs of the later stages)."""
-    grams_of = {c.name: LayerGram(c, None if k == 0 else views[c.x]) for k, (_, stage) in enumerate(window)
-                for c in stage}
+def _look_ahead(reference: onnx.ModelProto, model: onnx.ModelProto, numbered: list[tuple[int, list[layers.Consumer]]],
+                source, batch_size: int, views: Mapping[str, InputView],
+                segmented: tuple[str, int] | None) -> dict[str, Gram]:
+    """{layer name: Gram} for the leading stages of `numbered` whose every layer reads its input through a view,
+    as far as LOOKAHEAD_BYTES of Gram sums go (at least one stage), from one run of the reference alone. With
+    `segmented` = (folder, stages per part), in this process: the reference runs in segments of that many stages
+    (segments.Segments), so a batch holds one part's activations, not all of them."""
+    chosen: list[list[layers.Consumer]] = []
+    budget = LOOKAHEAD_BYTES
+    dims = {t.name: list(t.dims) for t in model.graph.initializer}
+    for _, stage in numbered:
+        if not all(c.x in views for c in stage):
+            break
+        cost = sum(layers.gram_bytes(c, dims[c.weight]) for c in stage)
+        if chosen and cost > budget:
+            break
+        chosen.append(stage)
+        budget -= cost
+    requests = {c.name: LayerGram(c, views[c.x]) for stage in chosen for c in stage}
+    if segmented is None:
+        return _collect(reference, None, requests, source, batch_size)
+    folder, size = segmented
+    run = Segments(reference, [t for r in requests.values() for t in r.tensors], folder, f"ahead{numbered[0][0]}_")
+    for k in range(0, len(chosen), size):
+        part = [requests[c.name] for stage in chosen[k:k + size] for c in stage]
+        run.plan(list(dict.fromkeys(t for r in part for t in r.tensors)))
+        for _, feed in calib.batches(reference, source(), batch_size):
+            values = run.run(feed)
+            for r in part:
+                r.update(*(values[t] for t in r.tensors))
+        run.commit()
+    return {name: r.result() for name, r in requests.items()}
+
+
+def _collect(reference: onnx.ModelProto, model: onnx.ModelProto | None, requests: dict[str, "LayerGram"], source,
+             batch_size: int) -> dict[str, Gram]:
+    """One calibration pass for `requests`: `model` (None: not run) and `reference` each only as far as the
+    requests need (upstream_model)."""
+    inputs = {v.name for v in reference.graph.input}
+    inside = [t for t in dict.fromkeys(t for g in requests.values() for t in g.tensors) if t not in inputs]
+    wanted = [t for t in dict.fromkeys(t for g in requests.values() for t in g.reference_tensors) if t not in inputs]
+    if model is None:
+        return calib.collect(upstream_model(reference, wanted) if wanted else reference, source(), requests,
+                             batch_size=batch_size)
+    return calib.collect(upstream_model(model, inside) if inside else model, source(), requests,
+                         reference=upstream_model(reference, wanted) if wanted else reference, batch_size=batch_size)
+
+
+def _first_stage(reference: onnx.ModelProto, model: onnx.ModelProto, stage: list[layers.Consumer], source,
+                 batch_size: int, segments: tuple[Segments, Segments] | None) -> dict[str, Gram]:
+    """{layer name: Gram} of a window's first stage from one pass over the calibration data: `model` to the
+    layers' inputs, `reference` to their targets. With `segments` (in this process), each model runs only the
+    part no earlier pass ran, from the boundary activations kept; else a calibration.collect on the executor in
+    scope, each model from its inputs."""
+    requests = {c.name: LayerGram(c) for c in stage}
+    if segments is None:
+        return _collect(reference, model, requests, source, batch_size)
+    mine, theirs = segments
     inputs = {v.name for v in model.graph.input}
-    inside = [t for t in dict.fromkeys(t for g in grams_of.values() for t in g.tensors) if t not in inputs]
-    wanted = [t for t in dict.fromkeys(t for g in grams_of.values() for t in g.reference_tensors)
-              if t not in inputs]
-    grams = calib.collect(upstream_model(model, inside) if inside else model, source(), grams_of,
-                          reference=upstream_model(reference, wanted) if wanted else reference, batch_size=batch_size)
+    mine.plan([c.x for c in stage if c.x not in inputs])
+    theirs.plan([c.y for c in stage])
+    for _, feed in calib.batches(model, source(), batch_size):
+        values, targets = mine.run(feed), theirs.run(feed)
+        for c in stage:
+            requests[c.name].update(values[c.x], targets[c.y])
+    mine.commit()
+    theirs.commit()
+    return {name: r.result() for name, r in requests.items()}
+
+
+def _fit_window(model: onnx.ModelProto, window: list[tuple[int, list[layers.Consumer]]], grams: dict[str, Gram],
+                ahead: dict[str, Gram], ridge: float, rows: dict[str, LayerReconstruction]) -> int:
+    """The solves of `window`, stage by stage (the first stage's sums in `grams`, the later stages' in `ahead`),
+    while every layer solved so far in the window reproduces its unpruned output to within SHARE_TOLERANCE; the
+    number of stages solved (at least one)."""
     worst = 0.0
     for k, (number, stage) in enumerate(window):
         if k and worst > SHARE_TOLERANCE:
             return k  # the layers before it miss the unpruned input it was fitted on: the next pass re-fits it
         for c in stage:
-            _solve(model, c, grams[c.name], ridge, number, rows[c.name])
+            _solve(model, c, grams[c.name] if k == 0 else ahead.pop(c.name), ridge, number, rows[c.name])
             worst = max(worst, rows[c.name].error_after)
     return len(window)
 
@@ -186,21 +274,23 @@ class InputView:
 
 
 class LayerGram:
-    """The calibration statistic of one layer: its design rows from the model being re-fitted (`tensors`), or
-    from the reference through `view`, its targets from the reference (`reference_tensors`), summed into a
-    Gram (a batch in slices of at most DESIGN_BYTES of design rows)."""
+    """The calibration statistic of one layer, summed into a Gram (a batch in slices of at most DESIGN_BYTES of
+    design rows): its design rows from the model being re-fitted (`tensors`) and its targets from the reference
+    (`reference_tensors`); or, with a `view`, both from the model it is collected on (the reference)."""
 
     def __init__(self, consumer: layers.Consumer, view: InputView | None = None) -> None:
         self.consumer = consumer
         self.view = view
-        self.tensors = (consumer.x,) if view is None else ()
-        self.reference_tensors = (consumer.y,) if view is None else (view.name, consumer.y)
+        self.tensors = (consumer.x,) if view is None else (view.name, consumer.y)
+        self.reference_tensors = (consumer.y,) if view is None else ()
         self.gram = Gram()
 
     def update(self, *arrays: np.ndarray) -> None:
         x, y = arrays if self.view is None else (self.view.read(arrays[0]), arrays[1])
-        for xs, ys in _slices(self.consumer, x, y):
-            self.gram.update(self.consumer.design(xs), self.consumer.target(ys))
+        c = self.consumer
+        dtype = np.float32 if _design_size(c, x) * c.columns(x.shape) >= FLOAT32_WORK else np.float64
+        for xs, ys in _slices(c, x, y):
+            self.gram.update(self.consumer.design(xs, dtype), self.consumer.target(ys, dtype))
 
     def merge(self, other: "LayerGram") -> None:
         self.gram.merge(other.gram)
@@ -209,14 +299,18 @@ class LayerGram:
         return self.gram
 
 
+def _design_size(c: layers.Consumer, x: np.ndarray) -> int:
+    """About how many elements the design rows of `x` have (im2col multiplies a Conv's input by its kernel size
+    over its strides; position thinning not counted)."""
+    if c.op_type != "Conv":
+        return x.size
+    return x.size * int(np.prod(c.attrs["kernel"])) // max(1, int(np.prod(c.attrs["strides"])))
+
+
 def _slices(c: layers.Consumer, x: np.ndarray, y: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """The batch in slices of samples whose design rows take at most DESIGN_BYTES (im2col multiplies a Conv's
-    input by its kernel size; float64)."""
+    """The batch in slices of samples whose design rows take at most DESIGN_BYTES (float64)."""
     n = len(x) if x.ndim > 1 and len(x) == len(y) else 1
-    per_sample = 8 * x[:1].size * (int(np.prod(c.attrs["kernel"])) if c.op_type == "Conv" else 1)
-    if c.op_type == "Conv":
-        per_sample //= max(1, int(np.prod(c.attrs["strides"])))
-    step = max(1, DESIGN_BYTES // max(per_sample, 1))
+    step = max(1, DESIGN_BYTES // max(8 * _design_size(c, x[:1]), 1))
     if n <= step:
         yield x, y
         return
