@@ -11,7 +11,9 @@ Per group, units are eliminated greedily (the unit whose removal adds the least 
 consumer layers, goes next; the rest is re-fitted after each step; a group of more than STEPS units removes
 ceil(size / STEPS) per step); a unit's score is the cumulative error when it goes, so the lowest scores are the
 units to remove at any count. Groups with no such layer (or only layers with more than MAX_COLUMNS columns, or
-grouped ones) are scored by `fluctuation`, computed in the same pass.
+grouped ones, or layers with no more design rows than columns on the calibration data: their Gram is singular,
+so removals look free, e.g. a classifier after global pooling with fewer samples than features) are scored by
+`fluctuation`, computed in the same pass.
 """
 from __future__ import annotations
 
