@@ -21,6 +21,11 @@ Recipes (each at the same MAC reduction, counted by onnxprune.stats):
     python benchmarks/pretrained.py --recipes default,l2_recon --calibration 128
     python benchmarks/pretrained.py --models minilm --attention 0.3   # per-layer vs attention-aware re-fit
     python benchmarks/pretrained.py --models minilm --text-pairs 0    # only the 105 calibration sentences
+    python benchmarks/pretrained.py --models efficientnet --fragility   # how fragile is the metric itself?
+
+--fragility: instead of the table, the original's top-1 margin on the evaluation crops and its agreement with
+itself under tiny perturbations (float16 weights, weight noise of 0.1-1% of each tensor's std, input noise):
+the floor below which a pruned model's agreement says little.
 """
 from __future__ import annotations
 
@@ -103,6 +108,42 @@ def attention_comparison(name: str, ratio: float, n_calib: int, n_eval: int) -> 
         print(f"  {label} {quality(result.model):.3f} ({time.perf_counter() - t:.0f} s)", flush=True)
 
 
+def fragility(n_eval: int, seed: int = 0) -> None:
+    """The image metric's own fragility (see the module doc)."""
+    from onnx import numpy_helper
+    model = onnx.load(P.efficientnet_lite0_onnx())
+    images = P.evaluation_images(n_eval)
+    ref = P.run_batched(model, images)
+    top = np.sort(ref, axis=1)
+    prob = np.exp(ref - ref.max(axis=1, keepdims=True))
+    prob = prob.max(axis=1) / prob.sum(axis=1)
+    print(f"efficientnet: {n_eval} evaluation crops, {len(set(np.argmax(ref, axis=1)))} distinct top-1 classes")
+    print(f"  top-1 logit margin quartiles {np.round(np.percentile(top[:, -1] - top[:, -2], [25, 50, 75]), 2)}, "
+          f"top-1 probability quartiles {np.round(np.percentile(prob, [25, 50, 75]), 2)}")
+    rng = np.random.default_rng(seed)
+
+    def perturbed(change) -> onnx.ModelProto:
+        out = onnx.ModelProto()
+        out.CopyFrom(model)
+        for init in out.graph.initializer:
+            a = numpy_helper.to_array(init)
+            if a.dtype == np.float32 and a.size > 1:
+                init.CopyFrom(numpy_helper.from_array(change(a).astype(np.float32), init.name))
+        return out
+
+    def report(label: str, logits: np.ndarray) -> None:
+        error = np.linalg.norm(logits - ref) / np.linalg.norm(ref)
+        print(f"  {label:<32} top-1 agreement {P.top1_agreement(ref, logits):.3f}, relative logit error {error:.3f}")
+
+    report("float16 weights", P.run_batched(perturbed(lambda a: a.astype(np.float16)), images))
+    for level in (0.001, 0.005, 0.01):
+        noisy = perturbed(lambda a: a + level * a.std() * rng.standard_normal(a.shape))
+        report(f"weight noise {level:.1%} of std", P.run_batched(noisy, images))
+    for level in (0.01, 0.05):
+        report(f"input noise {level:g} (normalised)",
+               P.run_batched(model, images + level * rng.standard_normal(images.shape).astype(np.float32)))
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="efficientnet,minilm")
@@ -114,8 +155,13 @@ def main(argv=None) -> None:
                         help="text: calibration adds this many random pairs of calibration sentences")
     parser.add_argument("--attention", type=float, default=None, metavar="RATIO",
                         help="instead of the table: plain / per-layer / attention-aware re-fit at this l2 ratio")
+    parser.add_argument("--fragility", action="store_true",
+                        help="instead of the table: the image metric's own fragility (EfficientNet-lite0)")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
+    if args.fragility:
+        fragility(args.evaluation)
+        return
     if args.attention is not None:
         for name in args.models.split(","):
             attention_comparison(name, args.attention, args.calibration, args.evaluation)

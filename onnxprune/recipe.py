@@ -1,10 +1,12 @@
 """The recommended pipeline: what `op.prune` does when no `method=` is named.
 
 With calibration data: the `obs` criterion (the error a channel's removal leaves after the least-squares re-fit
-of the layers reading it, onnxprune.criteria.refit_error), the global scope with `layer_norm="linear_scaling"`
+of the layers reading it, onnxprune.criteria.refit_error), the global scope with `layer_norm="tss_norm"` (each
+unit's share of its group's total error; "linear_scaling" maps every group's cheapest unit to 0, whatever it costs)
 (a budget such as target_macs= is met by the smallest pooled ratio that reaches it, onnxprune.budget_ratio),
 then mean compensation and least-squares reconstruction; with reconstruct=False (compensation alone) the
-`fluctuation` criterion (the error left under mean compensation, onnxprune.criteria.data).
+`fluctuation` criterion (the error left under mean compensation, onnxprune.criteria.data) with
+`layer_norm="linear_scaling"`.
 Without data: `l2` scoring the consumer slices too (`score_consumers=True`), the same allocation, no recovery
 (both need data), and a note that calibration data would help; that `l2` too when both recoveries are turned
 off. A latency budget keeps its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`.
@@ -27,6 +29,7 @@ DATA_METHOD = "obs"  # scores the error left after the re-fit that reconstructio
 COMPENSATION_METHOD = "fluctuation"  # scores the error left under mean compensation alone
 DATA_FREE_METHOD = "l2"
 RECOMMENDED_LAYER_NORM = "linear_scaling"
+DATA_LAYER_NORM = "tss_norm"  # obs scores: each group's share of the error its removal would leave in full
 LATENCY_MAX_RATIO = 0.7
 NO_DATA_NOTE = ("no calibration data, so data-free choices (l2 with consumer slices, no compensation or "
                 "reconstruction); calibration data would help: with a few hundred training inputs (calibration=, "
@@ -97,6 +100,7 @@ def recommend(method: str | None, scope: str | None, options: Options | None, co
         else DATA_FREE_METHOD
     if options is None:
         chosen.append("options")
-        options = Options(layer_norm=RECOMMENDED_LAYER_NORM, score_consumers=method == DATA_FREE_METHOD,
+        layer_norm = DATA_LAYER_NORM if (method, scope) == (DATA_METHOD, "global") else RECOMMENDED_LAYER_NORM
+        options = Options(layer_norm=layer_norm, score_consumers=method == DATA_FREE_METHOD,
                           **({"max_ratio": LATENCY_MAX_RATIO} if scope == "knapsack" else {}))
     return Recipe(method, scope, options, compensate, reconstruct, tuple(chosen), None if data else NO_DATA_NOTE)

@@ -78,3 +78,16 @@ def test_obs_falls_back_to_fluctuation_for_groups_no_weight_reads():
     context = CriterionContext(a, op.Options(), groups, data)
     for g_id in groups:
         np.testing.assert_allclose(criterion_for("obs")(context)[g_id], criterion_for("fluctuation")(context)[g_id])
+
+
+def test_obs_falls_back_to_fluctuation_when_a_reader_has_fewer_rows_than_columns():
+    """8 calibration rows for g2's 8 columns: its Gram is singular (rank <= 7 once centred), so the re-fit error
+    is not determined there and the group is scored by `fluctuation`, as if no layer read it."""
+    model = gemm_chain()
+    data = [make_inputs(model, seed=k, dims={"batch": 4}) for k in range(2)]
+    a = op.analyze(model)
+    group = a.layer("g1").group
+    context = CriterionContext(a, op.Options(), [group], data)
+    np.testing.assert_allclose(criterion_for("obs")(context)[group], criterion_for("fluctuation")(context)[group])
+    more = CriterionContext(a, op.Options(), [group], data_for(model))
+    assert not np.allclose(criterion_for("obs")(more)[group], criterion_for("fluctuation")(more)[group])

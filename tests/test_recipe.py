@@ -25,7 +25,7 @@ def calibration():
 
 def test_with_data_the_recipe_picks_obs_global_and_both_recoveries():
     r = recommend(None, None, None, None, None, calibration=np.zeros(1), budget_kind="macs")
-    assert (r.method, r.scope, r.options.layer_norm) == (DATA_METHOD, "global", "linear_scaling")
+    assert (r.method, r.scope, r.options.layer_norm) == (DATA_METHOD, "global", "tss_norm")
     assert r.compensate and r.reconstruct and r.note is None
     assert set(r.chosen) == {"method", "scope", "options", "recovery"}
     assert "(recommended)" in str(r)

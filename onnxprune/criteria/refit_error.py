@@ -11,7 +11,9 @@ Per group, units are eliminated greedily (the unit whose removal adds the least 
 consumer layers, goes next; the rest is re-fitted after each step; a group of more than STEPS units removes
 ceil(size / STEPS) per step); a unit's score is the cumulative error when it goes, so the lowest scores are the
 units to remove at any count. Groups with no such layer (or only layers with more than MAX_COLUMNS columns, or
-grouped ones) are scored by `fluctuation`, computed in the same pass.
+grouped ones, or layers with no more design rows than columns on the calibration data: their Gram is singular,
+so removals look free, e.g. a classifier after global pooling with fewer samples than features) are scored by
+`fluctuation`, computed in the same pass.
 """
 from __future__ import annotations
 
@@ -53,10 +55,11 @@ class CenteredGram:
         self.sums = self.sums + other.sums
         self.rows += other.rows
 
-    def result(self) -> np.ndarray:
+    def result(self) -> tuple[np.ndarray, int]:
+        """(the centred Gram, the number of design rows it sums)."""
         n = max(self.rows, 1)
         mean = np.asarray(self.sums) / n
-        return np.asarray(self.H) / n - np.outer(mean, mean)
+        return np.asarray(self.H) / n - np.outer(mean, mean), self.rows
 
 
 @dataclass
@@ -165,17 +168,15 @@ def obs(ctx: CriterionContext) -> dict[int, np.ndarray]:
     calibration.require(ctx.calibration, "obs")
     a = ctx.analysis
     found = readers(ctx)
-    covered = set(ctx.groups).intersection(g for r in found for g in r.groups.tolist())
-    rest = sorted(set(ctx.groups) - covered)
     requests = {("gram", k): CenteredGram(r.consumer) for k, r in enumerate(found)}
-    finish = None
-    if rest:
-        more, finish = fluctuation_requests(dataclasses.replace(ctx, groups=rest))
-        requests.update(more)
+    more, finish = fluctuation_requests(ctx)  # for the groups no (well-determined) reader scores
+    requests.update(more)
     results = calibration.collect(a.model, ctx.calibration, requests)
-    scores = finish(results) if finish else {}
+    determined = [k for k, r in enumerate(found) if results["gram", k][1] > len(r.weights)]
+    covered = set(ctx.groups).intersection(g for k in determined for g in found[k].groups.tolist())
+    scores = finish(results) if covered != set(ctx.groups) else {}
     for g in sorted(covered):
-        parts = [(results["gram", k], r.weights, np.where(r.groups == g, r.positions, -1))
-                 for k, r in enumerate(found) if np.any(r.groups == g)]
+        parts = [(results["gram", k][0], found[k].weights, np.where(found[k].groups == g, found[k].positions, -1))
+                 for k in determined if np.any(found[k].groups == g)]
         scores[g] = eliminate(a.groups[g].size, parts)
     return {g: scores[g] for g in ctx.groups}

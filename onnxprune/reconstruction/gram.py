@@ -69,9 +69,10 @@ class Gram:
         scale = diag.mean(axis=1) if d else np.zeros(len(self.G))
         return ridge * np.where(scale > 0, scale, 1.0)
 
-    def solve(self, ridge: float, fit_bias: bool = True) -> np.ndarray:
-        """theta (groups, d + 1, k) minimising ||[X 1] theta - Y||^2 + lambda ||W||^2 (the bias is not
-        penalised); without fit_bias the bias row is held at zero."""
+    def solve(self, ridge: float, fit_bias: bool = True, prior: np.ndarray | None = None) -> np.ndarray:
+        """theta (groups, d + 1, k) minimising ||[X 1] theta - Y||^2 + lambda ||W - W_prior||^2 (the bias is not
+        penalised; W_prior: the weights of `prior`, a theta of this shape, or zero); without fit_bias the bias
+        row is held at zero."""
         lam = self.penalty(ridge)
         d = self.G.shape[1] - 1
         n = d + 1 if fit_bias else d
@@ -80,7 +81,7 @@ class Gram:
         if fit_bias:
             eye[d, d] = 0.0
         a = self.G[:, :n, :n] + lam[:, None, None] * eye
-        b = self.B[:, :n]
+        b = self.B[:, :n] if prior is None else self.B[:, :n] + lam[:, None, None] * (eye @ prior[:, :n])
         try:
             out[:, :n] = np.linalg.solve(a, b)
             bad = ~np.all(np.isfinite(out[:, :n]), axis=(1, 2))

@@ -4,7 +4,9 @@ A stage holds layers none of which feeds another (a layer's stage = the number o
 longest path from the inputs), so a stage needs ONE pass over the calibration data: per batch, the model
 being re-fitted (already re-fitted in earlier stages) gives each layer's input, the reference (unpruned)
 model gives its target output, and both feed that layer's Gram statistics. Then every layer of the stage is
-solved and written before the next stage runs.
+solved and written before the next stage runs. The ridge pulls each layer towards its present weights (what
+surgery and compensation left), not towards zero: weights the calibration data do not determine (directions
+their inputs never take, or every direction beyond the rows of a Gemm after pooling) keep their trained values.
 
 Consecutive stages share a pass (`passes`, DEFAULT_PASSES: the cost stops growing with depth). In a
 shared pass only the first stage reads the re-fitted model; a later stage reads its input from the reference
@@ -341,14 +343,14 @@ def _solve(model, c: layers.Consumer, gram: Gram, ridge: float, stage: int, row:
     lam = gram.penalty(ridge)
     row.ridge = float(lam.max())
     if gram.rows < row.unknowns:
-        row.note = f"{gram.rows} rows < {row.unknowns} unknowns: fitted through the ridge regulariser"
+        row.note = f"{gram.rows} rows < {row.unknowns} unknowns: the ridge regulariser keeps what the data leave open"
         warnings.warn(f"reconstruction of layer '{c.name}' ({c.op_type}): only {gram.rows} calibration rows "
                       f"(samples x output positions) for {row.unknowns} unknowns per output; the solution is "
                       f"determined by the ridge regulariser (ridge={ridge:g}); pass more calibration samples "
                       "for a better fit", FewSamplesWarning, stacklevel=4)
     before = layers.current(model, c)
     row.error_before = gram.relative_error(before)
-    theta = gram.solve(ridge, c.fit_bias)
+    theta = gram.solve(ridge, c.fit_bias, prior=before)
     after = gram.relative_error(theta)
     if not np.all(np.isfinite(theta)) or after >= row.error_before:
         row.error_after = row.error_before
