@@ -1,8 +1,8 @@
 """What reconstruction costs next to one onnxruntime pass over the same calibration data (EfficientNet-lite0).
 
 The model, the calibration crops and the evaluation crops come from benchmarks/_pretrained.py (skimage.data
-photos; calibration and evaluation disjoint). The pruning is the recommended pipeline's (activation criterion,
-global scope with linear_scaling, mean compensation) at each MACs level, with reconstruction left out; then
+photos; calibration and evaluation disjoint). The pruning is the recommended pipeline's (`obs` criterion,
+global scope with tss_norm, mean compensation) at each MACs level, with reconstruction left out; then
 reconstruction (`reconstruct_pruned`, attention-aware, as `op.prune(..., reconstruct=True)` runs it) is timed
 on a copy for each `passes` setting, between two timed onnxruntime passes of the unpruned model over the same
 images (the same kind of session as reconstruction's passes: onnxruntime's defaults, batches of 32). Quality
@@ -51,7 +51,7 @@ def one_pass(model: onnx.ModelProto, images: np.ndarray) -> float:
 
 def pruned(model: onnx.ModelProto, fewer: float, calib: np.ndarray):
     """The recommended pipeline's pruning and compensation at `fewer` fewer MACs, without reconstruction."""
-    return op.prune(model, method="activation", scope="global", options=op.Options(layer_norm="linear_scaling"),
+    return op.prune(model, method="obs", scope="global", options=op.Options(layer_norm="tss_norm"),
                     target_macs=1.0 - fewer, calibration=calib, compensate=True, reconstruct=False)
 
 

@@ -50,9 +50,9 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
     """Prune channels by a criterion (`method`: a registered criterion or its NetsPresso spelling).
 
     method=None (default): the recommended pipeline (onnxprune.recipe) fills every knob not given: with
-        calibration data the `obs` criterion (`fluctuation` with reconstruct=False), scope="global" with
-        layer_norm="linear_scaling", then compensate and reconstruct; without data `l2` with score_consumers=True and no recovery (a note says data
-        would help). A given method= is the explicit pipeline: scope uniform (a budget: the knapsack), options as
+        calibration data the `obs` criterion, scope="global" with layer_norm="tss_norm", then compensate and
+        reconstruct (with reconstruct=False: `fluctuation`, layer_norm="linear_scaling", compensate); without data
+        `l2` with score_consumers=True and no recovery (a note says data would help). A given method= is the explicit pipeline: scope uniform (a budget: the knapsack), options as
         given, compensate / reconstruct off unless asked. `result.summary.pipeline` says what ran.
     ratio: fraction of channels to remove.
         scope="uniform": from every prunable group.
