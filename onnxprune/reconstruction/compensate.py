@@ -57,14 +57,15 @@ class Compensation:
         return {"layers": [vars(r).copy() for r in self.layers]}
 
     def __str__(self) -> str:
+        width = max([32] + [len(r.name) for r in self.layers])  # the layer column fits every name
         rows = [f"mean compensation: {len(self.compensated)} layers took the calibration mean of their removed "
                 f"input channels into their bias",
-                f"  {'layer':<32} {'op':<7} {'channels':>8} {'max |shift|':>11}"]
+                f"  {'layer':<{width}} {'op':<7} {'channels':>8} {'max |shift|':>11}"]
         for r in self.layers:
             if r.skipped is not None:
-                rows.append(f"  {r.name:<32} {r.op_type:<7} skipped: {r.skipped}")
+                rows.append(f"  {r.name:<{width}} {r.op_type:<7} skipped: {r.skipped}")
             else:
-                rows.append(f"  {r.name:<32} {r.op_type:<7} {r.channels:>8} {r.max_shift:>11.4g}")
+                rows.append(f"  {r.name:<{width}} {r.op_type:<7} {r.channels:>8} {r.max_shift:>11.4g}")
         return "\n".join(rows)
 
 

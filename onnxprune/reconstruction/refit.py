@@ -93,15 +93,16 @@ class Reconstruction:
                 "reference_passes": self.reference_passes, "layers": [vars(r).copy() for r in self.layers]}
 
     def __str__(self) -> str:
+        width = max([32] + [len(r.name) for r in self.layers])  # the layer column fits every name
         rows = [f"reconstruction: {len(self.fitted)} layers re-fitted in {self.stages} stages "
                 f"(ridge {self.ridge:g} x mean diag(X^T X))",
-                f"  {'layer':<32} {'op':<7} {'stage':>5} {'rows':>8} {'unknowns':>8} {'err before':>10} "
+                f"  {'layer':<{width}} {'op':<7} {'stage':>5} {'rows':>8} {'unknowns':>8} {'err before':>10} "
                 f"{'err after':>10}"]
         for r in self.layers:
             if r.skipped is not None:
-                rows.append(f"  {r.name:<32} {r.op_type:<7} skipped: {r.skipped}")
+                rows.append(f"  {r.name:<{width}} {r.op_type:<7} skipped: {r.skipped}")
                 continue
-            rows.append(f"  {r.name:<32} {r.op_type:<7} {r.stage:>5} {r.rows:>8} {r.unknowns:>8} "
+            rows.append(f"  {r.name:<{width}} {r.op_type:<7} {r.stage:>5} {r.rows:>8} {r.unknowns:>8} "
                         f"{r.error_before:>10.4f} {r.error_after:>10.4f}" + (f"  ({r.note})" if r.note else ""))
         return "\n".join(rows)
 
