@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import Any
 
 from onnxprune.errors import InvalidRequestError
+from onnxprune.files import write_text
 
 FILE_NAME = "latency-cache.json"
 FORMAT = "onnxprune-latency-cache/3"  # /3: conversions inside a micro-graph count; whole-model node times
@@ -26,21 +26,8 @@ def default_folder() -> str:
 
 
 def write_json(path: str, data: Any) -> None:
-    """Write `data` as JSON to `path` atomically (a temporary file beside it, then renamed)."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, staged = tempfile.mkstemp(prefix=".onnxprune-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as out:
-            json.dump(data, out, indent=1, sort_keys=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(staged, 0o666 & ~umask)  # mkstemp made it private; a saved file gets the usual permissions
-        os.replace(staged, path)
-    except BaseException:
-        if os.path.exists(staged):
-            os.remove(staged)
-        raise
+    """Write `data` as JSON to `path` atomically (files.write_text)."""
+    write_text(path, json.dumps(data, indent=1, sort_keys=True))
 
 
 class LatencyCache:
