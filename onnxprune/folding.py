@@ -20,7 +20,8 @@ _MEMO_LIMIT = 4096  # values with more elements are recomputed rather than kept
 
 class ConstantResolver:
     def __init__(self, index: GraphIndex, shapes: dict[str, tuple], base_dir: str | None, opset: int,
-                 types: dict[str, int] | None = None):
+                 types: dict[str, int] | None = None, weights: dict[str, np.ndarray] | None = None):
+        """weights: initializer values known already (loading.load_with_weights), read instead of the protos."""
         self.index = index
         self.opset = opset
         self.types = types or {}
@@ -28,7 +29,7 @@ class ConstantResolver:
         self.base_dir = base_dir
         self._constant: dict[str, bool] = {}
         self._values: dict[str, np.ndarray | None] = {}
-        self._initializer_arrays: dict[str, np.ndarray] = {}
+        self._initializer_arrays: dict[str, np.ndarray] = dict(weights or {})
 
     # ---- constancy ----------------------------------------------------------------
     def is_constant(self, name: str) -> bool:

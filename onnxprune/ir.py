@@ -18,7 +18,7 @@ from .errors import InvalidModelError, InvalidRequestError, VerificationError
 from .graph import copy_fields_except
 from .external_data import (PROTO_LIMIT, base_dir, is_external, iter_tensors, resolve_location,  # noqa: F401
                             serialized_size, set_base_dir, tensor_array)
-from .loading import ModelLike, check_tensor_sizes, load_model  # noqa: F401
+from .loading import ModelLike, check_tensor_sizes, load_model, load_with_weights  # noqa: F401
 from .runtime import check_loads
 from .shapes import infer_shapes, infer_shapes_and_types  # noqa: F401
 from .validation import check_model_structure

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import collections
 import os
+import sys
 from typing import Union
 
+import numpy as np
 import onnx
 import onnx.inliner
 from google.protobuf.message import DecodeError
@@ -13,9 +15,10 @@ from onnx import TensorProto
 from . import external_data as ext
 from .errors import InvalidModelError, InvalidRequestError
 from .validation import check_model_structure
-from .wire import initializer_raw_sizes
+from .wire import initializer_raw_spans
 
 ModelLike = Union[onnx.ModelProto, str, os.PathLike]
+Weights = dict[str, np.ndarray]  # initializer name -> its value
 _CHECKED: collections.deque = collections.deque(maxlen=8)  # keys of ModelProtos checked already (_check_given)
 
 
@@ -25,15 +28,24 @@ def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.Mo
     External data is validated but left on disk unless `load_external_data` (models < 2 GB).
     The loaded model carries its origin (external data folder, files read): see external_data.base_dir.
     """
+    return load_with_weights(model, load_external_data=load_external_data)[0]
+
+
+def load_with_weights(model: ModelLike, *, load_external_data: bool = False) -> tuple[onnx.ModelProto, Weights]:
+    """load_model, and the initializers stored in the file as raw bytes, as read-only arrays that are views of the
+    file's bytes (by name; empty for a ModelProto given): reading `raw_data` from the parsed model would copy every
+    weight once more. The arrays hold the values as loaded: they are for the caller that owns the fresh model."""
     if isinstance(model, onnx.ModelProto):
         _check_given(model)
-        return inline_functions(model) if model.functions else model
+        return (inline_functions(model) if model.functions else model), {}
     path = os.path.abspath(os.fspath(model))
     proto, data = _parse(path)
     directory = os.path.dirname(path)
     check_model_structure(proto, path)
     ext.check_external_data(proto, directory)
-    check_tensor_sizes(proto, path, raw_sizes=_raw_sizes(data, proto))
+    spans = _raw_spans(data, proto)
+    check_tensor_sizes(proto, path, raw_sizes=None if spans is None else [None if s is None else s[1] - s[0] for s in spans])
+    weights = _weight_views(data, proto, spans)
     del data
     _check_light(proto, path)
     files = [os.path.realpath(path)]
@@ -43,7 +55,7 @@ def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.Mo
     if load_external_data:
         _load_external(proto, directory)
     ext.record_origin(proto, directory, list(dict.fromkeys(files)))
-    return proto
+    return proto, weights
 
 
 def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -127,13 +139,26 @@ def _summary(model: onnx.ModelProto) -> tuple:
     return id(model), g.name, len(g.output), len(model.functions), tensors, nodes, inputs
 
 
-def _raw_sizes(data: bytes, proto: onnx.ModelProto) -> list[int | None] | None:
-    """The initializers' raw_data lengths read from the file's bytes (wire.py), or None when they can't be."""
+def _raw_spans(data: bytes, proto: onnx.ModelProto) -> list[tuple[int, int] | None] | None:
+    """Where the initializers' raw_data lie in the file's bytes (wire.py), or None when that can't be read."""
     try:
-        sizes = initializer_raw_sizes(data)
+        spans = initializer_raw_spans(data)
     except (ValueError, IndexError):
         return None
-    return sizes if len(sizes) == len(proto.graph.initializer) else None
+    return spans if len(spans) == len(proto.graph.initializer) else None
+
+
+def _weight_views(data: bytes, proto: onnx.ModelProto, spans: list[tuple[int, int] | None] | None) -> Weights:
+    """The raw initializers of plain element types as arrays over `data` (sizes checked already)."""
+    if spans is None or sys.byteorder != "little":
+        return {}
+    buffer = memoryview(data)
+    weights = {}
+    for tensor, span in zip(proto.graph.initializer, spans):
+        if span is not None and ext.is_plain_dtype(tensor.data_type) and not ext.is_external(tensor):
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
+            weights[tensor.name] = np.frombuffer(buffer[span[0]:span[1]], dtype=dtype).reshape(tuple(tensor.dims))
+    return weights
 
 
 def _parse(path: str) -> tuple[onnx.ModelProto, bytes]:

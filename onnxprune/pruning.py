@@ -98,9 +98,9 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
     recommendation = _check_scope(scope, recommendation, ratio, ratios, budget)
     own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)  # ours to change
     calibration = check_data_fixes(compensate, reconstruct, calibration)
-    model = ir.load_model(model)
     criterion = criterion_for(method)
-    analysis = analyze(model, options)
+    analysis = analyze(model, options)  # loads a path with its weights read as views of the file
+    model = analysis.model
     targets = group_targets(analysis, 0.0 if budget else ratio, ratios)
     cost_model = budget_cost(budget, analysis) if budget else None
     context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
@@ -131,10 +131,10 @@ def prune_by_index(model, indices: dict[str, list[int]], *, options: Options | N
     compensate / reconstruct / calibration / ridge: as in prune()."""
     own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)
     calibration = check_data_fixes(compensate, reconstruct, calibration)
-    model = ir.load_model(model)
     if not isinstance(indices, dict) or not indices:
         raise InvalidRequestError("indices must be a non-empty {layer name: [channel indices]} mapping")
     analysis = analyze(model, options or Options())
+    model = analysis.model
     removed = index_removal(analysis, indices)
     result = _prune_removed(model, analysis, removed, verify, own, sorted(removed), "index")
     result.plan.describe(analysis, indices={name: list(chosen) for name, chosen in indices.items()})
@@ -159,11 +159,11 @@ def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: s
     criterion.
     """
     options = options or Options()
-    model = ir.load_model(model)
     key = _canonical_method(method)
     budget = budget_request(target_macs, target_params, target_latency, cost, threads)
     scope = scope or ("knapsack" if budget is not None else "uniform")
     analysis = analyze(model, options)
+    model = analysis.model
     plan = Plan(fingerprint(model), options, [], key)
     if key == "index":
         if ratio is not None or recommendation or scope != "uniform" or budget is not None:
@@ -211,13 +211,13 @@ def apply_plan(model, plan, *, verify: bool = False, calibration=None,
     verify: run the mask oracle on the result and raise VerificationError if an exact group fails.
     """
     own = not isinstance(model, onnx.ModelProto) and not verify  # loaded here: ours to change in place
-    model = ir.load_model(model)
     plan = Plan.load(plan)
+    analysis = analyze(model, plan.options)
+    model = analysis.model
     actual = fingerprint(model)
     if plan.fingerprint != actual:
         raise InvalidRequestError(f"plan was made for another model (fingerprint {plan.fingerprint[:12]}..., this "
                                   f"model {actual[:12]}...); make a new plan for this model")
-    analysis = analyze(model, plan.options)
     if plan.recorded:
         if plan.layers_digest is not None and plan.layers_digest != layers_digest(plan.layers):
             raise InvalidRequestError("the plan's layer values were edited after its 'groups' were recorded; delete "

@@ -1,9 +1,10 @@
-"""The protobuf wire format: byte counts of a serialized model's initializers, and length-delimited fields.
+"""The protobuf wire format: where a serialized model's initializers keep their bytes, and length-delimited fields.
 
 Reading `tensor.raw_data` from a parsed ModelProto copies the bytes (and ByteSize() serializes them), so checking
-that every weight holds the bytes its shape needs would copy all the weights once more. The serialized file has
-each raw_data field's length in front of it: this walks ModelProto.graph.initializer[*].raw_data field headers
-and skips the bytes themselves.
+that every weight holds the bytes its shape needs, or reading every weight once, would copy all the weights once
+more. The serialized file has each raw_data field's length in front of it: this walks
+ModelProto.graph.initializer[*].raw_data field headers and skips the bytes themselves, so the weights can be
+sized, or read as views of the file's bytes.
 """
 from __future__ import annotations
 
@@ -44,22 +45,26 @@ def _messages(buffer: bytes, start: int, end: int, wanted: int):
         raise ValueError("a field runs past the end of its message")
 
 
+def initializer_raw_spans(buffer: bytes) -> list[tuple[int, int] | None]:
+    """(start, end) of each initializer's raw_data bytes in `buffer` (None: no raw_data field), in the order the
+    parsed model lists them."""
+    spans: list[tuple[int, int] | None] = []
+    for graph in _messages(buffer, 0, len(buffer), _GRAPH):
+        spans += _graph_raw_spans(buffer, *graph)
+    return spans
+
+
 def initializer_raw_sizes(buffer: bytes) -> list[int | None]:
     """len(raw_data) of each initializer (None: no raw_data field), in the order the parsed model lists them."""
-    sizes: list[int | None] = []
-    for graph in _messages(buffer, 0, len(buffer), _GRAPH):
-        sizes += _graph_raw_sizes(buffer, *graph)
-    return sizes
+    return [None if span is None else span[1] - span[0] for span in initializer_raw_spans(buffer)]
 
 
-def _graph_raw_sizes(buffer: bytes, start: int, end: int) -> list[int | None]:
-    sizes: list[int | None] = []
+def _graph_raw_spans(buffer: bytes, start: int, end: int) -> list[tuple[int, int] | None]:
+    spans: list[tuple[int, int] | None] = []
     for tensor in _messages(buffer, start, end, _INITIALIZER):
-        size = None
-        for raw in _messages(buffer, *tensor, _RAW_DATA):
-            size = raw[1] - raw[0]  # a repeated scalar field: the last one wins, as in parsing
-        sizes.append(size)
-    return sizes
+        raws = list(_messages(buffer, *tensor, _RAW_DATA))
+        spans.append(raws[-1] if raws else None)  # a repeated scalar field: the last one wins, as in parsing
+    return spans
 
 
 def encode_varint(n: int) -> bytes:

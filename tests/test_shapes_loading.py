@@ -1,4 +1,4 @@
-"""Loading checks that read no weight twice: raw_data lengths from the wire format (onnxprune.wire)."""
+"""Loading that reads no weight twice: raw_data lengths and places from the wire format (onnxprune.wire)."""
 from __future__ import annotations
 
 import pathlib
@@ -21,6 +21,34 @@ def test_wire_sizes_are_the_raw_data_lengths(path):
     model = onnx.ModelProto.FromString(data)
     expected = [len(t.raw_data) if t.HasField("raw_data") else None for t in model.graph.initializer]
     assert initializer_raw_sizes(data) == expected
+
+
+def test_weights_read_at_load_are_the_initializers_values_as_views_of_the_file(tmp_path):
+    from onnxprune.loading import load_with_weights
+
+    model = _fielded_model()
+    half = numpy_helper.from_array(np.linspace(-1, 1, 6, dtype=np.float16).reshape(2, 3), "half")
+    flags = numpy_helper.from_array(np.array([True, False, True]), "flags")
+    model.graph.initializer.extend([half, flags])
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    loaded, weights = load_with_weights(str(path))
+    assert sorted(weights) == ["big", "flags", "half", "small"]  # "listed" has float_data, no raw bytes
+    for tensor in loaded.graph.initializer:
+        if tensor.name in weights:
+            value = weights[tensor.name]
+            expected = numpy_helper.to_array(tensor)
+            assert value.dtype == expected.dtype and value.shape == expected.shape
+            assert np.array_equal(value, expected) and not value.flags.writeable
+    assert load_with_weights(model)[1] == {}  # a ModelProto given: nothing read, nothing to view
+
+
+def test_prune_of_a_path_equals_prune_of_the_loaded_model():
+    path = str(ROOT / "fixtures" / "resnet_legacy.onnx")
+    by_path = op.prune(path, method="l2", ratio=0.4).model
+    by_proto = op.prune(onnx.load(path), method="l2", ratio=0.4).model
+    assert [numpy_helper.to_array(t).tobytes() for t in by_path.graph.initializer] == \
+        [numpy_helper.to_array(t).tobytes() for t in by_proto.graph.initializer]
 
 
 def _fielded_model() -> onnx.ModelProto:

@@ -94,11 +94,11 @@ class Analysis:
 
 def analyze(model, options: Options | None = None) -> Analysis:
     """Channel-coupling analysis of `model` (a ModelProto or a path); the model is not changed."""
-    model = ir.load_model(model)
+    model, weights = ir.load_with_weights(model)
     options = options or Options()
     index = GraphIndex.build(model.graph)
     shapes, types = ir.infer_shapes_and_types(model)
-    resolver = ConstantResolver(index, shapes, ir.base_dir(model), _default_opset(model), types)
+    resolver = ConstantResolver(index, shapes, ir.base_dir(model), _default_opset(model), types, weights)
     walker = Walker(model, index, resolver, shapes, options)
     walker.run()
     resolution = walker.tracker.resolve()
