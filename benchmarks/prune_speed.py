@@ -150,6 +150,7 @@ class Stages:
 # its time then shows up in the enclosing stage.
 _PATCHES = [
     ("onnxprune.ir", "load_model", "load"),
+    ("onnxprune.ir", "load_with_weights", "load"),
     ("onnxprune.pruning", "analyze", "analyze"),
     ("onnxprune.ir", "infer_shapes_and_types", "shapes"),
     ("onnxprune.pruning", "apply", "surgery"),
