@@ -4,6 +4,7 @@ from __future__ import annotations
 import collections
 import os
 import sys
+from dataclasses import dataclass, field
 from typing import Union
 
 import numpy as np
@@ -15,10 +16,13 @@ from onnx import TensorProto
 from . import external_data as ext
 from .errors import InvalidModelError, InvalidRequestError
 from .validation import check_model_structure
-from .wire import initializer_raw_spans
+from .wire import initializer_data_types, initializer_raw_spans, without_raw_data
 
 ModelLike = Union[onnx.ModelProto, str, os.PathLike]
 Weights = dict[str, np.ndarray]  # initializer name -> its value
+LAZY_MIN_BYTES = 64 * 2**10  # raw_data a lazy load leaves in the file's bytes (floating-point tensors only:
+_WEIGHT_TYPES = {TensorProto.FLOAT, TensorProto.FLOAT16, TensorProto.BFLOAT16, TensorProto.DOUBLE}  # integer
+# initializers are shapes, axes and indices, which shape inference reads from the model)
 _CHECKED: collections.deque = collections.deque(maxlen=8)  # keys of ModelProtos checked already (_check_given)
 
 
@@ -31,22 +35,58 @@ def load_model(model: ModelLike, *, load_external_data: bool = False) -> onnx.Mo
     return load_with_weights(model, load_external_data=load_external_data)[0]
 
 
-def load_with_weights(model: ModelLike, *, load_external_data: bool = False) -> tuple[onnx.ModelProto, Weights]:
+@dataclass
+class FileWeights:
+    """The weights of a model as its file holds them, read where they lie in the file's bytes."""
+
+    arrays: Weights = field(default_factory=dict)  # raw initializers of plain element types: read-only views
+    path: str | None = None  # the model file
+    data: bytes = b""  # its bytes
+    lazy: tuple[str, ...] = ()  # initializers loaded as references into the file (load_with_weights(lazy=True))
+
+    def inline(self, model: onnx.ModelProto) -> None:
+        """Give every tensor of `model` (changed in place) that refers into the model file its bytes back as
+        raw_data: a lazily loaded model is a self-contained ModelProto again."""
+        if not self.lazy:
+            return
+        directory, real = os.path.dirname(self.path), os.path.realpath(self.path)
+        for tensor in ext.iter_tensors(model):
+            if ext.is_external(tensor) and ext.resolve_location(tensor, directory) == real:
+                ref = ext.external_ref(tensor)
+                tensor.raw_data = self.data[ref.offset:ref.offset + ext.tensor_nbytes(tensor)]
+                del tensor.external_data[:]
+                tensor.ClearField("data_location")
+
+
+def load_with_weights(model: ModelLike, *, load_external_data: bool = False,
+                      lazy: bool = False) -> tuple[onnx.ModelProto, FileWeights]:
     """load_model, and the initializers stored in the file as raw bytes, as read-only arrays that are views of the
-    file's bytes (by name; empty for a ModelProto given): reading `raw_data` from the parsed model would copy every
-    weight once more. The arrays hold the values as loaded: they are for the caller that owns the fresh model."""
+    file's bytes (FileWeights.arrays, by name; empty for a ModelProto given): reading `raw_data` from the parsed
+    model would copy every weight once more. The arrays hold the values as loaded: they are for the caller that
+    owns the fresh model.
+
+    lazy: floating-point initializers of LAZY_MIN_BYTES and more are not copied into the model; each becomes an
+    external reference to its bytes inside the model file itself (valid ONNX, read where it lies) until
+    FileWeights.inline(model) gives it its bytes back. For a caller that replaces most weights anyway (pruning in
+    place), this saves parsing them. Such a model must not leave the caller before `inline`.
+    """
     if isinstance(model, onnx.ModelProto):
         _check_given(model)
-        return (inline_functions(model) if model.functions else model), {}
+        return (inline_functions(model) if model.functions else model), FileWeights()
     path = os.path.abspath(os.fspath(model))
-    proto, data = _parse(path)
+    data = _read(path)
+    spans = _raw_spans(data)
+    proto, lazy_names = _parse_lazily(data, path, spans) if lazy and not load_external_data else (None, ())
+    if proto is None:
+        proto = _parse(data, path)
     directory = os.path.dirname(path)
     check_model_structure(proto, path)
     ext.check_external_data(proto, directory)
-    spans = _raw_spans(data, proto)
-    check_tensor_sizes(proto, path, raw_sizes=None if spans is None else [None if s is None else s[1] - s[0] for s in spans])
-    weights = _weight_views(data, proto, spans)
-    del data
+    if spans is not None and len(spans) != len(proto.graph.initializer):
+        spans = None
+    check_tensor_sizes(proto, path, raw_sizes=None if spans is None or lazy_names
+                       else [None if s is None else s[1] - s[0] for s in spans])
+    weights = FileWeights(_weight_views(data, proto, spans), path, data, lazy_names)
     _check_light(proto, path)
     files = [os.path.realpath(path)]
     files += [ext.resolve_location(t, directory) for t in ext.iter_tensors(proto) if ext.is_external(t)]
@@ -56,6 +96,33 @@ def load_with_weights(model: ModelLike, *, load_external_data: bool = False) -> 
         _load_external(proto, directory)
     ext.record_origin(proto, directory, list(dict.fromkeys(files)))
     return proto, weights
+
+
+def _parse_lazily(data: bytes, path: str, spans: list[tuple[int, int] | None] | None
+                  ) -> tuple[onnx.ModelProto | None, tuple[str, ...]]:
+    """The model parsed without its large raw_data, each such initializer an external reference to its bytes in
+    the file; (None, ()) when the file's layout does not allow it (then it is parsed whole)."""
+    try:
+        types = initializer_data_types(data)
+        positions = {k for k, (s, t) in enumerate(zip(spans or [], types))
+                     if s is not None and s[1] - s[0] >= LAZY_MIN_BYTES and t in _WEIGHT_TYPES}
+        if not positions:
+            return None, ()
+        proto = _parse(without_raw_data(data, positions), path)
+    except (ValueError, IndexError, InvalidModelError):  # parsed whole instead, which reports what is wrong
+        return None, ()
+    initializers = proto.graph.initializer
+    if len(initializers) != len(spans) or any(initializers[k].HasField("raw_data") or initializers[k].external_data
+                                             or ext.is_external(initializers[k]) for k in positions):
+        return None, ()
+    location = os.path.basename(path)
+    for k in positions:
+        tensor = initializers[k]
+        tensor.data_location = TensorProto.EXTERNAL
+        for key, value in (("location", location), ("offset", str(spans[k][0])),
+                           ("length", str(spans[k][1] - spans[k][0]))):
+            tensor.external_data.add(key=key, value=value)
+    return proto, tuple(initializers[k].name for k in sorted(positions))
 
 
 def inline_functions(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -139,13 +206,12 @@ def _summary(model: onnx.ModelProto) -> tuple:
     return id(model), g.name, len(g.output), len(model.functions), tensors, nodes, inputs
 
 
-def _raw_spans(data: bytes, proto: onnx.ModelProto) -> list[tuple[int, int] | None] | None:
+def _raw_spans(data: bytes) -> list[tuple[int, int] | None] | None:
     """Where the initializers' raw_data lie in the file's bytes (wire.py), or None when that can't be read."""
     try:
-        spans = initializer_raw_spans(data)
+        return initializer_raw_spans(data)
     except (ValueError, IndexError):
         return None
-    return spans if len(spans) == len(proto.graph.initializer) else None
 
 
 def _weight_views(data: bytes, proto: onnx.ModelProto, spans: list[tuple[int, int] | None] | None) -> Weights:
@@ -155,24 +221,28 @@ def _weight_views(data: bytes, proto: onnx.ModelProto, spans: list[tuple[int, in
     buffer = memoryview(data)
     weights = {}
     for tensor, span in zip(proto.graph.initializer, spans):
-        if span is not None and ext.is_plain_dtype(tensor.data_type) and not ext.is_external(tensor):
+        if span is not None and ext.is_plain_dtype(tensor.data_type):
             dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)
             weights[tensor.name] = np.frombuffer(buffer[span[0]:span[1]], dtype=dtype).reshape(tuple(tensor.dims))
     return weights
 
 
-def _parse(path: str) -> tuple[onnx.ModelProto, bytes]:
-    """The parsed model and the file's bytes."""
+def _read(path: str) -> bytes:
+    """The model file's bytes."""
     if not os.path.exists(path):
         raise InvalidModelError(f"model file not found: {path}")
     if not os.path.isfile(path):
         raise InvalidModelError(f"{path} is not a file")
     if os.path.getsize(path) == 0:
         raise InvalidModelError(f"{path} is empty, not an ONNX model")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _parse(data: bytes, path: str) -> onnx.ModelProto:
+    """The model parsed from (a file's) bytes."""
     proto = onnx.ModelProto()
     try:
-        with open(path, "rb") as f:
-            data = f.read()
         proto.ParseFromString(data)
     except (DecodeError, ValueError, RuntimeError) as exc:
         raise InvalidModelError(f"{path} is not an ONNX model or is truncated (protobuf parse failed: {exc})") from exc
@@ -180,7 +250,7 @@ def _parse(path: str) -> tuple[onnx.ModelProto, bytes]:
         raise InvalidModelError(f"{path} is not an ONNX model or is truncated: it has no graph")
     if not proto.opset_import or not proto.ir_version:
         raise InvalidModelError(f"{path} is not an ONNX model or is truncated: no opset_import / ir_version")
-    return proto, data
+    return proto
 
 
 def check_tensor_sizes(model: onnx.ModelProto, path: str, *, raw_sizes: list[int | None] | None = None) -> None:

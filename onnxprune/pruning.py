@@ -99,8 +99,11 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
     own = not isinstance(model, onnx.ModelProto) and not (verify or compensate or reconstruct)  # ours to change
     calibration = check_data_fixes(compensate, reconstruct, calibration)
     criterion = criterion_for(method)
-    analysis = analyze(model, options)  # loads a path with its weights read as views of the file
-    model = analysis.model
+    # a file loaded here with nothing run on it before surgery keeps its large weights in the file's bytes until
+    # surgery has replaced them (the rest are given back below): they are never copied into the parsed model
+    lazy = own and calibration is None and (budget is None or budget.kind != "latency")
+    model, weights = ir.load_with_weights(model, lazy=lazy)
+    analysis = analyze(model, options, weights=weights.arrays)
     targets = group_targets(analysis, 0.0 if budget else ratio, ratios)
     cost_model = budget_cost(budget, analysis) if budget else None
     context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
@@ -112,6 +115,7 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
         counts = _counts(context, scores, targets, scope, recommendation, ratio, budget, cost_model)
         removed, measurement = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, counts), scores), None
     result = _prune_removed(model, analysis, removed, verify, own, sorted(targets), str(method))
+    weights.inline(result.model)
     result.summary.pipeline = recipe
     if budget is not None:
         result.summary.budget = {**budget_summary(budget, cost_model, analysis, removed), **(measurement or {})}

@@ -9,6 +9,7 @@ sized, or read as views of the file's bytes.
 from __future__ import annotations
 
 _GRAPH, _INITIALIZER, _RAW_DATA = 7, 5, 9  # ModelProto.graph, GraphProto.initializer, TensorProto.raw_data
+_DATA_TYPE = 2  # TensorProto.data_type
 
 
 def _varint(buffer: bytes, pos: int) -> tuple[int, int]:
@@ -22,12 +23,14 @@ def _varint(buffer: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _messages(buffer: bytes, start: int, end: int, wanted: int):
-    """(start, end) of every length-delimited field numbered `wanted` between start and end, in order."""
+def _fields(buffer: bytes, start: int, end: int):
+    """(number, wire type, header start, value start, value end) of every field between start and end, in order."""
     pos = start
     while pos < end:
+        head = pos
         key, pos = _varint(buffer, pos)
         number, wire = key >> 3, key & 7
+        value = pos
         if wire == 0:
             _, pos = _varint(buffer, pos)
         elif wire == 1:
@@ -35,14 +38,20 @@ def _messages(buffer: bytes, start: int, end: int, wanted: int):
         elif wire == 5:
             pos += 4
         elif wire == 2:
-            length, pos = _varint(buffer, pos)
-            if number == wanted:
-                yield pos, pos + length
-            pos += length
+            length, value = _varint(buffer, pos)
+            pos = value + length
         else:
             raise ValueError(f"protobuf wire type {wire} is not used by ONNX")
+        yield number, wire, head, value, pos
     if pos != end:
         raise ValueError("a field runs past the end of its message")
+
+
+def _messages(buffer: bytes, start: int, end: int, wanted: int):
+    """(start, end) of every length-delimited field numbered `wanted` between start and end, in order."""
+    for number, wire, _, value, stop in _fields(buffer, start, end):
+        if number == wanted and wire == 2:
+            yield value, stop
 
 
 def initializer_raw_spans(buffer: bytes) -> list[tuple[int, int] | None]:
@@ -52,6 +61,19 @@ def initializer_raw_spans(buffer: bytes) -> list[tuple[int, int] | None]:
     for graph in _messages(buffer, 0, len(buffer), _GRAPH):
         spans += _graph_raw_spans(buffer, *graph)
     return spans
+
+
+def initializer_data_types(buffer: bytes) -> list[int]:
+    """TensorProto.data_type of each initializer (0 when absent), in the order the parsed model lists them."""
+    types: list[int] = []
+    for graph in _messages(buffer, 0, len(buffer), _GRAPH):
+        for tensor in _messages(buffer, *graph, _INITIALIZER):
+            found = 0
+            for number, wire, _, value, _ in _fields(buffer, *tensor):
+                if number == _DATA_TYPE and wire == 0:
+                    found = _varint(buffer, value)[0]
+            types.append(found)
+    return types
 
 
 def initializer_raw_sizes(buffer: bytes) -> list[int | None]:
@@ -79,3 +101,35 @@ def encode_varint(n: int) -> bytes:
 def length_delimited(number: int, parts: list[bytes]) -> list[bytes]:
     """Field `number` (wire type 2) holding the concatenated `parts`: its key and length, then the parts."""
     return [encode_varint(number << 3 | 2) + encode_varint(sum(map(len, parts))), *parts]
+
+
+def without_raw_data(buffer: bytes, dropped: set[int]) -> bytes:
+    """The model's bytes with the raw_data of the initializers at positions `dropped` (in the order
+    initializer_raw_spans lists them) left out; every other field kept byte for byte. A model with more than
+    one graph field (which parsing would merge) is refused with ValueError."""
+    graphs = [field for field in _fields(buffer, 0, len(buffer)) if field[0] == _GRAPH and field[1] == 2]
+    if len(graphs) > 1:
+        raise ValueError("more than one graph field")
+    parts: list[bytes] = []
+    for number, wire, head, value, stop in _fields(buffer, 0, len(buffer)):
+        if number == _GRAPH and wire == 2:
+            parts += length_delimited(_GRAPH, _graph_without_raw(buffer, value, stop, dropped))
+        else:
+            parts.append(buffer[head:stop])
+    return b"".join(parts)
+
+
+def _graph_without_raw(buffer: bytes, start: int, end: int, dropped: set[int]) -> list[bytes]:
+    parts: list[bytes] = []
+    position = 0
+    for number, wire, head, value, stop in _fields(buffer, start, end):
+        if number == _INITIALIZER and wire == 2:
+            if position in dropped:
+                kept = [buffer[h:e] for n, _, h, _, e in _fields(buffer, value, stop) if n != _RAW_DATA]
+                parts += length_delimited(_INITIALIZER, kept)
+            else:
+                parts.append(buffer[head:stop])
+            position += 1
+        else:
+            parts.append(buffer[head:stop])
+    return parts

@@ -92,9 +92,16 @@ class Analysis:
         return f"{len(self.layers)} layers, {len(self.groups)} channel groups ({prunable} prunable)"
 
 
-def analyze(model, options: Options | None = None) -> Analysis:
-    """Channel-coupling analysis of `model` (a ModelProto or a path); the model is not changed."""
-    model, weights = ir.load_with_weights(model)
+def analyze(model, options: Options | None = None, *, weights: dict[str, np.ndarray] | None = None) -> Analysis:
+    """Channel-coupling analysis of `model` (a ModelProto or a path); the model is not changed.
+
+    weights: initializer values known already (ir.load_with_weights(...)[1].arrays, for the model it loaded);
+    a path is loaded here with its weights read as views of the file."""
+    if weights is None:
+        model, loaded = ir.load_with_weights(model)
+        weights = loaded.arrays
+    else:
+        model = ir.load_model(model)
     options = options or Options()
     index = GraphIndex.build(model.graph)
     shapes, types = ir.infer_shapes_and_types(model)
