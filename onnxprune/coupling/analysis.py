@@ -169,7 +169,11 @@ def _members(channels: ChannelMap, n_groups: int) -> list[list[Member]]:
     members: list[list[Member]] = [[] for _ in range(n_groups)]
 
     def add_members(ids: np.ndarray, make) -> None:
-        groups, counts = np.unique(channels.group[ids], return_counts=True)
+        of_ids = channels.group[ids]
+        if len(of_ids) and of_ids.min() == of_ids.max():  # the usual case: the axis carries one group
+            members[int(of_ids[0])].append(make(len(of_ids)))
+            return
+        groups, counts = np.unique(of_ids, return_counts=True)
         for g, c in zip(groups.tolist(), counts.tolist()):
             members[g].append(make(int(c)))
 
