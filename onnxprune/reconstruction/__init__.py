@@ -2,6 +2,7 @@
 chain) on calibration data so their outputs match the unpruned model's (ThiNet; He et al. 2017).
 
     gram.py    streamed X^T X, X^T Y, sum Y^2 and the ridge solve
+    activation.py  activation-aware targets of a layer read by a Relu / Clip alone (refit activation_aware=)
     layers.py  per consumer type: design rows (im2col for Conv), targets, reading and writing weights
     refit.py   topological stages, consecutive stages sharing a pass (at most DEFAULT_PASSES), the per-layer report
     api.py     reconstruct_pruned (prune(..., reconstruct=True)), reconstruct_chains (decompose(...))

@@ -10,8 +10,8 @@ from onnxprune import ir
 from onnxprune.graph import GraphIndex
 from onnxprune.reconstruction import layers
 from onnxprune.reconstruction.attention import drifted_layers, find_attention, query_maps
-from onnxprune.reconstruction.refit import (DEFAULT_PASSES, DEFAULT_RIDGE, InputView, LayerReconstruction,
-                                            Reconstruction, refit)
+from onnxprune.reconstruction.refit import (ACTIVATION_AWARE, DEFAULT_PASSES, DEFAULT_RIDGE, InputView,
+                                            LayerReconstruction, Reconstruction, refit)
 
 
 def pruned_consumers(model: onnx.ModelProto, channels: dict[str, dict]) -> dict[str, np.ndarray | None]:
@@ -51,14 +51,15 @@ def _out_keep(node: onnx.NodeProto, model: onnx.ModelProto, channels: dict) -> n
 
 def reconstruct_pruned(original, result, calibration: Any, *, ridge: float = DEFAULT_RIDGE,
                        batch_size: int | None = None, attention: bool = True,
-                       passes: int | None = DEFAULT_PASSES) -> Reconstruction:
+                       passes: int | None = DEFAULT_PASSES, activation_aware: bool = ACTIVATION_AWARE) -> Reconstruction:
     """Re-fit, in place on `result.model`, every layer that reads pruned channels; sets and returns
     `result.reconstruction`. `original` is the unpruned model (ModelProto or path).
 
     attention: also re-fit every layer downstream of a pruned tensor (its input drifted), and fit the query
     projection of a block whose query/key dims were pruned against the unpruned attention logits
     (onnxprune.reconstruction.attention); False re-fits only the layers reading pruned channels, each against
-    its own unpruned output."""
+    its own unpruned output. activation_aware: as in refit (a layer read by a Relu / Clip alone is fitted
+    where the activation passes its target)."""
     original = ir.load_model(original)
     targets = pruned_consumers(result.model, result.channels)
     maps = {}
@@ -81,7 +82,8 @@ def reconstruct_pruned(original, result, calibration: Any, *, ridge: float = DEF
     usable = {n: k for n, k in targets.items() if k is None or len(k)}
     kwargs = {} if batch_size is None else {"batch_size": batch_size}
     report = refit(original, result.model, usable, calibration, ridge=ridge, maps=maps, passes=passes,
-                   views=input_views(original, result.model, result.channels, usable), **kwargs)
+                   views=input_views(original, result.model, result.channels, usable),
+                   activation_aware=activation_aware, **kwargs)
     for name in targets.keys() - usable.keys():
         report.layers.append(LayerReconstruction(name, "?", skipped="its output is pruned along several axes"))
     result.reconstruction = report

@@ -16,6 +16,7 @@ from onnx import helper, numpy_helper
 from onnxprune import ir
 from onnxprune.graph import GraphIndex, attribute
 from onnxprune.layout import WeightLayout, weight_layout
+from onnxprune.reconstruction.activation import activation_bounds
 
 OPS = ("Conv", "Gemm", "MatMul")
 _FLOATS = (onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16)
@@ -41,6 +42,7 @@ class Consumer:
     attrs: dict = field(default_factory=dict)  # Conv: kernel, strides, dilations, pads, auto_pad
     target_map: np.ndarray | None = None  # MatMul / Gemm: target = reference output @ target_map (instead of out_keep)
     thin: bool = True  # Conv: design rows from a sample of a large feature map's output positions (_position_step)
+    bounds: tuple[float, float] | None = None  # the flat ends of the Relu / Clip that alone reads the target
 
     @property
     def groups(self) -> int:
@@ -114,7 +116,8 @@ def find_at(model: onnx.ModelProto, index: GraphIndex, i: int, out_keep: np.ndar
                  "dilations": list(attribute(node, "dilations", None) or [1] * n),
                  "pads": list(attribute(node, "pads", None) or [0] * (2 * n)),
                  "auto_pad": _text(attribute(node, "auto_pad", "NOTSET"))}
-        return Consumer(name, "Conv", i, node.input[0], node.output[0], out_keep, w, bias, layout, attrs=attrs)
+        return Consumer(name, "Conv", i, node.input[0], node.output[0], out_keep, w, bias, layout, attrs=attrs,
+                        bounds=activation_bounds(index, node.output[0]))
     if node.op_type == "Gemm":
         if layout.trans_a:
             raise Skip("Gemm with transA=1")
@@ -124,7 +127,8 @@ def find_at(model: onnx.ModelProto, index: GraphIndex, i: int, out_keep: np.ndar
                 raise Skip("its bias C is not an initializer")
             if math.prod(index.initializers[bias].dims) not in (1, m):
                 raise Skip(f"its bias C has shape {list(index.initializers[bias].dims)}, not per output")
-        return Consumer(name, "Gemm", i, node.input[0], node.output[0], out_keep, w, bias, layout)
+        return Consumer(name, "Gemm", i, node.input[0], node.output[0], out_keep, w, bias, layout,
+                        bounds=activation_bounds(index, node.output[0]))
     if len(wdims) != 2:
         raise Skip(f"MatMul weight of rank {len(wdims)} (only a (K, M) matrix is re-fitted)")
     m = layout.out_channels(wdims)
@@ -138,7 +142,7 @@ def find_at(model: onnx.ModelProto, index: GraphIndex, i: int, out_keep: np.ndar
                 and len(index.consumers.get(other, [])) == 1:
             y, bias, bias_node = add.output[0], other, j
     return Consumer(name, "MatMul", i, node.input[0], y, out_keep, w, bias, layout, bias_node=bias_node,
-                    fit_bias=bias is not None)
+                    fit_bias=bias is not None, bounds=activation_bounds(index, y))
 
 
 def gram_bytes(c: Consumer, weight_dims) -> int:

@@ -39,6 +39,7 @@ from onnxprune.executor import current
 from onnxprune.graph import GraphIndex
 from onnxprune.progress import Bar
 from onnxprune.reconstruction import layers
+from onnxprune.reconstruction.activation import RunningFit
 from onnxprune.reconstruction.gram import Gram
 from onnxprune.reconstruction.segments import Segments
 from onnxprune.reconstruction.upstream import upstream_model
@@ -50,6 +51,7 @@ SHARE_TOLERANCE = 0.25  # a later stage of a pass is kept only while the layers 
 DESIGN_BYTES = 64 * 2**20  # design rows held at once per layer (the rest of a batch waits)
 FLOAT32_WORK = 2**28  # batches whose Gram products take about this many multiply-adds form them in float32 (the
 #                      sums stay float64): halves the time of the products and of im2col; small ones stay float64
+ACTIVATION_AWARE = False  # True: a layer read by a Relu / Clip alone is fitted only where the activation passes it
 LOOKAHEAD_BYTES = 2**30  # Gram sums a reference-only pass computes ahead for the later stages of shared passes
 
 
@@ -61,7 +63,8 @@ class FewSamplesWarning(RuntimeWarning):
 class LayerReconstruction:
     """One re-fitted (or skipped) layer. Errors are relative: ||Y_layer - Y_reference|| / ||Y_reference|| of
     the layer's output on the calibration data, its input taken from the (already re-fitted) model:
-    `error_before` with the weights surgery left, `error_after` with the fitted ones."""
+    `error_before` with the weights surgery left, `error_after` with the fitted ones (an activation-aware layer:
+    against its activation-aware targets, activation.RunningFit)."""
 
     name: str
     op_type: str
@@ -111,7 +114,7 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
           calibration: Any, *, ridge: float = DEFAULT_RIDGE,
           batch_size: int = calib.DEFAULT_BATCH_SIZE, passes: int | None = DEFAULT_PASSES,
           maps: Mapping[str, np.ndarray] | None = None,
-          views: Mapping[str, InputView] | None = None) -> Reconstruction:
+          views: Mapping[str, InputView] | None = None, activation_aware: bool = ACTIVATION_AWARE) -> Reconstruction:
     """Re-fit the layers named in `targets` ({node name: kept positions of the reference output's channel
     axis, or None for all}) of `model`, IN PLACE, to reproduce `reference`'s outputs of the same tensors.
 
@@ -124,7 +127,10 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
     with a layer whose input has no view starts a new pass. The calibration data must give the same batches on
     every pass (the later stages' sums and the kept boundary activations come from earlier passes).
     maps: {node name: T} for MatMul / Gemm layers whose target is the reference output @ T (full output
-    columns x the layer's columns) rather than its kept columns (attention.query_maps)."""
+    columns x the layer's columns) rather than its kept columns (attention.query_maps).
+    activation_aware: a layer whose output only a Relu or a constant Clip reads is fitted to the reference
+    after that activation: where the reference is clipped, so may the fit be (activation.RunningFit); False fits
+    every layer's output before its activation."""
     if calibration is None:
         raise InvalidRequestError("reconstruction needs calibration data: pass calibration=... (a dict of input "
                                   "arrays, an array for a single-input model, an iterable of either, or a path)")
@@ -142,6 +148,8 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
             continue
         if maps and name in maps and c.op_type != "Conv":
             c.target_map = maps[name]
+        if not activation_aware or c.target_map is not None:
+            c.bounds = None
         consumers.append(c)
         report.layers.append(LayerReconstruction(name, c.op_type))
     if not consumers:
@@ -166,13 +174,13 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
         while start < len(numbered):
             window = _window(numbered[start:start + size], lambda c: c.x in views)
             if any(c.name not in ahead for _, stage in window[1:] for c in stage):
-                ahead = _look_ahead(reference, model, numbered[start + 1:], source, batch_size, views,
+                ahead = _look_ahead(reference, model, numbered[start + 1:], source, batch_size, views, ridge,
                                     None if segments is None else (segments[1].folder, size))
                 report.reference_passes += 1
             window = window[:1] + list(itertools.takewhile(lambda s: all(c.name in ahead for c in s[1]), window[1:]))
             for c in window[0][1]:
                 ahead.pop(c.name, None)  # the first stage reads the re-fitted model
-            first = _first_stage(reference, model, window[0][1], source, batch_size, segments)
+            first = _first_stage(reference, model, window[0][1], source, batch_size, segments, ridge)
             start += _fit_window(model, window, first, ahead, ridge, by_name)
             report.passes += 1
             bar.update_to(start)
@@ -180,7 +188,7 @@ def refit(reference: onnx.ModelProto, model: onnx.ModelProto, targets: Mapping[s
 
 
 def _look_ahead(reference: onnx.ModelProto, model: onnx.ModelProto, numbered: list[tuple[int, list[layers.Consumer]]],
-                source, batch_size: int, views: Mapping[str, InputView],
+                source, batch_size: int, views: Mapping[str, InputView], ridge: float,
                 segmented: tuple[str, int] | None) -> dict[str, Gram]:
     """{layer name: Gram} for the leading stages of `numbered` whose every layer reads its input through a view,
     as far as LOOKAHEAD_BYTES of Gram sums go (at least one stage), from one run of the reference alone. With
@@ -197,7 +205,7 @@ def _look_ahead(reference: onnx.ModelProto, model: onnx.ModelProto, numbered: li
             break
         chosen.append(stage)
         budget -= cost
-    requests = {c.name: LayerGram(c, views[c.x]) for stage in chosen for c in stage}
+    requests = {c.name: LayerGram(c, views[c.x], _running(model, c, ridge)) for stage in chosen for c in stage}
     if segmented is None:
         return _collect(reference, None, requests, source, batch_size)
     folder, size = segmented
@@ -228,12 +236,12 @@ def _collect(reference: onnx.ModelProto, model: onnx.ModelProto | None, requests
 
 
 def _first_stage(reference: onnx.ModelProto, model: onnx.ModelProto, stage: list[layers.Consumer], source,
-                 batch_size: int, segments: tuple[Segments, Segments] | None) -> dict[str, Gram]:
+                 batch_size: int, segments: tuple[Segments, Segments] | None, ridge: float) -> dict[str, Gram]:
     """{layer name: Gram} of a window's first stage from one pass over the calibration data: `model` to the
     layers' inputs, `reference` to their targets. With `segments` (in this process), each model runs only the
     part no earlier pass ran, from the boundary activations kept; else a calibration.collect on the executor in
     scope, each model from its inputs."""
-    requests = {c.name: LayerGram(c) for c in stage}
+    requests = {c.name: LayerGram(c, running=_running(model, c, ridge)) for c in stage}
     if segments is None:
         return _collect(reference, model, requests, source, batch_size)
     mine, theirs = segments
@@ -281,9 +289,11 @@ class LayerGram:
     design rows): its design rows from the model being re-fitted (`tensors`) and its targets from the reference
     (`reference_tensors`); or, with a `view`, both from the model it is collected on (the reference)."""
 
-    def __init__(self, consumer: layers.Consumer, view: InputView | None = None) -> None:
+    def __init__(self, consumer: layers.Consumer, view: InputView | None = None,
+                 running: RunningFit | None = None) -> None:
         self.consumer = consumer
         self.view = view
+        self.running = running
         self.tensors = (consumer.x,) if view is None else (view.name, consumer.y)
         self.reference_tensors = (consumer.y,) if view is None else ()
         self.gram = Gram()
@@ -293,13 +303,20 @@ class LayerGram:
         c = self.consumer
         dtype = np.float32 if _design_size(c, x) * c.columns(x.shape) >= FLOAT32_WORK else np.float64
         for xs, ys in _slices(c, x, y):
-            self.gram.update(self.consumer.design(xs, dtype), self.consumer.target(ys, dtype))
+            design, target = c.design(xs, dtype), c.target(ys, dtype)
+            if self.running is not None and self.gram.rows:
+                target = self.running.target(self.gram, design, target)
+            self.gram.update(design, target)
 
     def merge(self, other: "LayerGram") -> None:
         self.gram.merge(other.gram)
 
     def result(self) -> Gram:
         return self.gram
+
+
+def _running(model: onnx.ModelProto, c: layers.Consumer, ridge: float) -> RunningFit | None:
+    return None if c.bounds is None else RunningFit(c.bounds, c.fit_bias, layers.current(model, c), ridge)
 
 
 def _design_size(c: layers.Consumer, x: np.ndarray) -> int:
