@@ -81,7 +81,7 @@ def measure(models: Sequence, threads: int | None, repeats: int, warmup: int = 3
     machine's load). With `blocks` > 1 the `repeats` rounds are split over that many blocks, each with fresh
     sessions created in a rotated order, and a model's ratio is the median of its blocks' ratios: on this
     machine one session of a model can run up to 8 % faster or slower than another session of the same model for
-    its whole life (two sessions of one ViT-B/16-like model measured 0.91-1.08x each other over 6 blocks), which
+    its whole life (two sessions of one 2-block ViT-B/16-like model measured 0.92-1.09x each other over 6 blocks), which
     no number of rounds with the same sessions averages out."""
     feed = bench_inputs(op.load_model(models[0]), batch)
     rounds = max(1, -(-repeats // max(1, blocks)))
