@@ -73,23 +73,40 @@ MAX_RATIO = 0.9
 
 # --------------------------------------------------------------------------- measuring
 
-def measure(models: Sequence, threads: int | None, repeats: int, warmup: int = 3, batch: int = 1) -> list[float]:
-    """Ms of each model on one random feed (of models[0]), all run round-robin `repeats` times after `warmup`
-    uncounted rounds, each in a session as a user's (runtime.optimized_session, `threads`): models[0]'s median,
-    every other model's as that times the median of its per-round ratios to models[0] (paired_ratio: the runs of
-    one round share the machine's load)."""
+def measure(models: Sequence, threads: int | None, repeats: int, warmup: int = 3, batch: int = 1,
+            blocks: int = 1) -> list[float]:
+    """Ms of each model on one random feed (of models[0]), run round-robin after `warmup` uncounted rounds, each in
+    a session as a user's (runtime.optimized_session, `threads`): models[0]'s median, every other model's as that
+    times the median of its per-round ratios to models[0] (paired_ratio: the runs of one round share the
+    machine's load). With `blocks` > 1 the `repeats` rounds are split over that many blocks, each with fresh
+    sessions created in a rotated order, and a model's ratio is the median of its blocks' ratios: on this
+    machine one session of a model can run up to 8 % faster or slower than another session of the same model for
+    its whole life (two sessions of one 2-block ViT-B/16-like model measured 0.92-1.09x each other over 6 blocks), which
+    no number of rounds with the same sessions averages out."""
     feed = bench_inputs(op.load_model(models[0]), batch)
-    sessions = [runtime.optimized_session(m, threads, spinning=False) for m in models]
-    outputs = [[o.name for o in s.get_outputs()] for s in sessions]
-    times: list[list[float]] = [[] for _ in models]
-    for k in range(warmup + repeats):
-        for i, session in enumerate(sessions):
-            start = time.perf_counter()
-            session.run(outputs[i], feed)
-            if k >= warmup:
-                times[i].append((time.perf_counter() - start) * 1e3)
-    base = float(np.median(times[0]))
-    return [base] + [base * paired_ratio(t, times[0]) for t in times[1:]]
+    rounds = max(1, -(-repeats // max(1, blocks)))
+    base_times: list[float] = []
+    ratios: list[list[float]] = [[] for _ in models[1:]]
+    for block in range(max(1, blocks)):
+        created = list(range(len(models)))
+        created = created[block % len(models):] + created[:block % len(models)]
+        sessions: list = [None] * len(models)
+        for i in created:
+            sessions[i] = runtime.optimized_session(models[i], threads, spinning=False)
+        outputs = [[o.name for o in s.get_outputs()] for s in sessions]
+        times: list[list[float]] = [[] for _ in models]
+        for k in range(warmup + rounds):
+            for i, session in enumerate(sessions):
+                start = time.perf_counter()
+                session.run(outputs[i], feed)
+                if k >= warmup:
+                    times[i].append((time.perf_counter() - start) * 1e3)
+        base_times += times[0]
+        for i, t in enumerate(times[1:]):
+            ratios[i].append(paired_ratio(t, times[0]))
+        del sessions
+    base = float(np.median(base_times))
+    return [base] + [base * float(np.median(r)) for r in ratios]
 
 
 @dataclass
@@ -226,13 +243,15 @@ def run_latency(name: str, threads: int, model, uniform_macs: Callable[[float], 
     t0 = time.perf_counter()
     bases = []
     for variants in comparisons:
-        base, *others = measure([model] + [v.model for v in variants], threads, args.repeats)
+        base, *others = measure([model] + [v.model for v in variants], threads, args.repeats,
+                                blocks=args.blocks)
         bases.append(base)
         for v, ms in zip(variants, others):
             v.latency = ms / base
             v.model = None  # free the memory
     info["base_ms"] = float(np.median(bases)) if bases else float("nan")
-    print(f"  timed {len(comparisons)} comparisons with the original x {args.repeats} interleaved rounds in "
+    print(f"  timed {len(comparisons)} comparisons with the original x {args.repeats} interleaved rounds "
+          f"({args.blocks} block(s) of fresh sessions) in "
           f"{time.perf_counter() - t0:.0f} s; original {info['base_ms']:.2f} ms", flush=True)
     return info, rows, references
 
@@ -393,7 +412,7 @@ def print_setting(args) -> None:
         args.threads = [1]
         timing = f"1 thread, batch {args.acc_batch}, {args.acc_repeats} rounds per comparison"
     else:
-        timing = f"threads {args.threads}, {args.repeats} rounds"
+        timing = f"threads {args.threads}, {args.repeats} rounds in {args.blocks} block(s) of fresh sessions"
     print(f"onnxruntime {runtime.VERSION}, python {platform.python_version()}; {timing}, targets {args.targets}, "
           f"bisection steps {args.steps}")
     if cores is not None and max(args.threads, default=1) > len(cores):
@@ -409,6 +428,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", default="1,2", help="intra-op thread counts (default 1,2)")
     parser.add_argument("--targets", default="0.7,0.5", help="latency fractions (default 0.7,0.5)")
     parser.add_argument("--repeats", type=int, default=None, help="interleaved timing rounds (default 30, quick 10)")
+    parser.add_argument("--blocks", type=int, default=1, help="split the rounds over this many blocks of fresh "
+                        "sessions, created in rotated order (default 1: one session per model)")
     parser.add_argument("--steps", type=int, default=None, help="bisection evaluations (default 10, quick 7)")
     parser.add_argument("--accuracy", action="store_true", help="run the accuracy part (digits CNNs) instead")
     parser.add_argument("--acc-models", default="residual,dwse,concat")

@@ -12,7 +12,7 @@ first (as `allocation.lowest_removal` takes them), so a group's state is one num
 kept for a smooth cost model, to where the staircase really drops for a stepped one (cost.is_stepped). Every step
 has a price, the importance it loses divided by the cost it saves. A unit's importance is its score normalised by
 `Options.layer_norm` (as the global scope compares them, shifted to be >= 0) times the weights that go with it
-(`unit_weights`: its slice of every weight tensor of the group). Normalising per group keeps the ranking within a
+(`unit_weights`: its slice of every weight tensor of the group, one position per head for a head-dim unit). Normalising per group keeps the ranking within a
 group and drops the scale, so a normalised score is read as the importance per weight, and a unit counts once per
 weight it removes, as HALP's group importance is a sum over the group's weights. Without that factor every unit
 weighed the same: a channel of a narrow residual stream (MobileNetV2's 24 channels: about 720 weights in five
@@ -203,12 +203,15 @@ class Allocation:
 def unit_weights(analysis, g: int) -> float:
     """The weights (constant elements) that go with one unit of group g: its slice of every weight member, at
     least 1 (a unit's importance in the knapsack is its normalised score per weight times these; see the module
-    doc)."""
+    doc). A member's slice per unit is the weights per position of its axis times the positions one unit holds
+    there: a ViT's head-dim unit holds one position per head (12 of a query weight's 768 columns), a unit read by
+    a convolution after a Concat holds one of that weight's input positions, not its whole axis."""
+    group = analysis.groups[g]
     count = 0.0
-    for member in analysis.groups[g].members:
+    for member in group.members:
         shape = analysis.channels.shape(member.tensor) if member.kind == "weight" else None
-        if shape and member.size and all(isinstance(d, int) for d in shape):
-            count += float(np.prod(shape)) / member.size
+        if shape and member.size and group.size and all(isinstance(d, int) for d in shape) and shape[member.axis]:
+            count += float(np.prod(shape)) / shape[member.axis] * member.size / group.size
     return max(count, 1.0)
 
 

@@ -224,6 +224,23 @@ def test_a_unit_weighs_as_many_weights_as_go_with_it():
     assert done.counts[light] > done.counts[heavy] and done.predicted <= cost.total - 8
 
 
+def test_a_head_dim_unit_weighs_its_slice_of_every_head():
+    # vit_mha_legacy: 4 heads of dim 8; one unit of the q/k/v head-dim group is one position in each head of q, k
+    # and v: 12 of in_proj's 96 columns (32 rows each), 12 biases and 4 of out_proj's 32 input positions
+    analysis = op.analyze(op.load_model(fixture("vit_mha_legacy")))
+    group = analysis.groups[0]
+    assert group.size == 8 and {m.size for m in group.members if m.kind == "weight"} == {96, 32}
+    assert unit_weights(analysis, 0) == 32 * 12 + 12 + 32 * 4
+    # every group's units together hold their share of each weight: a conv after a Concat (densenet) reads only
+    # some of its input positions from the group, and only those count
+    for name in ("vit_mha_legacy", "densenet_legacy"):
+        analysis = op.analyze(op.load_model(fixture(name)))
+        for g in analysis.groups:
+            held = sum(math.prod(analysis.channels.shape(m.tensor)) * m.size / analysis.channels.shape(m.tensor)[m.axis]
+                       for m in g.members if m.kind == "weight")
+            assert unit_weights(analysis, g.id) * g.size == pytest.approx(max(held, g.size)), (name, g.id)
+
+
 # --------------------------------------------------------------------------- prune(target_*=)
 
 @pytest.mark.parametrize("name", ["resnet_legacy", "mobilenetv2_legacy", "densenet_legacy", "vit_mha_legacy",

@@ -14,7 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxprune as op
 from onnxprune import cost as op_cost
-from onnxprune.budget import allocate_budget
+from onnxprune.budget import allocate_budget, layer_kept
 from onnxprune.cli import main
 from onnxprune.criteria import CriterionContext, criterion_for
 from onnxprune.coupling import analyze
@@ -378,6 +378,41 @@ def test_the_whole_model_profile_splits_the_total_into_tensors_layers_and_a_fixe
     assert timer.node_calls == 1 and again.tensors == cost.tensors and again.scale == cost.scale  # cached
     assert LatencyCostModel.from_dict(json.loads(json.dumps(cost.as_dict()))).layer_latencies() == \
         pytest.approx(cost.layer_latencies())
+
+
+def attention_scores() -> onnx.ModelProto:
+    """x -> q, k projections (one 32-wide group: q @ k^T sums over it) -> scores [N, 8, 8] -> Softmax -> p @ x."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.standard_normal(shape).astype(np.float32), name)
+             for name, shape in (("wq", (16, 32)), ("wk", (16, 32)), ("wo", (16, 8)))]
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["q"], name="q_proj"),
+             helper.make_node("MatMul", ["x", "wk"], ["k"], name="k_proj"),
+             helper.make_node("Transpose", ["k"], ["kt"], name="k_t", perm=[0, 2, 1]),
+             helper.make_node("MatMul", ["q", "kt"], ["s"], name="scores"),
+             helper.make_node("Softmax", ["s"], ["p"], name="softmax", axis=-1),
+             helper.make_node("MatMul", ["p", "x"], ["a"], name="mix"),
+             helper.make_node("MatMul", ["a", "wo"], ["y"], name="out")]
+    graph = helper.make_graph(nodes, "attention", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    return model
+
+
+def test_a_product_over_a_pruned_axis_is_charged_to_the_tensor_it_sums_over(tmp_path):
+    # q @ k^T writes scores without a pruned axis, but its work follows the head dim it sums over: its time goes
+    # on q's term (and shrinks with the q / k group); Softmax reads and writes no pruned axis: fixed
+    model = attention_scores()
+    node_ms = {"scores": 3.0, "softmax": 1.0, "k_t": 0.5, "q_proj": 2.0, "k_proj": 2.0, "out": 1.0}
+    timer = NodeTimer(node_ms, 0.5, latency=lambda i, o: 1e-3 * i * o, total=10.0)
+    cost = op.profile(model, cache=str(tmp_path), timer=timer)
+    assert {t: ms for t, (_, _, ms) in cost.tensors.items()} == pytest.approx({"q": 3.0, "kt": 0.5})
+    assert cost.tensors["q"][:2] == (1, 32)
+    analysis = analyze(model)
+    (group,) = [g.id for g in analysis.groups if g.prunable and g.size == 32]
+    kept = layer_kept(analysis, cost, {group: np.arange(16)})
+    assert kept[op_cost.TENSOR_TERM + "q"] == (1, 16)
+    assert cost.predict(kept) < cost.predict({name: kept[name] for name in cost.layers}) - 1.5 + 1e-9
 
 
 def test_tensor_terms_do_not_stop_a_group_off_its_layers_stairs():

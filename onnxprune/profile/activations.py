@@ -103,7 +103,8 @@ def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, nod
     modelled layers' micro-graph sum `layer_sum`; None when the profile has no kernel time.
 
     Each non-layer, non-fused node's kernel time goes to the tensor it writes (a term when the tensor has
-    channel axes, else fixed); the run's time outside the kernels is fixed; the remaining kernels (the layers with
+    channel axes), or when that has none to a pruned tensor it reads (charged_tensor: attention's q @ k^T), else
+    is fixed; the run's time outside the kernels is fixed; the remaining kernels (the layers with
     what the runtime fused into them, and the layout conversions the runtime put between them) are the layers in
     context: the layers' curves are scaled by that over `layer_sum`; what each layer's own nodes took is kept
     apart (`layers`: a layer's micro-graph can be off its time in the model either way, by up to a third on a
@@ -126,7 +127,8 @@ def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, nod
         if node is not None and node.name in owner:
             own[owner[node.name]] = own.get(owner[node.name], 0.0) + float(ms) * to_total
         elif node is not None and node.op_type not in SKIPPED_OPS and node.output:
-            spent[node.output[0]] = spent.get(node.output[0], 0.0) + float(ms)
+            tensor = charged_tensor(analysis, node)
+            spent[tensor] = spent.get(tensor, 0.0) + float(ms)
     tensors = {}
     for tensor, ms in sorted(spent.items()):
         sizes = _term_sizes(analysis, tensor)
@@ -135,6 +137,18 @@ def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, nod
     in_layers = kernels - sum(spent.values())
     return InContext(tensors, in_layers * to_total / layer_sum, {name: ms for name, ms in sorted(own.items())
                                                                   if ms > 0})
+
+
+def charged_tensor(analysis: Analysis, node) -> str:
+    """The tensor whose term pays for a non-layer node's time: the tensor it writes, unless that carries no
+    pruned axis and a tensor it reads does (a product or reduction over a pruned axis: attention's q @ k^T writes
+    heads x tokens x tokens, but its work follows the q / k head dim it sums over; a mean over channels); then
+    the first such input. A node reading no pruned axis either stays on its output (a fixed cost)."""
+    out = node.output[0]
+    if analysis.channels.tracked(out):
+        return out
+    return next((name for name in node.input if name and not analysis.channels.is_const(name)
+                 and analysis.channels.tracked(name)), out)
 
 
 def _term_sizes(analysis: Analysis, tensor: str) -> tuple[int, int] | None:
