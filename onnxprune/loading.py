@@ -84,8 +84,8 @@ def load_with_weights(model: ModelLike, *, load_external_data: bool = False,
     ext.check_external_data(proto, directory)
     if spans is not None and len(spans) != len(proto.graph.initializer):
         spans = None
-    check_tensor_sizes(proto, path, raw_sizes=None if spans is None or lazy_names
-                       else [None if s is None else s[1] - s[0] for s in spans])
+    check_tensor_sizes(proto, path, raw_sizes=None if spans is None else [None if s is None else s[1] - s[0]
+                                                                         for s in spans])
     weights = FileWeights(_weight_views(data, proto, spans), path, data, lazy_names)
     _check_light(proto, path)
     files = [os.path.realpath(path)]
