@@ -12,11 +12,11 @@ first (as `allocation.lowest_removal` takes them), so a group's state is one num
 kept for a smooth cost model, to where the staircase really drops for a stepped one (cost.is_stepped). Every step
 has a price, the importance it loses divided by the cost it saves. A unit's importance is its score normalised by
 `Options.layer_norm` (as the global scope compares them, shifted to be >= 0) times the weights that go with it
-(`unit_weights`: its slice of every weight tensor of the group, one position per head for a head-dim unit). Normalising per group keeps the ranking within a
-group and drops the scale, so a normalised score is read as the importance per weight, and a unit counts once per
-weight it removes, as HALP's group importance is a sum over the group's weights. Without that factor every unit
-weighed the same: a channel of a narrow residual stream (MobileNetV2's 24 channels: about 720 weights in five
-1x1 convs) as much as one of the expanded layer beside it (about 60: its expand and project slices and a 3x3
+(`unit_weights`: its slice of every weight tensor of the group, one position per head for a head-dim unit).
+Normalising per group keeps the ranking within a group and drops the scale, so a normalised score is read as the
+importance per weight, and a unit counts once per weight it removes, as HALP's group importance is a sum over
+the group's weights. Without that factor every unit weighed the same: a channel of a narrow residual stream
+(MobileNetV2's 24 channels: about 720 weights in five 1x1 convs) as much as one of the expanded layer beside it (about 60: its expand and project slices and a 3x3
 depthwise filter), and the knapsack emptied the streams first (24 -> 4), taking most of the 1x1 convs' MACs
 for little latency (speed-up per MAC 0.69 at t=0.7) where the expanded layers' depthwise work was the cheaper
 latency. The cheapest step is taken until the prediction is at most the target. A step changes the kept
