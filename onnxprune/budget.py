@@ -14,14 +14,14 @@ has a price, the importance it loses divided by the cost it saves. A unit's impo
 `Options.layer_norm` (as the global scope compares them, shifted to be >= 0) times the weights that go with it
 (`unit_weights`: its slice of every weight tensor of the group, one position per head for a head-dim unit).
 Normalising per group keeps the ranking within a group and drops the scale, so a normalised score is read as the
-importance per weight, and a unit counts once per weight it removes, as HALP's group importance is a sum over
-the group's weights. Without that factor every unit weighed the same: a channel of a narrow residual stream
-(MobileNetV2's 24 channels: about 720 weights in five 1x1 convs) as much as one of the expanded layer beside it (about 60: its expand and project slices and a 3x3
-depthwise filter), and the knapsack emptied the streams first (24 -> 4), taking most of the 1x1 convs' MACs
-for little latency (speed-up per MAC 0.69 at t=0.7) where the expanded layers' depthwise work was the cheaper
-latency. The cheapest step is taken until the prediction is at most the target. A step changes the kept
-channels of the layers it touches, so only the groups sharing a layer with the stepped group get their next step
-recomputed (a heap with lazy invalidation): the work is about
+importance per weight, and a unit counts once per weight it removes, as HALP's group importance is a sum over the
+group's weights. Without that factor every unit weighed the same: a channel of a narrow residual stream
+(MobileNetV2's 24 channels: about 720 weights in five 1x1 convs) as much as one of the expanded layer beside it
+(about 60: its expand and project slices and a 3x3 depthwise filter), and the knapsack emptied the streams first
+(24 -> 4), taking most of the 1x1 convs' MACs for little latency (speed-up per MAC 0.69 at t=0.7) where the
+expanded layers' depthwise work was the cheaper latency. The cheapest step is taken until the prediction is at
+most the target. A step changes the kept channels of the layers it touches, so only the groups sharing a layer
+with the stepped group get their next step recomputed (a heap with lazy invalidation): the work is about
 (groups x steps x layers per group) cost evaluations, never a rescan of the model. Greedy rather than a DP: costs
 are not additive over groups (a layer's cost depends on the kept counts of its input and output groups together),
 which a DP over groups cannot express without fixing neighbours; the greedy handles that coupling exactly and
