@@ -47,7 +47,7 @@ import onnxprune as op  # noqa: E402
 from onnxprune import runtime  # noqa: E402
 from onnxprune.errors import OnnxPruneError  # noqa: E402
 from onnxprune.options import Options  # noqa: E402
-from onnxprune.profile.timing import cpu_model, paired_ratio  # noqa: E402
+from onnxprune.profile.timing import cpu_model, timed_in_blocks  # noqa: E402
 from onnxprune.text import table  # noqa: E402
 from onnxprune.workflows.bench import bench_inputs  # noqa: E402
 
@@ -75,38 +75,13 @@ MAX_RATIO = 0.9
 
 def measure(models: Sequence, threads: int | None, repeats: int, warmup: int = 3, batch: int = 1,
             blocks: int = 1) -> list[float]:
-    """Ms of each model on one random feed (of models[0]), run round-robin after `warmup` uncounted rounds, each in
-    a session as a user's (runtime.optimized_session, `threads`): models[0]'s median, every other model's as that
-    times the median of its per-round ratios to models[0] (paired_ratio: the runs of one round share the
-    machine's load). With `blocks` > 1 the `repeats` rounds are split over that many blocks, each with fresh
-    sessions created in a rotated order, and a model's ratio is the median of its blocks' ratios: on this
-    machine one session of a model can run up to 8 % faster or slower than another session of the same model for
-    its whole life (two sessions of one 2-block ViT-B/16-like model measured 0.92-1.09x each other over 6 blocks), which
-    no number of rounds with the same sessions averages out."""
+    """Ms of each model on one random feed (of models[0]), `repeats` interleaved rounds after `warmup` uncounted
+    ones, split over `blocks` blocks of fresh sessions as a user's (onnxprune.profile.timing.timed_in_blocks, the
+    same measurement as op.prune's own): models[0]'s median, every other model's as that times the median over
+    blocks of its per-round ratios to models[0]."""
     feed = bench_inputs(op.load_model(models[0]), batch)
-    rounds = max(1, -(-repeats // max(1, blocks)))
-    base_times: list[float] = []
-    ratios: list[list[float]] = [[] for _ in models[1:]]
-    for block in range(max(1, blocks)):
-        created = list(range(len(models)))
-        created = created[block % len(models):] + created[:block % len(models)]
-        sessions: list = [None] * len(models)
-        for i in created:
-            sessions[i] = runtime.optimized_session(models[i], threads, spinning=False)
-        outputs = [[o.name for o in s.get_outputs()] for s in sessions]
-        times: list[list[float]] = [[] for _ in models]
-        for k in range(warmup + rounds):
-            for i, session in enumerate(sessions):
-                start = time.perf_counter()
-                session.run(outputs[i], feed)
-                if k >= warmup:
-                    times[i].append((time.perf_counter() - start) * 1e3)
-        base_times += times[0]
-        for i, t in enumerate(times[1:]):
-            ratios[i].append(paired_ratio(t, times[0]))
-        del sessions
-    base = float(np.median(base_times))
-    return [base] + [base * float(np.median(r)) for r in ratios]
+    return timed_in_blocks(models, feed, "CPUExecutionProvider", threads, blocks,
+                           rounds=max(1, -(-repeats // max(1, blocks))), warmup=warmup)
 
 
 @dataclass

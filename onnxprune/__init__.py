@@ -6,6 +6,7 @@ from onnxprune.criteria import register_criterion
 from onnxprune.datasources import HFDataset, ImageFolder, Preprocess
 from onnxprune.workflows.evaluate import evaluate
 from onnxprune.errors import (
+    BudgetOutOfReachError,
     ExecutorError,
     ExternalDataError,
     InvalidDataError,
@@ -50,7 +51,7 @@ __all__ = [
     "GlobalImportance", "LayerImportance", "LayerStrategy", "ModelStrategy", "SparsifyResult", "SparsityReport",
     "Strategy", "register_strategy", "sparsify",
     "OnnxPruneError", "OnnxRuntimeError", "InvalidModelError", "InvalidRequestError", "ExternalDataError", "UnsupportedError",
-    "ExecutorError", "TaskError",
+    "BudgetOutOfReachError", "ExecutorError", "TaskError",
     "VerificationError",
     "IterativeResult", "Recommendation", "SensitivityResult", "iterative_prune", "sensitivity",
     "CostModel", "LatencyCostModel", "load_cost", "profile",

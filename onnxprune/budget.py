@@ -44,7 +44,7 @@ import numpy as np
 from onnxprune.allocation import normalize, removable
 from onnxprune.cost import (TENSOR_TERM, CostModel, analytic_cost, is_stepped, layer_axes, predicted_cost, term_cost,
                              term_sizes)
-from onnxprune.errors import InvalidRequestError
+from onnxprune.errors import BudgetOutOfReachError, InvalidRequestError
 from onnxprune.options import Options
 
 KINDS = ("macs", "params", "latency")
@@ -224,7 +224,7 @@ def allocate_budget(analysis, scores: Mapping[int, np.ndarray], cost: CostModel,
                     options: Options, *, exhaust: bool = False) -> Allocation:
     """Units to remove per group (the groups of `scores`) so that the predicted cost is at most fraction x
     cost.total, losing the least normalised importance per unit of cost saved (see the module doc).
-    Raises InvalidRequestError when the groups cannot reach the target within max_ratio, unless `exhaust`: then
+    Raises BudgetOutOfReachError when the groups cannot reach the target within max_ratio, unless `exhaust`: then
     all that is allowed is removed and the allocation says `exhausted`."""
     return _Knapsack(analysis, scores, cost, options).run(fraction, exhaust)
 
@@ -361,7 +361,7 @@ class _Knapsack:
                 exhausted = True
                 break
             if not heap:
-                raise InvalidRequestError(
+                raise BudgetOutOfReachError(
                     f"the budget of {fraction:g} x the original cannot be reached: removing all that Options."
                     f"max_ratio={self.options.max_ratio:g} allows from the prunable groups predicts "
                     f"{predicted / total:.3f} x; ask for more, or raise max_ratio / lower step_size")

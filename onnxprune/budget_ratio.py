@@ -16,7 +16,7 @@ import numpy as np
 from onnxprune.allocation import lowest_removal, normalize, removal_counts
 from onnxprune.budget import layer_kept
 from onnxprune.cost import CostModel, predicted_cost
-from onnxprune.errors import InvalidRequestError
+from onnxprune.errors import BudgetOutOfReachError
 from onnxprune.options import Options
 
 HIGHEST = 0.999  # the largest ratio tried (allocation caps each group below all of it anyway)
@@ -27,7 +27,7 @@ def ratio_for_budget(analysis, scores: Mapping[int, np.ndarray], cost: CostModel
                      options: Options, scope: str) -> tuple[float, dict[int, int]]:
     """(ratio, units removed per group) of the smallest ratio whose predicted cost is at most fraction x
     cost.total; scope "uniform" (every group loses `ratio`) or "global" (the ratio*N lowest pooled scores).
-    Raises InvalidRequestError when even the largest ratio does not reach the target."""
+    Raises BudgetOutOfReachError when even the largest ratio does not reach the target."""
     sizes = {g: len(s) for g, s in scores.items()}
     pool = {g: normalize(s, options.layer_norm) for g, s in scores.items()} if scope == "global" else None
     goal = fraction * float(cost.total) * (1 + 1e-12)
@@ -43,7 +43,7 @@ def ratio_for_budget(analysis, scores: Mapping[int, np.ndarray], cost: CostModel
     high = counts_at(HIGHEST)
     if not fits(high):
         predicted = predicted_cost(cost, layer_kept(analysis, cost, lowest_removal(scores, high)))
-        raise InvalidRequestError(
+        raise BudgetOutOfReachError(
             f"the budget of {fraction:g} x the original cannot be reached with scope={scope!r}: the largest ratio "
             f"(at most Options.max_ratio={options.max_ratio:g} of a group, step {options.step_size}) predicts "
             f"{predicted / float(cost.total):.3f} x; ask for more, or raise max_ratio / lower step_size")

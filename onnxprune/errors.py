@@ -18,6 +18,11 @@ class InvalidRequestError(OnnxPruneError):
     """The request itself is wrong: unknown layer, index out of range, ratio outside [0, 1), ..."""
 
 
+class BudgetOutOfReachError(InvalidRequestError):
+    """A budget (target_macs, target_params, target_latency) cannot be reached: removing all that Options.max_ratio
+    and "never empty a group" allow still costs more than the target."""
+
+
 class InvalidDataError(InvalidRequestError):
     """Calibration or evaluation data cannot be read: a malformed image, a missing or empty class folder, ..."""
 

@@ -4,7 +4,8 @@ The allocator (onnxprune.budget) removes channels until the cost model predicts 
 latency. The prediction is a sum of layers measured alone (micro-graphs), and a whole model is not exactly that
 sum: onnxruntime converts layouts (NCHW <-> blocked NCHWc) between neighbouring layers, and a micro-graph sees
 those conversions only at its own edges. So the pruned model is measured against the original (interleaved
-rounds, medians, on the cost model's provider and thread count), and when the measured fraction is more than
+rounds, medians, on the cost model's provider and thread count, in blocks of fresh sessions:
+profile.timing.timed_in_blocks), and when the measured fraction is more than
 TOLERANCE (relative) off t, the allocation is asked again for a corrected prediction:
 
   * after one measurement: measured savings per predicted saving, 1 - m = s (1 - p), solved for m = t;
@@ -28,7 +29,7 @@ import onnx
 from onnxprune.allocation import lowest_removal, rescue_emptied_tensors
 from onnxprune.budget import allocate_budget, layer_kept
 from onnxprune.cost import CostModel, predicted_cost
-from onnxprune.errors import InvalidRequestError
+from onnxprune.errors import BudgetOutOfReachError, InvalidRequestError
 from onnxprune.options import Options
 from onnxprune.surgery.prune import apply
 
@@ -127,7 +128,7 @@ def measured_removal(model: onnx.ModelProto, analysis, scores: Mapping[int, np.n
 
     best, removed, attempts = close_on_measurement(target, attempt)
     if best.exhausted and best.measured > target * (1.0 + TOLERANCE):
-        raise InvalidRequestError(
+        raise BudgetOutOfReachError(
             f"the latency budget of {target:g} x the original cannot be reached: removing all that Options.max_ratio"
             f"={options.max_ratio:g} allows from the prunable groups measures {best.measured:.3f} x (predicted "
             f"{best.predicted:.3f} x); ask for more, or raise max_ratio")

@@ -8,6 +8,8 @@ recipe.recommend chooses the criterion, scope, options and recovery first.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import onnx
 
@@ -20,12 +22,12 @@ from onnxprune.cost import CostModel
 from onnxprune.coupling import Analysis, analyze
 from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.criteria.registry import ALIASES
-from onnxprune.errors import InvalidRequestError, UnsupportedError
+from onnxprune.errors import BudgetOutOfReachError, InvalidRequestError, UnsupportedError
 from onnxprune.executor import uses_executor
 from onnxprune.latency_target import measured_removal
 from onnxprune.options import Options
 from onnxprune.plan import Plan, fingerprint, layers_digest, plan_removal, record_plan
-from onnxprune.recipe import recommend
+from onnxprune.recipe import Recipe, recommend, relaxed
 from onnxprune.recover import check_data_fixes, mask_oracle, recovered
 from onnxprune.reconstruction.refit import DEFAULT_RIDGE
 from onnxprune.result import PruneResult, PruneSummary
@@ -109,7 +111,7 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
     context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
     scores = _checked_scores(criterion(context), analysis, targets, method)
     if budget is not None and budget.kind == "latency":
-        removed, measurement = _measured_latency(context, scores, budget, cost_model)
+        removed, measurement, recipe = _relaxed_latency(context, scores, budget, cost_model, recipe)
         counts = {g: len(p) for g, p in removed.items()}
     else:
         counts = _counts(context, scores, targets, scope, recommendation, ratio, budget, cost_model)
@@ -323,6 +325,19 @@ def _measured_latency(context: CriterionContext, scores: dict[int, np.ndarray], 
     """A latency budget's removal, closed on measurement (onnxprune.latency_target), and its measurement."""
     analysis = context.analysis
     return measured_removal(analysis.model, analysis, scores, cost, budget.fraction, context.options, budget.threads)
+
+
+def _relaxed_latency(context: CriterionContext, scores: dict[int, np.ndarray], budget: Budget, cost: CostModel,
+                     recipe: Recipe) -> tuple[dict[int, np.ndarray], dict, Recipe]:
+    """_measured_latency with the recipe's options; when the target measures out of reach there and the recipe
+    chose the options, once more with its max_ratio raised (recipe.relaxed). Returns the recipe that ran."""
+    try:
+        return (*_measured_latency(context, scores, budget, cost), recipe)
+    except BudgetOutOfReachError:
+        wider = relaxed(recipe)
+        if wider is None:
+            raise
+    return (*_measured_latency(replace(context, options=wider.options), scores, budget, cost), wider)
 
 
 def _plan_scope(scope: str, budget: Budget | None) -> str:

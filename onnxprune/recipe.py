@@ -9,7 +9,8 @@ then mean compensation and least-squares reconstruction; with reconstruct=False 
 `layer_norm="linear_scaling"`.
 Without data: `l2` scoring the consumer slices too (`score_consumers=True`), the same allocation, no recovery
 (both need data), and a note that calibration data would help; that `l2` too when both recoveries are turned
-off. A latency budget keeps its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`.
+off. A latency budget keeps its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`, raised to 0.9
+(`relaxed`) when the target measures out of reach at 0.7.
 Each choice is the one measured best on the digits CNNs (benchmarks/recovery.py, README "The recommended
 pipeline").
 
@@ -20,7 +21,7 @@ recipe's choice for it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from onnxprune.errors import InvalidRequestError
 from onnxprune.options import Options
@@ -31,6 +32,7 @@ DATA_FREE_METHOD = "l2"
 RECOMMENDED_LAYER_NORM = "linear_scaling"
 DATA_LAYER_NORM = "tss_norm"  # obs scores: each group's share of the error its removal would leave in full
 LATENCY_MAX_RATIO = 0.7
+LATENCY_RELAXED_MAX_RATIO = 0.9  # when the target measures out of reach at LATENCY_MAX_RATIO
 NO_DATA_NOTE = ("no calibration data, so data-free choices (l2 with consumer slices, no compensation or "
                 "reconstruction); calibration data would help: with a few hundred training inputs (calibration=, "
                 "CLI --calibration) the pipeline picks a data-aware criterion and re-fits the pruned layers, "
@@ -104,3 +106,12 @@ def recommend(method: str | None, scope: str | None, options: Options | None, co
         options = Options(layer_norm=layer_norm, score_consumers=method == DATA_FREE_METHOD,
                           **({"max_ratio": LATENCY_MAX_RATIO} if scope == "knapsack" else {}))
     return Recipe(method, scope, options, compensate, reconstruct, tuple(chosen), None if data else NO_DATA_NOTE)
+
+
+def relaxed(recipe: Recipe) -> Recipe | None:
+    """The recipe with the latency knapsack's max_ratio raised to LATENCY_RELAXED_MAX_RATIO, when the recipe chose
+    the options and a raise is possible; None otherwise (a user's max_ratio is theirs)."""
+    if "options" not in recipe.chosen or recipe.scope != "knapsack" \
+            or recipe.options.max_ratio >= LATENCY_RELAXED_MAX_RATIO:
+        return None
+    return replace(recipe, options=replace(recipe.options, max_ratio=LATENCY_RELAXED_MAX_RATIO))

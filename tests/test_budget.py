@@ -286,6 +286,20 @@ def test_target_latency_with_a_given_cost_model_is_closed_on_measurement(macs_me
     assert op.prune(model, target_macs=1.0).achieved_ratio == 0.0
 
 
+def test_recommended_latency_budget_out_of_reach_at_its_max_ratio_is_tried_once_more_wider():
+    model = op.load_model(fixture("resnet_legacy"))
+    cost = stair_cost(op.analyze(model))
+    # measured in MACs: all that max_ratio 0.7 allows keeps about 0.22 of them, 0.9 allows far less
+    result = op.prune(model, target_latency=0.15, cost=cost)
+    assert result.summary.pipeline.options.max_ratio == 0.9
+    assert "max_ratio 0.9 (recommended)" in str(result.summary)
+    assert result.summary.budget["measured_fraction"] <= 0.15 * (1 + TOLERANCE)
+    with pytest.raises(op.BudgetOutOfReachError, match="max_ratio=0.7"):  # a user's max_ratio is theirs
+        op.prune(model, target_latency=0.15, cost=cost, options=op.Options(max_ratio=0.7))
+    with pytest.raises(op.BudgetOutOfReachError, match="max_ratio=0.9"):  # out of reach at 0.9 too
+        op.prune(model, target_latency=0.01, cost=cost)
+
+
 def fake_attempts(curve):
     """An attempt function whose 'measurement' is curve(prediction) (the allocator predicts what it is asked)."""
     asked = []

@@ -23,7 +23,8 @@ from onnxprune.profile.activations import source_node
 from onnxprune.profile.costmodel import LatencyCostModel
 from onnxprune.profile.curves import axis_curve, axis_grid, grid_points, isotonic, stair_value
 from onnxprune.profile.layers import WeightPool, layer_specs, micro_graph
-from onnxprune.profile.timing import kernel_ms_per_run, node_ms_per_run, paired_ratio
+from onnxprune.profile import timing
+from onnxprune.profile.timing import kernel_ms_per_run, node_ms_per_run, paired_ratio, timed_in_blocks
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "fixtures")
 RESNET = os.path.join(FIXTURES, "resnet_legacy.onnx")
@@ -357,6 +358,32 @@ def test_paired_ratio_compares_runs_of_the_same_round():
     reference, candidate = [1.0, 10.0, 10.0], [0.5, 0.5, 5.0]
     assert paired_ratio(candidate, reference) == pytest.approx(0.5)
     assert np.median(candidate) / np.median(reference) == pytest.approx(0.05)  # what the ratio of medians says
+
+
+def test_models_are_timed_in_blocks_of_fresh_sessions_opened_in_rotated_order(monkeypatch):
+    """Each block opens its own sessions, creation order rotated; the result is models[0]'s median and the others'
+    median-over-blocks ratio to it (fake sessions: 'a' runs 2 ms, 'b' 1 ms, 'c' 4 ms, in every block but one)."""
+    opened: list[str] = []
+    speed = {"a": 2.0, "b": 1.0, "c": 4.0}
+
+    class FakeSession:
+        def __init__(self, name: str) -> None:
+            self.name, self.block = name, len(opened) // 3
+            opened.append(name)
+
+        def get_outputs(self):
+            return []
+
+        def run(self, outputs, feed):
+            slow = 3.0 if (self.block, self.name) == (1, "b") else 1.0  # one session of b runs slow for life
+            clock[0] += speed[self.name] * slow
+
+    clock = [0.0]
+    monkeypatch.setattr(timing.time, "perf_counter", lambda: clock[0] / 1e3)
+    monkeypatch.setattr(timing, "make_session", lambda model, provider, threads: FakeSession(model))
+    a, b, c = timed_in_blocks(["a", "b", "c"], {}, "CPUExecutionProvider", 1, blocks=3, rounds=4, warmup=1)
+    assert opened == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]
+    assert (a, b, c) == pytest.approx((2.0, 1.0, 4.0))  # the slow session of b is outvoted by the other blocks
 
 
 def test_the_whole_model_profile_splits_the_total_into_tensors_layers_and_a_fixed_part(tmp_path):

@@ -260,24 +260,56 @@ class Timer:
                 return node_ms_per_run(json.load(handle))
 
 
+MODEL_BLOCKS = 3  # a ModelMeter measurement: blocks of fresh sessions (see timed_in_blocks)
+
+
 class ModelMeter:
-    """Measures models against one reference model (the original), interleaved, on one provider / thread count:
-    `fraction(candidate)` = the candidate's median latency / the reference's, both timed in the same rounds."""
+    """Measures models against one reference model (the original), on one provider / thread count:
+    `measure(candidate)` times both in MODEL_BLOCKS blocks of fresh sessions (timed_in_blocks)."""
 
     def __init__(self, reference: onnx.ModelProto | str, feed: dict[str, np.ndarray], provider: str,
-                 threads: int | None) -> None:
-        self.feed = feed
-        self.provider, self.threads = provider, threads
-        self.reference = _Runner(make_session(reference, provider, threads), feed)
+                 threads: int | None, blocks: int = MODEL_BLOCKS) -> None:
+        self.reference, self.feed = reference, feed
+        self.provider, self.threads, self.blocks = provider, threads, blocks
 
     def measure(self, candidate: onnx.ModelProto | str) -> tuple[float, float]:
-        """(reference ms, candidate ms) from interleaved runs after a warm-up: the reference's median, and the
-        candidate's as that times the median of its per-round ratios to the reference (paired_ratio)."""
-        runner = _Runner(make_session(candidate, self.provider, self.threads), self.feed)
-        self.reference.times.clear()
-        reference, _ = _interleaved([self.reference, runner], 3, MODEL_MIN_REPEATS, MODEL_TARGET_MS,
-                                    MODEL_MAX_REPEATS)
-        return reference, reference * paired_ratio(runner.times, self.reference.times)
+        """(reference ms, candidate ms): the reference's median, and the candidate's as that times the median
+        over blocks of its paired ratio to the reference."""
+        reference, measured = timed_in_blocks([self.reference, candidate], self.feed, self.provider, self.threads,
+                                              self.blocks)
+        return reference, measured
+
+
+def timed_in_blocks(models: Sequence[onnx.ModelProto | str], feed: dict[str, np.ndarray], provider: str,
+                    threads: int | None, blocks: int, rounds: int | None = None, warmup: int = 3) -> list[float]:
+    """Ms of each model on `feed`: models[0]'s median run, every other model's as that times the median over
+    `blocks` blocks of its paired_ratio to models[0] in the block. Each block opens fresh sessions (creation order
+    rotated from block to block) and runs them round-robin, `warmup` uncounted rounds then `rounds` counted ones
+    (None: enough for about MODEL_TARGET_MS over all blocks, MODEL_MIN_REPEATS..MODEL_MAX_REPEATS in all).
+
+    Why blocks: one onnxruntime session of a model can run several percent faster or slower than another session
+    of the same model for its whole life (two sessions of one ViT-B/16-like model measured 0.92-1.09x each other,
+    block by block), which no number of rounds with the same two sessions averages out."""
+    blocks = max(1, int(blocks))
+    base: list[float] = []
+    ratios: list[list[float]] = [[] for _ in models[1:]]
+    for block in range(blocks):
+        order = list(range(len(models)))
+        order = order[block % len(models):] + order[:block % len(models)]
+        opened = {i: _Runner(make_session(models[i], provider, threads), feed) for i in order}
+        runners = [opened[i] for i in range(len(models))]
+        if rounds is None:
+            _interleaved(runners, warmup, -(-MODEL_MIN_REPEATS // blocks), MODEL_TARGET_MS / blocks,
+                         -(-MODEL_MAX_REPEATS // blocks))
+        else:
+            for k in range(warmup + rounds):
+                for runner in runners:
+                    runner.run(record=k >= warmup)
+        base += runners[0].times
+        for i, runner in enumerate(runners[1:]):
+            ratios[i].append(paired_ratio(runner.times, runners[0].times))
+    reference = float(np.median(base))
+    return [reference] + [reference * float(np.median(r)) for r in ratios]
 
 
 def paired_ratio(times: Sequence[float], reference: Sequence[float]) -> float:
