@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Decomposition against the measured cost model: whole-model speed-up measured vs predicted.
 
-    python benchmarks/decompose_latency.py [--threads 1] [--repeats 30] [--models vgg resnet] [--quick]
+    python benchmarks/decompose_latency.py [--threads 1] [--repeats 30] [--blocks 3] [--models vgg resnet] [--quick]
 
 For a VGG-16-like (64x64 input) and a ResNet-50-like model (benchmarks/_models.py, random weights: fine for
 latency, meaningless for energy / VBMF ranks, so ranks here are rank_ratio or target_latency), the script
@@ -10,9 +10,11 @@ latency, meaningless for energy / VBMF ranks, so ranks here are rank_ratio or ta
   2. decomposes it several ways: computed ranks (rank_ratio) with the default settings (no cost model: the MACs
      rule and rank_step 16) and the same with the cost model (cost=: only chains measured faster than their layer,
      ranks snapped to their latency step), and target_latency= 0.7 / 0.5;
-  3. times the original and each decomposed model interleaved (op.bench(a, b): a, b, a, b, ...) in the same
-     run, and prints the measured speed-up (the median over rounds of the original's run over the decomposed
-     one's in the same round: paired_ratio, robust to load changing between rounds) beside the cost model's
+  3. times the original and each decomposed model interleaved in the same run, the rounds split over `--blocks`
+     blocks of fresh sessions (onnxprune.profile.timing.timed_in_blocks, as op.prune's latency budget measures),
+     and prints the measured speed-up (the original's median run over the decomposed one's: the median over
+     blocks of the per-round ratios, robust to load changing between rounds and to one session running slow for
+     its whole life) beside the cost model's
      prediction (for runs without cost= the prediction of the chains written, from the same cost model).
 
 Columns: chains = layers decomposed; slower = chains written that the cost model measured slower than their
@@ -38,7 +40,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # factorisations: no BLAS th
 import onnxprune as op  # noqa: E402
 from onnxprune import runtime  # noqa: E402
 from onnxprune.decomposition.latency import LatencyModel  # noqa: E402
-from onnxprune.profile.timing import paired_ratio  # noqa: E402
+from onnxprune.profile.timing import timed_in_blocks  # noqa: E402
+from onnxprune.workflows.bench import bench_inputs  # noqa: E402
 from onnxprune.text import table  # noqa: E402
 
 import _models  # noqa: E402
@@ -71,7 +74,7 @@ def prediction(cost, result) -> tuple[float, int]:
     return predicted, slower
 
 
-def run_model(name: str, threads: int, repeats: int, quick: bool) -> tuple[list[list[str]], list[str]]:
+def run_model(name: str, threads: int, repeats: int, blocks: int, quick: bool) -> tuple[list[list[str]], list[str]]:
     model, _ = MODELS[name]()
     folder = tempfile.mkdtemp(prefix="onnxprune-bench-cache-")
     try:
@@ -103,8 +106,9 @@ def run_model(name: str, threads: int, repeats: int, quick: bool) -> tuple[list[
         if not result.decomposed:
             rows.append([name, label, 0, 0, "1.00", "1.00", "-", "-", "nothing decomposed"])
             continue
-        timed = op.bench(model, result.model, repeats=repeats, warmup=3, threads=threads)
-        measured = 1.0 / paired_ratio(timed.b.times_ms, timed.a.times_ms)
+        base_ms, ms = timed_in_blocks([model, result.model], bench_inputs(model), "CPUExecutionProvider", threads,
+                                      blocks, rounds=max(1, -(-repeats // blocks)))
+        measured = base_ms / ms
         expected = cost.total / predicted
         rows.append([name, label, len(result.decomposed), slower, f"{op.stats(result.model).macs / base_macs:.2f}",
                      f"{expected:.3f}", f"{measured:.3f}", f"{measured / expected:.3f}", ""])
@@ -116,19 +120,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
     parser.add_argument("--repeats", type=int, default=30, help="timed runs of each model per comparison")
+    parser.add_argument("--blocks", type=int, default=3, help="blocks of fresh sessions the runs are split over")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["vgg", "resnet"])
     parser.add_argument("--quick", action="store_true", help="three cases per model")
     args = parser.parse_args()
     rows, notes = [], []
     for name in args.models:
-        got, said = run_model(name, args.threads, args.repeats, args.quick)
+        got, said = run_model(name, args.threads, args.repeats, args.blocks, args.quick)
         rows += got
         notes += said
     print(table(rows, ["model", "case", "chains", "slower", "MACs", "pred.", "meas.", "meas./pred.", "note"]))
     print()
     for note in notes:
         print(note)
-    print(f"threads {args.threads}, {args.repeats} interleaved runs per comparison (medians), onnxruntime "
+    print(f"threads {args.threads}, {args.repeats} interleaved runs per comparison in {args.blocks} block(s) of fresh "
+          f"sessions (medians), onnxruntime "
           f"{runtime.VERSION}")
     return 0
 

@@ -341,7 +341,7 @@ def run_accuracy(name: str, data, args) -> list[AccuracyRow]:
         def uniform_at(ratio: float) -> float:
             """The uniform model's latency over the latency-aware model's, timed in the same rounds."""
             pruned = op.prune(model, "l2", ratio).model
-            a, u = measure([aware.model, pruned], 1, args.acc_repeats, batch=args.acc_batch)
+            a, u = measure([aware.model, pruned], 1, args.acc_repeats, batch=args.acc_batch, blocks=args.blocks)
             return u / a
 
         search = bisect_ratio(uniform_at, 1.0, args.steps)
@@ -350,7 +350,8 @@ def run_accuracy(name: str, data, args) -> list[AccuracyRow]:
             uniform = op.prune(model, ratio=ratio, scope="uniform", calibration=calibration)
         else:
             uniform = op.prune(model, "l2", ratio, calibration=calibration, reconstruct=True)
-        base_ms, a_ms, u_ms = measure([model, aware.model, uniform.model], 1, args.acc_repeats, batch=args.acc_batch)
+        base_ms, a_ms, u_ms = measure([model, aware.model, uniform.model], 1, args.acc_repeats, batch=args.acc_batch,
+                                      blocks=args.blocks)
         rows.append(AccuracyRow(name, base, target, aware.summary.budget["predicted_fraction"], a_ms / base_ms,
                                 u_ms / base_ms, ratio, macs_fraction(aware, macs), macs_fraction(uniform, macs),
                                 accuracy(aware.model), accuracy(uniform.model)))
@@ -363,7 +364,7 @@ def run_accuracy(name: str, data, args) -> list[AccuracyRow]:
 
 def print_accuracy_table(rows: list[AccuracyRow], args) -> None:
     recommended = args.acc_pipeline == "recommended"
-    pipeline = "the recommended pipeline (activation, compensation, reconstruction)" if recommended else \
+    pipeline = "the recommended pipeline (op.prune's defaults with calibration data)" if recommended else \
         "l2 + reconstruction"
     print(f"\nTable 5. Test accuracy at equal measured latency (digits CNNs, {pipeline} on {args.calibration} "
           f"training images; 1 thread, batch {args.acc_batch}; latency = fraction of the original's, interleaved "
@@ -385,7 +386,7 @@ def print_setting(args) -> None:
           f"load average {', '.join(f'{x:.2f}' for x in load) if load else '?'}")
     if args.accuracy:
         args.threads = [1]
-        timing = f"1 thread, batch {args.acc_batch}, {args.acc_repeats} rounds per comparison"
+        timing = f"1 thread, batch {args.acc_batch}, {args.acc_repeats} rounds per comparison in {args.blocks} block(s)"
     else:
         timing = f"threads {args.threads}, {args.repeats} rounds in {args.blocks} block(s) of fresh sessions"
     print(f"onnxruntime {runtime.VERSION}, python {platform.python_version()}; {timing}, targets {args.targets}, "
