@@ -360,6 +360,32 @@ def test_paired_ratio_compares_runs_of_the_same_round():
     assert np.median(candidate) / np.median(reference) == pytest.approx(0.05)  # what the ratio of medians says
 
 
+def test_a_chunk_whose_reference_session_ran_slow_is_timed_again():
+    """Fake chunk timings: points cost half the layer; the first timing of the second of three chunks has a
+    reference session 1.7x slow for life (its ratios come out 1.7x too small). It alone is timed again, and the
+    new timing kept."""
+    spec = layer_specs(analyze(RESNET), 1)[0][0]
+
+    class ChunkTimer(timing.Timer):
+        def __init__(self) -> None:
+            super().__init__("CPUExecutionProvider", 1)
+            self.calls = 0
+
+        def time_chunk(self, spec, graphs):
+            self.calls += 1
+            slow = 1.7 if self.calls == 2 else 1.0
+            return 2.0 * slow, [0.5 / slow] * len(graphs)
+
+    timer = ChunkTimer()
+    ratios, full = timer.relative(spec, [None] * (2 * timing.CHUNK + 3))
+    assert timer.calls == 4 and ratios == [0.5] * (2 * timing.CHUNK + 3) and full == 2.0
+    # later calls for the same layer compare with the references seen so far: one chunk, an outlier, timed again
+    timer.calls = 1
+    assert timer.relative(spec, [None] * 2)[0] == [0.5, 0.5] and timer.calls == 3
+    timer.calls = 5  # nothing slow: timed once
+    assert timer.relative(spec, [None] * 2)[0] == [0.5, 0.5] and timer.calls == 6
+
+
 def test_models_are_timed_in_blocks_of_fresh_sessions_opened_in_rotated_order(monkeypatch):
     """Each block opens its own sessions, creation order rotated; the result is models[0]'s median and the others'
     median-over-blocks ratio to it (fake sessions: 'a' runs 2 ms, 'b' 1 ms, 'c' 4 ms, in every block but one)."""

@@ -7,7 +7,8 @@ MIN_REPEATS, more for tiny layers, up to MAX_REPEATS, aiming at TARGET_MS per po
 the median over its runs of the time onnxruntime's profile gives its kernels, without the layout conversions
 (ReorderInput / ReorderOutput) at the micro-graph's edges, which a layer between two blocked neighbours does
 not pay in a model (and without the Python call overhead, which a layer inside a model does not add either),
-scaled by the reference so that chunks timed under different load agree (see points). The whole model is
+scaled by the reference so that chunks timed under different load agree (see points); a chunk whose reference
+session ran far off the layer's other references is timed again (see relative). The whole model is
 timed by the wall clock, the same way, in one session with its own inputs; and once more with onnxruntime's
 profile on (Timer.nodes), which gives each of its (optimised) nodes' kernel time in context: what the part
 outside the layers really costs, node by node (profile.activations).
@@ -42,6 +43,7 @@ WARMUP = 2
 MIN_REPEATS = 10
 MAX_REPEATS = 40
 TARGET_MS = 15.0
+OUTLIER = 1.2  # a chunk whose reference ran this far off the layer's other references is timed again (once)
 MODEL_MIN_REPEATS = 10
 MODEL_MAX_REPEATS = 200  # a whole model is timed for about MODEL_TARGET_MS: small models many rounds
 MODEL_TARGET_MS = 1500.0
@@ -195,6 +197,7 @@ class Timer:
         self.provider = provider
         self.threads = threads
         self.pool = WeightPool()
+        self.references: dict[str, list[float]] = {}  # layer signature -> its chunks' reference ms so far
 
     def points(self, spec: LayerSpec, counts: Sequence[tuple[int, int]]) -> list[float]:
         """Latency in ms of the layer's micro-graph at each (kept_in, kept_out): its kernels' time, without the
@@ -217,7 +220,33 @@ class Timer:
                  ) -> tuple[list[float], float]:
         """(each graph's median kernel time / the layer's at full counts in its chunk, the layer's median ms over
         all chunks); `graphs` build (model, shape of input 'x'), timed in chunks of CHUNK beside the layer (a
-        fresh reference session per chunk: a session's profile ends when it is read)."""
+        fresh reference session per chunk: a session's profile ends when it is read).
+
+        A session can run slow (or fast) for its whole life; when it is a chunk's reference, every ratio of the
+        chunk is off by as much. So a chunk whose reference ran more than OUTLIER off the median of the layer's
+        other references (this call's other chunks and earlier calls for the same signature) is timed once more
+        with fresh sessions, and the timing whose reference is nearer that median is kept."""
+        seen = self.references.setdefault(spec.signature(), [])
+        chunks = [graphs[start:start + CHUNK] for start in range(0, len(graphs), CHUNK)]
+        timed = [self.time_chunk(spec, chunk) for chunk in chunks]
+        overall = float(np.median(seen + [reference for reference, _ in timed]))
+        for i in sorted(range(len(chunks)), key=lambda i: -abs(math.log(timed[i][0] / overall))):  # farthest first
+            others = seen + [reference for j, (reference, _) in enumerate(timed) if j != i]
+            if not others:
+                continue
+            usual = float(np.median(others))
+            distance = lambda reference: abs(math.log(reference / usual))  # noqa: E731
+            if distance(timed[i][0]) > math.log(OUTLIER):
+                again = self.time_chunk(spec, chunks[i])
+                if distance(again[0]) < distance(timed[i][0]):
+                    timed[i] = again
+        seen.extend(reference for reference, _ in timed)
+        return [r for _, ratios in timed for r in ratios], float(np.median([reference for reference, _ in timed]))
+
+    def time_chunk(self, spec: LayerSpec, graphs: Sequence[Callable[[], tuple[onnx.ModelProto, tuple[int, ...]]]]
+                   ) -> tuple[float, list[float]]:
+        """(the layer's median kernel ms at full counts, each graph's median kernel ms over it), all timed
+        interleaved in fresh sessions."""
         rng = np.random.default_rng(0)
         with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as folder:
             made = iter(range(1 << 30))
@@ -230,15 +259,10 @@ class Timer:
                                                          profile_prefix=prefix, spinning=False), {"x": x})
 
             reference = partial(micro_graph, spec, spec.in_channels, spec.out_channels, self.pool)
-            ratios: list[float] = []
-            references: list[float] = []
-            for start in range(0, len(graphs), CHUNK):
-                runners = [runner(reference)] + [runner(g) for g in graphs[start:start + CHUNK]]
-                _interleaved(runners, WARMUP, MIN_REPEATS, TARGET_MS)
-                medians = [max(r.kernel_median(), 1e-6) for r in runners]
-                references.append(medians[0])
-                ratios.extend(m / medians[0] for m in medians[1:])
-        return ratios, float(np.median(references))
+            runners = [runner(reference)] + [runner(g) for g in graphs]
+            _interleaved(runners, WARMUP, MIN_REPEATS, TARGET_MS)
+            medians = [max(r.kernel_median(), 1e-6) for r in runners]
+        return medians[0], [m / medians[0] for m in medians[1:]]
 
     def model(self, model: onnx.ModelProto | str, feed: dict[str, np.ndarray]) -> float:
         """Median ms of the whole model on `feed` (wall clock)."""
