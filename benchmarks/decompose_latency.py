@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Decomposition against the measured cost model: whole-model speed-up measured vs predicted.
 
-    python benchmarks/decompose_latency.py [--threads 1] [--repeats 30] [--blocks 3] [--models vgg resnet] [--quick]
+    python benchmarks/decompose_latency.py [--threads 1] [--repeats 60] [--blocks 10] [--models vgg resnet] [--quick]
 
 For a VGG-16-like (64x64 input) and a ResNet-50-like model (benchmarks/_models.py, random weights: fine for
 latency, meaningless for energy / VBMF ranks, so ranks here are rank_ratio or target_latency), the script
@@ -119,8 +119,8 @@ def run_model(name: str, threads: int, repeats: int, blocks: int, quick: bool) -
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads (default 1)")
-    parser.add_argument("--repeats", type=int, default=30, help="timed runs of each model per comparison")
-    parser.add_argument("--blocks", type=int, default=3, help="blocks of fresh sessions the runs are split over")
+    parser.add_argument("--repeats", type=int, default=60, help="timed runs of each model per comparison")
+    parser.add_argument("--blocks", type=int, default=10, help="blocks of fresh sessions the runs are split over")
     parser.add_argument("--models", nargs="+", choices=sorted(MODELS), default=["vgg", "resnet"])
     parser.add_argument("--quick", action="store_true", help="three cases per model")
     args = parser.parse_args()

@@ -284,7 +284,7 @@ class Timer:
                 return node_ms_per_run(json.load(handle))
 
 
-MODEL_BLOCKS = 3  # a ModelMeter measurement: blocks of fresh sessions (see timed_in_blocks)
+MODEL_BLOCKS = 5  # a ModelMeter measurement: blocks of fresh sessions (see timed_in_blocks)
 
 
 class ModelMeter:
