@@ -386,6 +386,28 @@ def test_a_chunk_whose_reference_session_ran_slow_is_timed_again():
     assert timer.relative(spec, [None] * 2)[0] == [0.5, 0.5] and timer.calls == 6
 
 
+def test_chain_points_are_timed_twice_and_the_slower_timing_kept():
+    """A chain point one session timed too fast would be picked by decomposition for that error: each point is
+    timed twice (the second pass in reverse order) and the larger ratio kept, in the order asked."""
+    from onnxprune.profile.chains import ChainSpec
+
+    layer = layer_specs(analyze(RESNET), 1)[0][0]
+    ranks = [(r,) for r in range(1, 12)]
+    seen: list[list[int]] = []
+
+    class ChunkTimer(timing.Timer):
+        def time_chunk(self, spec, graphs):
+            asked = [g.args[1][0] for g in graphs]  # partial(chain_graph, chain, ranks, pool)
+            seen.append(asked)
+            lucky = len(seen) == 1  # the first chunk's sessions time rank 3 too fast
+            return 2.0, [r / 20 * (0.5 if lucky and r == 3 else 1.0) for r in asked]
+
+    timer = ChunkTimer("CPUExecutionProvider", 1)
+    ratios = timer.chain_points(ChainSpec(layer, "svd", (12,), (12,)), ranks)
+    assert ratios == pytest.approx([r / 20 for r in range(1, 12)])
+    assert seen[0][:3] == [1, 2, 3] and seen[-1][-1] == 1  # the second pass in reverse order
+
+
 def test_models_are_timed_in_blocks_of_fresh_sessions_opened_in_rotated_order(monkeypatch):
     """Each block opens its own sessions, creation order rotated; the result is models[0]'s median and the others'
     median-over-blocks ratio to it (fake sessions: 'a' runs 2 ms, 'b' 1 ms, 'c' 4 ms, in every block but one)."""
