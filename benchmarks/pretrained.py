@@ -150,7 +150,7 @@ def main(argv=None) -> None:
     parser.add_argument("--levels", default=",".join(str(x) for x in LEVELS), help="fractions of fewer MACs")
     parser.add_argument("--recipes", default=",".join(RECIPES))
     parser.add_argument("--calibration", type=int, default=256, help="calibration images (text: all 105)")
-    parser.add_argument("--evaluation", type=int, default=300, help="evaluation images (text: all 105)")
+    parser.add_argument("--evaluation", type=int, default=300, help="evaluation images (text: all 104)")
     parser.add_argument("--text-pairs", type=int, default=400,
                         help="text: calibration adds this many random pairs of calibration sentences")
     parser.add_argument("--attention", type=float, default=None, metavar="RATIO",
