@@ -116,7 +116,7 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
     else:
         counts = _counts(context, scores, targets, scope, recommendation, ratio, budget, cost_model)
         removed, measurement = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, counts), scores), None
-    result = _prune_removed(model, analysis, removed, verify, own, sorted(targets), str(method))
+    result = _prune_removed(model, analysis, removed, verify, own, sorted(targets), str(method), recipe.options)
     weights.inline(result.model)
     result.summary.pipeline = recipe
     if budget is not None:
@@ -401,14 +401,15 @@ def _apply_layer_values(model: onnx.ModelProto, analysis: Analysis, plan: Plan, 
 # --------------------------------------------------------------------------- record, surgery, verify
 
 def _prune_removed(model: onnx.ModelProto, analysis: Analysis, removed: dict[int, np.ndarray], verify: bool,
-                   own: bool, targets: list[int], method: str | None) -> PruneResult:
-    """Record the plan, cut the model (surgery), and with `verify` run the mask oracle."""
+                   own: bool, targets: list[int], method: str | None, options: Options | None = None) -> PruneResult:
+    """Record the plan (with `options`, default the analysis's), cut the model (surgery), and with `verify` run
+    the mask oracle."""
     from onnxprune.stats import stats
 
     channels = analysis.channels
     before = stats(model, shapes=channels.shapes)
     reference = _signature(model)
-    plan = record_plan(analysis, removed, channels.options, method, fingerprint(model))
+    plan = record_plan(analysis, removed, options or channels.options, method, fingerprint(model))
     surgery = apply(analysis, channels.keep_mask(removed), own=own)
     kept = {g: analysis.groups[g].size - len(p) for g, p in removed.items()}
     exact = all(analysis.groups[g].exact for g in removed)

@@ -291,7 +291,8 @@ def test_recommended_latency_budget_out_of_reach_at_its_max_ratio_is_tried_once_
     cost = stair_cost(op.analyze(model))
     # measured in MACs: all that max_ratio 0.7 allows keeps about 0.22 of them, 0.9 allows far less
     result = op.prune(model, target_latency=0.15, cost=cost)
-    assert result.summary.pipeline.options.max_ratio == 0.9
+    assert result.summary.pipeline.options.max_ratio == result.plan.options.max_ratio == 0.9
+    assert op.apply_plan(model, result.plan).model.SerializeToString() == result.model.SerializeToString()
     assert "max_ratio 0.9 (recommended)" in str(result.summary)
     assert result.summary.budget["measured_fraction"] <= 0.15 * (1 + TOLERANCE)
     with pytest.raises(op.BudgetOutOfReachError, match="max_ratio=0.7"):  # a user's max_ratio is theirs
