@@ -134,8 +134,7 @@ def main() -> int:
     for note in notes:
         print(note)
     print(f"threads {args.threads}, {args.repeats} interleaved runs per comparison in {args.blocks} block(s) of fresh "
-          f"sessions (medians), onnxruntime "
-          f"{runtime.VERSION}")
+          f"sessions (medians), onnxruntime {runtime.VERSION}")
     return 0
 
 
