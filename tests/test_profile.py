@@ -21,7 +21,7 @@ from onnxprune.coupling import analyze
 from onnxprune.errors import InvalidRequestError
 from onnxprune.profile.activations import source_node
 from onnxprune.profile.costmodel import LatencyCostModel
-from onnxprune.profile.curves import axis_curve, axis_grid, grid_points, isotonic, stair_value
+from onnxprune.profile.curves import axis_curve, axis_grid, grid_points, isotonic, off_trend, stair_value
 from onnxprune.profile.layers import WeightPool, layer_specs, micro_graph
 from onnxprune.profile import timing
 from onnxprune.profile.timing import kernel_ms_per_run, node_ms_per_run, paired_ratio, timed_in_blocks
@@ -118,6 +118,44 @@ def test_axis_curve_pools_dips_and_flattens_noise_within_a_stair():
     # also on wide gaps (wide axes measured every 64): a count between points costs its stair's top
     wide = (np.array([1.0, 64.0, 128.0]), np.array([1.0, 2.0, 4.0]))
     assert stair_value(wide, 65) == stair_value(wide, 128) == 4.0
+
+
+def test_points_off_their_neighbours_trend_are_timed_again_and_the_nearer_timing_kept():
+    """A session that ran fast makes one point a dip (the allocator would pick it); a second timing in other
+    sessions replaces it. A step the runtime really has measures the same twice and stays."""
+    true = lambda i, o: 1e-3 * i * o  # noqa: E731
+    step = lambda i, o: true(i, o) * (1.5 if i == 40 else 1.0)  # noqa: E731  a real step at 40 input channels
+
+    class FastSessionOnce(FakeTimer):
+        """conv2's first timing has (24, 96) in a session that ran 30 % fast."""
+
+        def __init__(self) -> None:
+            super().__init__(latency=step)
+            self.asked: list[list[tuple[int, int]]] = []
+
+        def points(self, spec, counts):
+            values = super().points(spec, counts)
+            if spec.name == "conv2":
+                if not self.asked:
+                    values[counts.index((24, 96))] *= 0.7
+                self.asked.append(list(counts))
+            return values
+
+    timer = FastSessionOnce()
+    cost = op.profile(conv_chain(), cache=False, timer=timer)
+    assert cost.curves[cost.info["conv2"].signature].points[(24, 96)] == pytest.approx(true(24, 96))
+    assert cost.curves[cost.info["conv2"].signature].points[(40, 96)] == pytest.approx(step(40, 96))
+    first, again = timer.asked
+    assert (24, 96) in again and (40, 96) in again and len(again) < len(first) / 4
+
+
+def test_off_trend_flags_points_by_their_neighbours_line_not_the_one_unit_point():
+    spec = layer_specs(analyze(conv_chain()), 1)[0][2]  # conv2: 64 -> 96
+    counts = grid_points(spec)
+    values = [1e-3 * i * o + (0.5 if (i, o) == (1, 96) else 0.0) for i, o in counts]
+    assert off_trend(spec, counts, values) == {}
+    values[counts.index((64, 48))] *= 1.3
+    assert list(off_trend(spec, counts, values)) == [counts.index((64, 48))]
 
 
 def test_isotonic_is_the_least_squares_non_decreasing_fit():

@@ -43,6 +43,7 @@ SMALL_AXIS = 32
 MAX_POINTS = 32
 CHECKS = (0.25, 0.5, 0.75)
 STAIR_TOL = 0.02
+OFF_TREND = 0.06  # a point this far (of the layer's full latency) off its neighbours' trend is timed again
 
 
 def axis_grid(full: int, unit: int = 1) -> list[int]:
@@ -68,6 +69,48 @@ def grid_points(spec: LayerSpec) -> list[tuple[int, int]]:
     points = [(i, full_out) for i in ins] + [(full_in, o) for o in outs] + [(ins[0], outs[0])]
     points += [(nearest(ins, f * full_in), nearest(outs, f * full_out)) for f in CHECKS]
     return list(dict.fromkeys(points))
+
+
+def axes_of(spec: LayerSpec, counts: list[tuple[int, int]]) -> list[list[tuple[int, int]]]:
+    """Each axis's points of `counts` (grid_points) as (index into counts, count along the axis), in the order of
+    the count: the input axis (kept_out full), then the output axis (kept_in full); a depthwise layer has one."""
+    if spec.tied:
+        return [sorted((k, i) for k, (i, _) in enumerate(counts))]
+    along_in = [(k, i) for k, (i, o) in enumerate(counts) if o == spec.out_channels]
+    along_out = [(k, o) for k, (i, o) in enumerate(counts) if i == spec.in_channels]
+    return [sorted(along_in, key=lambda p: p[1]), sorted(along_out, key=lambda p: p[1])]
+
+
+def trend_value(counts: list[int], values: list[float], j: int) -> float | None:
+    """What point j's neighbours on its axis say it should cost: the line through the points either side (the
+    last point: the line through the two before it); None for the first point (one unit, where the call's
+    overhead dominates) and on axes of fewer than three points."""
+    if j == 0 or len(values) < 3:
+        return None
+    a, b = (j - 1, j + 1) if j + 1 < len(values) else (j - 2, j - 1)
+    slope = (values[b] - values[a]) / (counts[b] - counts[a])
+    return values[a] + slope * (counts[j] - counts[a])
+
+
+def off_trend(spec: LayerSpec, counts: list[tuple[int, int]], values: list[float],
+              tolerance: float = OFF_TREND) -> dict[int, float]:
+    """{index: its trend value} of the measured points more than `tolerance` x the layer's full latency off
+    their neighbours' trend (trend_value), and farther off than those neighbours, to be timed again. One session can run several percent slow or fast for its whole
+    life (on a ViT-B/16-like model's 768 x 3072 MatMul, 24 input channels below full measured 19 % faster than
+    full), and the allocator, which looks for cheap points, would choose exactly those."""
+    if not values:
+        return {}
+    full = max(values)
+    flagged: dict[int, float] = {}
+    for axis in axes_of(spec, counts):
+        along = [count for _, count in axis]
+        ms = [values[k] for k, _ in axis]
+        trend = [trend_value(along, ms, j) for j in range(len(ms))]
+        off = [0.0 if t is None else abs(m - t) for m, t in zip(ms, trend)]
+        for j, (k, _) in enumerate(axis):  # a point off the trend also bends its neighbours' lines: the worst only
+            if off[j] > tolerance * full and off[j] >= max(off[max(j - 1, 0):j + 2]):
+                flagged.setdefault(k, trend[j])
+    return flagged
 
 
 class LayerCurve:
