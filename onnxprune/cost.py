@@ -65,7 +65,10 @@ def term_cost(cost: CostModel, term: str, kept_in: int, kept_out: int) -> float:
     """The cost of one term (a layer, or a tensor term: see the module doc) at these kept counts."""
     if term in cost.layers:
         return cost.layer_cost(term, kept_in, kept_out)
-    size_in, size_out, full = cost.tensors[term[len(TENSOR_TERM):]]
+    tensor = term[len(TENSOR_TERM):]
+    if hasattr(cost, "tensor_cost"):  # a cost model with its own tensor curves (profile: attention's products)
+        return cost.tensor_cost(tensor, kept_in, kept_out)
+    size_in, size_out, full = cost.tensors[tensor]
     return full * kept_in / size_in * kept_out / size_out
 
 

@@ -23,6 +23,7 @@ from onnxprune.profile.activations import source_node
 from onnxprune.profile.costmodel import LatencyCostModel
 from onnxprune.profile.curves import axis_curve, axis_grid, grid_points, isotonic, off_trend, stair_value
 from onnxprune.profile.layers import WeightPool, layer_specs, micro_graph
+from onnxprune.profile.products import ProductSpec, product_graph, shrinking_axes
 from onnxprune.profile import timing
 from onnxprune.profile.timing import kernel_ms_per_run, node_ms_per_run, paired_ratio, timed_in_blocks
 
@@ -542,3 +543,57 @@ def test_tensor_terms_do_not_stop_a_group_off_its_layers_stairs():
     for name in cost.layers:
         for kept, full in zip(allocation.kept[name], cost.layers[name]):
             assert kept == full or kept % 8 == 0, (name, kept, full)
+
+
+class ProductTimer(NodeTimer):
+    """NodeTimer that also times products of two activations: a fixed part and a part linear in the count."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.products: list[tuple[str, list[int]]] = []
+
+    def product_points(self, spec, counts):
+        self.products.append((spec.name, list(counts)))
+        return [1.0 + k / spec.size for k in counts]
+
+
+def test_a_product_of_activations_is_charged_along_its_measured_curve(tmp_path):
+    # q @ k^T keeps half its time with half the head dim only when it has no fixed part; measured: 1 + k / 32
+    model = attention_scores()
+    node_ms = {"scores": 3.0, "softmax": 1.0, "k_t": 0.5, "q_proj": 2.0, "k_proj": 2.0, "out": 1.0}
+    timer = ProductTimer(node_ms, 0.5, latency=lambda i, o: 1e-3 * i * o, total=10.0)
+    cost = op.profile(model, cache=str(tmp_path), timer=timer)
+    assert [name for name, _ in timer.products] == ["scores"]
+    assert timer.products[0][1] == axis_grid(32)
+    assert set(cost.products) == {"q"} and cost.products["q"][0] == pytest.approx(3.0)
+    assert cost.tensors["q"] == (1, 32, 0.0)  # the term stays, its time is the product's
+    assert cost.tensor_cost("q", 1, 16) == pytest.approx(3.0 * 1.5 / 2.0)
+    assert cost.tensor_cost("q", 1, 32) == pytest.approx(3.0)
+    analysis = analyze(model)
+    (group,) = [g.id for g in analysis.groups if g.prunable and g.size == 32]
+    kept = layer_kept(analysis, cost, {group: np.arange(16)})
+    layers_only = cost.predict({name: kept[name] for name in cost.layers})
+    assert cost.predict(kept) == pytest.approx(layers_only - 3.0 * 0.25 - 0.5 / 2)  # the product, k's transpose
+    again = LatencyCostModel.from_dict(json.loads(json.dumps(cost.as_dict())))
+    assert again.products == cost.products and again.tensor_cost("q", 1, 16) == cost.tensor_cost("q", 1, 16)
+    op.profile(model, cache=str(tmp_path), timer=timer)
+    assert len(timer.products) == 1  # cached
+
+
+@pytest.mark.parametrize("tensor, axis, shrink", [("q", 3, ((0, 3), (1, 2))), ("y", 3, ((1, 3),)),
+                                                  ("y", 2, ((0, 2),)), ("v", 2, ((1, 2), (0, 3))),
+                                                  ("q", 1, ((0, 1), (1, 1)))])
+def test_product_axes_follow_matmul_shape_rules(tensor, axis, shrink):
+    node = helper.make_node("MatMul", ["q", "v"], ["y"])
+    assert shrinking_axes(node, tensor, axis, (4, 4)) == shrink
+    assert shrinking_axes(node, "q", 1, (4, 3)) is None  # a batch axis of operands of different ranks
+
+
+def test_product_micro_graph_runs_at_a_reduced_count():
+    spec = ProductSpec("qk", (1, 2, 5, 8), (1, 2, 8, 5), ((0, 3), (1, 2)), 8, TensorProto.FLOAT)
+    model, shapes = product_graph(spec, 3)
+    onnx.checker.check_model(model)
+    assert shapes == {"a": (1, 2, 5, 3), "b": (1, 2, 3, 5)}
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    feed = {name: np.ones(shape, np.float32) for name, shape in shapes.items()}
+    assert session.run(None, feed)[0].shape == (1, 2, 5, 5)

@@ -21,8 +21,9 @@ from onnxprune.profile.cache import LatencyCache
 from onnxprune.profile.chains import measure_chains, methods_asked
 from onnxprune.cost import CostModel
 from onnxprune.profile.costmodel import LatencyCostModel, LayerInfo, load_cost
-from onnxprune.profile.curves import LayerCurve, grid_points, off_trend
+from onnxprune.profile.curves import LayerCurve, axis_grid, grid_points, off_trend
 from onnxprune.profile.layers import LayerSpec, layer_specs
+from onnxprune.profile.products import ProductSpec
 from onnxprune.profile.timing import Timer, check_request, environment, model_source
 
 __all__ = ["CostModel", "LatencyCostModel", "LayerSpec", "load_cost", "profile"]
@@ -76,8 +77,14 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
     modelled = [*(s.name for s in specs), *skipped]
     layer_sum = sum(curves[s.signature()].full_ms for s in specs)
     outside_ms, node_ms = store.nodes.get(key) or (0.0, {})
-    split = in_context(analysis, modelled, outside_ms, node_ms, store.totals[key], layer_sum)
+    split = in_context(analysis, modelled, outside_ms, node_ms, store.totals[key], layer_sum, batch)
     scale = split.scale if split is not None else 1.0
+    products = {}
+    if split is not None and split.products and hasattr(timer, "product_points"):
+        try:
+            products = measure_products(split.products, store, timer, stream)
+        finally:
+            store.save()
     chains = None
     if methods:
         try:
@@ -89,12 +96,28 @@ def profile(model: Any, *, provider: str = "CPUExecutionProvider", threads: int 
     cost = LatencyCostModel(
         total=store.totals[key], layers={s.name: (s.in_channels, s.out_channels) for s in specs},
         info={s.name: LayerInfo(s.op_type, s.tied, s.signature()) for s in specs}, curves=curves,
-        fingerprint=key, environment=env, skipped=skipped, chains=chains, scale=scale)
+        fingerprint=key, environment=env, skipped=skipped, chains=chains, scale=scale, products=products)
     if split is not None:
-        cost.tensors = split.tensors
+        cost.tensors = split.products_as_linear(t for t in split.products if t not in products)
     else:
         cost.tensors = activation_terms(analysis, modelled, cost.total - sum(cost.layer_latencies().values()), batch)
     return cost
+
+
+def measure_products(found: dict[str, tuple[ProductSpec, float]], store: LatencyCache, timer: Any,
+                     stream: TextIO | None) -> dict[str, tuple[float, list[tuple[int, float]]]]:
+    """{tensor: (the product's ms in the model, its measured (kept count, ms) points)} for the products of two
+    activations found by in_context; each signature is measured once, on its axis's grid, and cached."""
+    unique = {spec.signature(): spec for spec, _ in found.values()}
+    todo = [s for s in unique if s not in store.layers]
+    with Bar("profiling attention products", len(todo), unit="product", stream=stream) as bar:
+        for signature in todo:
+            counts = axis_grid(unique[signature].size)
+            store.put_layer(signature, [[1, c, ms] for c, ms in zip(counts, timer.product_points(unique[signature],
+                                                                                                counts))])
+            bar.update()
+    return {tensor: (ms, [(int(c), float(t)) for _, c, t in store.layers[spec.signature()]])
+            for tensor, (spec, ms) in sorted(found.items())}
 
 
 def time_layer(timer: Any, spec: LayerSpec) -> tuple[list[tuple[int, int]], list[float]]:

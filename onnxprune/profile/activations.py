@@ -27,12 +27,13 @@ layer (a BatchNormalization or activation right after it, a MatMul's bias Add).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from onnxprune.coupling import Analysis
 from onnxprune.profile.layers import ACTIVATIONS
+from onnxprune.profile.products import ProductSpec, product_spec
 
 SKIPPED_OPS = ("Constant", "Shape", "Size", "ConstantOfShape")
 
@@ -94,10 +95,21 @@ class InContext:
     tensors: dict[str, tuple[int, int, float]]
     scale: float
     layers: dict[str, float]
+    products: dict[str, tuple[ProductSpec, float]] = field(default_factory=dict)
+
+    def products_as_linear(self, tensors: Iterable[str]) -> dict[str, tuple[int, int, float]]:
+        """The tensor terms with the time of the products on `tensors` put back on their term, scaling with its
+        kept elements (for products whose curve was not measured)."""
+        out = dict(self.tensors)
+        for tensor in tensors:
+            spec, ms = self.products[tensor]
+            size_in, size_out, linear = out.get(tensor, (1, spec.size, 0.0))
+            out[tensor] = (size_in, size_out, linear + ms)
+        return out
 
 
 def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, node_ms: Mapping[str, float],
-               total: float, layer_sum: float) -> InContext | None:
+               total: float, layer_sum: float, batch: int = 1) -> InContext | None:
     """The split of `total` (the whole model's measured ms) by its profile (`outside_ms` per run outside the
     kernels, `node_ms`: kernel ms per optimised-graph node, see source_node; timing.node_ms_per_run) given the
     modelled layers' micro-graph sum `layer_sum`; None when the profile has no kernel time.
@@ -109,7 +121,10 @@ def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, nod
     context: the layers' curves are scaled by that over `layer_sum`; what each layer's own nodes took is kept
     apart (`layers`: a layer's micro-graph can be off its time in the model either way, by up to a third on a
     VGG-like model, which one scale for all cannot see). The profile's ms are brought to the total's
-    (total / the profile's run): the two were timed apart, and machine load stretches a run evenly."""
+    (total / the profile's run): the two were timed apart, and machine load stretches a run evenly. A product
+    of two activations charged to a one-axis term (profile.products: attention's q @ k^T, p @ v) is kept apart in
+    `products` ({tensor: (its ProductSpec, ms)}), to be charged along its measured curve; its term stays, with
+    the rest of the tensor's time (possibly none)."""
     kernels = sum(node_ms.values())
     if kernels <= 0 or layer_sum <= 0:
         return None
@@ -122,21 +137,26 @@ def in_context(analysis: Analysis, layers: Iterable[str], outside_ms: float, nod
     producers = {out: node for node in graph.node for out in node.output if out}
     spent: dict[str, float] = {}
     own: dict[str, float] = {}
+    products: dict[str, tuple[ProductSpec, float]] = {}
     for name, ms in sorted(node_ms.items()):
         node = source_node(name, nodes, producers)
         if node is not None and node.name in owner:
             own[owner[node.name]] = own.get(owner[node.name], 0.0) + float(ms) * to_total
         elif node is not None and node.op_type not in SKIPPED_OPS and node.output:
             tensor = charged_tensor(analysis, node)
-            spent[tensor] = spent.get(tensor, 0.0) + float(ms)
+            spec = product_spec(analysis, node, tensor, batch) if tensor not in products else None
+            if spec is not None:
+                products[tensor] = (spec, float(ms) * to_total)
+            else:
+                spent[tensor] = spent.get(tensor, 0.0) + float(ms)
     tensors = {}
-    for tensor, ms in sorted(spent.items()):
+    for tensor in sorted({*spent, *products}):
         sizes = _term_sizes(analysis, tensor)
-        if sizes is not None and ms > 0:
-            tensors[tensor] = (*sizes, ms * to_total)
-    in_layers = kernels - sum(spent.values())
+        if sizes is not None and (spent.get(tensor, 0.0) > 0 or tensor in products):
+            tensors[tensor] = (*sizes, spent.get(tensor, 0.0) * to_total)
+    in_layers = kernels - sum(spent.values()) - sum(ms for _, ms in products.values()) / to_total
     return InContext(tensors, in_layers * to_total / layer_sum, {name: ms for name, ms in sorted(own.items())
-                                                                  if ms > 0})
+                                                                  if ms > 0}, products)
 
 
 def charged_tensor(analysis: Analysis, node) -> str:

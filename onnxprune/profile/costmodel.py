@@ -8,6 +8,7 @@ A cost file (`cost.save(path)`, `onnxprune profile MODEL -o cost.json`) is JSON:
      "layers": {name: {"op_type": "Conv", "in": 64, "out": 128, "tied": false, "signature": "<key>"}},
      "curves": {"<signature>": [[kept_in, kept_out, ms], ...]},
      "tensors": {tensor: [size_in, size_out, ms]},
+     "products": {tensor: [ms, [[kept, ms], ...]]},   (products of two activations on a term: profile.products)
      "chains": {...}}   (only when profiled with decomposition=: profile.chains.ChainCosts.as_dict)
 
 "scale" multiplies every curve: the layers' time in the whole model over their micro-graphs' (1 when absent).
@@ -24,7 +25,7 @@ from typing import Any
 from onnxprune.cost import TENSOR_TERM, predicted_cost
 from onnxprune.errors import InvalidRequestError
 from onnxprune.profile.chains import ChainCosts
-from onnxprune.profile.curves import LayerCurve, check_counts
+from onnxprune.profile.curves import LayerCurve, axis_curve, check_counts, stair_value
 
 FORMAT = "onnxprune-cost/1"
 
@@ -54,7 +55,8 @@ class LatencyCostModel:
     def __init__(self, *, total: float, layers: Mapping[str, tuple[int, int]], info: Mapping[str, LayerInfo],
                  curves: Mapping[str, LayerCurve], fingerprint: str, environment: Mapping[str, Any],
                  skipped: Mapping[str, str] | None = None, chains: ChainCosts | None = None,
-                 tensors: Mapping[str, tuple[int, int, float]] | None = None, scale: float = 1.0) -> None:
+                 tensors: Mapping[str, tuple[int, int, float]] | None = None, scale: float = 1.0,
+                 products: Mapping[str, tuple[float, list[tuple[int, float]]]] | None = None) -> None:
         self.total = float(total)
         self.layers = dict(layers)
         self.info = dict(info)
@@ -65,6 +67,21 @@ class LatencyCostModel:
         self.chains = chains  # measured factor chains (op.profile(..., decomposition=...)), else None
         self.tensors = dict(tensors or {})
         self.scale = float(scale)
+        # products of two activations on a tensor term (profile.products): {tensor: (ms in the model, measured
+        # (kept count, ms) points)}, charged along their measured curve
+        self.products = {name: (float(ms), [(int(c), float(t)) for c, t in points])
+                         for name, (ms, points) in (products or {}).items()}
+        self._product_curves = {name: axis_curve(points) for name, (_, points) in self.products.items()}
+
+    def tensor_cost(self, tensor: str, kept_in: float, kept_out: float) -> float:
+        """A tensor term's latency (ms) at these kept counts: its elementwise part scales with the kept elements,
+        a product of two activations on it (products) follows its measured curve."""
+        size_in, size_out, linear = self.tensors[tensor]
+        ms = linear * kept_in / size_in * kept_out / size_out
+        if tensor in self.products:
+            curve = self._product_curves[tensor]
+            ms += self.products[tensor][0] * stair_value(curve, kept_out) / max(float(curve[1][-1]), 1e-12)
+        return ms
 
     def layer_cost(self, node: str, kept_in: float, kept_out: float) -> float:
         """Latency in ms of layer `node` with kept_in input and kept_out output channels (depthwise: pass the
@@ -101,6 +118,8 @@ class LatencyCostModel:
                 "total_ms": self.total, "scale": self.scale, "skipped": self.skipped, "layers": layers,
                 "curves": {s: self.curves[s].as_list() for s in sorted(used)},
                 "tensors": {name: list(term) for name, term in sorted(self.tensors.items())},
+                **({"products": {name: [ms, [list(p) for p in points]] for name, (ms, points)
+                                 in sorted(self.products.items())}} if self.products else {}),
                 **({"chains": self.chains.as_dict()} if self.chains is not None else {})}
 
     def save(self, path: str | os.PathLike) -> None:
@@ -124,7 +143,7 @@ class LatencyCostModel:
                    fingerprint=data["fingerprint"], environment=data["environment"], skipped=data.get("skipped"),
                    chains=ChainCosts.from_dict(data["chains"]) if "chains" in data else None,
                    tensors={name: (int(i), int(o), float(ms)) for name, (i, o, ms) in data.get("tensors", {}).items()},
-                   scale=float(data.get("scale", 1.0)))
+                   scale=float(data.get("scale", 1.0)), products=data.get("products"))
 
     def __repr__(self) -> str:
         return (f"LatencyCostModel(total={self.total:.3f} ms, {len(self.layers)} layers, "

@@ -32,6 +32,7 @@ from onnx import helper
 from onnxprune import runtime
 from onnxprune.errors import InvalidRequestError
 from onnxprune.profile.layers import LayerSpec, WeightPool, micro_graph
+from onnxprune.profile.products import ProductSpec, product_graph
 
 if TYPE_CHECKING:
     from onnxruntime import InferenceSession
@@ -209,6 +210,11 @@ class Timer:
         ratios, full = self.relative(spec, [partial(micro_graph, spec, i, o, self.pool) for i, o in counts])
         return [r * full for r in ratios]
 
+    def product_points(self, spec: ProductSpec, counts: Sequence[int]) -> list[float]:
+        """Latency in ms of a product of two activations (profile.products) at each kept count, timed as points."""
+        ratios, full = self.relative(spec, [partial(product_graph, spec, k) for k in counts])
+        return [r * full for r in ratios]
+
     def chain_points(self, chain: ChainSpec, ranks: Sequence[tuple[int, ...]]) -> list[float]:
         """Latency of the layer's factor chain at each rank tuple, as a ratio to the layer at full channels timed
         in the same chunk (profile.chains): the larger of two timings, the second in reverse order (other
@@ -222,10 +228,10 @@ class Timer:
         second = self.relative(chain.layer, graphs[::-1])[0][::-1]
         return [max(a, b) for a, b in zip(first, second)]
 
-    def relative(self, spec: LayerSpec, graphs: Sequence[Callable[[], tuple[onnx.ModelProto, tuple[int, ...]]]]
+    def relative(self, spec: LayerSpec | ProductSpec, graphs: Sequence[Callable[[], tuple[onnx.ModelProto, Any]]]
                  ) -> tuple[list[float], float]:
         """(each graph's median kernel time / the layer's at full counts in its chunk, the layer's median ms over
-        all chunks); `graphs` build (model, shape of input 'x'), timed in chunks of CHUNK beside the layer (a
+        all chunks); `graphs` build (model, shape of input 'x', or {input: shape}), timed in chunks of CHUNK beside the layer (a
         fresh reference session per chunk: a session's profile ends when it is read).
 
         A session can run slow (or fast) for its whole life; when it is a chunk's reference, every ratio of the
@@ -249,7 +255,7 @@ class Timer:
         seen.extend(reference for reference, _ in timed)
         return [r for _, ratios in timed for r in ratios], float(np.median([reference for reference, _ in timed]))
 
-    def time_chunk(self, spec: LayerSpec, graphs: Sequence[Callable[[], tuple[onnx.ModelProto, tuple[int, ...]]]]
+    def time_chunk(self, spec: LayerSpec | ProductSpec, graphs: Sequence[Callable[[], tuple[onnx.ModelProto, Any]]]
                    ) -> tuple[float, list[float]]:
         """(the layer's median kernel ms at full counts, each graph's median kernel ms over it), all timed
         interleaved in fresh sessions."""
@@ -257,14 +263,17 @@ class Timer:
         with tempfile.TemporaryDirectory(prefix="onnxprune-profile-") as folder:
             made = iter(range(1 << 30))
 
-            def runner(build: Callable[[], tuple[onnx.ModelProto, tuple[int, ...]]]) -> _Runner:
-                model, x_shape = build()
-                x = rng.standard_normal(x_shape, dtype=np.float32).astype(helper.tensor_dtype_to_np_dtype(spec.dtype))
+            def runner(build: Callable[[], tuple[onnx.ModelProto, Any]]) -> _Runner:
+                model, shapes = build()
+                dtype = helper.tensor_dtype_to_np_dtype(spec.dtype)
+                feed = {name: rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+                        for name, shape in (shapes.items() if isinstance(shapes, dict) else [("x", shapes)])}
                 prefix = os.path.join(folder, f"session{next(made)}")  # one profile file per session
                 return _Runner(runtime.optimized_session(model, self.threads, provider=self.provider,
-                                                         profile_prefix=prefix, spinning=False), {"x": x})
+                                                         profile_prefix=prefix, spinning=False), feed)
 
-            reference = partial(micro_graph, spec, spec.in_channels, spec.out_channels, self.pool)
+            reference = partial(product_graph, spec, spec.size) if isinstance(spec, ProductSpec) else \
+                partial(micro_graph, spec, spec.in_channels, spec.out_channels, self.pool)
             runners = [runner(reference)] + [runner(g) for g in graphs]
             _interleaved(runners, WARMUP, MIN_REPEATS, TARGET_MS)
             medians = [max(r.kernel_median(), 1e-6) for r in runners]
