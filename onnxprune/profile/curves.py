@@ -95,9 +95,10 @@ def trend_value(counts: list[int], values: list[float], j: int) -> float | None:
 def off_trend(spec: LayerSpec, counts: list[tuple[int, int]], values: list[float],
               tolerance: float = OFF_TREND) -> dict[int, float]:
     """{index: its trend value} of the measured points more than `tolerance` x the layer's full latency off
-    their neighbours' trend (trend_value), and farther off than those neighbours, to be timed again. One session can run several percent slow or fast for its whole
-    life (on a ViT-B/16-like model's 768 x 3072 MatMul, 24 input channels below full measured 19 % faster than
-    full), and the allocator, which looks for cheap points, would choose exactly those."""
+    their neighbours' trend (trend_value), and farther off than those neighbours, to be timed again. One session
+    can run several percent slow or fast for its whole life (on a ViT-B/16-like model's 768 x 3072 MatMul, 24
+    input channels below full measured 19 % faster than full), and the allocator, which looks for cheap points,
+    would choose exactly those."""
     if not values:
         return {}
     full = max(values)

@@ -231,8 +231,9 @@ class Timer:
     def relative(self, spec: LayerSpec | ProductSpec, graphs: Sequence[Callable[[], tuple[onnx.ModelProto, Any]]]
                  ) -> tuple[list[float], float]:
         """(each graph's median kernel time / the layer's at full counts in its chunk, the layer's median ms over
-        all chunks); `graphs` build (model, shape of input 'x', or {input: shape}), timed in chunks of CHUNK beside the layer (a
-        fresh reference session per chunk: a session's profile ends when it is read).
+        all chunks); `graphs` build (model, shape of input 'x', or {input: shape}), timed in chunks of CHUNK
+        beside the layer (a product: at its full count) with a fresh reference session per chunk (a session's
+        profile ends when it is read).
 
         A session can run slow (or fast) for its whole life; when it is a chunk's reference, every ratio of the
         chunk is off by as much. So a chunk whose reference ran more than OUTLIER off the median of the layer's
