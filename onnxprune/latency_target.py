@@ -16,6 +16,10 @@ At most ATTEMPTS allocations are measured; the result is the one measured closes
 reports its prediction beside its measurement (and every attempt). A target the cost model predicts out of reach
 is still tried: all that the constraints allow is cut and measured, and only when that measures more than
 TOLERANCE above t is the budget refused.
+
+The allocator is the knapsack (onnxprune.budget), or with `allocator="uniform"` one ratio for every group, the
+least whose cut the cost model predicts within the request: the recommended pipeline's alternative to the
+knapsack's cut (onnxprune.pruning keeps whichever re-fits closer to the original on the calibration data).
 """
 from __future__ import annotations
 
@@ -26,7 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 import onnx
 
-from onnxprune.allocation import lowest_removal, rescue_emptied_tensors
+from onnxprune.allocation import lowest_removal, removal_counts, rescue_emptied_tensors
 from onnxprune.budget import allocate_budget, layer_kept
 from onnxprune.cost import CostModel, predicted_cost
 from onnxprune.errors import BudgetOutOfReachError, InvalidRequestError
@@ -37,6 +41,7 @@ TOLERANCE = 0.03
 ATTEMPTS = 4
 LOWEST_REQUEST = 0.01
 MAX_SLOPE = 2.0
+RATIO_STEPS = 14  # bisection steps of the uniform ratio (max_ratio / 2^14: finer than one unit of any group)
 
 T = TypeVar("T")
 
@@ -110,21 +115,26 @@ def model_meter(model: onnx.ModelProto, environment: Mapping[str, Any]):
     return ModelMeter(model, feed, environment.get("provider") or "CPUExecutionProvider", environment.get("threads"))
 
 
+def predicted_fraction(analysis, cost: CostModel, removed: Mapping[int, np.ndarray]) -> float:
+    """The cost model's latency for the model without `removed`, as a fraction of the original's."""
+    return predicted_cost(cost, layer_kept(analysis, cost, removed)) / float(cost.total)
+
+
 def measured_removal(model: onnx.ModelProto, analysis, scores: Mapping[int, np.ndarray], cost: CostModel,
-                     target: float, options: Options, threads: int | None = None) -> tuple[dict[int, np.ndarray],
-                                                                                           dict[str, Any]]:
+                     target: float, options: Options, threads: int | None = None,
+                     allocator: str = "knapsack") -> tuple[dict[int, np.ndarray], dict[str, Any]]:
     """Units to remove per group for a latency budget of `target` x the original, closed on measurement (see the
-    module doc); (removed positions per group, the summary's measurement entries)."""
+    module doc); (removed positions per group, the summary's measurement entries). `allocator`: "knapsack" or
+    "uniform"."""
     environment = dict(getattr(cost, "environment", None) or {"threads": threads})
     meter = model_meter(model, environment)
+    allocate = ALLOCATORS[allocator](analysis, scores, cost, options)
 
     def attempt(fraction: float) -> tuple[Attempt, dict[int, np.ndarray]]:
-        allocation = allocate_budget(analysis, scores, cost, fraction, options, exhaust=True)
-        removed = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, allocation.counts), scores)
-        predicted = predicted_cost(cost, layer_kept(analysis, cost, removed)) / float(cost.total)
+        removed, exhausted = allocate(fraction)
+        predicted = predicted_fraction(analysis, cost, removed)
         original_ms, measured_ms = meter.measure(apply(analysis, analysis.channels.keep_mask(removed)).model)
-        return Attempt(fraction, predicted, measured_ms / original_ms, original_ms, measured_ms,
-                       allocation.exhausted), removed
+        return Attempt(fraction, predicted, measured_ms / original_ms, original_ms, measured_ms, exhausted), removed
 
     best, removed, attempts = close_on_measurement(target, attempt)
     if best.exhausted and best.measured > target * (1.0 + TOLERANCE):
@@ -134,3 +144,46 @@ def measured_removal(model: onnx.ModelProto, analysis, scores: Mapping[int, np.n
             f"{best.predicted:.3f} x); ask for more, or raise max_ratio")
     return removed, {"measured_fraction": best.measured, "measured_ms": best.measured_ms,
                      "original_ms": best.original_ms, "attempts": [asdict(a) for a in attempts]}
+
+
+# --------------------------------------------------------------------------- allocators: fraction -> cut
+
+Allocate = Callable[[float], tuple[dict[int, np.ndarray], bool]]  # (removed per group, exhausted)
+
+
+def knapsack_allocator(analysis, scores: Mapping[int, np.ndarray], cost: CostModel, options: Options) -> Allocate:
+    """The budget knapsack's cut for a predicted fraction (all that max_ratio allows when out of reach)."""
+    def allocate(fraction: float) -> tuple[dict[int, np.ndarray], bool]:
+        allocation = allocate_budget(analysis, scores, cost, fraction, options, exhaust=True)
+        removed = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, allocation.counts), scores)
+        return removed, allocation.exhausted
+
+    return allocate
+
+
+def uniform_allocator(analysis, scores: Mapping[int, np.ndarray], cost: CostModel, options: Options) -> Allocate:
+    """The least uniform ratio (bisection up to options.max_ratio) whose cut the cost model predicts within a
+    fraction; exhausted (the max_ratio cut) when no ratio gets there."""
+    def allocate(fraction: float) -> tuple[dict[int, np.ndarray], bool]:
+        low, high = 0.0, float(options.max_ratio)
+        if predicted_fraction(analysis, cost, uniform_removal(analysis, scores, high, options)) > fraction:
+            return uniform_removal(analysis, scores, high, options), True
+        for _ in range(RATIO_STEPS):
+            middle = (low + high) / 2
+            fits = predicted_fraction(analysis, cost, uniform_removal(analysis, scores, middle, options)) <= fraction
+            low, high = (low, middle) if fits else (middle, high)
+        return uniform_removal(analysis, scores, high, options), False
+
+    return allocate
+
+
+def uniform_removal(analysis, scores: Mapping[int, np.ndarray], ratio: float,
+                    options: Options) -> dict[int, np.ndarray]:
+    """The lowest-scored `ratio` of every group of `scores` (rounded by the options' step, tensors never
+    emptied)."""
+    sizes = {g: analysis.groups[g].size for g in scores}
+    counts = removal_counts({g: ratio for g in scores}, sizes, options)
+    return rescue_emptied_tensors(analysis.channels, lowest_removal(scores, counts), scores)
+
+
+ALLOCATORS: dict[str, Callable[..., Allocate]] = {"knapsack": knapsack_allocator, "uniform": uniform_allocator}

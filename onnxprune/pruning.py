@@ -8,6 +8,7 @@ recipe.recommend chooses the criterion, scope, options and recovery first.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 
 import numpy as np
@@ -24,10 +25,11 @@ from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.criteria.registry import ALIASES
 from onnxprune.errors import BudgetOutOfReachError, InvalidRequestError, UnsupportedError
 from onnxprune.executor import uses_executor
-from onnxprune.latency_target import measured_removal
+from onnxprune.fidelity import output_errors
+from onnxprune.latency_target import TOLERANCE, measured_removal
 from onnxprune.options import Options
 from onnxprune.plan import Plan, fingerprint, layers_digest, plan_removal, record_plan
-from onnxprune.recipe import Recipe, recommend, relaxed
+from onnxprune.recipe import Recipe, checks_allocation, recommend, relaxed
 from onnxprune.recover import check_data_fixes, mask_oracle, recovered
 from onnxprune.reconstruction.refit import DEFAULT_RIDGE
 from onnxprune.result import PruneResult, PruneSummary
@@ -54,7 +56,9 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
     method=None (default): the recommended pipeline (onnxprune.recipe) fills every knob not given: with
         calibration data the `obs` criterion, scope="global" with layer_norm="tss_norm", then compensate and
         reconstruct (with reconstruct=False: `fluctuation`, layer_norm="linear_scaling", compensate); without data
-        `l2` with score_consumers=True and no recovery (a note says data would help). A given method= is the explicit pipeline: scope uniform (a budget: the knapsack), options as
+        `l2` with score_consumers=True and no recovery (a note says data would help). With target_latency= and
+        the re-fit, the knapsack's cut and the uniform cut of the same measured budget are both re-fitted and
+        the one closer to the original on the calibration data is kept (`summary.pipeline.allocation`). A given method= is the explicit pipeline: scope uniform (a budget: the knapsack), options as
         given, compensate / reconstruct off unless asked. `result.summary.pipeline` says what ran.
     ratio: fraction of channels to remove.
         scope="uniform": from every prunable group.
@@ -116,17 +120,26 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
     else:
         counts = _counts(context, scores, targets, scope, recommendation, ratio, budget, cost_model)
         removed, measurement = rescue_emptied_tensors(analysis.channels, lowest_removal(scores, counts), scores), None
-    result = _prune_removed(model, analysis, removed, verify, own, sorted(targets), str(method), recipe.options)
-    weights.inline(result.model)
-    result.summary.pipeline = recipe
-    if budget is not None:
-        result.summary.budget = {**budget_summary(budget, cost_model, analysis, removed), **(measurement or {})}
-    # the plan's layer values: the ratio asked for, or (global, SLAMP, budget) each group's computed ratio
-    allotted = scope != "uniform" or recommendation or budget is not None
-    requested = _group_ratios(analysis, targets, counts) if allotted else targets
-    result.plan.describe(analysis, ratios=requested, scope=_plan_scope(scope, budget), recommendation=recommendation,
-                         ratio=None if ratio is None else float(ratio), seed=seed)
-    return recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
+
+    def finished(removed: dict[int, np.ndarray], counts: dict[int, int], measurement: dict | None,
+                 recipe: Recipe) -> PruneResult:
+        """The cut model: plan, surgery, verify, recovery."""
+        result = _prune_removed(model, analysis, removed, verify, own, sorted(targets), str(method), recipe.options)
+        weights.inline(result.model)
+        result.summary.pipeline = recipe
+        if budget is not None:
+            result.summary.budget = {**budget_summary(budget, cost_model, analysis, removed), **(measurement or {})}
+        # the plan's layer values: the ratio asked for, or (global, SLAMP, budget) each group's computed ratio
+        allotted = recipe.scope != "uniform" or recommendation or budget is not None
+        requested = _group_ratios(analysis, targets, counts) if allotted else targets
+        result.plan.describe(analysis, ratios=requested, scope=_plan_scope(recipe.scope, budget),
+                             recommendation=recommendation, ratio=None if ratio is None else float(ratio), seed=seed)
+        return recovered(model, result, compensate, reconstruct, calibration, ridge, verify, analysis, removed)
+
+    result = finished(removed, counts, measurement, recipe)
+    if checks_allocation(recipe, budget and budget.kind, calibration):
+        result = _checked_allocation(result, context, scores, budget, cost_model, recipe, finished)
+    return result
 
 
 @uses_executor
@@ -338,6 +351,37 @@ def _relaxed_latency(context: CriterionContext, scores: dict[int, np.ndarray], b
         if wider is None:
             raise
     return (*_measured_latency(replace(context, options=wider.options), scores, budget, cost), wider)
+
+
+def _checked_allocation(knapsack: PruneResult, context: CriterionContext, scores: dict[int, np.ndarray],
+                        budget: Budget, cost: CostModel, recipe: Recipe,
+                        finished: Callable[..., PruneResult]) -> PruneResult:
+    """The knapsack's re-fitted result, or the uniform cut closed on measurement to the same budget and re-fitted
+    the same way, whichever stays closer to the original on the calibration data (recipe.checks_allocation); the
+    recipe of the result says which, and why."""
+    analysis = context.analysis
+    try:
+        removed, measurement = measured_removal(analysis.model, analysis, scores, cost, budget.fraction,
+                                                recipe.options, budget.threads, allocator="uniform")
+    except BudgetOutOfReachError:
+        return _described(knapsack, f"knapsack (no uniform ratio within max_ratio {recipe.options.max_ratio:g} "
+                                    "reaches the budget)")
+    within = max(knapsack.summary.budget["measured_fraction"], budget.fraction * (1.0 + TOLERANCE))
+    if measurement["measured_fraction"] > within:
+        return _described(knapsack, f"knapsack (the closest uniform cut measured {measurement['measured_fraction']:.3f}"
+                                    f" x, the knapsack's {knapsack.summary.budget['measured_fraction']:.3f} x)")
+    uniform = finished(removed, {g: len(p) for g, p in removed.items()}, measurement, replace(recipe, scope="uniform"))
+    errors = output_errors(analysis.model, [knapsack.model, uniform.model], context.calibration)
+    chosen = uniform if errors[1] < errors[0] else knapsack
+    return _described(chosen, f"{chosen.summary.pipeline.scope} (output error on the calibration data after the "
+                              f"re-fit: knapsack {errors[0]:.4f}, uniform ratio {uniform.achieved_ratio:.3f} "
+                              f"{errors[1]:.4f}; measured {knapsack.summary.budget['measured_fraction']:.3f} x and "
+                              f"{measurement['measured_fraction']:.3f} x)")
+
+
+def _described(result: PruneResult, allocation: str) -> PruneResult:
+    result.summary.pipeline = replace(result.summary.pipeline, allocation=allocation)
+    return result
 
 
 def _plan_scope(scope: str, budget: Budget | None) -> str:

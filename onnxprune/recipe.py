@@ -10,7 +10,9 @@ then mean compensation and least-squares reconstruction; with reconstruct=False 
 Without data: `l2` scoring the consumer slices too (`score_consumers=True`), the same allocation, no recovery
 (both need data), and a note that calibration data would help; that `l2` too when both recoveries are turned
 off. A latency budget keeps its measured knapsack (onnxprune.latency_target) with `max_ratio=0.7`, raised to 0.9
-(`relaxed`) when the target measures out of reach at 0.7.
+(`relaxed`) when the target measures out of reach at 0.7; with the re-fit, the uniform cut closed on measurement
+to the same budget is re-fitted too, and the one whose outputs stay closer to the original's on the calibration
+data is the result (`checks_allocation`; `Recipe.allocation` says which and why).
 Each choice is the one measured best on the digits CNNs (benchmarks/recovery.py, README "The recommended
 pipeline").
 
@@ -21,6 +23,7 @@ recipe's choice for it.
 """
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 
 from onnxprune.errors import InvalidRequestError
@@ -50,6 +53,7 @@ class Recipe:
     reconstruct: bool
     chosen: tuple[str, ...] = ()
     note: str | None = None
+    allocation: str | None = None  # a latency budget's knapsack-or-uniform choice, and why (checks_allocation)
 
     @property
     def recommended(self) -> bool:
@@ -59,7 +63,8 @@ class Recipe:
         return {"method": self.method, "scope": self.scope, "layer_norm": self.options.layer_norm,
                 "score_consumers": self.options.score_consumers, "max_ratio": self.options.max_ratio,
                 "compensate": self.compensate, "reconstruct": self.reconstruct, "chosen": list(self.chosen),
-                **({"note": self.note} if self.note else {})}
+                **({"note": self.note} if self.note else {}),
+                **({"allocation": self.allocation} if self.allocation else {})}
 
     def __str__(self) -> str:
         def mark(knob: str, text: str) -> str:
@@ -71,6 +76,7 @@ class Recipe:
                  mark("options", f"layer_norm {self.options.layer_norm}, max_ratio {self.options.max_ratio:g}"),
                  mark("recovery", "then " + " + ".join(recovery) if recovery else "no recovery")]
         text = "pipeline: " + "; ".join(parts)
+        text += f"\nallocation: {self.allocation}" if self.allocation else ""
         return text + (f"\nnote: {self.note}" if self.note else "")
 
 
@@ -115,3 +121,12 @@ def relaxed(recipe: Recipe) -> Recipe | None:
             or recipe.options.max_ratio >= LATENCY_RELAXED_MAX_RATIO:
         return None
     return replace(recipe, options=replace(recipe.options, max_ratio=LATENCY_RELAXED_MAX_RATIO))
+
+
+def checks_allocation(recipe: Recipe, budget_kind: str | None, calibration) -> bool:
+    """Whether the pipeline also cuts the uniform alternative to its latency knapsack and keeps the one whose
+    re-fitted model stays closer to the original on the calibration data (onnxprune.pruning): when the recipe
+    chose the scope and re-fits, the budget is latency, and the data can be read again (not a one-shot
+    iterator)."""
+    return ("scope" in recipe.chosen and recipe.scope == "knapsack" and budget_kind == "latency"
+            and recipe.reconstruct and calibration is not None and not isinstance(calibration, Iterator))

@@ -17,7 +17,10 @@ from onnxprune.budget import allocate_budget, layer_kept, unit_weights
 from onnxprune.cli import main
 from onnxprune.cost import CostModel, analytic_cost, predicted_cost
 from onnxprune.criteria import CriterionContext, criterion_for
-from onnxprune.latency_target import ATTEMPTS, TOLERANCE, Attempt, close_on_measurement, next_request
+from onnxprune.fidelity import output_errors
+from onnxprune.runtime import run
+from onnxprune.latency_target import (ATTEMPTS, TOLERANCE, Attempt, close_on_measurement, next_request,
+                                      predicted_fraction, uniform_allocator, uniform_removal)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINE = op.Options(step_size=1)
@@ -299,6 +302,71 @@ def test_recommended_latency_budget_out_of_reach_at_its_max_ratio_is_tried_once_
         op.prune(model, target_latency=0.15, cost=cost, options=op.Options(max_ratio=0.7))
     with pytest.raises(op.BudgetOutOfReachError, match="max_ratio=0.9"):  # out of reach at 0.9 too
         op.prune(model, target_latency=0.01, cost=cost)
+
+
+def test_uniform_allocator_takes_the_least_ratio_predicted_within_the_request():
+    options = op.Options(max_ratio=0.7)
+    analysis = op.analyze(fixture("resnet_legacy"), options)
+    scores = l2_scores(analysis, options)
+    cost = stair_cost(analysis)
+    allocate = uniform_allocator(analysis, scores, cost, options)
+    def removed_units(removed):
+        return sum(len(p) for p in removed.values())
+
+    for fraction in (0.5, 0.8):
+        removed, exhausted = allocate(fraction)
+        assert not exhausted and predicted_fraction(analysis, cost, removed) <= fraction
+        assert all(len(p) < analysis.groups[g].size for g, p in removed.items())
+        # no ratio on a fine grid that fits removes fewer units: the ratio is the least that fits
+        fitting = [uniform_removal(analysis, scores, r, options) for r in np.arange(0.0, 0.7, 0.002)]
+        fitting = [cut for cut in fitting if predicted_fraction(analysis, cost, cut) <= fraction]
+        assert fitting and removed_units(removed) <= removed_units(fitting[0])
+    removed, exhausted = allocate(0.01)  # out of reach: all that max_ratio allows
+    widest = uniform_removal(analysis, scores, 0.7, options)
+    assert exhausted and {g: list(p) for g, p in removed.items()} == {g: list(p) for g, p in widest.items()}
+
+
+def test_recommended_latency_budget_keeps_the_allocation_that_re_fits_closer(macs_meter):
+    model = op.load_model(fixture("resnet_legacy"))
+    cost = stair_cost(op.analyze(model))
+    data = np.random.default_rng(0).standard_normal((64, 3, 16, 16)).astype(np.float32)
+    chosen = op.prune(model, target_latency=0.6, cost=cost, calibration=data)
+    knapsack = op.prune(model, target_latency=0.6, cost=cost, calibration=data, scope="knapsack")
+    assert knapsack.summary.pipeline.allocation is None  # a scope given is the user's: nothing compared
+    recipe = chosen.summary.pipeline
+    assert recipe.allocation.startswith(recipe.scope) and "uniform ratio" in recipe.allocation
+    assert recipe.scope in ("knapsack", "uniform") and "allocation: " in str(chosen.summary)
+    # the one kept is never further from the original on the calibration data than the knapsack's
+    kept, knapsack_error = output_errors(model, [chosen.model, knapsack.model], data)
+    assert kept <= knapsack_error
+    assert chosen.summary.budget["measured_fraction"] <= 0.6 * (1 + TOLERANCE)
+
+
+def test_a_uniform_cut_that_re_fits_closer_is_the_result(monkeypatch, macs_meter):
+    model = op.load_model(fixture("resnet_legacy"))
+    cost = stair_cost(op.analyze(model))
+    data = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
+    monkeypatch.setattr("onnxprune.pruning.output_errors", lambda original, models, calibration: [0.2, 0.1])
+    result = op.prune(model, target_latency=0.8, cost=cost, calibration=data)
+    assert result.summary.pipeline.scope == "uniform" and result.summary.pipeline.allocation.startswith("uniform")
+    kept = {g.id: g.kept for g in result.plan.groups}
+    sizes = {g.id: g.size for g in result.plan.groups}
+    ratios = {round(1 - len(kept[g]) / sizes[g], 1) for g in kept if sizes[g] >= 8}
+    assert len(ratios) == 1  # one ratio everywhere (up to the step's rounding)
+    budget = result.summary.budget
+    assert budget["measured_fraction"] == pytest.approx(op.stats(result.model).macs / op.stats(model).macs)
+    assert budget["measured_fraction"] <= 0.8 * (1 + TOLERANCE) and result.plan.scope == "uniform target_latency=0.8"
+
+
+def test_output_errors_are_relative_to_the_original_outputs():
+    model = op.load_model(fixture("resnet_legacy"))
+    data = np.random.default_rng(1).standard_normal((8, 3, 16, 16)).astype(np.float32)
+    pruned = op.prune(model, "l2", 0.5).model
+    same, error = output_errors(model, [model, pruned], [data[:4], data[4:]])
+    reference, got = run(model, {"input": data}), run(pruned, {"input": data})
+    expected = np.sqrt(sum(np.sum((got[k].astype(np.float64) - reference[k]) ** 2) for k in reference)
+                       / sum(np.sum(reference[k].astype(np.float64) ** 2) for k in reference))
+    assert same == 0.0 and error == pytest.approx(expected, rel=1e-5) and error > 0
 
 
 def fake_attempts(curve):

@@ -3,6 +3,7 @@ knob wins, and the uniform / global scopes under a MACs budget (onnxprune.budget
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 import onnxprune as op
 from onnxprune.budget import analytic_cost
 from onnxprune.cli import main
-from onnxprune.recipe import COMPENSATION_METHOD, DATA_FREE_METHOD, DATA_METHOD, recommend
+from onnxprune.recipe import COMPENSATION_METHOD, DATA_FREE_METHOD, DATA_METHOD, checks_allocation, recommend
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 RESNET = os.path.join(os.path.dirname(HERE), "fixtures", "resnet_legacy.onnx")
@@ -53,6 +54,20 @@ def test_given_knobs_win_and_a_method_is_the_explicit_pipeline():
     assert recommend(None, None, None, None, None, None, budget_kind="latency").options.max_ratio == 0.7
     # per-layer ratios and SLAMP allot each group themselves: the scope stays uniform
     assert recommend(None, None, None, None, None, None, budget_kind=None, allotted=True).scope == "uniform"
+
+
+def test_only_the_recipes_own_latency_knapsack_with_a_re_fit_is_checked_against_uniform():
+    data = np.zeros((2, 3, 16, 16), np.float32)
+    latency = recommend(None, None, None, None, None, calibration=data, budget_kind="latency")
+    assert latency.scope == "knapsack" and checks_allocation(latency, "latency", data)
+    assert not checks_allocation(latency, "latency", iter([data]))  # read once already by the criterion
+    assert not checks_allocation(recommend(None, None, None, None, False, data, "latency"), "latency", data)
+    assert not checks_allocation(recommend(None, "knapsack", None, None, None, data, "latency"), "latency", data)
+    assert not checks_allocation(recommend("obs", None, None, True, True, data, "latency"), "latency", data)
+    macs = recommend(None, None, None, None, None, calibration=data, budget_kind="macs")
+    assert not checks_allocation(macs, "macs", data)
+    chosen = replace(latency, allocation="uniform (output error ...)")
+    assert "allocation: uniform" in str(chosen) and chosen.as_dict()["allocation"].startswith("uniform")
 
 
 def test_recovery_flags_are_checked():
