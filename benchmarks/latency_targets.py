@@ -375,6 +375,8 @@ def run_accuracy(name: str, data, args) -> list[AccuracyRow]:
         print(f"  target {target:g}: aware latency {r.aware_latency:.3f} acc {r.aware_acc:.3f}; uniform r="
               f"{r.uniform_ratio:.3f} latency {r.uniform_latency:.3f} acc {r.uniform_acc:.3f}\n"
               f"    scan (ratio:uniform/aware latency) {search.trace()}", flush=True)
+        if aware.summary.pipeline.allocation:
+            print(f"    allocation: {aware.summary.pipeline.allocation}", flush=True)
     return rows
 
 

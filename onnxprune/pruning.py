@@ -58,8 +58,9 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
         reconstruct (with reconstruct=False: `fluctuation`, layer_norm="linear_scaling", compensate); without data
         `l2` with score_consumers=True and no recovery (a note says data would help). With target_latency= and
         the re-fit, the knapsack's cut and the uniform cut of the same measured budget are both re-fitted and
-        the one closer to the original on the calibration data is kept (`summary.pipeline.allocation`). A given method= is the explicit pipeline: scope uniform (a budget: the knapsack), options as
-        given, compensate / reconstruct off unless asked. `result.summary.pipeline` says what ran.
+        the one closer to the original on the calibration data is kept (`summary.pipeline.allocation`).
+        A given method= is the explicit pipeline: scope uniform (a budget: the knapsack), options as given,
+        compensate / reconstruct off unless asked. `result.summary.pipeline` says what ran.
     ratio: fraction of channels to remove.
         scope="uniform": from every prunable group.
         scope="global": over all prunable groups together; the criterion's scores are normalised per group by
