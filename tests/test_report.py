@@ -34,6 +34,9 @@ def test_prune_report_json(tmp_path):
     assert report["groups"] and {"id", "layers", "size", "kept"} <= set(report["groups"][0])
     assert all(g["kept"] < g["size"] for g in report["groups"])
     assert "metric" not in report and "decomposition" not in report
+    # no --method and no data: the recommended data-free pipeline, and its note
+    assert report["pipeline"]["method"] == "l2" and report["pipeline"]["score_consumers"]
+    assert "calibration data would help" in report["pipeline"]["note"]
 
 
 def test_prune_report_markdown_with_eval_data(tmp_path, capsys):
@@ -46,7 +49,8 @@ def test_prune_report_markdown_with_eval_data(tmp_path, capsys):
     assert "wrote report" in capsys.readouterr().out
     text = rep.read_text()
     for section in ("# onnxprune prune report", "## Totals", "## Metric", "## Pruned groups", "## Layers",
-                    "latency median ms", "file size", "| top1 |", "| agreement |"):
+                    "latency median ms", "file size", "| top1 |", "| agreement |", "## Pipeline (recommended",
+                    "| method * | l2 |", "Note: no calibration data"):
         assert section in text
 
 

@@ -46,9 +46,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", default=PLAN_CARRIES["method"],
                    help=f"criterion: {', '.join(sorted(CRITERIA))} (NetsPresso spellings {aliases}). Default: the "
                         "recommended pipeline, which fills every knob not given: with --calibration the obs "
-                        "criterion (fluctuation with --no-reconstruct), --scope global with --layer-norm linear_scaling, then --compensate and "
-                        "--reconstruct; without it l2 with --score-consumers and no recovery (a note says data would "
-                        "help); --target-latency keeps the knapsack with --max-ratio 0.7. Naming --method runs the "
+                        "criterion, --scope global with --layer-norm tss_norm, then --compensate and --reconstruct "
+                        "(with --no-reconstruct: fluctuation, --layer-norm linear_scaling); without it l2 with "
+                        "--score-consumers and no recovery (a note says data would help); --target-latency keeps the "
+                        "knapsack with --max-ratio 0.7 and, with the re-fit, also re-fits one uniform ratio measured "
+                        "to the same budget and keeps whichever stays closer to the original on the calibration data "
+                        "(--scope knapsack skips that). Naming --method runs the "
                         "explicit pipeline instead: --scope uniform (a budget: knapsack), the option flags as given, "
                         "no compensation or reconstruction unless asked. The chosen pipeline is printed")
     p.add_argument("--scope", default=PLAN_CARRIES["scope"], choices=["uniform", "global", "knapsack"],

@@ -131,6 +131,8 @@ def build_report(before: str, after: str, *, command: str, prune_result: Any = N
         report["achieved_ratio"] = prune_result.achieved_ratio
         if prune_result.summary.budget is not None:
             report["budget"] = prune_result.summary.budget
+        if getattr(prune_result.summary, "pipeline", None) is not None:
+            report["pipeline"] = prune_result.summary.pipeline.as_dict()
     if decomposition is not None:
         report["method"] = decomposition.method
         report["decomposition"] = [
@@ -209,6 +211,19 @@ def to_markdown(report: dict[str, Any]) -> str:
                     _md_table(["asked", "predicted", "measured", "original ms", "pruned ms"],
                               [[a["asked"], a["predicted"], a["measured"], a["original_ms"], a["measured_ms"]]
                                for a in b["attempts"]])]
+    if "pipeline" in report:
+        p = report["pipeline"]
+        chosen = set(p.get("chosen", ()))
+        out += ["", "## Pipeline" + (" (recommended: the knobs marked * were chosen by onnxprune)" if chosen else ""),
+                "", _md_table(["knob", "value"], [
+                    ["method" + (" *" if "method" in chosen else ""), p["method"]],
+                    ["scope" + (" *" if "scope" in chosen else ""), p["scope"]],
+                    ["layer_norm, max_ratio, score_consumers" + (" *" if "options" in chosen else ""),
+                     f"{p['layer_norm']}, {p['max_ratio']:g}, {p['score_consumers']}"],
+                    ["compensate, reconstruct" + (" *" if "recovery" in chosen else ""),
+                     f"{p['compensate']}, {p['reconstruct']}"]])]
+        out += ["", f"Allocation: {p['allocation']}"] if p.get("allocation") else []
+        out += ["", f"Note: {p['note']}"] if p.get("note") else []
     if "groups" in report:
         out += ["", "## Pruned groups", "",
                 f"Achieved ratio {report.get('achieved_ratio', 0):.1%} of the targeted channels.", "",
