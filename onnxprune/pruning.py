@@ -4,12 +4,10 @@
 
 (ir.load_model -> coupling.analyze -> criteria -> allocation -> plan.record_plan -> surgery.apply ->
 recover.mask_oracle -> recover.recovered: reconstruction.compensate / reconstruct). With no method= named,
-recipe.recommend chooses the criterion, scope, options and recovery first.
+recipe.recommend chooses the criterion, scope, options and recovery first. A latency budget is allocated by
+latency_allocation (the measured knapsack, and with the recommended re-fit its check against a uniform cut).
 """
 from __future__ import annotations
-
-from collections.abc import Callable
-from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -23,13 +21,12 @@ from onnxprune.cost import CostModel
 from onnxprune.coupling import Analysis, analyze
 from onnxprune.criteria import CRITERIA, CriterionContext, criterion_for
 from onnxprune.criteria.registry import ALIASES
-from onnxprune.errors import BudgetOutOfReachError, InvalidRequestError, UnsupportedError
+from onnxprune.errors import InvalidRequestError, UnsupportedError
 from onnxprune.executor import uses_executor
-from onnxprune.fidelity import output_errors
-from onnxprune.latency_target import TOLERANCE, measured_removal
+from onnxprune.latency_allocation import checked_allocation, measured_latency, relaxed_latency
 from onnxprune.options import Options
 from onnxprune.plan import Plan, fingerprint, layers_digest, plan_removal, record_plan
-from onnxprune.recipe import Recipe, checks_allocation, recommend, relaxed
+from onnxprune.recipe import Recipe, checks_allocation, recommend
 from onnxprune.recover import check_data_fixes, mask_oracle, recovered
 from onnxprune.reconstruction.refit import DEFAULT_RIDGE
 from onnxprune.result import PruneResult, PruneSummary
@@ -116,7 +113,7 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
     context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
     scores = _checked_scores(criterion(context), analysis, targets, method)
     if budget is not None and budget.kind == "latency":
-        removed, measurement, recipe = _relaxed_latency(context, scores, budget, cost_model, recipe)
+        removed, measurement, recipe = relaxed_latency(context, scores, budget, cost_model, recipe)
         counts = {g: len(p) for g, p in removed.items()}
     else:
         counts = _counts(context, scores, targets, scope, recommendation, ratio, budget, cost_model)
@@ -139,7 +136,7 @@ def prune(model, method: str | None = None, ratio: float | None = None, *, ratio
 
     result = finished(removed, counts, measurement, recipe)
     if checks_allocation(recipe, budget and budget.kind, calibration):
-        result = _checked_allocation(result, context, scores, budget, cost_model, recipe, finished)
+        result = checked_allocation(result, context, scores, budget, cost_model, recipe, finished)
     return result
 
 
@@ -197,7 +194,7 @@ def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: s
         context = CriterionContext(analysis, options, sorted(targets), calibration, gradients, seed)
         scores = _checked_scores(criterion(context), analysis, targets, key)
         if budget.kind == "latency":
-            counts = {g: len(p) for g, p in _measured_latency(context, scores, budget,
+            counts = {g: len(p) for g, p in measured_latency(context, scores, budget,
                                                               budget_cost(budget, analysis))[0].items()}
         else:
             counts = _counts(context, scores, targets, scope, None, None, budget, budget_cost(budget, analysis))
@@ -332,57 +329,6 @@ def _counts(context: CriterionContext, scores: dict[int, np.ndarray], targets: d
         pool = {g: normalize(s, options.layer_norm) for g, s in scores.items()}
     sizes = {g: analysis.groups[g].size for g in targets}
     return removal_counts(targets, sizes, options, pool=pool, ratio=ratio)
-
-
-def _measured_latency(context: CriterionContext, scores: dict[int, np.ndarray], budget: Budget,
-                      cost: CostModel) -> tuple[dict[int, np.ndarray], dict]:
-    """A latency budget's removal, closed on measurement (onnxprune.latency_target), and its measurement."""
-    analysis = context.analysis
-    return measured_removal(analysis.model, analysis, scores, cost, budget.fraction, context.options, budget.threads)
-
-
-def _relaxed_latency(context: CriterionContext, scores: dict[int, np.ndarray], budget: Budget, cost: CostModel,
-                     recipe: Recipe) -> tuple[dict[int, np.ndarray], dict, Recipe]:
-    """_measured_latency with the recipe's options; when the target measures out of reach there and the recipe
-    chose the options, once more with its max_ratio raised (recipe.relaxed). Returns the recipe that ran."""
-    try:
-        return (*_measured_latency(context, scores, budget, cost), recipe)
-    except BudgetOutOfReachError:
-        wider = relaxed(recipe)
-        if wider is None:
-            raise
-    return (*_measured_latency(replace(context, options=wider.options), scores, budget, cost), wider)
-
-
-def _checked_allocation(knapsack: PruneResult, context: CriterionContext, scores: dict[int, np.ndarray],
-                        budget: Budget, cost: CostModel, recipe: Recipe,
-                        finished: Callable[..., PruneResult]) -> PruneResult:
-    """The knapsack's re-fitted result, or the uniform cut closed on measurement to the same budget and re-fitted
-    the same way, whichever stays closer to the original on the calibration data (recipe.checks_allocation); the
-    recipe of the result says which, and why."""
-    analysis = context.analysis
-    try:
-        removed, measurement = measured_removal(analysis.model, analysis, scores, cost, budget.fraction,
-                                                recipe.options, budget.threads, allocator="uniform")
-    except BudgetOutOfReachError:
-        return _described(knapsack, f"knapsack (no uniform ratio within max_ratio {recipe.options.max_ratio:g} "
-                                    "reaches the budget)")
-    within = max(knapsack.summary.budget["measured_fraction"], budget.fraction * (1.0 + TOLERANCE))
-    if measurement["measured_fraction"] > within:
-        return _described(knapsack, f"knapsack (the closest uniform cut measured {measurement['measured_fraction']:.3f}"
-                                    f" x, the knapsack's {knapsack.summary.budget['measured_fraction']:.3f} x)")
-    uniform = finished(removed, {g: len(p) for g, p in removed.items()}, measurement, replace(recipe, scope="uniform"))
-    errors = output_errors(analysis.model, [knapsack.model, uniform.model], context.calibration)
-    chosen = uniform if errors[1] < errors[0] else knapsack
-    return _described(chosen, f"{chosen.summary.pipeline.scope} (output error on the calibration data after the "
-                              f"re-fit: knapsack {errors[0]:.4f}, uniform ratio {uniform.achieved_ratio:.3f} "
-                              f"{errors[1]:.4f}; measured {knapsack.summary.budget['measured_fraction']:.3f} x and "
-                              f"{measurement['measured_fraction']:.3f} x)")
-
-
-def _described(result: PruneResult, allocation: str) -> PruneResult:
-    result.summary.pipeline = replace(result.summary.pipeline, allocation=allocation)
-    return result
 
 
 def _plan_scope(scope: str, budget: Budget | None) -> str:

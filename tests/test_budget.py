@@ -346,7 +346,7 @@ def test_a_uniform_cut_that_re_fits_closer_is_the_result(monkeypatch, macs_meter
     model = op.load_model(fixture("resnet_legacy"))
     cost = stair_cost(op.analyze(model))
     data = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
-    monkeypatch.setattr("onnxprune.pruning.output_errors", lambda original, models, calibration: [0.2, 0.1])
+    monkeypatch.setattr("onnxprune.latency_allocation.output_errors", lambda original, models, calibration: [0.2, 0.1])
     result = op.prune(model, target_latency=0.8, cost=cost, calibration=data)
     assert result.summary.pipeline.scope == "uniform" and result.summary.pipeline.allocation.startswith("uniform")
     kept = {g.id: g.kept for g in result.plan.groups}
