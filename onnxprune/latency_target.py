@@ -19,7 +19,8 @@ TOLERANCE above t is the budget refused.
 
 The allocator is the knapsack (onnxprune.budget), or with `allocator="uniform"` one ratio for every group, the
 least whose cut the cost model predicts within the request: the recommended pipeline's alternative to the
-knapsack's cut (onnxprune.pruning keeps whichever re-fits closer to the original on the calibration data).
+knapsack's cut (onnxprune.latency_allocation keeps whichever re-fits closer to the original on the calibration
+data).
 """
 from __future__ import annotations
 
@@ -41,7 +42,7 @@ TOLERANCE = 0.03
 ATTEMPTS = 4
 LOWEST_REQUEST = 0.01
 MAX_SLOPE = 2.0
-RATIO_STEPS = 14  # bisection steps of the uniform ratio (max_ratio / 2^14: finer than one unit of any group)
+RATIO_STEPS = 14  # bisection steps of the uniform ratio (max_ratio / 2^14: under one unit of a 16k-unit group)
 
 T = TypeVar("T")
 

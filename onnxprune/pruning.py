@@ -195,7 +195,7 @@ def make_plan(model, method: str = "l2", ratio: float | None = None, *, scope: s
         scores = _checked_scores(criterion(context), analysis, targets, key)
         if budget.kind == "latency":
             counts = {g: len(p) for g, p in measured_latency(context, scores, budget,
-                                                              budget_cost(budget, analysis))[0].items()}
+                                                             budget_cost(budget, analysis))[0].items()}
         else:
             counts = _counts(context, scores, targets, scope, None, None, budget, budget_cost(budget, analysis))
         return plan.describe(analysis, ratios=_group_ratios(analysis, targets, counts),

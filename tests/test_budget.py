@@ -18,9 +18,9 @@ from onnxprune.cli import main
 from onnxprune.cost import CostModel, analytic_cost, predicted_cost
 from onnxprune.criteria import CriterionContext, criterion_for
 from onnxprune.fidelity import output_errors
-from onnxprune.runtime import run
 from onnxprune.latency_target import (ATTEMPTS, TOLERANCE, Attempt, close_on_measurement, next_request,
                                       predicted_fraction, uniform_allocator, uniform_removal)
+from onnxprune.runtime import run
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FINE = op.Options(step_size=1)
@@ -310,6 +310,7 @@ def test_uniform_allocator_takes_the_least_ratio_predicted_within_the_request():
     scores = l2_scores(analysis, options)
     cost = stair_cost(analysis)
     allocate = uniform_allocator(analysis, scores, cost, options)
+
     def removed_units(removed):
         return sum(len(p) for p in removed.values())
 
@@ -347,7 +348,8 @@ def test_a_uniform_cut_that_re_fits_closer_is_the_result(monkeypatch, macs_meter
     cost = stair_cost(op.analyze(model))
     data = np.random.default_rng(0).standard_normal((32, 3, 16, 16)).astype(np.float32)
     monkeypatch.setattr("onnxprune.latency_allocation.output_errors", lambda original, models, calibration: [0.2, 0.1])
-    result = op.prune(model, target_latency=0.8, cost=cost, calibration=data)
+    result = op.prune(model, target_latency=0.8, cost=cost, calibration=data, verify=True)
+    assert result.verification.ok  # the mask oracle on the uniform cut's surgery
     assert result.summary.pipeline.scope == "uniform" and result.summary.pipeline.allocation.startswith("uniform")
     kept = {g.id: g.kept for g in result.plan.groups}
     sizes = {g.id: g.size for g in result.plan.groups}
