@@ -167,8 +167,9 @@ def uniform_allocator(analysis, scores: Mapping[int, np.ndarray], cost: CostMode
     fraction; exhausted (the max_ratio cut) when no ratio gets there."""
     def allocate(fraction: float) -> tuple[dict[int, np.ndarray], bool]:
         low, high = 0.0, float(options.max_ratio)
-        if predicted_fraction(analysis, cost, uniform_removal(analysis, scores, high, options)) > fraction:
-            return uniform_removal(analysis, scores, high, options), True
+        widest = uniform_removal(analysis, scores, high, options)
+        if predicted_fraction(analysis, cost, widest) > fraction:
+            return widest, True
         for _ in range(RATIO_STEPS):
             middle = (low + high) / 2
             fits = predicted_fraction(analysis, cost, uniform_removal(analysis, scores, middle, options)) <= fraction
